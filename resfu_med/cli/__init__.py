@@ -1,0 +1,95 @@
+"""The ``resfu-med`` command line.
+
+Each subcommand lives in its own module of this package and exposes three names:
+``COMMAND`` (its name), ``add_arguments(parser)`` and ``run(args) -> int``; a module docstring first paragraph is its
+one-line help and the rest its description (with examples). Modules are discovered, so adding a command is adding a
+file. Only argument parsing lives here; the work is done by :mod:`resfu_med.engine` and :mod:`resfu_med.data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import traceback
+from collections.abc import Sequence
+
+from resfu_med import __version__
+from resfu_med.errors import ResfuMedError
+
+__all__ = ["main", "build_parser", "HelpFormatter"]
+
+EPILOG = """examples:
+  resfu-med train --dataset demo --output runs/demo
+  resfu-med evaluate --checkpoint runs/demo/best.pt --dataset demo
+  resfu-med infer -i scans/ -o segs/ --checkpoint runs/demo/best.pt
+  resfu-med <command> --help      options, defaults and examples of one command
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the examples in descriptions as written."""
+
+
+def _command_modules() -> list:
+    mods = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(mod, "COMMAND") and hasattr(mod, "run"):
+            mods.append(mod)
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one subparser per discovered command module."""
+    parser = argparse.ArgumentParser(
+        prog="resfu-med",
+        description="ReSFU medical image segmentation: prepare data, train, evaluate, infer, export.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"resfu-med {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for mod in _command_modules():
+        doc = (mod.__doc__ or "").strip()
+        summary = doc.partition("\n\n")[0]
+        p = sub.add_parser(
+            mod.COMMAND,
+            help=summary.replace("\n", " "),
+            description=doc,
+            formatter_class=HelpFormatter,
+        )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``resfu-med``; returns the process exit status.
+
+    User errors (:class:`~resfu_med.errors.ResfuMedError`) print one line ``resfu-med: error: ...`` and return 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except ResfuMedError as err:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"resfu-med {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resfu-med {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

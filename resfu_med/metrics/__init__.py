@@ -1,0 +1,1 @@
+"""resfu_med.metrics (see README)."""
