@@ -53,37 +53,45 @@ _FLAG_KEYS = {
 }
 
 
+def _default(key: str) -> str:
+    """``default: X`` (and ``; demo: Y`` where the demo preset differs) for a dotted config key."""
+    from resfu_med.engine.config import DEFAULTS, PRESETS, flatten
+
+    paper, demo = flatten(DEFAULTS).get(key), flatten(PRESETS["demo"]).get(key)
+    return f"default: {paper}" + (f"; demo: {demo}" if demo is not None and demo != paper else "")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options (absent flags leave the config untouched, hence ``SUPPRESS`` defaults)."""
     s = argparse.SUPPRESS
     g = parser.add_argument_group("data and model")
     g.add_argument("--dataset", default=s, metavar="NAME", help="synapse | acdc | msd | demo (demo needs nothing else)")
     g.add_argument("--data-root", default=s, metavar="DIR", help="prepared dataset folder (not needed for demo)")
-    g.add_argument("--model", default=s, metavar="NAME", help="transunet | unet | unet3d (default: transunet; demo: unet)")
-    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler: {' | '.join(UPSAMPLERS)} (default: resfu)")
+    g.add_argument("--model", default=s, metavar="NAME", help=f"transunet | unet | unet3d ({_default('model.name')})")
+    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler: {' | '.join(UPSAMPLERS)} ({_default('model.upsampler')})")
     g.add_argument("--pretrained", default=s, metavar="NPZ", help="R50+ViT-B_16.npz ImageNet-21k weights for transunet")
-    g.add_argument("--img-size", type=int, default=s, metavar="N", help="slice size (default: 224; demo: 96)")
-    g.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
+    g.add_argument("--img-size", type=int, default=s, metavar="N", help=f"slice size ({_default('data.img_size')})")
+    g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
     g = parser.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=s, metavar="N", help="epochs (default: 150; demo: 12)")
+    g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")
     g.add_argument("--max-iters", type=int, default=s, metavar="N",
                    help="stop after N iterations in total, saving last.pt (the lr schedule still spans --epochs)")
-    g.add_argument("--batch-size", type=int, default=s, metavar="N", help="global batch size (default: 24; demo: 8)")
-    g.add_argument("--lr", type=float, default=s, metavar="LR", help="base SGD learning rate (default: 0.01; demo: 0.05)")
-    g.add_argument("--seed", type=int, default=s, metavar="N", help="random seed (default: 1234)")
+    g.add_argument("--batch-size", type=int, default=s, metavar="N", help=f"global batch size ({_default('train.batch_size')})")
+    g.add_argument("--lr", type=float, default=s, metavar="LR", help=f"base SGD learning rate ({_default('train.lr')})")
+    g.add_argument("--seed", type=int, default=s, metavar="N", help=f"random seed ({_default('seed')})")
     g.add_argument("--deterministic", action="store_true", default=s,
                    help="deterministic algorithms (bit-identical reruns on CPU; slower on GPU)")
     g.add_argument("--no-eval", action="store_true", default=s,
                    help="skip validation during training (best.pt is then the final model)")
     g.add_argument("--checkpoint-every", type=int, default=s, metavar="N",
-                   help="also save last.pt every N iterations (default: end of each epoch; demo: 50)")
+                   help=f"also save last.pt every N iterations, 0: at epoch ends only ({_default('train.checkpoint_every')})")
     g = parser.add_argument_group("run")
-    g.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/<dataset>)")
+    g.add_argument("--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run files of an existing --output folder")
-    g.add_argument("--amp", default=s, metavar="MODE", help="mixed precision: none | bf16 | fp16 (default: none)")
-    g.add_argument("--device", default=s, metavar="DEV", help="auto | cpu | cuda (default: auto)")
-    g.add_argument("--num-workers", type=int, default=s, metavar="N", help="data loader workers (default: 2; demo: 0)")
+    g.add_argument("--amp", default=s, metavar="MODE", help=f"mixed precision: none | bf16 | fp16 ({_default('amp')})")
+    g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda ({_default('device')})")
+    g.add_argument("--num-workers", type=int, default=s, metavar="N", help=f"data loader workers ({_default('data.num_workers')})")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -133,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     from resfu_med.engine.preparation import complete_config, prepare_run_dir, resolve_device
     from resfu_med.engine.trainer import Trainer
 
+    args.output = getattr(args, "output", None)
+    args.config = getattr(args, "config", None)
     overrides = flag_overrides(args)
     _check_names(overrides)
     dataset = overrides.get("data", {}).get("dataset")
@@ -153,12 +163,13 @@ def run(args: argparse.Namespace) -> int:
         cfg, runtime, err = None, None, None
         if dist.is_main:
             try:
-                prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+                prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, create=False)
                 if args.resume:
                     saved = load_checkpoint(run_dir / "last.pt")["config"]
                     runtime = _resume_runtime(saved, overrides)
                 else:
                     cfg = complete_config(resolve_config(dataset, args.config, overrides))
+                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True)
             except Exception as e:  # re-raised below after telling the other ranks
                 err = e
         if dist.enabled:

@@ -6,6 +6,7 @@ before any model is built.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,17 +38,17 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     data = cfg["data"]
     name = data["dataset"]
     if "num_classes" not in data:
-        from resfu_med.data import dataset_info
-
         root = data.get("root")
-        if name == "demo" and root is None:
+        if root is None and name != "demo":
+            raise InputError(f"--data-root is required for dataset {name!r} (the folder with its prepared data)")
+        if root is not None and not Path(root).exists():
+            raise InputError(f"data root {root} does not exist")
+        if root is None:
             from resfu_med.data import ensure_demo_data
 
             root = str(ensure_demo_data())
-        if root is None:
-            raise InputError(f"--data-root is required for dataset {name!r} (the folder with its prepared data)")
-        if not Path(root).exists():
-            raise InputError(f"data root {root} does not exist")
+        from resfu_med.data import dataset_info
+
         info = dataset_info(name, root)
         data.update(
             root=str(Path(info.root) if getattr(info, "root", None) else Path(root)),
@@ -62,8 +63,11 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Check (and with ``overwrite``, clear) the run folder.
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True) -> None:
+    """Check the run folder and, with ``create``, clear its old run files (``overwrite``) and create it.
+
+    Call it once with ``create=False`` before any slow work (it has no side effects then) and once with
+    ``create=True`` when the config is known to be good, so a bad config never costs the previous run.
 
     Raises:
         InputError: the folder holds a previous run and neither ``resume`` nor ``overwrite`` is set; ``resume`` with
@@ -81,6 +85,12 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 f"output folder {run_dir} already exists and is not empty; pass --resume to continue its run or "
                 "--overwrite to start over"
             )
+    if not create:
+        existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise InputError(f"output folder {run_dir} is not writable ({existing} is read-only)")
+        return
+    if run_dir.is_dir() and overwrite:
         for name in RUN_FILES:
             p = run_dir / name
             if p.is_dir():

@@ -7,6 +7,7 @@ parameters). Imported by the ``test_train*`` modules and by the subprocesses the
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,17 @@ def run_in_subprocess(run_dir: str, cfg_json: str) -> None:
     cfg = json.loads(Path(cfg_json).read_text())
     resume = (Path(run_dir) / "last.pt").exists()
     make_trainer(cfg, Path(run_dir), resume=resume).fit()
+
+
+def ddp_worker(rank: int, world: int, port: int, run_dir: str, cfg: dict[str, Any]) -> None:
+    """``torch.multiprocessing.spawn`` entry of the DDP test: one gloo process of a 2-process CPU run."""
+    from resfu_med.engine import distributed as ddp
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    info = ddp.init_distributed("cpu")
+    try:
+        make_trainer(cfg, Path(run_dir), dist=info).fit()
+    finally:
+        ddp.destroy_distributed()
