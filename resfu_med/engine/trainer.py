@@ -252,7 +252,7 @@ class Trainer:
         metric = None
         if self.val_data is not None and self.dist.is_main:
             d = self.cfg["data"]
-            result = validate(self.model, self.val_data, d["num_classes"], d["img_size"], device=self.device,
+            result = validate(self.model, self.val_data, self.cfg, device=self.device,
                               amp_dtype=self.amp_dtype, num_images=self.cfg["train"]["num_images"])
             self.model.train()
             metric = result["mean_dice"]

@@ -4,8 +4,8 @@ Volumes are predicted slice by slice as in the TransUNet protocol (SPEC §5: res
 predict, argmax, resize the labels back with nearest neighbour) and scored with Dice per foreground class with
 TransUNet's empty-mask rules (prediction and truth non-empty: Dice; prediction non-empty, truth empty: 1; otherwise
 0), averaged over volumes. HD95 is left to ``resfu-med evaluate`` (it is slow and does not change which checkpoint is
-best). When the evaluation engine (:mod:`resfu_med.engine.evaluator`) provides ``predict_volume``, it is used for the
-slice-wise prediction so training and evaluation cannot disagree.
+best). The slice-wise prediction is the evaluation engine's own
+(:func:`resfu_med.engine.predictor.predict_volume`), so validation and ``resfu-med evaluate`` cannot disagree.
 """
 
 from __future__ import annotations
@@ -17,37 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ["predict_volume", "dice_scores", "validate", "overlay"]
+__all__ = ["dice_scores", "validate", "overlay"]
 
 # Label colours for overlays (RGB in [0, 1]); class 0 is transparent.
 _PALETTE = np.array(
     [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0.5, 0], [0.5, 0, 1],
      [0.5, 1, 0], [0, 0.5, 1], [1, 0, 0.5], [0.5, 0.5, 0.5], [0.6, 0.3, 0.1]], dtype=np.float32)
-
-
-@torch.no_grad()
-def predict_volume(model: nn.Module, image: np.ndarray, img_size: int, device: torch.device | str = "cpu",
-                   batch_size: int = 16, amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """Predict a ``(Z, H, W)`` volume slice by slice at ``img_size``² and return ``(Z, H, W)`` int64 labels."""
-    device = torch.device(device)
-    z, h, w = image.shape
-    out = np.zeros((z, h, w), dtype=np.int64)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                else contextlib.nullcontext())
-    for start in range(0, z, batch_size):
-        x = torch.as_tensor(np.ascontiguousarray(image[start:start + batch_size]), dtype=torch.float32)
-        x = x[:, None].to(device)
-        if (h, w) != (img_size, img_size):
-            x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-        with autocast:
-            logits = model(x)
-        labels = logits.float().argmax(dim=1, keepdim=True).float()
-        if (h, w) != (img_size, img_size):
-            labels = F.interpolate(labels, size=(h, w), mode="nearest")
-        out[start:start + batch_size] = labels[:, 0].long().cpu().numpy()
-    return out
 
 
 def dice_scores(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> list[float]:
@@ -84,7 +60,8 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def validate(model: nn.Module, cases: Iterable[dict[str, Any]], num_classes: int, img_size: int,
+@torch.no_grad()
+def validate(model: nn.Module, cases: Iterable[dict[str, Any]], config: dict[str, Any],
              device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
              num_images: int = 0) -> dict[str, Any]:
     """Score ``model`` on validation volumes.
@@ -93,8 +70,7 @@ def validate(model: nn.Module, cases: Iterable[dict[str, Any]], num_classes: int
         model: the network (put in eval mode here; the caller restores train mode).
         cases: volume dicts ``{"image": (Z, H, W), "label": (Z, H, W), "case": str}`` (the data layer's
             evaluation split).
-        num_classes: classes including background.
-        img_size: the model's input size.
+        config: the run config (``data.num_classes``, ``data.img_size`` and the model description).
         device: where to run the model.
         amp_dtype: autocast dtype, or ``None``.
         num_images: how many overlays to return (one per case, the slice with the most foreground).
@@ -102,6 +78,11 @@ def validate(model: nn.Module, cases: Iterable[dict[str, Any]], num_classes: int
     Returns:
         ``{"dice": [per-class mean Dice], "mean_dice": float, "cases": int, "images": [(case, (3, H, 3W))]}``.
     """
+    from resfu_med.engine.predictor import predict_volume
+
+    num_classes = int(config["data"]["num_classes"])
+    autocast = (torch.autocast(torch.device(device).type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
     model.eval()
     per_case: list[list[float]] = []
     images: list[tuple[str, np.ndarray]] = []
@@ -111,7 +92,8 @@ def validate(model: nn.Module, cases: Iterable[dict[str, Any]], num_classes: int
         label = _as_numpy(item["label"]).astype(np.int64)
         if image.ndim == 4 and image.shape[0] == 1:  # a channel-first volume
             image, label = image[0], label.reshape(image.shape[-3:]) if label.ndim == 4 else label
-        pred = predict_volume(model, image, img_size, device=device, amp_dtype=amp_dtype)
+        with autocast:
+            pred, _ = predict_volume(model, image, config, device=device, batch_size=16)
         per_case.append(dice_scores(pred, label, num_classes))
         if len(images) < num_images:
             z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
