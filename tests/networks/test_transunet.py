@@ -101,8 +101,8 @@ def test_resfu_guidance_from_c1():
     net.resnet.register_forward_hook(lambda m, i, o: feats.update(c1=o[1][2]))
     net(torch.rand(1, 3, 64, 64))
     c1 = feats["c1"]  # (1, 32, 32, 32)
-    torch.testing.assert_close(seen[0][1], F.avg_pool2d(c1, 8))  # area pooling 32 → 4 (the 28² step at 224)
-    torch.testing.assert_close(seen[1][1], F.avg_pool2d(c1, 4))
+    torch.testing.assert_close(seen[0][1], F.avg_pool2d(c1, 4))  # area pooling 32 → 8 (112 → 28 at 224²)
+    torch.testing.assert_close(seen[1][1], F.avg_pool2d(c1, 2))
     assert seen[2][1] is c1
     assert seen[3][1].shape == (1, 16, 64, 64)
 
