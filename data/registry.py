@@ -26,7 +26,7 @@ from .synapse import SYNAPSE_CLASSES
 __all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "ensure_demo_data", "resfu_home", "prepared_cache_dir"]
 
 DATASET_NAMES = ("synapse", "acdc", "msd", "demo")
-ACDC_CLASSES = ["RV", "MYO", "LV"]
+ACDC_CLASSES = ["RV", "MYO", "LV"]  # also in .acdc (kept here so metadata needs no I/O imports)
 
 
 @dataclass
