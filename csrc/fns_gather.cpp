@@ -5,9 +5,12 @@
 // kernel_depth is K for the 3D op and 1 for the 2D op (called with a depth-1 slice). `deterministic` selects the
 // atomic-free grad_x on CUDA (the CPU backward is always deterministic); the forward ignores it but carries it so the
 // autograd formula registered from Python can see it.
+// fns_gather_elementwise(grad_out, attn, x, kernel_depth) -> (out, grad_attn, grad_x): test-only, CPU: the CUDA kernels'
+// per-element formulas run serially (see fns_gather_common.h).
 #include <torch/library.h>
 
 TORCH_LIBRARY(resfu_med, m) {
   m.def("fns_gather_forward(Tensor attn, Tensor x, int kernel_depth, bool deterministic) -> Tensor");
   m.def("fns_gather_backward(Tensor grad_out, Tensor attn, Tensor x, int kernel_depth, bool deterministic) -> (Tensor, Tensor)");
+  m.def("fns_gather_elementwise(Tensor grad_out, Tensor attn, Tensor x, int kernel_depth) -> (Tensor, Tensor, Tensor)");
 }

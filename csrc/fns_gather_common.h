@@ -76,5 +76,101 @@ struct Geometry {
   RESFU_HD int64_t lr_plane() const { return d * h * w; }
 };
 
+// ---- Per-element formulas of the CUDA kernels. Kept here (host + device) so the CPU extension can run the very same
+// code in a test-only op (fns_gather_elementwise) and the CUDA maths is checked on machines without a GPU.
+
+// Trilinear sample of one LR channel plane `xc` at the taps of the three axes.
+template <typename scalar_t, typename acc_t>
+RESFU_HD acc_t sample(const scalar_t* xc, const Geometry& g, const AxisTap& tz, const AxisTap& ty, const AxisTap& tx) {
+  const acc_t fz = static_cast<acc_t>(tz.frac), fy = static_cast<acc_t>(ty.frac), fx = static_cast<acc_t>(tx.frac);
+  const int64_t hw = g.h * g.w;
+  const scalar_t* planes[2] = {xc + tz.lo * hw, xc + tz.hi * hw};
+  acc_t v[2];
+  for (int q = 0; q < 2; ++q) {
+    const scalar_t* r0 = planes[q] + ty.lo * g.w;
+    const scalar_t* r1 = planes[q] + ty.hi * g.w;
+    const acc_t v0 = (acc_t(1) - fx) * static_cast<acc_t>(r0[tx.lo]) + fx * static_cast<acc_t>(r0[tx.hi]);
+    const acc_t v1 = (acc_t(1) - fx) * static_cast<acc_t>(r1[tx.lo]) + fx * static_cast<acc_t>(r1[tx.hi]);
+    v[q] = (acc_t(1) - fy) * v0 + fy * v1;
+  }
+  return (acc_t(1) - fz) * v[0] + fz * v[1];
+}
+
+// out[n, c, p]: sum over the Kd*K*K neighbours of attn * sample. `xc` = x[n, c], `at` = attn[n, 0] (taps P apart).
+template <typename scalar_t, typename acc_t>
+RESFU_HD acc_t forward_element(const Geometry& g, const scalar_t* xc, const scalar_t* at, int64_t p) {
+  const int64_t P = g.hr_plane(), rz = (g.kd - 1) / 2, r = (g.k - 1) / 2;
+  const int64_t ix = p % g.W, iy = (p / g.W) % g.H, iz = p / (g.W * g.H);
+  acc_t sum = acc_t(0);
+  int64_t t = 0;
+  for (int64_t a = -rz; a <= rz; ++a) {
+    const AxisTap tz = axis_tap(iz, a, g.d, g.sd);
+    for (int64_t b = -r; b <= r; ++b) {
+      const AxisTap ty = axis_tap(iy, b, g.h, g.sh);
+      for (int64_t c = -r; c <= r; ++c, ++t) {
+        const AxisTap tx = axis_tap(ix, c, g.w, g.sw);
+        sum += static_cast<acc_t>(at[t * P + p]) * sample<scalar_t, acc_t>(xc, g, tz, ty, tx);
+      }
+    }
+  }
+  return sum;
+}
+
+// grad_attn[n, t, p] = sum_c grad_out[n, c, p] * sample_t(x[n, c]). `gon` = grad_out[n], `xn` = x[n].
+template <typename scalar_t, typename acc_t>
+RESFU_HD acc_t grad_attn_element(const Geometry& g, const scalar_t* gon, const scalar_t* xn, int64_t t, int64_t p) {
+  const int64_t P = g.hr_plane(), Q = g.lr_plane(), rz = (g.kd - 1) / 2, r = (g.k - 1) / 2;
+  const int64_t ix = p % g.W, iy = (p / g.W) % g.H, iz = p / (g.W * g.H);
+  const AxisTap tz = axis_tap(iz, t / (g.k * g.k) - rz, g.d, g.sd);
+  const AxisTap ty = axis_tap(iy, (t / g.k) % g.k - r, g.h, g.sh);
+  const AxisTap tx = axis_tap(ix, t % g.k - r, g.w, g.sw);
+  acc_t sum = acc_t(0);
+  for (int64_t c = 0; c < g.C; ++c) {
+    sum += static_cast<acc_t>(gon[c * P + p]) * sample<scalar_t, acc_t>(xn + c * Q, g, tz, ty, tx);
+  }
+  return sum;
+}
+
+// grad_x[n, c, l] gathered (no atomics, fixed order) from the HR pixels whose taps touch LR element l.
+// `goc` = grad_out[n, c], `at` = attn[n, 0].
+template <typename scalar_t, typename acc_t>
+RESFU_HD acc_t grad_x_gather_element(const Geometry& g, const scalar_t* goc, const scalar_t* at, int64_t l) {
+  const int64_t P = g.hr_plane(), rz = (g.kd - 1) / 2, r = (g.k - 1) / 2;
+  const int64_t lx = l % g.w, ly = (l / g.w) % g.h, lz = l / (g.w * g.h);
+  int64_t fz, ez, fy, ey, fx, ex;
+  hr_range(lz, g.d, g.D, rz, &fz, &ez);
+  hr_range(ly, g.h, g.H, r, &fy, &ey);
+  hr_range(lx, g.w, g.W, r, &fx, &ex);
+  acc_t sum = acc_t(0);
+  for (int64_t iz = fz; iz <= ez; ++iz) {
+    for (int64_t iy = fy; iy <= ey; ++iy) {
+      for (int64_t ix = fx; ix <= ex; ++ix) {
+        const int64_t p = (iz * g.H + iy) * g.W + ix;
+        const acc_t gv = static_cast<acc_t>(goc[p]);
+        int64_t t = 0;
+        for (int64_t a = -rz; a <= rz; ++a) {
+          const acc_t wz = static_cast<acc_t>(tap_weight(axis_tap(iz, a, g.d, g.sd), lz));
+          if (wz == acc_t(0)) {
+            t += g.k * g.k;
+            continue;
+          }
+          for (int64_t b = -r; b <= r; ++b) {
+            const acc_t wy = static_cast<acc_t>(tap_weight(axis_tap(iy, b, g.h, g.sh), ly));
+            if (wy == acc_t(0)) {
+              t += g.k;
+              continue;
+            }
+            for (int64_t c = -r; c <= r; ++c, ++t) {
+              const acc_t wx = static_cast<acc_t>(tap_weight(axis_tap(ix, c, g.w, g.sw), lx));
+              if (wx != acc_t(0)) sum += gv * static_cast<acc_t>(at[t * P + p]) * (wz * wy * wx);
+            }
+          }
+        }
+      }
+    }
+  }
+  return sum;
+}
+
 }  // namespace fns
 }  // namespace resfu_med

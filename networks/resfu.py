@@ -168,13 +168,13 @@ class ReSFU(nn.Module):
         return block(query, key, dilation)
 
     def attention(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        """Upsampling kernels: float32 ``(N, K^d, *HR)``, softmax-normalised over the neighbours, ~0 outside the image.
+        """Upsampling kernels ``(N, K^d, *HR)`` (float32, or float64 for a float64 model), softmax-normalised over the neighbours, ~0 outside the image.
 
         Raises:
             ValueError: on wrong ranks, channels, batch sizes, empty tensors or an HR size smaller than the LR size.
         """
         self._check(x, guide)
-        hr, lr = tuple(guide.shape[2:]), tuple(x.shape[2:])
+        hr, lr = tuple(int(s) for s in guide.shape[2:]), tuple(int(s) for s in x.shape[2:])  # ints even when tracing
         dilation = upsampling_dilation(hr, lr)
         q = self.proj_q(self.norm_guide(guide))  # (N, D, *HR)
         k = self.proj_k(self.norm_x(x))  # (N, D, *LR)
@@ -190,7 +190,7 @@ class ReSFU(nn.Module):
         # finfo.min / 2 instead of a fixed -1e7: representable in fp16/bf16 and cannot overflow to -inf when added to.
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min / 2)
         with torch.autocast(device_type=scores.device.type, enabled=False):
-            return torch.softmax(scores.float(), dim=1)
+            return torch.softmax(scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores, dim=1)
 
     def gather(self, attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Weighted neighbour sum of the raw ``x`` with ``attn``: FNS (SPEC §1) or, without FNS, LR neighbours.

@@ -41,7 +41,7 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
         raise ValueError(f"box_filter: radius must be >= 0, got {radius}")
     out = x
     for axis in range(dims):
-        size = x.shape[2 + axis]
+        size = int(x.shape[2 + axis])
         r = min(radius, size - 1)  # a window reaching past both ends covers the whole axis either way
         if r == 0:
             continue
@@ -64,7 +64,7 @@ def nearest_half(x: torch.Tensor) -> torch.Tensor:
     """
     index = [slice(None)] * x.dim()
     for axis in range(2, x.dim()):
-        keep = max(1, x.shape[axis] // 2)
+        keep = max(1, int(x.shape[axis]) // 2)
         index[axis] = slice(0, 2 * keep - 1, 2)
     out = x[tuple(index)]
     return out
@@ -134,7 +134,7 @@ def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps:
     with torch.autocast(device_type=guide.device.type, enabled=False):
         g, s = guide.to(dtype), src.to(dtype)
         mean_a, mean_b = _coefficients(nearest_half(g), nearest_half(s), max(1, radius // 2), eps)
-        size = g.shape[2:]
+        size = [int(s) for s in g.shape[2:]]
         mode = _LINEAR_MODE[g.dim() - 2]
         mean_a = F.interpolate(mean_a, size=size, mode=mode, align_corners=False)
         mean_b = F.interpolate(mean_b, size=size, mode=mode, align_corners=False)

@@ -50,7 +50,7 @@ class InnerProductSimilarity(nn.Module):
         for d in reversed(dil):
             pad += [d * radius, d * radius]
         k = F.pad(k, pad, mode="replicate")
-        size = q.shape[2:]
+        size = [int(s) for s in q.shape[2:]]
         scores = []
         for t in range(self.kernel_size**self.spatial_dims):
             index = [slice(None), slice(None)]

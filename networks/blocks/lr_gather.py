@@ -44,10 +44,11 @@ def lr_neighbour_gather(attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dims = x.dim() - 2
     if dims not in (1, 2, 3) or attn.dim() != x.dim() or attn.shape[0] != x.shape[0]:
         raise ValueError(f"lr_neighbour_gather: attn {tuple(attn.shape)} and x {tuple(x.shape)} must be (N, ·, *spatial) alike")
-    k = round(attn.shape[1] ** (1.0 / dims))
-    if k**dims != attn.shape[1] or k % 2 == 0:
+    taps = int(attn.shape[1])  # int(): sizes are tensors while tracing
+    k = round(taps ** (1.0 / dims))
+    if k**dims != taps or k % 2 == 0:
         raise ValueError(f"lr_neighbour_gather: attn has {attn.shape[1]} channels, not K^{dims} for an odd K")
-    hr, lr = attn.shape[2:], x.shape[2:]
+    hr, lr = [int(s) for s in attn.shape[2:]], [int(s) for s in x.shape[2:]]
     if any(H < h for H, h in zip(hr, lr)):
         raise ValueError(f"lr_neighbour_gather: HR size {tuple(hr)} is smaller than LR size {tuple(lr)}")
     radius = k // 2
@@ -56,7 +57,7 @@ def lr_neighbour_gather(attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     parents = [parent_index(H, h, x.device) for H, h in zip(hr, lr)]
     use_ckpt = torch.is_grad_enabled() and (attn.requires_grad or x.requires_grad) and not torch.jit.is_tracing()
     out = None
-    for t in range(attn.shape[1]):
+    for t in range(taps):
         offsets, rem = [], t
         for _ in range(dims):
             offsets.append(rem % k - radius)

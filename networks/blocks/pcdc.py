@@ -88,9 +88,9 @@ class PCDC(nn.Module):
         pad: list[int] = []
         for d in reversed(dil):  # F.pad lists the last axis first
             pad += [d * radius, d * radius]
-        neighbours = conv(F.pad(key, pad, mode="replicate"), weight, groups=self.groups, dilation=dil)
+        neighbours = conv(F.pad(key, pad, mode="replicate"), weight, self.bias, groups=self.groups, dilation=dil)
         centre_weight = weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True)
-        centre = conv(query, centre_weight, self.bias, groups=self.groups)
+        centre = conv(query, centre_weight, groups=self.groups)
         return neighbours - centre
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ slice, one neighbour offset in depth), so both share every line of kernel code.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -63,22 +64,39 @@ def backend(device: str | torch.device = "cpu") -> str:
     return "reference"
 
 
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    # Under torch.jit.trace sizes are traced tensors; the op's shapes are static, so read them as plain ints quietly.
+    if torch.jit.is_tracing():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return tuple(int(s) for s in t.shape)
+    return tuple(t.shape)
+
+
+def _odd_root(count: int, spatial: int) -> int | None:
+    k = 1
+    while k**spatial < count:
+        k += 2
+    return k if k**spatial == count else None
+
+
 def _validate(attn: torch.Tensor, x: torch.Tensor) -> tuple[int, int]:
     """Check shapes, dtypes and devices; return ``(spatial_dims, K)``."""
     if not isinstance(attn, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise ValueError(f"fns_gather: attn and x must be tensors, got {type(attn).__name__} and {type(x).__name__}")
-    shapes = f"attn {tuple(attn.shape)}, x {tuple(x.shape)}"
-    if x.dim() not in (4, 5) or attn.dim() != x.dim():
+    a_shape, x_shape = _shape(attn), _shape(x)
+    shapes = f"attn {a_shape}, x {x_shape}"
+    if len(x_shape) not in (4, 5) or len(a_shape) != len(x_shape):
         raise ValueError(f"fns_gather: attn and x must both be 4D (2D maps) or both 5D (volumes), got {shapes}")
-    spatial = x.dim() - 2
-    if attn.numel() == 0 or x.numel() == 0:
+    spatial = len(x_shape) - 2
+    if 0 in a_shape or 0 in x_shape:
         raise ValueError(f"fns_gather: empty tensors are not supported, got {shapes}")
-    if attn.shape[0] != x.shape[0]:
+    if a_shape[0] != x_shape[0]:
         raise ValueError(f"fns_gather: batch sizes of attn and x differ, got {shapes}")
-    k = round(attn.shape[1] ** (1.0 / spatial))
-    if k**spatial != attn.shape[1] or k % 2 == 0:
+    k = _odd_root(a_shape[1], spatial)
+    if k is None:
         raise ValueError(f"fns_gather: attn channels must be K^{spatial} for an odd K (1, 3, 5, 7, ...), got {shapes}")
-    for axis, (hr, lr) in enumerate(zip(attn.shape[2:], x.shape[2:])):
+    for axis, (hr, lr) in enumerate(zip(a_shape[2:], x_shape[2:])):
         if hr < lr:
             raise ValueError(f"fns_gather: the output size must not be smaller than x's (ratio < 1 on spatial axis {axis}), got {shapes}")
     if not attn.is_floating_point() or attn.dtype != x.dtype:
@@ -117,7 +135,7 @@ def fns_gather(attn: torch.Tensor, x: torch.Tensor, *, deterministic: bool = Fal
         >>> fns_gather(attn, torch.randn(2, 16, 14, 14)).shape
         torch.Size([2, 16, 32, 32])
     """
-    spatial, _ = _validate(attn, x)
+    spatial, k = _validate(attn, x)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
@@ -128,5 +146,4 @@ def fns_gather(attn: torch.Tensor, x: torch.Tensor, *, deterministic: bool = Fal
         # 2D = 3D with one slice in depth and one depth offset (kernel_depth = 1).
         out = torch.ops.resfu_med.fns_gather_forward(attn.unsqueeze(2), x.unsqueeze(2), 1, bool(deterministic))
         return out.squeeze(2)
-    k = round(attn.shape[1] ** (1.0 / 3))
     return torch.ops.resfu_med.fns_gather_forward(attn, x, k, bool(deterministic))
