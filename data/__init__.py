@@ -1,5 +1,40 @@
-"""Datasets and transforms of resfu-med (installed as ``resfu_med.data``): Synapse, ACDC, MSD and the demo phantoms."""
+"""Datasets and transforms of resfu-med (installed as ``resfu_med.data``): Synapse, ACDC, MSD and the demo phantoms.
+
+Public API (see ``docs/contracts.md`` and ``docs/datasets.md``): :class:`DatasetInfo`, :func:`dataset_info`,
+:func:`get_dataset`, :func:`get_transforms`, :func:`make_intensity_transform`, :func:`ensure_demo_data`,
+:func:`load_nifti` (+ :func:`from_nifti_array` / :func:`to_nifti_array`, the exact orientation convention),
+:func:`make_demo_dataset`, the ``prepare_*`` converters and the dataset classes.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .datasets import PreparedDataset, SynapseDataset
+from .demo import make_demo_dataset
+from .intensity import make_intensity_transform
+from .nifti import from_nifti_array, load_nifti, save_nifti, spacing_from_affine, to_nifti_array
+from .registry import DATASET_NAMES, DatasetInfo, dataset_info, ensure_demo_data, get_dataset, resfu_home
+from .synapse import SYNAPSE_CLASSES, SYNAPSE_LABEL_MAP, SYNAPSE_TEST_CASES, prepare_synapse
+from .transforms import get_transforms
+
+__all__ = [
+    "DATASET_NAMES",
+    "DatasetInfo",
+    "PreparedDataset",
+    "SYNAPSE_CLASSES",
+    "SYNAPSE_LABEL_MAP",
+    "SYNAPSE_TEST_CASES",
+    "SynapseDataset",
+    "dataset_info",
+    "ensure_demo_data",
+    "from_nifti_array",
+    "get_dataset",
+    "get_transforms",
+    "load_nifti",
+    "make_demo_dataset",
+    "make_intensity_transform",
+    "prepare_synapse",
+    "resfu_home",
+    "save_nifti",
+    "spacing_from_affine",
+    "to_nifti_array",
+]

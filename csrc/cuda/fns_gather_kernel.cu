@@ -1,0 +1,163 @@
+// CUDA kernels of the FNS gather: fp64/fp32 and fp16/bf16 inputs with fp32 accumulation, launched on the current
+// stream, 64-bit indexing throughout (grid-stride loops over int64 element counts).
+//
+// forward:   one thread per output element (n, c, pixel); loops over the Kd*K*K neighbours, trilinear sample of x.
+// grad_attn: one thread per (n, neighbour, pixel); dot product over channels of grad_out and the sampled x.
+// grad_x:    default: one thread per output element scattering with atomicAdd into an fp32/fp64 buffer;
+//            deterministic: one thread per LR element (n, c, l) GATHERING from the HR pixels whose taps touch l
+//            (fns::hr_range), in a fixed order, without atomics: bit-identical across runs.
+// All sampling coordinates and weights come from fns_gather_common.h, shared with the CPU kernel.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../fns_gather.h"
+
+namespace resfu_med {
+namespace fns {
+namespace {
+
+constexpr int kThreads = 256;
+
+int64_t grid_for(int64_t total) {
+  return std::max<int64_t>(1, std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20));
+}
+
+#define RESFU_GRID_STRIDE(idx, total)                                                        \
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < (total); \
+       idx += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+template <typename scalar_t>
+__global__ void forward_kernel(const Geometry g, const scalar_t* __restrict__ attn, const scalar_t* __restrict__ x,
+                               scalar_t* __restrict__ out, const int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t P = g.hr_plane();
+  RESFU_GRID_STRIDE(idx, total) {
+    const int64_t p = idx % P, nc = idx / P, n = nc / g.C;
+    out[idx] = static_cast<scalar_t>(forward_element<scalar_t, acc_t>(g, x + nc * g.lr_plane(), attn + n * g.taps() * P, p));
+  }
+}
+
+template <typename scalar_t>
+__global__ void grad_attn_kernel(const Geometry g, const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
+                                 scalar_t* __restrict__ ga, const int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t P = g.hr_plane(), T = g.taps();
+  RESFU_GRID_STRIDE(idx, total) {
+    const int64_t p = idx % P, t = (idx / P) % T, n = idx / (P * T);
+    ga[idx] = static_cast<scalar_t>(
+        grad_attn_element<scalar_t, acc_t>(g, go + n * g.C * P, x + n * g.C * g.lr_plane(), t, p));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void grad_x_atomic_kernel(const Geometry g, const scalar_t* __restrict__ go, const scalar_t* __restrict__ attn,
+                                     acc_t* __restrict__ gx, const int64_t total) {
+  const int64_t P = g.hr_plane(), rz = (g.kd - 1) / 2, r = (g.k - 1) / 2, hw = g.h * g.w;
+  RESFU_GRID_STRIDE(idx, total) {
+    const int64_t p = idx % P, nc = idx / P, n = nc / g.C;
+    const acc_t gv = static_cast<acc_t>(go[idx]);
+    if (gv == acc_t(0)) continue;
+    const int64_t ix = p % g.W, iy = (p / g.W) % g.H, iz = p / (g.W * g.H);
+    const scalar_t* at = attn + n * g.taps() * P + p;
+    acc_t* gc = gx + nc * g.lr_plane();
+    int64_t t = 0;
+    for (int64_t a = -rz; a <= rz; ++a) {
+      const AxisTap tz = axis_tap(iz, a, g.d, g.sd);
+      for (int64_t b = -r; b <= r; ++b) {
+        const AxisTap ty = axis_tap(iy, b, g.h, g.sh);
+        for (int64_t c = -r; c <= r; ++c, ++t) {
+          const AxisTap tx = axis_tap(ix, c, g.w, g.sw);
+          const acc_t s = gv * static_cast<acc_t>(at[t * P]);
+          const acc_t wz[2] = {acc_t(1) - static_cast<acc_t>(tz.frac), static_cast<acc_t>(tz.frac)};
+          const acc_t wy[2] = {acc_t(1) - static_cast<acc_t>(ty.frac), static_cast<acc_t>(ty.frac)};
+          const acc_t wx[2] = {acc_t(1) - static_cast<acc_t>(tx.frac), static_cast<acc_t>(tx.frac)};
+          const int64_t zi[2] = {tz.lo, tz.hi}, yi[2] = {ty.lo, ty.hi}, xi[2] = {tx.lo, tx.hi};
+#pragma unroll
+          for (int q = 0; q < 2; ++q)
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+              for (int e = 0; e < 2; ++e)
+                atomicAdd(gc + zi[q] * hw + yi[m] * g.w + xi[e], s * wz[q] * wy[m] * wx[e]);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void grad_x_gather_kernel(const Geometry g, const scalar_t* __restrict__ go, const scalar_t* __restrict__ attn,
+                                     acc_t* __restrict__ gx, const int64_t total) {
+  const int64_t P = g.hr_plane(), Q = g.lr_plane();
+  RESFU_GRID_STRIDE(idx, total) {
+    const int64_t l = idx % Q, nc = idx / Q, n = nc / g.C;
+    gx[idx] = grad_x_gather_element<scalar_t, acc_t>(g, go + nc * P, attn + n * g.taps() * P, l);
+  }
+}
+
+at::Tensor forward_cuda(const at::Tensor& attn_in, const at::Tensor& x_in, int64_t kernel_depth, bool /*deterministic*/) {
+  const Geometry g = make_geometry(attn_in, x_in, kernel_depth);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor attn = attn_in.contiguous(), x = x_in.contiguous();
+  at::Tensor out = at::empty({g.N, g.C, g.D, g.H, g.W}, x.options());
+  const int64_t total = out.numel();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fns_gather_forward_cuda", [&] {
+    forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+        g, attn.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_in, const at::Tensor& attn_in, const at::Tensor& x_in,
+                                                 int64_t kernel_depth, bool deterministic) {
+  const Geometry g = make_geometry(attn_in, x_in, kernel_depth);
+  TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({g.N, g.C, g.D, g.H, g.W}), "fns_gather: grad_out has shape ", grad_in.sizes());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor attn = attn_in.contiguous(), x = x_in.contiguous(), go = grad_in.to(x.scalar_type()).contiguous();
+  at::Tensor grad_attn = at::empty_like(attn);
+  at::Tensor grad_x;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fns_gather_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t ga_total = grad_attn.numel();
+    grad_attn_kernel<scalar_t><<<grid_for(ga_total), kThreads, 0, stream>>>(
+        g, go.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), ga_total);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    at::Tensor acc;
+    if (deterministic) {
+      acc = at::empty(x.sizes(), x.options().dtype(acc_type));
+      const int64_t total = acc.numel();
+      grad_x_gather_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
+          g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), total);
+    } else {
+      acc = at::zeros(x.sizes(), x.options().dtype(acc_type));
+      const int64_t total = go.numel();
+      grad_x_atomic_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
+          g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), total);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    grad_x = acc.scalar_type() == x.scalar_type() ? acc : acc.to(x.scalar_type());
+  });
+  return {grad_attn, grad_x};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(resfu_med, CUDA, m) {
+  m.impl("fns_gather_forward", &forward_cuda);
+  m.impl("fns_gather_backward", &backward_cuda);
+}
+
+}  // namespace fns
+}  // namespace resfu_med

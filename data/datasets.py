@@ -1,0 +1,160 @@
+"""MONAI datasets over the prepared TransUNet layout (:mod:`resfu_med.data.layout`).
+
+Training splits yield 2D slice dicts ``{"image": float32 (1, H, W), "label": uint8 (1, H, W), "case": str}``;
+evaluation splits yield volume dicts ``{"image": float32 (Z, H, W), "label": uint8 (Z, H, W), "case": str,
+"spacing": (sz, sy, sx) mm or None, "affine": 4×4 array or None}`` (geometry comes from ``dataset.json``; TransUNet's
+own release has none). Files are read by a deterministic loader transform placed first, so ``CacheDataset`` caching
+(``cache_rate > 0``) keeps the loaded arrays and reruns only the random augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from monai.data import CacheDataset
+from monai.transforms import Compose, Transform
+
+from resfu_med.errors import InputError
+
+from .layout import TRAIN_SPLITS, read_dataset_json
+
+__all__ = ["PreparedDataset", "SynapseDataset", "LoadPrepared", "read_list"]
+
+
+def read_list(path: Path) -> list[str]:
+    """Names listed one per line in ``path`` (blank lines ignored)."""
+    if not path.is_file():
+        raise InputError(f"{path}: list file not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _as_label(a: np.ndarray, path: Path) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind == "f":  # TransUNet's release stores labels as float; they must be whole numbers
+        r = np.rint(a)
+        if not np.array_equal(r, a) or r.min(initial=0) < 0 or r.max(initial=0) > 255:
+            raise InputError(f"{path}: label holds non-integer or out-of-range values")
+        a = r
+    return a.astype(np.uint8)
+
+
+class LoadPrepared(Transform):
+    """Read one item of the prepared layout: ``{"path", "case", "kind", ...}`` → the array dict (see module doc)."""
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        path = Path(item["path"])
+        try:
+            if item["kind"] == "slice":
+                with np.load(path) as f:
+                    image, label = np.asarray(f["image"], dtype=np.float32), f["label"]
+                return {"image": image[None], "label": _as_label(label, path)[None], "case": item["case"]}
+            with h5py.File(path, "r") as f:
+                image, label = np.asarray(f["image"][:], dtype=np.float32), f["label"][:]
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, EOFError) as err:
+            raise InputError(f"{path}: cannot read prepared data ({type(err).__name__}: {err})") from err
+        out = {"image": image, "label": _as_label(label, path), "case": item["case"]}
+        out["spacing"] = tuple(item["spacing"]) if item.get("spacing") is not None else None
+        out["affine"] = np.asarray(item["affine"], dtype=np.float64) if item.get("affine") is not None else None
+        return out
+
+
+def _flatten(transform: Callable | Sequence[Callable] | None) -> list[Callable]:
+    if transform is None:
+        return []
+    if isinstance(transform, Compose):
+        return list(transform.transforms)
+    if isinstance(transform, Sequence):
+        return list(transform)
+    return [transform]
+
+
+class PreparedDataset(CacheDataset):
+    """A split of any dataset in the prepared TransUNet layout.
+
+    Args:
+        root: prepared folder (``train_npz``/``test_vol_h5``/``lists``; ``dataset.json`` optional).
+        split: ``"train"`` (slices) or an evaluation split such as ``"test"``/``"val"`` (volumes).
+        transform: MONAI transform(s) applied after loading.
+        list_dir: list folder relative to ``root``; default from ``dataset.json`` or the only ``lists/lists_*``.
+        cache_rate: fraction of items whose loaded arrays are cached in memory (0 = read from disk each time).
+        num_workers: threads used to fill the cache.
+
+    Raises:
+        InputError: missing folders/list files/split, or an empty split.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable | Sequence[Callable] | None = None,
+        list_dir: str | None = None,
+        cache_rate: float = 0.0,
+        num_workers: int | None = 1,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.meta = read_dataset_json(self.root) or {}
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: dataset folder not found")
+        lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
+        items = self._slice_items(lists) if split in TRAIN_SPLITS else self._volume_items(lists)
+        if not items:
+            raise InputError(f"{lists}: split '{split}' is empty")
+        self.cases = sorted({it["case"] for it in items})
+        super().__init__(
+            data=items,
+            transform=Compose([LoadPrepared(), *_flatten(transform)]),
+            cache_rate=cache_rate,
+            num_workers=num_workers,
+            progress=False,
+        )
+
+    def _only_list_dir(self) -> str:
+        found = sorted(p for p in (self.root / "lists").glob("lists_*") if p.is_dir())
+        if len(found) != 1:
+            raise InputError(f"{self.root / 'lists'}: expected one lists_<Name> folder, found {[p.name for p in found]}")
+        return str(found[0].relative_to(self.root))
+
+    def _slice_items(self, lists: Path) -> list[dict[str, Any]]:
+        names = read_list(lists / f"{self.split}.txt")
+        items = []
+        for n in names:
+            path = self.root / "train_npz" / f"{n}.npz"
+            if not path.is_file():
+                raise InputError(f"{path}: listed in {lists / f'{self.split}.txt'} but missing")
+            items.append({"path": str(path), "case": n.rpartition("_slice")[0] or n, "kind": "slice"})
+        return items
+
+    def _volume_items(self, lists: Path) -> list[dict[str, Any]]:
+        names = read_list(lists / f"{self.split}_vol.txt")
+        cases = self.meta.get("cases", {})
+        items = []
+        for n in names:
+            path = self.root / "test_vol_h5" / f"{n}.npy.h5"
+            if not path.is_file():
+                raise InputError(f"{path}: listed in {lists / f'{self.split}_vol.txt'} but missing")
+            c = cases.get(n, {})
+            items.append({"path": str(path), "case": n, "kind": "volume", "spacing": c.get("spacing"), "affine": c.get("affine")})
+        return items
+
+
+class SynapseDataset(PreparedDataset):
+    """Synapse multi-organ CT in the TransUNet layout (``lists/lists_Synapse``); see :class:`PreparedDataset`.
+
+    Example:
+        >>> ds = SynapseDataset("data/Synapse", split="test")  # doctest: +SKIP
+        >>> ds[0]["image"].shape  # (Z, 512, 512)  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None, **kw: Any):
+        if "list_dir" not in kw and (Path(root) / "lists" / "lists_Synapse").is_dir():
+            kw["list_dir"] = "lists/lists_Synapse"
+        super().__init__(root, split, transform, **kw)

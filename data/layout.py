@@ -1,0 +1,217 @@
+"""The TransUNet on-disk layout that every ``prepare`` writes and every dataset reads.
+
+::
+
+    <root>/train_npz/<case>_slice<ZZZ>.npz     keys image (H, W) float32 normalised, label (H, W) uint8
+    <root>/test_vol_h5/<case>.npy.h5           datasets image (Z, H, W) float32, label (Z, H, W) uint8
+    <root>/lists/lists_<Name>/train.txt        one slice name per line (``case0005_slice000``)
+    <root>/lists/lists_<Name>/<split>_vol.txt  one case per line, for each evaluation split (``test_vol.txt``)
+    <root>/meta/<case>.json                    per-case record, written last: its presence marks the case finished
+    <root>/dataset.json                        dataset-level record (labels, intensity spec, split, per-case geometry)
+
+Training splits are stored as axial slices, evaluation splits as volumes (SPEC §4). Every file is written through
+:mod:`resfu_med.atomic`, so an interrupted ``prepare`` never leaves a torn file that looks complete, and cases finished
+earlier are skipped on the next run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from resfu_med.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from resfu_med.errors import InputError
+
+__all__ = [
+    "CaseSource",
+    "PreparedCase",
+    "TRAIN_SPLITS",
+    "write_prepared",
+    "read_dataset_json",
+    "is_prepared_root",
+    "slice_name",
+    "PREPARED_FORMAT",
+]
+
+PREPARED_FORMAT = 1
+# Splits stored as 2D slices; every other split (test, val) is stored as volumes.
+TRAIN_SPLITS = ("train",)
+
+
+@dataclass
+class CaseSource:
+    """One case to prepare: its output name, split and source files (``extra`` is copied into its meta record)."""
+
+    case: str
+    split: str
+    image: Path
+    label: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedCase:
+    """What a loader returns for one case: normalised image and mapped label ``(Z, H, W)`` plus geometry."""
+
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+def slice_name(case: str, z: int) -> str:
+    """Name of slice ``z`` of ``case`` in ``train_npz`` and ``train.txt`` (TransUNet: ``case0005_slice000``)."""
+    return f"{case}_slice{z:03d}"
+
+
+def _source_stamp(path: Path) -> list:
+    st = path.stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _case_outputs(root: Path, case: str, split: str, depth: int) -> list[Path]:
+    if split in TRAIN_SPLITS:
+        return [root / "train_npz" / f"{slice_name(case, z)}.npz" for z in range(depth)]
+    return [root / "test_vol_h5" / f"{case}.npy.h5"]
+
+
+def _is_finished(root: Path, src: CaseSource) -> dict | None:
+    meta_path = root / "meta" / f"{src.case}.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    same_source = meta.get("image_stamp") == _source_stamp(src.image) and meta.get("label_stamp") == _source_stamp(src.label)
+    if meta.get("split") != src.split or not same_source:
+        return None
+    if not all(p.is_file() for p in _case_outputs(root, src.case, src.split, int(meta["shape"][0]))):
+        return None
+    return meta
+
+
+def _write_slices(root: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:
+    for z in range(image.shape[0]):
+        buf = io.BytesIO()
+        np.savez_compressed(buf, image=image[z].astype(np.float32), label=label[z].astype(np.uint8))
+        atomic_write_bytes(root / "train_npz" / f"{slice_name(case, z)}.npz", buf.getvalue())
+    # A re-prepared case with fewer slices must not keep stale higher-numbered slices around.
+    for stale in (root / "train_npz").glob(f"{case}_slice*.npz"):
+        idx = stale.stem.rpartition("_slice")[2]
+        if idx.isdigit() and int(idx) >= image.shape[0]:
+            stale.unlink()
+
+
+def _write_volume(root: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:
+    with atomic_path(root / "test_vol_h5" / f"{case}.npy.h5", suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("image", data=image.astype(np.float32), compression="gzip", compression_opts=4)
+            f.create_dataset("label", data=label.astype(np.uint8), compression="gzip", compression_opts=4)
+
+
+def write_prepared(
+    root: str | os.PathLike,
+    sources: Sequence[CaseSource],
+    load_case: Callable[[CaseSource], PreparedCase],
+    *,
+    info: dict[str, Any],
+    list_name: str,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Prepare ``sources`` into the TransUNet layout under ``root`` (idempotent, atomic, resumable).
+
+    Args:
+        root: output folder (created).
+        sources: the cases and their splits; every split must be non-empty.
+        load_case: loads, validates and normalises one case (raises :class:`InputError` naming the bad file).
+        info: dataset-level fields for ``dataset.json`` (``dataset``, ``modality``, ``label_names``, ``intensity``...).
+        list_name: the list folder suffix, e.g. ``"Synapse"`` for ``lists/lists_Synapse``.
+        overwrite: redo cases that are already finished.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``root`` as a Path.
+
+    Raises:
+        InputError: an empty split or any error of ``load_case``; cases finished before it stay intact.
+    """
+    root = Path(root)
+    if not sources:
+        raise InputError(f"{root}: no cases to prepare")
+    splits: dict[str, list[str]] = {}
+    for src in sources:
+        splits.setdefault(src.split, []).append(src.case)
+    root.mkdir(parents=True, exist_ok=True)
+    metas: dict[str, dict] = {}
+    bar = tqdm(sources, desc=f"prepare {info.get('dataset', '')}", unit="case", disable=not progress)
+    for src in bar:
+        bar.set_postfix_str(src.case)
+        meta = None if overwrite else _is_finished(root, src)
+        if meta is None:
+            case = load_case(src)
+            if case.image.shape != case.label.shape or case.image.ndim != 3:
+                raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
+            if src.split in TRAIN_SPLITS:
+                _write_slices(root, src.case, case.image, case.label)
+            else:
+                _write_volume(root, src.case, case.image, case.label)
+            meta = {
+                "case": src.case,
+                "split": src.split,
+                "image": str(src.image),
+                "label": str(src.label),
+                "image_stamp": _source_stamp(src.image),
+                "label_stamp": _source_stamp(src.label),
+                "shape": list(case.image.shape),
+                "spacing": [float(s) for s in case.spacing],
+                "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
+                "labels_present": sorted(int(v) for v in np.unique(case.label)),
+                **src.extra,
+            }
+            atomic_write_json(root / "meta" / f"{src.case}.json", meta)  # written last: marks the case finished
+        metas[src.case] = meta
+    list_dir = root / "lists" / f"lists_{list_name}"
+    for split, cases in splits.items():
+        if split in TRAIN_SPLITS:
+            names = [slice_name(c, z) for c in cases for z in range(int(metas[c]["shape"][0]))]
+            atomic_write_text(list_dir / f"{split}.txt", "".join(n + "\n" for n in names))
+        else:
+            atomic_write_text(list_dir / f"{split}_vol.txt", "".join(c + "\n" for c in cases))
+    record = {
+        "resfu_med_prepared": PREPARED_FORMAT,
+        **info,
+        "list_dir": f"lists/lists_{list_name}",
+        "orientation": "array (Z, Y, X) = NIfTI data (x, y, z).transpose(2, 1, 0); spacing in (sz, sy, sx) mm",
+        "split": splits,
+        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp")} for c, m in metas.items()},
+    }
+    atomic_write_json(root / "dataset.json", record)
+    return root
+
+
+def read_dataset_json(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``dataset.json`` of a prepared root, or ``None`` when absent (e.g. TransUNet's own release)."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
+
+
+def is_prepared_root(root: str | os.PathLike) -> bool:
+    """True when ``root`` holds the TransUNet layout (a ``lists`` folder beside ``train_npz`` or ``test_vol_h5``)."""
+    root = Path(root)
+    return (root / "lists").is_dir() and ((root / "train_npz").is_dir() or (root / "test_vol_h5").is_dir())

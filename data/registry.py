@@ -1,0 +1,192 @@
+"""Dataset names → metadata and MONAI datasets: ``dataset_info``, ``get_dataset`` and the demo-data cache.
+
+Names: ``synapse`` (TransUNet layout, or a raw BTCV release prepared on first use), ``demo`` (the embedded phantoms,
+generated on first use), ``acdc`` (prepared, or the raw ACDC release prepared on first use) and ``msd`` (any Medical
+Segmentation Decathlon / nnU-Net folder, prepared on first use). Raw folders are prepared into
+``$RESFU_MED_HOME/prepared/<name>-<hash of the folder path>`` (default home ``~/.cache/resfu-med``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resfu_med.errors import InputError
+
+from .intensity import CT_SPEC, MRI_SPEC
+from .layout import is_prepared_root, read_dataset_json
+from .synapse import SYNAPSE_CLASSES
+
+__all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "ensure_demo_data", "resfu_home", "prepared_cache_dir"]
+
+DATASET_NAMES = ("synapse", "acdc", "msd", "demo")
+ACDC_CLASSES = ["RV", "MYO", "LV"]
+
+
+@dataclass
+class DatasetInfo:
+    """What the engine needs to know about a dataset.
+
+    Attributes:
+        name: ``synapse``, ``acdc``, ``msd`` or ``demo``.
+        num_classes: classes including background.
+        label_names: foreground class names, index 1.. (``label_names[0]`` is class 1).
+        intensity: the intensity spec (see :func:`~resfu_med.data.intensity.make_intensity_transform`).
+        modality: ``"CT"`` or ``"MRI"``.
+        root: the prepared root when known, else ``None``.
+    """
+
+    name: str
+    num_classes: int
+    label_names: list[str]
+    intensity: dict[str, Any] = field(default_factory=dict)
+    modality: str = "CT"
+    root: Path | None = None
+
+
+def resfu_home() -> Path:
+    """``$RESFU_MED_HOME`` or ``~/.cache/resfu-med``: where the demo data and auto-prepared datasets live."""
+    return Path(os.environ.get("RESFU_MED_HOME") or Path.home() / ".cache" / "resfu-med").expanduser()
+
+
+def prepared_cache_dir(name: str, raw_root: str | os.PathLike) -> Path:
+    """Cache folder for the prepared copy of the raw folder ``raw_root``."""
+    digest = hashlib.sha1(str(Path(raw_root).resolve()).encode()).hexdigest()[:10]
+    return resfu_home() / "prepared" / f"{name}-{digest}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # Several processes (parallel tests, DataLoader workers, two trainings) may ask for the demo at once.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_demo_data(home: str | os.PathLike | None = None, progress: bool = False) -> Path:
+    """Generate the demo phantoms and prepare them (once; later calls reuse the cache).
+
+    Args:
+        home: cache folder (default :func:`resfu_home`).
+        progress: show the ``prepare`` progress bar.
+
+    Returns:
+        The prepared root (TransUNet layout; ``lists/lists_Synapse``, splits ``train`` and ``test``).
+    """
+    from .demo import DEMO_SEED, DEMO_VERSION, make_demo_dataset
+    from .synapse import prepare_synapse
+
+    base = Path(home).expanduser() if home is not None else resfu_home()
+    base = base / f"demo-v{DEMO_VERSION}"
+    raw, prepared = base / "raw", base / "prepared"
+    with _locked(base / ".lock"):
+        meta = read_dataset_json(prepared) if (prepared / "dataset.json").is_file() else None
+        if meta is not None and meta.get("dataset") == "demo":
+            return prepared
+        if not (raw / "dataset.json").is_file():  # written last by make_demo_dataset
+            make_demo_dataset(raw, seed=DEMO_SEED)
+        prepare_synapse(raw, prepared, name="demo", progress=progress)
+    return prepared
+
+
+def _check_name(name: str) -> str:
+    if name not in DATASET_NAMES:
+        raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}; got {name!r}")
+    return name
+
+
+def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
+    """Metadata of dataset ``name``; read from ``root``'s ``dataset.json`` when there is one.
+
+    Args:
+        name: ``synapse``, ``acdc``, ``msd`` or ``demo``.
+        root: the dataset folder (prepared or raw). Required for ``msd`` (labels come from its ``dataset.json``).
+
+    Raises:
+        ValueError: unknown name. InputError: ``msd`` without a readable ``dataset.json``.
+    """
+    _check_name(name)
+    meta = None
+    if root is not None and Path(root).is_dir():
+        meta = read_dataset_json(root)
+        if meta is not None and "resfu_med_prepared" not in meta:
+            if name == "msd":
+                from .msd import msd_info
+
+                return msd_info(root)
+            meta = None  # a raw release's own dataset.json (the demo's split record) is not a prepared record
+    if meta is not None:
+        return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
+                           meta.get("modality", "CT"), Path(root))  # fmt: skip
+    if name in ("synapse", "demo"):
+        return DatasetInfo(name, len(SYNAPSE_CLASSES) + 1, list(SYNAPSE_CLASSES), dict(CT_SPEC), "CT",
+                           Path(root) if root is not None else None)  # fmt: skip
+    if name == "acdc":
+        return DatasetInfo(name, 4, list(ACDC_CLASSES), dict(MRI_SPEC), "MRI", Path(root) if root is not None else None)
+    raise InputError(f"{root}: msd needs a folder with a dataset.json (got {root})")
+
+
+def _prepared_root(name: str, root: str | os.PathLike | None, progress: bool) -> Path:
+    """Resolve ``root`` to a prepared folder, preparing a raw release into the cache on first use."""
+    if name == "demo" and root is None:
+        return ensure_demo_data(progress=progress)
+    if root is None:
+        raise InputError(f"dataset '{name}' needs a data root (--data-root)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset folder not found")
+    if is_prepared_root(root):
+        return root
+    out = prepared_cache_dir(name, root)
+    with _locked(out.parent / f".{out.name}.lock"):
+        if name in ("synapse", "demo"):
+            from .synapse import prepare_synapse
+
+            return prepare_synapse(root, out, progress=progress)
+        if name == "acdc":
+            from .acdc import prepare_acdc
+
+            return prepare_acdc(root, out, progress=progress)
+        from .msd import prepare_msd
+
+        return prepare_msd(root, out, progress=progress)
+
+
+def get_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    transform: Callable | None = None,
+    *,
+    cache_rate: float = 0.0,
+    progress: bool = True,
+):
+    """A MONAI dataset of one split (slices for ``train``, volumes for ``test``/``val``; see :mod:`.datasets`).
+
+    Args:
+        name: ``synapse``, ``acdc``, ``msd`` or ``demo``.
+        root: prepared folder, or a raw release (prepared into the cache on first use); ``None`` for ``demo``.
+        split: ``train``, ``test`` or (ACDC, split files) ``val``.
+        transform: MONAI transform(s) applied after loading (e.g. :func:`get_transforms`).
+        cache_rate: fraction of loaded items cached in memory (``CacheDataset``).
+        progress: progress bar when a raw release has to be prepared first.
+
+    Raises:
+        ValueError: unknown name. InputError: missing/invalid data or an empty split.
+    """
+    from .datasets import PreparedDataset, SynapseDataset
+
+    _check_name(name)
+    root = _prepared_root(name, root, progress)
+    cls = SynapseDataset if name in ("synapse", "demo") else PreparedDataset
+    return cls(root, split, transform, cache_rate=cache_rate)

@@ -1,0 +1,175 @@
+"""Guided filter (He et al.) for ReSFU's semantic-space query ``q_GF`` (paper eq. 4–6, SPEC §2 step 5).
+
+``q_GF = mean(a) · q + mean(b)`` with ``a = cov(q, k̃) / (var(q) + ε)`` and ``b = mean(k̃) − a · mean(q)`` over square
+(cubic) windows of radius ``r``. Windows are clipped at the border and every mean divides by the number of pixels
+actually inside the image. The "fast" variant (the release's, SPEC default) computes ``a`` and ``b`` at half resolution
+and upsamples their window means back. Computation runs in float32 (or float64) whatever the input dtype: the variance
+``E[q²] − E[q]²`` cancels catastrophically in half precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GuidedFilter", "box_filter", "guided_filter", "fast_guided_filter", "nearest_half"]
+
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over the ``(2r+1)^d`` window around every pixel, clipped at the border (divides by the valid count).
+
+    The clipped box mean is separable (sum and count both factor per axis), so it runs as one 1-D average pooling per
+    axis: ``O(d · (2r+1))`` work per pixel instead of ``O((2r+1)^d)``. The input is zero-padded by hand (pooling refuses
+    an axis shorter than its window even with padding) and the window sum is divided by the per-axis count of pixels
+    inside the image, ``min(i + r, S − 1) − max(i − r, 0) + 1``.
+
+    Args:
+        x: ``(N, C, *spatial)`` with 1–3 spatial dims.
+        radius: window radius ``r >= 0``.
+
+    Returns:
+        Tensor of the same shape and dtype.
+    """
+    dims = x.dim() - 2
+    if dims not in _AVG_POOL:
+        raise ValueError(f"box_filter: x must have 1-3 spatial dims, got shape {tuple(x.shape)}")
+    if radius < 0:
+        raise ValueError(f"box_filter: radius must be >= 0, got {radius}")
+    out = x
+    for axis in range(dims):
+        size = int(x.shape[2 + axis])
+        r = min(radius, size - 1)  # a window reaching past both ends covers the whole axis either way
+        if r == 0:
+            continue
+        kernel = [1] * dims
+        kernel[axis] = 2 * r + 1
+        pad = [0] * (2 * dims)
+        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = r  # F.pad lists the last axis first
+        pos = torch.arange(size, device=x.device)
+        count = (pos + r).clamp(max=size - 1) - (pos - r).clamp(min=0) + 1
+        scale = ((2 * r + 1) / count.to(x.dtype)).view([size if a == axis else 1 for a in range(dims)])
+        out = _AVG_POOL[dims](F.pad(out, pad), kernel, stride=1) * scale
+    return out
+
+
+def nearest_half(x: torch.Tensor) -> torch.Tensor:
+    """Nearest downsampling to ``⌊S/2⌋`` per spatial axis (keeps pixel ``2i``; an axis of length 1 stays 1).
+
+    For axes of length >= 2 this equals ``F.interpolate(x, scale_factor=0.5, mode="nearest")``; written as strided
+    slicing so odd sizes are explicit.
+    """
+    index = [slice(None)] * x.dim()
+    for axis in range(2, x.dim()):
+        keep = max(1, int(x.shape[axis]) // 2)
+        index[axis] = slice(0, 2 * keep - 1, 2)
+    out = x[tuple(index)]
+    return out
+
+
+def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window means of the linear coefficients, ``(mean(a), mean(b))`` (eq. 5, then the averaging of eq. 6)."""
+    mean_g = box_filter(guide, radius)
+    mean_s = box_filter(src, radius)
+    cov_gs = box_filter(guide * src, radius) - mean_g * mean_s
+    var_g = box_filter(guide * guide, radius) - mean_g * mean_g
+    a = cov_gs / (var_g + eps)
+    b = mean_s - a * mean_g
+    return box_filter(a, radius), box_filter(b, radius)
+
+
+def _check(guide: torch.Tensor, src: torch.Tensor) -> None:
+    if guide.shape != src.shape or guide.dim() - 2 not in _AVG_POOL:
+        raise ValueError(
+            f"guided filter: guide and src must share one (N, C, *spatial) shape with 1-3 spatial dims, "
+            f"got guide {tuple(guide.shape)}, src {tuple(src.shape)}"
+        )
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """Full-resolution guided filter of ``src`` steered by ``guide`` (channel-wise, paper eq. 4–6).
+
+    Args:
+        guide: ``(N, C, *spatial)`` guidance (ReSFU: the query ``q``).
+        src: same shape, the image to filter (ReSFU: the upsampled key ``k̃``).
+        radius: window radius.
+        eps: regulariser ``ε`` of ``a``.
+
+    Returns:
+        ``mean(a) · guide + mean(b)`` in ``guide``'s dtype.
+    """
+    _check(guide, src)
+    dtype = _compute_dtype(guide)
+    with torch.autocast(device_type=guide.device.type, enabled=False):
+        g, s = guide.to(dtype), src.to(dtype)
+        mean_a, mean_b = _coefficients(g, s, radius, eps)
+        return (mean_a * g + mean_b).to(guide.dtype)
+
+
+def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """Fast guided filter (SPEC §2 step 5): coefficients at half resolution, applied to the full-resolution guide.
+
+    ``guide`` and ``src`` are nearest-downsampled to ``⌊S/2⌋`` (:func:`nearest_half`), ``mean(a)`` and ``mean(b)`` are
+    computed there with radius ``max(1, radius // 2)``, linearly upsampled (``align_corners=False``) to the full size and
+    combined with the full-resolution guide.
+
+    Args:
+        guide: ``(N, C, *spatial)``.
+        src: same shape.
+        radius: full-resolution radius ``r`` (halved internally).
+        eps: regulariser ``ε``.
+
+    Returns:
+        Tensor shaped like ``guide`` in ``guide``'s dtype.
+    """
+    _check(guide, src)
+    dtype = _compute_dtype(guide)
+    with torch.autocast(device_type=guide.device.type, enabled=False):
+        g, s = guide.to(dtype), src.to(dtype)
+        mean_a, mean_b = _coefficients(nearest_half(g), nearest_half(s), max(1, radius // 2), eps)
+        size = [int(s) for s in g.shape[2:]]
+        mode = _LINEAR_MODE[g.dim() - 2]
+        mean_a = F.interpolate(mean_a, size=size, mode=mode, align_corners=False)
+        mean_b = F.interpolate(mean_b, size=size, mode=mode, align_corners=False)
+        return (mean_a * g + mean_b).to(guide.dtype)
+
+
+class GuidedFilter(nn.Module):
+    """Module wrapper of :func:`fast_guided_filter` / :func:`guided_filter` (no parameters).
+
+    Args:
+        radius: window radius at full resolution (paper: 8).
+        eps: regulariser (paper: 1e-3).
+        fast: compute the coefficients at half resolution (SPEC default, as in the authors' release).
+
+    Example:
+        >>> gf = GuidedFilter(radius=8, eps=1e-3)
+        >>> gf(torch.randn(1, 4, 32, 32), torch.randn(1, 4, 32, 32)).shape
+        torch.Size([1, 4, 32, 32])
+    """
+
+    def __init__(self, radius: int = 8, eps: float = 1e-3, fast: bool = True) -> None:
+        super().__init__()
+        if radius < 1:
+            raise ValueError(f"radius must be >= 1, got {radius}")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.radius = int(radius)
+        self.eps = float(eps)
+        self.fast = bool(fast)
+
+    def forward(self, guide: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """Filter ``src`` with ``guide``; both ``(N, C, *spatial)``."""
+        if self.fast:
+            return fast_guided_filter(guide, src, self.radius, self.eps)
+        return guided_filter(guide, src, self.radius, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"radius={self.radius}, eps={self.eps}, fast={self.fast}"

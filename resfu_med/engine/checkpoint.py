@@ -1,0 +1,200 @@
+"""Checkpoints: atomic save, validated load, and rebuilding a trained model from one file.
+
+A checkpoint is a dict saved with ``torch.save`` (through :mod:`resfu_med.atomic`, so a kill while saving never
+leaves a torn file under the final name) with the keys of :data:`REQUIRED_KEYS`:
+``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``iteration``, ``rng``,
+``best_metric`` and ``config`` (the resolved run config; ``config["model"] = {"name", "kwargs"}``,
+``config["data"] = {"dataset", "num_classes", "label_names", "intensity", "img_size", "modality", ...}``), plus
+``format``/``version`` and the training position (``position``). RNG states are stored as tensors and plain lists so
+the file loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from resfu_med.atomic import atomic_torch_save
+from resfu_med.errors import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "REQUIRED_KEYS",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "capture_rng",
+    "restore_rng",
+]
+
+FORMAT = "resfu-med-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "rng", "best_metric", "config")
+
+
+def capture_rng() -> dict[str, Any]:
+    """The torch, CUDA, numpy and Python RNG states, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore the RNG states captured by :func:`capture_rng` (CUDA states only where the device count matches)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temporary file + rename).
+
+    Args:
+        path: destination, e.g. ``runs/demo/last.pt``.
+        state: a dict with at least :data:`REQUIRED_KEYS`; ``format`` and ``version`` are added.
+
+    Raises:
+        ValueError: ``state`` lacks required keys.
+    """
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"state: checkpoint lacks keys {missing}")
+    atomic_torch_save({"format": FORMAT, "version": VERSION, **state}, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors are loaded.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable/corrupt/truncated, or not a resfu-med checkpoint; the message
+            names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle/zip errors of all kinds mean the same thing to the user
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({detail[:200]})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a resfu-med checkpoint (no format tag {FORMAT!r})")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {ckpt.get('version')}; this resfu-med reads up to {VERSION}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    cfg = ckpt["config"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
+        raise CheckpointError(f"checkpoint {path} has no model description (config['model'])")
+    return ckpt
+
+
+def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])}; checkpoint vs model)")
+    return ", ".join(parts) or None
+
+
+def load_model(
+    checkpoint_path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    num_classes: int | None = None,
+    model_name: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the trained network of a checkpoint.
+
+    Args:
+        checkpoint_path: a ``last.pt``/``best.pt`` (or any checkpoint of :func:`save_checkpoint`).
+        device: where to put the model.
+        num_classes: if given, the class count (incl. background) the caller expects, e.g. its dataset's; a
+            checkpoint trained for another count raises.
+        model_name: if given, the architecture the caller expects (``transunet``, ``unet``, ``unet3d``).
+
+    Returns:
+        ``(model, config)``: the network in eval mode on ``device`` and the run's resolved config.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or a mismatch between the checkpoint's weights and its recorded
+            architecture, or with the expected ``num_classes``/``model_name``; the message names the mismatch.
+    """
+    from resfu_med.engine.model_factory import build_model, num_classes_of
+    from resfu_med.errors import InputError
+
+    ckpt = load_checkpoint(checkpoint_path)
+    config = ckpt["config"]
+    mcfg = config["model"]
+    recorded = num_classes_of(mcfg)
+    data_classes = config.get("data", {}).get("num_classes")
+    if model_name is not None and mcfg["name"] != model_name:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} holds a {mcfg['name']!r} model, expected {model_name!r}"
+        )
+    if recorded is not None and data_classes is not None and recorded != int(data_classes):
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} is inconsistent: model has {recorded} classes, its dataset "
+            f"{config['data'].get('dataset')!r} {data_classes}"
+        )
+    have = recorded if recorded is not None else data_classes
+    if num_classes is not None and have is not None and int(have) != int(num_classes):
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} was trained for {have} classes "
+            f"(dataset {config.get('data', {}).get('dataset')!r}), expected {num_classes}"
+        )
+    try:
+        model = build_model(mcfg)
+    except InputError as err:
+        raise CheckpointError(f"checkpoint {checkpoint_path}: cannot rebuild its model: {err}") from err
+    problem = _describe_mismatch(model, ckpt["model"])
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} does not match its {mcfg['name']!r} architecture: {problem}"
+        )
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, config

@@ -1,0 +1,249 @@
+"""Whole-volume prediction with a trained model: slice-wise for 2D models, 3D sliding windows for 3D ones.
+
+2D models are trained on whole axial slices zoomed to ``img_size`` (SPEC §4), so they are run the same way
+(SPEC §5, TransUNet's ``test_single_volume``): each slice is zoomed to ``img_size`` (cubic, ``scipy.ndimage.zoom``
+order 3), predicted, and the argmax zoomed back to the slice's size (nearest, order 0). Slices are batched for speed.
+The network call goes through MONAI ``sliding_window_inference`` with Gaussian blending, so a ``roi`` smaller than
+``img_size`` tiles the zoomed slice; with ``roi == img_size`` it is one window and exactly the evaluation protocol.
+
+3D models run MONAI ``sliding_window_inference`` over the volume at its own voxel grid, in overlapping slabs along
+the first axis so that memory stays bounded for large CT volumes (only one slab's probabilities exist at a time).
+
+Arrays are ``(Z, Y, X)`` (slice axis first), the layout of the evaluation datasets.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from scipy.ndimage import zoom
+
+from resfu_med.errors import CheckpointError
+
+__all__ = ["model_spatial_dims", "make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
+
+
+def model_spatial_dims(config: Mapping[str, Any]) -> int:
+    """2 or 3: the spatial dimensionality of the model described by a checkpoint's config (``config["model"]``)."""
+    model_cfg = config.get("model", {}) or {}
+    kwargs = model_cfg.get("kwargs", {}) or {}
+    if model_cfg.get("name") == "unet3d" or int(kwargs.get("spatial_dims", 2)) == 3:
+        return 3
+    return 2
+
+
+def _pair(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    t = (int(v),) * n if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)
+    if len(t) == 1:
+        t = t * n
+    if len(t) != n or min(t) < 1:
+        raise ValueError(f"{name} must be a positive int or {n} positive ints, got {v!r}")
+    return t
+
+
+def make_predictor(
+    model: torch.nn.Module, spatial_dims: int, tta: bool = False, num_classes: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap ``model`` into a function returning softmax probabilities, optionally averaged over mirror flips.
+
+    Args:
+        model: network returning logits ``(B, C, *spatial)`` (a tuple/list output uses its first element).
+        spatial_dims: 2 or 3.
+        tta: average over all ``2**spatial_dims`` combinations of flips along the spatial axes (nnU-Net mirroring).
+        num_classes: if given, the channel count the logits must have.
+
+    Returns:
+        ``predictor(x) -> probabilities`` (float32), for ``sliding_window_inference``.
+
+    Raises:
+        CheckpointError: (when called) the logits have a channel count other than ``num_classes``.
+    """
+    axes = list(range(2, 2 + spatial_dims))
+    flips = [list(c) for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)] if tta else [[]]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if num_classes is not None and out.shape[1] != num_classes:
+            raise CheckpointError(
+                f"the model outputs {out.shape[1]} classes but its checkpoint config says num_classes={num_classes}"
+            )
+        return torch.softmax(out.float(), dim=1)
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for f in flips:
+            p = forward(x.flip(f)).flip(f) if f else forward(x)
+            total = p if total is None else total + p
+        return total / len(flips)
+
+    return predictor
+
+
+def _zoom_to(a: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    if tuple(a.shape) == tuple(shape):
+        return a
+    out = zoom(a, [t / s for t, s in zip(shape, a.shape)], order=order)
+    if out.shape != tuple(shape):  # scipy rounds the output size; guard against an off-by-one
+        raise RuntimeError(f"zoom produced {out.shape}, expected {tuple(shape)}")
+    return out
+
+
+@torch.no_grad()
+def predict_slices(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    img_size: int | Sequence[int],
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    roi: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    num_classes: int | None = None,
+    resample: bool = True,
+    probabilities: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict a ``(Z, H, W)`` volume with a 2D model, slice by slice (SPEC §5).
+
+    Args:
+        model: 2D network in eval mode, input ``(B, 1, h, w)``.
+        image: ``(Z, H, W)`` float volume, already intensity-normalised.
+        img_size: size slices are zoomed to (the training size).
+        device: where the network runs.
+        batch_size: slices per network call.
+        roi: sliding-window size on the zoomed slice; default ``img_size`` (one window).
+        overlap: window overlap fraction in [0, 1).
+        tta: mirror test-time augmentation.
+        num_classes: expected logit channels (checked).
+        resample: zoom slices to ``img_size`` and back; ``False`` runs windows at the native slice grid.
+        probabilities: also return ``(C, Z, H, W)`` float32 probabilities (zoomed back linearly).
+        progress: called with the number of slices done after each batch.
+
+    Returns:
+        ``(labels, probs)``: labels ``(Z, H, W)`` uint8; probs or ``None``.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, H, W), got shape {image.shape}")
+    size = _pair(img_size, 2, "img_size")
+    roi_t = _pair(roi if roi is not None else size, 2, "roi")
+    depth, h, w = image.shape
+    target = size if resample else (h, w)
+    predictor = make_predictor(model, 2, tta, num_classes)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    probs = None
+    for z0 in range(0, depth, max(1, int(batch_size))):
+        z1 = min(depth, z0 + max(1, int(batch_size)))
+        batch = np.stack([_zoom_to(np.asarray(image[z], dtype=np.float32), target, 3) for z in range(z0, z1)])
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(device)
+        p = sliding_window_inference(x, roi_t, x.shape[0], predictor, overlap=overlap, mode="gaussian")
+        lab = torch.argmax(p, dim=1).to(torch.uint8).cpu().numpy()
+        for i, z in enumerate(range(z0, z1)):
+            labels[z] = _zoom_to(lab[i], (h, w), 0)
+        if probabilities:
+            if probs is None:
+                probs = np.zeros((p.shape[1], depth, h, w), dtype=np.float32)
+            pn = p.cpu().numpy()
+            for i, z in enumerate(range(z0, z1)):
+                for c in range(pn.shape[1]):
+                    probs[c, z] = _zoom_to(pn[i, c], (h, w), 1)
+        if progress is not None:
+            progress(z1 - z0)
+    return labels, probs
+
+
+@torch.no_grad()
+def predict_volume_3d(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    roi: int | Sequence[int],
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    tta: bool = False,
+    num_classes: int | None = None,
+    probabilities: bool = False,
+    slab_depth: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict a ``(Z, Y, X)`` volume with a 3D model by Gaussian-blended sliding windows, streamed in slabs.
+
+    The volume is cut along Z into slabs of ``slab_depth`` slices; each slab is extended by one window depth of
+    context on both sides, predicted with ``sliding_window_inference``, and only its central part kept. Peak memory
+    is then one extended slab's probabilities, not the whole volume's.
+
+    Args:
+        model: 3D network in eval mode, input ``(B, 1, z, y, x)``.
+        image: ``(Z, Y, X)`` float volume, already intensity-normalised.
+        roi: window size (one int or three).
+        device: where the network runs.
+        sw_batch_size: windows per network call.
+        overlap: window overlap fraction in [0, 1).
+        tta: mirror test-time augmentation (8 flips).
+        num_classes: expected logit channels (checked).
+        probabilities: also return ``(C, Z, Y, X)`` float32 probabilities.
+        slab_depth: slices per slab; default ``max(4 * roi_z, 64)``.
+        progress: called with the number of slices done after each slab.
+
+    Returns:
+        ``(labels, probs)``: labels ``(Z, Y, X)`` uint8; probs or ``None``.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, Y, X), got shape {image.shape}")
+    roi_t = _pair(roi, 3, "roi")
+    depth = image.shape[0]
+    slab = int(slab_depth) if slab_depth else max(4 * roi_t[0], 64)
+    halo = roi_t[0]
+    predictor = make_predictor(model, 3, tta, num_classes)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    probs = None
+    for z0 in range(0, depth, slab):
+        z1 = min(depth, z0 + slab)
+        a0, a1 = max(0, z0 - halo), min(depth, z1 + halo)
+        x = torch.from_numpy(np.ascontiguousarray(image[a0:a1], dtype=np.float32))[None, None].to(device)
+        p = sliding_window_inference(x, roi_t, sw_batch_size, predictor, overlap=overlap, mode="gaussian")
+        p = p[0, :, z0 - a0 : z1 - a0]
+        labels[z0:z1] = torch.argmax(p, dim=0).to(torch.uint8).cpu().numpy()
+        if probabilities:
+            if probs is None:
+                probs = np.zeros((p.shape[0],) + image.shape, dtype=np.float32)
+            probs[:, z0:z1] = p.cpu().numpy()
+        del p, x
+        if progress is not None:
+            progress(z1 - z0)
+    return labels, probs
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    config: Mapping[str, Any],
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    roi: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    probabilities: bool = False,
+    resample: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict a ``(Z, Y, X)`` normalised volume with the model a checkpoint ``config`` describes (2D or 3D).
+
+    ``config["data"]`` gives ``img_size`` and ``num_classes``; 3D models use ``roi`` or ``config["data"]["roi_size"]``
+    (or ``patch_size``, else ``img_size``) as the window.
+    """
+    data = config.get("data", {}) or {}
+    num_classes = data.get("num_classes")
+    img_size = data.get("img_size", 224)
+    if model_spatial_dims(config) == 3:
+        window = roi if roi is not None else data.get("roi_size", data.get("patch_size", img_size))
+        return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, num_classes,
+                                 probabilities, progress=progress)
+    return predict_slices(model, image, img_size, device, batch_size, roi, overlap, tta, num_classes,
+                          resample, probabilities, progress)

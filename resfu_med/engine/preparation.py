@@ -1,0 +1,119 @@
+"""Preparing a training run: complete the config from the dataset, check the run folder, pick the device.
+
+Kept apart from the loop (:mod:`resfu_med.engine.trainer`) so the command line can fail fast, with one clear line,
+before any model is built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resfu_med.engine.model_factory import model_kwargs
+from resfu_med.errors import InputError
+
+__all__ = ["complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
+
+#: What a training run writes into its folder (``--overwrite`` removes exactly these).
+RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
+
+#: Config keys that may change when a run is resumed (they change where or how fast it runs, not its result).
+RUNTIME_KEYS = ("device", "data.num_workers", "train.max_iters", "data.root")
+
+
+def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the dataset facts (``data.num_classes``, ``label_names``, ``intensity``, ``modality``, ``root``) and
+    the network's full constructor arguments (``model.kwargs``).
+
+    The demo dataset is generated on first use (:func:`resfu_med.data.ensure_demo_data`). Facts already present in
+    ``cfg["data"]`` (a custom dataset passed to the trainer directly) are kept.
+
+    Raises:
+        InputError: the data root is missing or does not exist; the dataset or model name is unknown.
+    """
+    data = cfg["data"]
+    name = data["dataset"]
+    if "num_classes" not in data:
+        root = data.get("root")
+        if root is None and name != "demo":
+            raise InputError(f"--data-root is required for dataset {name!r} (the folder with its prepared data)")
+        if root is not None and not Path(root).exists():
+            raise InputError(f"data root {root} does not exist")
+        if root is None:
+            from resfu_med.data import ensure_demo_data
+
+            root = str(ensure_demo_data())
+        from resfu_med.data import dataset_info
+
+        info = dataset_info(name, root)
+        data.update(
+            root=str(Path(info.root) if getattr(info, "root", None) else Path(root)),
+            num_classes=int(info.num_classes),
+            label_names=list(info.label_names),
+            intensity=info.intensity,
+            modality=info.modality,
+        )
+    model = cfg["model"]
+    model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
+                                   model.get("upsampler"), model.get("kwargs"))
+    return cfg
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True) -> None:
+    """Check the run folder and, with ``create``, clear its old run files (``overwrite``) and create it.
+
+    Call it once with ``create=False`` before any slow work (it has no side effects then) and once with
+    ``create=True`` when the config is known to be good, so a bad config never costs the previous run.
+
+    Raises:
+        InputError: the folder holds a previous run and neither ``resume`` nor ``overwrite`` is set; ``resume`` with
+            no ``last.pt``; the folder cannot be created or written.
+    """
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise InputError(f"nothing to resume: {run_dir / 'last.pt'} not found")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"output {run_dir} exists and is not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise InputError(
+                f"output folder {run_dir} already exists and is not empty; pass --resume to continue its run or "
+                "--overwrite to start over"
+            )
+    if not create:
+        existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise InputError(f"output folder {run_dir} is not writable ({existing} is read-only)")
+        return
+    if run_dir.is_dir() and overwrite:
+        for name in RUN_FILES:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"output folder {run_dir} is not writable: {err.strerror or err}") from err
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU raises InputError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")

@@ -1,0 +1,358 @@
+"""The training loop (TransUNet protocol, SPEC §4): SGD + poly decay, 0.5·CE + 0.5·Dice, resumable and DDP-ready.
+
+:class:`Trainer` owns one run folder::
+
+    runs/demo/
+      config.json    the resolved config (also inside every checkpoint)
+      last.pt        latest state: model, optimizer, scheduler, scaler, position, RNG states, config
+      best.pt        the state with the best validation mean Dice (or the last epoch without validation)
+      history.json   validation results per epoch
+      tb/            TensorBoard events: train/loss, train/lr, val/dice/<class>, val/mean_dice, val/overlay
+
+Resuming restores everything in ``last.pt`` and continues from the recorded position (epoch, batch in epoch); with
+the sampler of :mod:`resfu_med.engine.sampling` the remaining batches are exactly those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from resfu_med.atomic import atomic_write_json
+from resfu_med.engine import distributed as ddp
+from resfu_med.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from resfu_med.engine.model_factory import build_model
+from resfu_med.engine.sampling import ResumableSampler, SeededDataset
+from resfu_med.engine.validation import validate
+from resfu_med.errors import InputError, ResfuMedError
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "AMP_DTYPES"]
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(ResfuMedError):
+    """The loss (or a batch) became NaN/inf; training stopped and the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(ResfuMedError):
+    """SIGINT/SIGTERM: ``last.pt`` was saved at the current iteration; ``--resume`` continues."""
+
+
+class Trainer:
+    """Train one run.
+
+    Args:
+        config: a completed config (:func:`resfu_med.engine.preparation.complete_config`), or ignored on resume
+            (the checkpoint's config is used, with ``runtime`` overrides).
+        run_dir: the run folder (checked by :func:`~resfu_med.engine.preparation.prepare_run_dir`).
+        resume: continue from ``run_dir/last.pt``.
+        train_data: a map-style dataset of training slice dicts (``{"image": (1, H, W), "label": (1, H, W)}`` after
+            its transforms); default: ``resfu_med.data.get_dataset(dataset, root, "train", get_transforms(...))``.
+        val_data: an iterable of volume dicts for validation; default: the dataset's ``data.val_split`` split if it
+            has one.
+        runtime: on resume, config values that may change (``device``, ``data.num_workers``, ``train.max_iters``).
+        device: the torch device (resolved by the caller).
+        dist: the DDP position of this process.
+        progress: show a tqdm bar (rank 0 only).
+    """
+
+    def __init__(self, config: dict[str, Any], run_dir: str | Path, *, resume: bool = False,
+                 train_data: Any = None, val_data: Any = None, runtime: dict[str, Any] | None = None,
+                 device: torch.device | None = None, dist: ddp.DistInfo | None = None, progress: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.dist = dist or ddp.DistInfo()
+        self.device = device or torch.device("cpu")
+        self.progress = progress and self.dist.is_main
+        self.ckpt = load_checkpoint(self.run_dir / "last.pt") if resume else None
+        if self.ckpt is not None:
+            config = self.ckpt["config"]
+            for key, value in (runtime or {}).items():
+                section, _, leaf = key.rpartition(".")
+                (config[section] if section else config)[leaf] = value
+        self.cfg = config
+        t, d = config["train"], config["data"]
+        self.amp_dtype = AMP_DTYPES[config["amp"]]
+        if self.amp_dtype is not None and self.device.type == "cpu" and not torch.amp.is_autocast_available("cpu"):
+            raise InputError("--amp: autocast is not available on CPU with this torch")
+        self._seed_everything()
+
+        # Data: slices for training, volumes for validation.
+        self.train_data = SeededDataset(train_data if train_data is not None else self._default_train_data())
+        if len(self.train_data) == 0:
+            raise InputError(f"dataset {d['dataset']!r} has no training slices under {d.get('root')}")
+        self.val_data = val_data if val_data is not None or not t["eval"] else self._default_val_data()
+        if t["batch_size"] % self.dist.world_size:
+            raise InputError(f"--batch-size {t['batch_size']} must be divisible by the {self.dist.world_size} "
+                             "DDP processes (it is the global batch)")
+        self.batch_size = t["batch_size"] // self.dist.world_size
+        self.sampler = ResumableSampler(self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                        shuffle=True, seed=config["seed"])
+        self.iters_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
+        self.max_iterations = t["epochs"] * self.iters_per_epoch
+
+        # Model, optimisation.
+        self.model = build_model(config["model"]).to(self.device)
+        pretrained = config["model"].get("pretrained")
+        if pretrained and self.ckpt is None:
+            self._load_pretrained(pretrained)
+        self.net: nn.Module = (DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                                       if self.device.type == "cuda" else None)
+                               if self.dist.enabled else self.model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t["lr"], momentum=t["momentum"],
+                                         weight_decay=t["weight_decay"])
+        # Poly decay per iteration: lr = base · (1 − it / max_it)^power (TransUNet).
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.max_iterations,
+                                                               power=t["poly_power"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["amp"] == "fp16")
+        from monai.losses import DiceCELoss
+
+        # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does.
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, batch=True,
+                                  lambda_ce=t["ce_weight"], lambda_dice=t["dice_weight"])
+        self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
+        self.best_metric: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self._stop_signal: int | None = None
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+
+    # -- setup helpers -------------------------------------------------------------------------------------------
+    def _seed_everything(self) -> None:
+        from monai.utils import set_determinism
+
+        set_determinism(seed=self.cfg["seed"])
+        deterministic = bool(self.cfg["deterministic"])
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+
+    def _default_train_data(self) -> Any:
+        from resfu_med.data import get_dataset, get_transforms
+
+        d = self.cfg["data"]
+        return get_dataset(d["dataset"], d["root"], "train",
+                           transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
+
+    def _default_val_data(self) -> Any:
+        from resfu_med.data import get_dataset
+
+        d = self.cfg["data"]
+        try:
+            data = get_dataset(d["dataset"], d["root"], d["val_split"])
+        except (InputError, ValueError, KeyError, FileNotFoundError) as err:
+            if self.dist.is_main:
+                print(f"resfu-med train: no {d['val_split']!r} split ({err}); best.pt will be the last epoch",
+                      file=sys.stderr)
+            return None
+        if d.get("val_cases"):
+            data = [data[i] for i in range(min(len(data), d["val_cases"]))]
+        return data
+
+    def _load_pretrained(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise InputError(f"--pretrained {path} not found")
+        if not hasattr(self.model, "load_pretrained"):
+            raise InputError(f"--pretrained: model {self.cfg['model']['name']!r} has no pretrained weights loader "
+                             "(only transunet loads R50+ViT-B_16.npz)")
+        self.model.load_pretrained(path)
+
+    # -- state -----------------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        rng = ddp.gather_objects(capture_rng(), self.dist)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "position": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "iters_per_epoch": self.iters_per_epoch, "world_size": self.dist.world_size},
+            "rng": rng[0],
+            "rng_ranks": rng,
+            "best_metric": self.best_metric,
+            "history": self.history,
+            "config": self.cfg,
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        pos = ckpt.get("position", {})
+        self.epoch = int(ckpt["epoch"])
+        self.iteration = int(ckpt["iteration"])
+        self.batch_in_epoch = int(pos.get("batch_in_epoch", 0))
+        if pos.get("world_size", 1) != self.dist.world_size and self.batch_in_epoch:
+            raise InputError(f"--resume: the run stopped mid-epoch with {pos.get('world_size')} processes; resume it "
+                             f"with the same number (got {self.dist.world_size})")
+        self.best_metric = ckpt["best_metric"]
+        self.history = list(ckpt.get("history", []))
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        restore_rng(ranks[self.dist.rank] if self.dist.rank < len(ranks) else ckpt["rng"])
+
+    def _save(self, best: bool = False) -> None:
+        state = self._state()  # collective under DDP: every rank calls it
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / "last.pt", state)
+            if best:
+                save_checkpoint(self.run_dir / "best.pt", state)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _loader(self) -> Any:
+        from monai.data import DataLoader
+
+        workers = int(self.cfg["data"]["num_workers"])
+        # A private generator keeps the DataLoader from touching (and MONAI from resetting) the global torch RNG.
+        return DataLoader(self.train_data, batch_size=self.batch_size, sampler=self.sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.cfg["seed"]))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _step(self, batch: dict[str, Any]) -> float:
+        image = torch.as_tensor(batch["image"]).to(self.device, non_blocking=True).float()
+        label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).long()
+        finite = bool(torch.isfinite(image).all())
+        loss = None
+        if finite:
+            with self._autocast():
+                logits = self.net(image)
+            loss = self.loss_fn(logits.float(), label)
+            finite = bool(torch.isfinite(loss.detach()))
+        if not ddp.all_true(finite, self.dist, self.device):
+            what = "a training batch contains NaN/inf voxels" if loss is None else "the loss is not finite"
+            value = "" if loss is None else f" ({float(loss.detach()):g})"
+            raise TrainingDiverged(
+                f"{what}{value} at iteration {self.iteration + 1} (epoch {self.epoch + 1}); training stopped, "
+                f"the last good checkpoint {self.run_dir / 'last.pt'} is kept"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def _validate(self, writer: Any) -> float | None:
+        """Validate on rank 0 (others wait); returns the mean Dice or ``None`` without validation data."""
+        metric = None
+        if self.val_data is not None and self.dist.is_main:
+            d = self.cfg["data"]
+            result = validate(self.model, self.val_data, self.cfg, device=self.device,
+                              amp_dtype=self.amp_dtype, num_images=self.cfg["train"]["num_images"])
+            self.model.train()
+            metric = result["mean_dice"]
+            names = list(d.get("label_names") or [str(c) for c in range(1, d["num_classes"])])
+            entry = {"epoch": self.epoch, "iteration": self.iteration, "mean_dice": metric,
+                     "dice": dict(zip(names, result["dice"]))}
+            self.history.append(entry)
+            if writer is not None:
+                writer.add_scalar("val/mean_dice", metric, self.iteration)
+                for name, value in entry["dice"].items():
+                    writer.add_scalar(f"val/dice/{name}", value, self.iteration)
+                for case, img in result["images"]:
+                    writer.add_image(f"val/overlay/{case}", img, self.iteration)
+            atomic_write_json(self.run_dir / "history.json", self.history)
+        ddp.barrier(self.dist)
+        return metric
+
+    def _end_epoch(self, writer: Any) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        t = self.cfg["train"]
+        due = t["eval"] and (self.epoch % t["val_every"] == 0 or self.epoch == t["epochs"])
+        metric = self._validate(writer) if due else None
+        best = False
+        if self.val_data is None or not t["eval"]:
+            best = self.epoch == t["epochs"]  # no validation: best.pt is the final model
+        elif metric is not None and not math.isnan(metric) and (self.best_metric is None or metric > self.best_metric):
+            self.best_metric, best = metric, True
+        self._save(best=best)  # only rank 0 writes, so only its flag matters
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    def fit(self) -> dict[str, Any]:
+        """Train until the last epoch or ``train.max_iters``; returns a summary dict.
+
+        Raises:
+            TrainingDiverged: NaN/inf loss or batch (``last.pt`` keeps the last good state).
+            TrainingInterrupted: SIGINT/SIGTERM (``last.pt`` saved at the current iteration).
+        """
+        t = self.cfg["train"]
+        max_iters = t["max_iters"]
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "config.json", self.cfg)
+        writer = None
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote after its last checkpoint.
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.iteration or None)
+        handlers = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread
+            handlers = {}
+        from tqdm.auto import tqdm
+
+        total = min(self.max_iterations, max_iters) if max_iters else self.max_iterations
+        bar = tqdm(total=total, initial=min(self.iteration, total), disable=not self.progress, unit="it",
+                   desc="train", dynamic_ncols=True, file=sys.stderr)
+        self.net.train()
+        stopped = None
+        try:
+            while self.epoch < t["epochs"] and stopped is None:
+                self.sampler.set_epoch(self.epoch)
+                self.sampler.set_start(self.batch_in_epoch * self.batch_size)
+                if self.batch_in_epoch < self.iters_per_epoch:
+                    for batch in self._loader():
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        loss = self._step(batch)
+                        self.iteration += 1
+                        self.batch_in_epoch += 1
+                        bar.update(1)
+                        bar.set_postfix(epoch=f"{self.epoch + 1}/{t['epochs']}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                        refresh=False)
+                        if writer is not None and self.iteration % t["log_every"] == 0:
+                            writer.add_scalar("train/loss", loss, self.iteration)
+                            writer.add_scalar("train/lr", lr, self.iteration)
+                        stop_now = not ddp.all_true(self._stop_signal is None, self.dist, self.device)
+                        if stop_now:
+                            stopped = "signal"
+                        elif max_iters and self.iteration >= max_iters:
+                            stopped = "max_iters"
+                        if stopped:
+                            break
+                        if t["checkpoint_every"] and self.iteration % t["checkpoint_every"] == 0:
+                            self._save()
+                if self.batch_in_epoch >= self.iters_per_epoch:
+                    self._end_epoch(writer)
+                elif stopped:
+                    self._save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+        if stopped == "signal":
+            raise TrainingInterrupted(f"interrupted at iteration {self.iteration}; {self.run_dir / 'last.pt'} saved, "
+                                      "continue with --resume")
+        return {"epoch": self.epoch, "iteration": self.iteration, "best_metric": self.best_metric,
+                "finished": self.epoch >= t["epochs"], "history": self.history}

@@ -1,0 +1,69 @@
+"""Stand-in models and volumes for the evaluate/infer tests: predictions we know in advance.
+
+:class:`BinModel` predicts, voxel by voxel, the class nearest to ``x * (C - 1)`` — so the expected segmentation of
+any image is ``round(x * (C - 1))`` whatever the windowing, blending or batching.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import torch
+
+
+class BinModel(torch.nn.Module):
+    def __init__(self, num_classes: int = 4, spatial_dims: int = 2, out_channels: int | None = None):
+        super().__init__()
+        self.num_classes = num_classes
+        self.spatial_dims = spatial_dims
+        self.out_channels = out_channels or num_classes
+        self.scale = torch.nn.Parameter(torch.tensor(50.0))
+
+    def forward(self, x):
+        assert x.ndim == 2 + self.spatial_dims and x.shape[1] == 1
+        c = torch.arange(self.out_channels, dtype=x.dtype).view(1, -1, *([1] * self.spatial_dims))
+        return -self.scale * (x * (self.num_classes - 1) - c) ** 2
+
+
+def expected_labels(x: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.clip(np.floor(x * (num_classes - 1) + 0.5), 0, num_classes - 1).astype(np.uint8)
+
+
+def config(num_classes=4, img_size=16, name="transunet", intensity=None, **data):
+    return {
+        "model": {"name": name, "kwargs": {"spatial_dims": 3} if name == "unet3d" else {}},
+        "data": {"dataset": "standin", "num_classes": num_classes, "img_size": img_size,
+                 "label_names": [f"c{i}" for i in range(1, num_classes)], "intensity": intensity, **data},
+    }
+
+
+def oblique_affine() -> np.ndarray:
+    """A non-RAS (x flipped), rotated, anisotropic affine."""
+    t = np.deg2rad(17.0)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    rot = rot @ np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([-0.8, 0.7, 2.5])
+    aff[:3, 3] = [120.0, -40.5, 33.0]
+    return aff
+
+
+def smooth_volume(shape, seed=0) -> np.ndarray:
+    """Values in [0, 1] with large constant blocks (so zooming changes only block borders)."""
+    rng = np.random.default_rng(seed)
+    vol = np.zeros(shape, np.float32)
+    for _ in range(6):
+        lo = [rng.integers(0, s - 2) for s in shape]
+        hi = [rng.integers(l + 2, s + 1) for l, s in zip(lo, shape)]
+        vol[tuple(slice(a, b) for a, b in zip(lo, hi))] = rng.choice([0.33, 0.67, 1.0])
+    return vol
+
+
+def save_nifti(path, data_xyz, affine=None, dtype=np.float32, descrip=b"standin"):
+    img = nib.Nifti1Image(np.asarray(data_xyz, dtype=dtype), oblique_affine() if affine is None else affine)
+    img.header["descrip"] = descrip
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=2)
+    nib.save(img, str(path))
+    return path
