@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ import torch
 from resfu_med.bundle.configs import spatial_dims_of
 from resfu_med.errors import CheckpointError
 
-__all__ = ["read_checkpoint", "build_network", "default_roi_size", "example_input"]
+__all__ = ["read_checkpoint", "build_network", "img_size_of", "default_roi_size", "example_input"]
 
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile wrappers
 
@@ -29,10 +28,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     Raises:
         CheckpointError: unreadable file, or ``model`` / ``config.model`` / ``config.data`` missing.
     """
+    from resfu_med.engine.checkpoint import load_checkpoint  # validates the file and its format tag
+
     source = str(path)
-    if not Path(path).is_file():
-        raise CheckpointError(f"{source}: checkpoint file not found")
-    ckpt = _load_checkpoint(path)
+    ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{source}: not a resfu-med checkpoint (no 'model' state dict)")
     config = ckpt.get("config")
@@ -48,17 +47,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             state = {k[len(prefix):]: v for k, v in state.items()}
     info = {k: ckpt.get(k) for k in ("epoch", "iteration", "best_metric")}
     return state, config, info
-
-
-def _load_checkpoint(path: str | os.PathLike) -> Any:
-    try:
-        from resfu_med.engine.checkpoint import load_checkpoint
-    except ImportError:  # TEMPORARY until the engine layer lands on main
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{path}: unreadable checkpoint ({err})".splitlines()[0]) from None
-    return load_checkpoint(path)
 
 
 def build_network(net_def: dict[str, Any], state: dict[str, torch.Tensor] | None = None,
@@ -98,14 +86,20 @@ def build_network(net_def: dict[str, Any], state: dict[str, torch.Tensor] | None
     return net.eval()
 
 
+def img_size_of(config: dict[str, Any]) -> int:
+    """The training slice size (``config.data.img_size``, 224 when absent as in ``resfu-med infer``)."""
+    return int(config["data"].get("img_size") or 224)
+
+
 def default_roi_size(config: dict[str, Any]) -> list[int]:
-    """The patch the inferer feeds: ``img_size`` squared for 2D models, ``roi_size`` (or ``img_size`` cubed) for 3D."""
+    """The window ``resfu-med infer`` uses by default: ``img_size`` squared for 2D models; for 3D models
+    ``data.roi_size``, else ``data.patch_size``, else ``img_size`` cubed."""
     data = config["data"]
-    dims = spatial_dims_of(config["model"])
-    if dims == 3 and data.get("roi_size"):
-        return [int(s) for s in data["roi_size"]]
-    size = int(data.get("img_size") or config["model"].get("kwargs", {}).get("img_size") or 224)
-    return [size] * dims
+    if spatial_dims_of(config["model"]) == 2:
+        return [img_size_of(config)] * 2
+    window = data.get("roi_size", data.get("patch_size", img_size_of(config)))
+    window = [int(window)] * 3 if isinstance(window, (int, float)) else [int(w) for w in window]
+    return window * 3 if len(window) == 1 else window
 
 
 def example_input(config: dict[str, Any], roi_size: list[int] | None = None) -> torch.Tensor:

@@ -62,9 +62,10 @@ def network_def(model_cfg: dict[str, Any], source: str = "checkpoint") -> dict[s
         raise CheckpointError(f"{source}: config.model.kwargs must be a dict, got {type(kwargs).__name__}")
     target, dims = NETWORK_TARGETS[name]
     out = {"_target_": target, **copy.deepcopy(kwargs)}
-    if dims is not None:
-        if out.setdefault("spatial_dims", dims) != dims:
-            raise CheckpointError(f"{source}: config.model.kwargs.spatial_dims={out['spatial_dims']} for model {name!r}")
+    if dims == 3:
+        out["spatial_dims"] = 3  # as resfu_med.engine.model_factory builds unet3d
+    elif dims is not None:
+        out.setdefault("spatial_dims", dims)
     return out
 
 
@@ -101,12 +102,16 @@ def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str =
 
 
 def inferer_def(spatial_dims: int, roi_size: list[int], overlap: float, mode: str, sw_batch_size: int) -> dict:
-    """``SliceInferer`` over the Z axis of a ``(1, Z, Y, X)`` volume for 2D models, ``SlidingWindowInferer`` for 3D."""
+    """``SliceInferer`` over the Z axis of a ``(1, Z, Y, X)`` volume for 2D models, ``SlidingWindowInferer`` for 3D.
+
+    Slices (2D) are cut in Z order and ``sw_batch_size`` of them go through the network per call, the batches
+    ``resfu-med infer --batch-size`` forms, so the two give bit-identical network outputs.
+    """
     common = {"roi_size": list(roi_size), "sw_batch_size": sw_batch_size, "overlap": overlap, "mode": mode,
-              "padding_mode": "constant", "cval": 0.0}
+              "padding_mode": "constant", "cval": 0.0, "progress": False}
     if spatial_dims == 2:
-        return {"_target_": "SliceInferer", "spatial_dim": 0, "progress": False, **common}
-    return {"_target_": "SlidingWindowInferer", "progress": False, **common}
+        return {"_target_": "SliceInferer", "spatial_dim": 0, **common}
+    return {"_target_": "SlidingWindowInferer", **common}
 
 
 def _load_transforms(intensity: list[dict], keys: list[str]) -> list[dict]:
@@ -115,22 +120,73 @@ def _load_transforms(intensity: list[dict], keys: list[str]) -> list[dict]:
     return image + intensity + [{"_target_": "Transposed", "keys": keys, "indices": _TO_ZYX}]
 
 
+def _zoom_in(size: int) -> str:
+    # Every (Y, X) slice to size x size with scipy's cubic spline, as resfu-med trains and infers (TransUNet protocol).
+    # The slice is left as is when it already has that size (a cubic "zoom" by 1 is not exactly the identity).
+    return (
+        "$lambda x: monai.data.MetaTensor(torch.from_numpy(numpy.stack(["
+        f"s if s.shape == ({size}, {size}) else ndi_zoom(s, [{size} / s.shape[0], {size} / s.shape[1]], order=3) "
+        "for s in numpy.ascontiguousarray(x.as_tensor()[0].numpy(), dtype=numpy.float32)])[None]), meta=x.meta)"
+    )
+
+
+# Labels back to each slice's own (Y, X) size, nearest neighbour; the size is the loaded image's (X, Y, Z) shape.
+_ZOOM_OUT = (
+    "$lambda x: monai.data.MetaTensor(torch.from_numpy(numpy.stack(["
+    "s if s.shape == (int(x.meta['spatial_shape'][1]), int(x.meta['spatial_shape'][0])) else "
+    "ndi_zoom(s, [int(x.meta['spatial_shape'][1]) / s.shape[0], int(x.meta['spatial_shape'][0]) / s.shape[1]], order=0) "
+    "for s in numpy.ascontiguousarray(x.as_tensor()[0].numpy())])[None]), meta=x.meta)"
+)
+
+
+def _preprocessing(intensity: dict, keys: list[str], zoom_to: int | None) -> dict:
+    transforms = _load_transforms(intensity_transforms(intensity), keys)
+    transforms.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
+    if zoom_to is not None:
+        transforms.append({"_target_": "Lambdad", "keys": "image", "func": _zoom_in(zoom_to)})
+    return {"_target_": "Compose", "transforms": transforms}
+
+
+def _label_transforms(zoomed: bool) -> list[dict]:
+    """``pred`` probabilities → labels in the loaded volume's ``(1, Z, Y, X)`` grid."""
+    out = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
+    if zoomed:
+        out.append({"_target_": "Lambdad", "keys": "pred", "func": _ZOOM_OUT})
+    return out
+
+
 def inference_config(
     net_def: dict[str, Any],
     intensity: dict[str, Any],
     spatial_dims: int,
     roi_size: list[int],
-    overlap: float = 0.5,
+    overlap: float = 0.25,
     mode: str = "gaussian",
-    sw_batch_size: int = 4,
+    sw_batch_size: int = 8,
+    img_size: int | None = None,
 ) -> dict[str, Any]:
     """``configs/inference.json``: segment every ``*.nii``/``*.nii.gz`` of ``dataset_dir`` into ``output_dir``.
 
-    Outputs are ``<name>_seg.nii.gz`` (uint8 labels, the input's affine and shape), as ``resfu-med infer`` writes.
-    Override ``dataset_dir``, ``output_dir``, ``bundle_root`` and ``device`` on the ``monai.bundle run`` command line.
+    The steps are those of ``resfu-med infer`` with its defaults, so the labels are identical: 2D models see every
+    ``(Y, X)`` slice zoomed to ``img_size`` (cubic), windows of ``roi_size`` blended with ``mode``, softmax, argmax,
+    labels zoomed back (nearest); 3D models run sliding windows on the volume's own grid. Outputs are
+    ``<name>_seg.nii.gz`` (uint8 labels with the input's affine and shape). Override ``dataset_dir``,
+    ``output_dir``, ``bundle_root`` and ``device`` on the ``monai.bundle run`` command line.
+
+    Args:
+        net_def: the ``network_def`` item.
+        intensity: the checkpoint's intensity spec.
+        spatial_dims: 2 (slice-wise) or 3.
+        roi_size: sliding-window size.
+        overlap: window overlap.
+        mode: window blending.
+        sw_batch_size: slices (2D) or windows (3D) per network call.
+        img_size: 2D only: the size slices are zoomed to (the training size); ``None`` runs on the native grid
+            (``resfu-med infer --no-resample``).
     """
+    zoom = img_size if spatial_dims == 2 else None
     return {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        "imports": ["$import glob", "$import os", "$from scipy.ndimage import zoom as ndi_zoom"],
         "bundle_root": ".",
         "model_dir": "$@bundle_root + '/models'",
         "dataset_dir": "$@bundle_root + '/data'",
@@ -138,20 +194,17 @@ def inference_config(
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": net_def,
         "network": "$@network_def.to(@device)",
+        # resfu-med blends softmax probabilities (not logits) across windows: the evaluator runs network + softmax.
+        "predictor": "$torch.nn.Sequential(@network, torch.nn.Softmax(dim=1)).eval()",
         "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii.gz')) + glob.glob(os.path.join(@dataset_dir, '*.nii')))",
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": _load_transforms(intensity_transforms(intensity), ["image"])
-            + [{"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"}],
-        },
+        "preprocessing": _preprocessing(intensity, ["image"], zoom),
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
         "inferer": inferer_def(spatial_dims, roi_size, overlap, mode, sw_batch_size),
         "postprocessing": {
             "_target_": "Compose",
-            "transforms": [
-                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            "transforms": _label_transforms(zoom is not None) + [
                 {"_target_": "Transposed", "keys": "pred", "indices": _TO_ZYX},
                 {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                  "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False,
@@ -167,7 +220,7 @@ def inference_config(
             "_target_": "SupervisedEvaluator",
             "device": "@device",
             "val_data_loader": "@dataloader",
-            "network": "@network",
+            "network": "@predictor",
             "inferer": "@inferer",
             "postprocessing": "@postprocessing",
             "val_handlers": "@handlers",
@@ -190,16 +243,22 @@ def train_config(
 ) -> dict[str, Any]:
     """``configs/train.json``: fine-tune from ``models/model.pt`` on ``dataset_dir/imagesTr`` + ``labelsTr`` (NIfTI).
 
-    2D models train on random ``roi_size`` patches of single Z slices, 3D models on random 3D patches; DiceCE loss
-    and SGD with momentum 0.9 as the TransUNet protocol; the result is written to ``models/model_finetuned.pt``.
+    2D models train on random whole ``(Y, X)`` slices resized to ``roi_size`` (bilinear image, nearest label),
+    3D models on random 3D patches; DiceCE loss and SGD with momentum 0.9 as the TransUNet protocol; the result is
+    written to ``<output_dir>/model_finetuned.pt``.
     """
-    patch = [1, *roi_size] if spatial_dims == 2 else list(roi_size)
-    crop = [
-        {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": patch},
-        {"_target_": "RandSpatialCropd", "keys": ["image", "label"], "roi_size": patch, "random_size": False},
-    ]
+    keys = ["image", "label"]
     if spatial_dims == 2:
-        crop.append({"_target_": "SqueezeDimd", "keys": ["image", "label"], "dim": 1})
+        crop = [
+            {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": [1, -1, -1], "random_size": False},
+            {"_target_": "SqueezeDimd", "keys": keys, "dim": 1},
+            {"_target_": "Resized", "keys": keys, "spatial_size": list(roi_size), "mode": ["bilinear", "nearest"]},
+        ]
+    else:
+        crop = [
+            {"_target_": "SpatialPadd", "keys": keys, "spatial_size": list(roi_size)},
+            {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": list(roi_size), "random_size": False},
+        ]
     return {
         "imports": ["$import glob", "$import os", "$import torch"],
         "bundle_root": ".",
@@ -252,13 +311,15 @@ def train_config(
     }
 
 
-def evaluate_config(intensity: dict[str, Any], num_classes: int) -> dict[str, Any]:
+def evaluate_config(intensity: dict[str, Any], num_classes: int, spatial_dims: int,
+                    img_size: int | None = None) -> dict[str, Any]:
     """``configs/evaluate.json``, layered over ``inference.json``: mean Dice against ``dataset_dir/labelsTs``.
 
     Run as ``python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']"
     --dataset_dir DIR`` with ``DIR/imagesTs`` and ``DIR/labelsTs`` holding images and labels in the same sorted order.
-    Nothing is written; the mean foreground Dice is logged (``StatsHandler``).
+    Nothing is written; the mean foreground Dice is logged. Predictions are made exactly as by inference.json.
     """
+    zoom = img_size if spatial_dims == 2 else None
     keys = ["image", "label"]
     return {
         "images": "$sorted(glob.glob(os.path.join(@dataset_dir, 'imagesTs', '*.nii*')))",
@@ -266,16 +327,11 @@ def evaluate_config(intensity: dict[str, Any], num_classes: int) -> dict[str, An
         "datalist": "@images",
         "dataset#data": "$[{'image': i, 'label': l} for i, l in zip(@images, @labels)]",
         "num_classes": num_classes,
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": _load_transforms(intensity_transforms(intensity), keys)
-            + [{"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"}],
-        },
+        "preprocessing": _preprocessing(intensity, keys, zoom),
         "postprocessing": {
             "_target_": "Compose",
-            "transforms": [
-                {"_target_": "AsDiscreted", "keys": keys, "argmax": [True, False],
-                 "to_onehot": ["@num_classes", "@num_classes"]},
+            "transforms": _label_transforms(zoom is not None) + [
+                {"_target_": "AsDiscreted", "keys": keys, "to_onehot": ["@num_classes", "@num_classes"]},
             ],
         },
         "metrics": {

@@ -19,7 +19,13 @@ from typing import Any
 import torch
 
 from resfu_med.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from resfu_med.bundle.checkpoint_io import build_network, default_roi_size, example_input, read_checkpoint
+from resfu_med.bundle.checkpoint_io import (
+    build_network,
+    default_roi_size,
+    example_input,
+    img_size_of,
+    read_checkpoint,
+)
 from resfu_med.bundle.configs import (
     evaluate_config,
     inference_config,
@@ -47,9 +53,10 @@ def export_bundle(
     name: str | None = None,
     version: str = "0.1.0",
     roi_size: list[int] | None = None,
-    overlap: float = 0.5,
+    overlap: float = 0.25,
     mode: str = "gaussian",
-    sw_batch_size: int = 4,
+    sw_batch_size: int = 8,
+    resample: bool = True,
     metrics: dict[str, float] | None = None,
     torchscript: bool = True,
     onnx: bool = False,
@@ -65,7 +72,9 @@ def export_bundle(
         roi_size: inferer patch (default :func:`default_roi_size`).
         overlap: sliding-window overlap.
         mode: window blending, ``"gaussian"`` or ``"constant"``.
-        sw_batch_size: windows per network call.
+        sw_batch_size: slices (2D) or windows (3D) per network call.
+        resample: 2D models: zoom slices to the training size (as ``resfu-med infer``); ``False`` = native grid
+            (as ``resfu-med infer --no-resample``).
         metrics: evaluation metrics for ``eval_metrics`` and the README (default: the checkpoint's best metric).
         torchscript: also write ``models/model.ts`` (skipped with a warning if the network cannot be compiled).
         onnx: also write ``models/model.onnx`` (needs ``onnx`` and ``onnxruntime``).
@@ -95,12 +104,14 @@ def export_bundle(
     metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
                               spatial_dims=dims)
     validate_metadata(metadata, source=str(out / "configs" / "metadata.json"))
-    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size)
+    img_size = img_size_of(config) if dims == 2 and resample else None
+    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size)
+    train_patch = [img_size_of(config)] * 2 if dims == 2 else roi
     configs = {
         "metadata.json": metadata,
         "inference.json": inference,
-        "train.json": train_config(net_def, data["intensity"], dims, roi, int(data["num_classes"])),
-        "evaluate.json": evaluate_config(data["intensity"], int(data["num_classes"])),
+        "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
+        "evaluate.json": evaluate_config(data["intensity"], int(data["num_classes"]), dims, img_size),
     }
     for fname, content in configs.items():
         atomic_write_json(out / "configs" / fname, content)

@@ -30,10 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="bundle name; None: the folder's name")
     parser.add_argument("--version", dest="bundle_version", default="0.1.0", help="bundle version in metadata.json")
     parser.add_argument("--roi-size", type=int, nargs="+", default=None,
-                        help="inferer patch size; None: the training img_size on every spatial axis")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
+                        help="sliding-window size; None: as resfu-med infer (img_size for 2D, data.roi_size for 3D)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (as resfu-med infer)")
     parser.add_argument("--mode", choices=("gaussian", "constant"), default="gaussian", help="window blending")
-    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call")
+    parser.add_argument("--sw-batch-size", type=int, default=8,
+                        help="slices (2D) or windows (3D) per network call (as resfu-med infer --batch-size)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="2D models: run windows on the native slice grid (as resfu-med infer --no-resample) "
+                             "instead of zooming slices to the training size")
     parser.add_argument("--metrics", default=None,
                         help="JSON file of evaluation metrics (top-level numbers) for metadata and README; "
                              "None: the checkpoint's best validation metric")
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         mode=args.mode,
         sw_batch_size=args.sw_batch_size,
+        resample=not args.no_resample,
         metrics=_read_metrics(args.metrics),
         torchscript=not args.no_torchscript,
         onnx=args.onnx,

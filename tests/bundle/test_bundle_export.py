@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_UNET
+from bundle_helpers import TINY_UNET
 
 from resfu_med.bundle import export_onnx, export_torchscript, onnx_available, run_onnx
 from resfu_med.cli import main

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_CFG, STAND_IN, TINY_UNET, make_checkpoint
+from bundle_helpers import DATA_CFG, STAND_IN, TINY_UNET, make_checkpoint
 
 from resfu_med.bundle import check_bundle, export_bundle, intensity_transforms, load_bundle_network, schema_path
 from resfu_med.cli import main
@@ -129,11 +127,18 @@ def test_checkpoint_of_another_architecture(tmp_path, stand_in_targets):
         export_bundle(path, tmp_path / "b")
 
 
-def test_checkpoint_without_config(tmp_path):
-    path = tmp_path / "plain.pt"
-    torch.save({"model": {}}, path)
-    with pytest.raises(CheckpointError, match=r"plain\.pt: checkpoint has no 'config\.model'"):
-        export_bundle(path, tmp_path / "b")
+def test_checkpoint_without_data_config(tmp_path):
+    from resfu_med.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    path, _ = make_checkpoint(tmp_path / "ckpt.pt")
+    ckpt = load_checkpoint(path)
+    del ckpt["config"]["data"]
+    save_checkpoint(tmp_path / "nodata.pt", ckpt)
+    with pytest.raises(CheckpointError, match=r"nodata\.pt: checkpoint has no 'config\.data'"):
+        export_bundle(tmp_path / "nodata.pt", tmp_path / "b")
+    torch.save({"model": {}}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"plain\.pt is not a resfu-med checkpoint"):
+        export_bundle(tmp_path / "plain.pt", tmp_path / "b")
 
 
 def test_refuses_to_overwrite(bundle):
@@ -193,7 +198,9 @@ def test_intensity_matches_data_layer():
         np.testing.assert_allclose(ours, data.make_intensity_transform(spec)(vol.copy()), rtol=1e-6, atol=1e-6)
 
 
-def test_help_mentions_examples():
-    for cmd in ("export-bundle", "export"):
-        proc = subprocess.run([sys.executable, "-m", "resfu_med", cmd, "--help"], capture_output=True, text=True)
-        assert proc.returncode == 0 and "examples:" in proc.stdout and "--checkpoint" in proc.stdout
+@pytest.mark.parametrize("cmd", ["export-bundle", "export"])
+def test_help_mentions_examples(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "examples:" in out and "--checkpoint" in out
