@@ -8,15 +8,28 @@ Public API (see ``docs/contracts.md`` and ``docs/datasets.md``): :class:`Dataset
 
 from __future__ import annotations
 
+from .acdc import ACDC_CLASSES, ACDCDataset, prepare_acdc
 from .datasets import PreparedDataset, SynapseDataset
 from .demo import make_demo_dataset
 from .intensity import make_intensity_transform
+from .msd import MSDDataset, msd_info, prepare_msd
 from .nifti import from_nifti_array, load_nifti, save_nifti, spacing_from_affine, to_nifti_array
-from .registry import DATASET_NAMES, DatasetInfo, dataset_info, ensure_demo_data, get_dataset, resfu_home
+from .registry import (
+    DATASET_NAMES,
+    DatasetInfo,
+    dataset_info,
+    ensure_demo_data,
+    get_dataset,
+    prepared_cache_dir,
+    resfu_home,
+)
 from .synapse import SYNAPSE_CLASSES, SYNAPSE_LABEL_MAP, SYNAPSE_TEST_CASES, prepare_synapse
 from .transforms import get_transforms
 
 __all__ = [
+    "ACDC_CLASSES",
+    "ACDCDataset",
+    "MSDDataset",
     "DATASET_NAMES",
     "DatasetInfo",
     "PreparedDataset",
@@ -32,6 +45,10 @@ __all__ = [
     "load_nifti",
     "make_demo_dataset",
     "make_intensity_transform",
+    "msd_info",
+    "prepare_acdc",
+    "prepare_msd",
+    "prepared_cache_dir",
     "prepare_synapse",
     "resfu_home",
     "save_nifti",

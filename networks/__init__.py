@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from resfu_med.networks.blocks import GaussianSmoothing, GuidedFilter, PCDC, PCDCBlock
 from resfu_med.networks.resfu import ReSFU, pcdc_parameter_groups
+from resfu_med.networks.upsamplers import get_upsampler, upsampler_names
+from resfu_med.networks.transunet import TransUNet
+from resfu_med.networks.basic_unet import BasicUNet
 
 __all__: list[str] = []
 __all__ += ["ReSFU", "pcdc_parameter_groups", "GaussianSmoothing", "GuidedFilter", "PCDC", "PCDCBlock"]
+__all__ += ["get_upsampler", "upsampler_names"]
+__all__ += ["TransUNet"]
+__all__ += ["BasicUNet"]

@@ -8,7 +8,7 @@ examples:
   resfu-med prepare --dataset synapse --raw-root data/BTCV/RawData/Training --out data/Synapse
   resfu-med prepare --dataset synapse --raw-root BTCV --out Synapse --split-file my_split.json
   resfu-med prepare --dataset acdc --raw-root data/ACDC/database --out data/ACDC_prepared
-  resfu-med prepare --dataset msd --data-root data/Task09_Spleen --out data/Task09_prepared
+  resfu-med prepare --dataset msd --data-root data/Task09_Spleen   # into the cache; train --data-root reuses it
   resfu-med prepare --dataset demo                  # generate + prepare the demo phantoms into the cache
 """
 
@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw-root", "--data-root", dest="raw_root", type=Path, default=None,
                         help="raw release folder (BTCV with img/ and label/; ACDC database; MSD folder with dataset.json)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (demo: default the cache $RESFU_MED_HOME; msd: default <data-root>/resfu_med_prepared)")
+                        help="output folder (default: the cache $RESFU_MED_HOME/prepared/<dataset>-<hash of the raw path>, "
+                             "which `train --data-root RAW` reuses)")
     parser.add_argument("--split-file", type=Path, default=None,
                         help='JSON {"train": [cases], "test": [cases], ...} overriding the default split')
     parser.add_argument("--seed", type=int, default=None, help="demo: phantom seed (default the fixed demo seed); msd: split seed (default 1234)")
@@ -64,18 +65,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.raw_root is None:
         raise InputError(f"--raw-root (or --data-root) is required for --dataset {args.dataset}")
+    out = args.out if args.out is not None else data.prepared_cache_dir(args.dataset, args.raw_root)
     if args.dataset == "synapse":
-        if args.out is None:
-            raise InputError("--out is required for --dataset synapse")
-        out = data.prepare_synapse(args.raw_root, args.out, split_file=args.split_file, intensity=ct,
+        out = data.prepare_synapse(args.raw_root, out, split_file=args.split_file, intensity=ct,
                                    overwrite=args.overwrite, progress=progress)  # fmt: skip
     elif args.dataset == "acdc":
-        if args.out is None:
-            raise InputError("--out is required for --dataset acdc")
-        out = data.prepare_acdc(args.raw_root, args.out, split_file=args.split_file, mode=args.mri_norm,
+        out = data.prepare_acdc(args.raw_root, out, split_file=args.split_file, mode=args.mri_norm,
                                 overwrite=args.overwrite, progress=progress)  # fmt: skip
     else:
-        out = args.out if args.out is not None else args.raw_root / "resfu_med_prepared"
         out = data.prepare_msd(args.raw_root, out, split_file=args.split_file, seed=1234 if args.seed is None else args.seed,
                                ct_window=tuple(args.ct_window), mri_mode=args.mri_norm, overwrite=args.overwrite,
                                progress=progress)  # fmt: skip

@@ -54,3 +54,53 @@ class _Fakes:
 def fake():
     """The fake-data writers of this module (``fake.make_btcv(root)``...)."""
     return _Fakes
+
+
+def make_acdc(root: Path, patients=(1, 2, 19), shape=(7, 6, 3), seed: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Write ``training/patientXXX/{Info.cfg, patientXXX_frameYY[_gt].nii.gz}``; returns ``{case: (img, gt, affine)}``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for p in patients:
+        d = root / "training" / f"patient{p:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        ed, es = 1, 10 + p % 5
+        (d / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: DCM\nHeight: 180.0\nNbFrame: 30\nWeight: 80.0\n")
+        for f in (ed, es):
+            img = rng.uniform(0, 500, size=shape).astype(np.float32)
+            gt = rng.integers(0, 4, size=shape).astype(np.uint8)
+            aff = odd_affine(theta_deg=-30 + p, spacing=(1.5625, 1.5625, 10.0))
+            case = f"patient{p:03d}_frame{f:02d}"
+            write_nifti(d / f"{case}.nii.gz", img, aff)
+            write_nifti(d / f"{case}_gt.nii.gz", gt, aff)
+            out[case] = (img, gt, aff)
+    return out
+
+
+def make_msd(root: Path, n=5, modality="CT", nnunet=False, seed: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write an MSD (or nnU-Net v2) folder with labels {0, 1, 3} (a gap: renumbered to 0, 1, 2)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    out, training = {}, []
+    for i in range(n):
+        case = f"organ_{i:03d}"
+        img = rng.integers(-500, 500, size=(5, 4, 3)).astype(np.int16)
+        lab = rng.choice(np.array([0, 1, 3], np.uint8), size=(5, 4, 3))
+        aff = odd_affine(theta_deg=5 * i)
+        img_name = f"{case}_0000.nii.gz" if nnunet else f"{case}.nii.gz"
+        write_nifti(root / "imagesTr" / img_name, img, aff)
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", lab, aff)
+        training.append({"image": f"./imagesTr/{img_name}", "label": f"./labelsTr/{case}.nii.gz"})
+        out[case] = (img, lab)
+    if nnunet:
+        meta = {"channel_names": {"0": modality}, "labels": {"background": 0, "organ": 1, "tumour": 3},
+                "numTraining": n, "file_ending": ".nii.gz"}  # fmt: skip
+    else:
+        meta = {"name": "Task99_Fake", "modality": {"0": modality}, "labels": {"0": "background", "1": "organ", "3": "tumour"},
+                "numTraining": n, "training": training}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return out
+
+
+_Fakes.make_acdc = staticmethod(make_acdc)
+_Fakes.make_msd = staticmethod(make_msd)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import requires_cuda
 
 from resfu_med.ops import backend, build, fns_gather, fns_gather_reference
 
+# Same rule as tests/conftest.py's requires_cuda (not imported: other test folders have their own conftest.py).
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 pytestmark = [pytest.mark.cuda, requires_cuda]
 
 from test_fns_gather import CASES_2D, CASES_3D  # noqa: E402  (same parameter grid as the CPU kernel)

@@ -1,0 +1,205 @@
+"""Medical Segmentation Decathlon / nnU-Net raw folders: any CT or MRI dataset described by a ``dataset.json``.
+
+Accepted layouts::
+
+    MSD:        dataset.json {"modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"},
+                              "training": [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}, ...]}
+    nnU-Net v2: dataset.json {"channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1},
+                              "file_ending": ".nii.gz"}, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz
+
+Intensities follow the modality of channel 0: ``CT`` → clip/scale a HU window (default [−125, 275]); anything else
+(MRI, T2, ADC...) → per-volume min–max (or z-score). Labels are renumbered to 0..K−1 in increasing raw value (recorded
+as ``label_map``); names come from ``dataset.json``. Split, first found: ``--split-file``; a ``"split"`` entry in
+``dataset.json``; else a seeded case-level 80/20 train/test split. Only single-channel images are supported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resfu_med.errors import InputError
+
+from .datasets import PreparedDataset
+from .intensity import make_intensity_transform
+from .layout import CaseSource, PreparedCase, write_prepared
+from .nifti import spacing_from_affine
+from .synapse import check_pair, map_labels, read_split_file
+
+__all__ = ["read_msd", "msd_info", "msd_split", "prepare_msd", "MSDDataset"]
+
+
+def _case_name(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_msd(root: str | os.PathLike) -> dict[str, Any]:
+    """Parse an MSD/nnU-Net ``dataset.json``.
+
+    Returns:
+        ``{"name", "modality" ("CT"/"MRI"), "raw_modality", "labels" {raw value: name} incl. background,
+        "cases" {case: (image, label)}, "split" or None}``.
+
+    Raises:
+        InputError: missing/invalid ``dataset.json`` or folders, or missing image/label files.
+    """
+    root = Path(root)
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise InputError(f"{path}: not found (an MSD / nnU-Net folder needs a dataset.json)")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
+    modalities = meta.get("modality") or meta.get("channel_names") or {}
+    if len(modalities) > 1:
+        raise InputError(f"{path}: {len(modalities)} input channels; only single-channel datasets are supported")
+    raw_mod = str(next(iter(modalities.values()), "CT"))
+    labels_raw = meta.get("labels")
+    if not isinstance(labels_raw, dict) or not labels_raw:
+        raise InputError(f"{path}: missing 'labels'")
+    try:
+        if all(str(k).lstrip("-").isdigit() for k in labels_raw):  # MSD: {"0": "background"}
+            labels = {int(k): str(v) for k, v in labels_raw.items()}
+        else:  # nnU-Net v2: {"background": 0}
+            labels = {int(v): str(k) for k, v in labels_raw.items()}
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path}: 'labels' must map integers to names (region labels are not supported)") from err
+    labels.setdefault(0, "background")
+    cases: dict[str, tuple[Path, Path]] = {}
+    if "training" in meta:
+        for entry in meta["training"]:
+            img, lab = root / entry["image"], root / entry["label"]
+            cases[_case_name(entry["label"])] = (img, lab)
+    else:
+        ending = meta.get("file_ending", ".nii.gz")
+        lab_dir = root / "labelsTr"
+        if not lab_dir.is_dir():
+            raise InputError(f"{lab_dir}: folder not found")
+        for lab in sorted(lab_dir.glob(f"*{ending}")):
+            case = lab.name[: -len(ending)]
+            cases[case] = (root / "imagesTr" / f"{case}_0000{ending}", lab)
+    if not cases:
+        raise InputError(f"{path}: no training cases")
+    for case, (img, lab) in cases.items():
+        for f in (img, lab):
+            if not f.is_file():
+                raise InputError(f"{f}: file not found (case {case} of {path})")
+    split = meta.get("split") if isinstance(meta.get("split"), dict) else None
+    return {"name": str(meta.get("name", root.name)), "modality": "CT" if raw_mod.upper() == "CT" else "MRI",
+            "raw_modality": raw_mod, "labels": dict(sorted(labels.items())), "cases": dict(sorted(cases.items())),
+            "split": split}  # fmt: skip
+
+
+def msd_split(cases: list[str], seed: int = 1234, test_fraction: float = 0.2) -> dict[str, list[str]]:
+    """Seeded case-level split: ``round(test_fraction * n)`` (at least 1) cases to ``test``, the rest ``train``."""
+    if len(cases) < 2:
+        raise InputError(f"need at least 2 cases to split into train and test, got {len(cases)}")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_test = min(len(cases) - 1, max(1, round(test_fraction * len(cases))))
+    test = sorted(cases[i] for i in order[:n_test])
+    return {"train": [c for c in cases if c not in test], "test": test}
+
+
+def msd_info(root: str | os.PathLike):
+    """:class:`~resfu_med.data.registry.DatasetInfo` of a raw MSD/nnU-Net folder (labels and modality)."""
+    from .registry import CT_SPEC, MRI_SPEC, DatasetInfo
+
+    m = read_msd(root)
+    names = [n for v, n in m["labels"].items() if v != 0]
+    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"], None)
+
+
+def prepare_msd(
+    data_root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split_file: str | os.PathLike | None = None,
+    seed: int = 1234,
+    ct_window: tuple[float, float] = (-125.0, 275.0),
+    mri_mode: str = "minmax",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Prepare an MSD/nnU-Net folder into the layout of :mod:`~resfu_med.data.layout` (list folder ``lists_MSD``).
+
+    Args:
+        data_root: folder with ``dataset.json``, ``imagesTr/``, ``labelsTr/``.
+        out: output folder.
+        split_file: JSON ``{"train": [cases], "test": [cases], ("val": [...])}``.
+        seed: seed of the default 80/20 split.
+        ct_window: HU window for CT.
+        mri_mode: ``"minmax"`` or ``"zscore"`` for non-CT modalities.
+        overwrite: redo finished cases.
+        progress: show a progress bar.
+
+    Returns:
+        The prepared root.
+
+    Raises:
+        InputError: bad folders/files/labels or an empty split, naming the file.
+    """
+    m = read_msd(data_root)
+    cases = list(m["cases"])
+    if split_file is not None:
+        split, origin = read_split_file(split_file), str(split_file)
+    elif m["split"] is not None:
+        split, origin = {k: list(v) for k, v in m["split"].items()}, str(Path(data_root) / "dataset.json")
+    else:
+        split, origin = msd_split(cases, seed), f"seeded 80/20 split (seed {seed})"
+    sources = []
+    for name, members in split.items():
+        if not members:
+            raise InputError(f"{origin}: the '{name}' split is empty")
+        for c in members:
+            c = _case_name(str(c))
+            if c not in m["cases"]:
+                raise InputError(f"{origin}: split '{name}' lists {c}, which is not among the training cases")
+            sources.append(CaseSource(c, name, *m["cases"][c]))
+    if "train" not in split or not any(k != "train" for k in split):
+        raise InputError(f"{origin}: needs a 'train' split and an evaluation split ('test' or 'val')")
+    spec = ({"kind": "ct", "a_min": float(ct_window[0]), "a_max": float(ct_window[1])} if m["modality"] == "CT"
+            else {"kind": "mri", "mode": mri_mode})  # fmt: skip
+    norm = make_intensity_transform(spec)
+    raw_values = sorted(m["labels"])
+    mapping = {v: i for i, v in enumerate(raw_values)}
+
+    def load_case(src: CaseSource) -> PreparedCase:
+        image, label, affine = check_pair(src.image, src.label, max_label=255)
+        unknown = sorted(set(np.unique(label).tolist()) - set(raw_values))
+        if unknown:
+            raise InputError(f"{src.label}: label values {unknown[:8]} are not declared in dataset.json labels {raw_values}")
+        return PreparedCase(norm(image), map_labels(label, mapping), affine, spacing_from_affine(affine))
+
+    info = {"dataset": "msd", "name": m["name"], "modality": m["modality"], "raw_modality": m["raw_modality"],
+            "num_classes": len(raw_values), "label_names": [m["labels"][v] for v in raw_values[1:]],
+            "intensity": spec, "label_map": {str(k): v for k, v in mapping.items()}, "source": str(data_root),
+            "split_origin": origin}  # fmt: skip
+    return write_prepared(out, sources, load_case, info=info, list_name="MSD", overwrite=overwrite, progress=progress)
+
+
+class MSDDataset(PreparedDataset):
+    """A split of an MSD/nnU-Net dataset: slices for ``train``, volumes for ``test``/``val``.
+
+    Args:
+        root: a prepared folder, or the raw MSD/nnU-Net folder (prepared into the cache on first use).
+        split: ``"train"``, ``"test"`` (or ``"val"`` when the split file has one).
+        transform: MONAI transform(s) applied after loading.
+        progress: progress bar when the raw folder is prepared.
+        **kw: passed to :class:`~resfu_med.data.datasets.PreparedDataset`.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
+                 progress: bool = True, **kw: Any) -> None:  # fmt: skip
+        from .registry import _prepared_root
+
+        super().__init__(_prepared_root("msd", root, progress), split, transform, **kw)

@@ -1,0 +1,101 @@
+"""BasicUNet on the registry: equals MONAI's BasicUNet with deconv, shapes for every upsampler (2D and 3D),
+ReSFU guidance from C1, gradients, TorchScript."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet as MonaiBasicUNet
+
+from resfu_med.networks import BasicUNet
+from resfu_med.networks.upsamplers import upsampler_names
+
+SMALL = (8, 8, 16, 16, 32, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small convolutions on a shared 2-core machine run much faster single-threaded (no oversubscription).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _copy_from_monai(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    # Same modules in the same order; only our upsampler sits one level deeper ("upsample.up." vs "upsample.").
+    src = theirs.state_dict()
+    mapped = {k.replace(".upsample.up.", ".upsample."): k for k in ours.state_dict()}
+    assert set(mapped) == set(src)
+    ours.load_state_dict({mapped[k]: v for k, v in src.items()})
+
+
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 1, 32, 48)), (2, (1, 1, 36, 36)), (3, (1, 1, 16, 32, 16))])
+def test_deconv_equals_monai_basic_unet(spatial_dims, shape):
+    theirs = MonaiBasicUNet(spatial_dims, 1, 3, features=SMALL, upsample="deconv").eval()
+    ours = BasicUNet(spatial_dims, 1, 3, features=SMALL, upsample="deconv").eval()
+    _copy_from_monai(ours, theirs)
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_default_features_equal_monai_parameter_count():
+    ours = BasicUNet(2, 1, 2, upsample="deconv")
+    theirs = MonaiBasicUNet(2, 1, 2, upsample="deconv")
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
+@pytest.mark.parametrize("name", upsampler_names())
+def test_2d_every_upsampler(name):
+    net = BasicUNet(2, 1, 3, features=SMALL, upsample=name)
+    out = net(torch.rand(2, 1, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    out.square().mean().backward()
+    for pname, p in net.named_parameters():
+        assert p.grad is not None, pname
+
+
+@pytest.mark.parametrize("name", ["bilinear", "nearest", "deconv", "pixelshuffle", "resfu"])
+def test_3d(name):
+    net = BasicUNet(3, 1, 2, features=SMALL, upsample=name)
+    out = net(torch.rand(1, 1, 32, 32, 32))
+    assert out.shape == (1, 2, 32, 32, 32)
+    out.mean().backward()
+
+
+@pytest.mark.parametrize("name", ["carafe", "sapa", "dysample"])
+def test_2d_only_upsamplers_refuse_3d(name):
+    with pytest.raises(ValueError, match="2D only"):
+        BasicUNet(3, 1, 2, features=SMALL, upsample=name)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_resfu_guided_by_area_pooled_c1(spatial_dims):
+    net = BasicUNet(spatial_dims, 1, 2, features=SMALL, upsample="resfu").eval()
+    assert sum(type(m).__name__ == "ReSFU" for m in net.modules()) == 4
+    seen = []
+    for up in (net.upcat_4, net.upcat_3, net.upcat_2, net.upcat_1):
+        up.upsample.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
+    feats = {}
+    net.conv_0.register_forward_hook(lambda m, i, o: feats.update(x0=o))
+    net(torch.rand(1, 1, *[32] * spatial_dims))
+    x0 = feats["x0"]
+    pool = F.avg_pool2d if spatial_dims == 2 else F.avg_pool3d
+    for guide, k in zip(seen, (8, 4, 2)):
+        torch.testing.assert_close(guide, pool(x0, k))
+    assert seen[3] is x0
+
+
+@pytest.mark.parametrize("name", ["deconv", "bilinear", "nearest", "pixelshuffle"])
+def test_torchscript_script(name):
+    net = BasicUNet(2, 1, 2, features=SMALL, upsample=name).eval()
+    x = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+
+
+@pytest.mark.parametrize("name", ["resfu", "carafe", "sapa", "dysample"])
+def test_torchscript_trace(name):
+    net = BasicUNet(2, 1, 2, features=SMALL, upsample=name).eval()
+    x = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(torch.jit.trace(net, x, check_trace=False)(x), net(x))

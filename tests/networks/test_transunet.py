@@ -1,0 +1,161 @@
+"""TransUNet: forward/backward for every registry name (lite config), guidance wiring, ReSFU module count,
+ResNetV2 details, TorchScript, and one full-size check."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resfu_med.networks import TransUNet
+from resfu_med.networks.transunet import ResNetV2, StdConv2d
+from resfu_med.networks.upsamplers import upsampler_names
+
+HAS_RESFU = importlib.util.find_spec("resfu_med.networks.resfu") is not None
+NAMES = [n for n in upsampler_names() if n != "resfu"] + (["resfu"] if HAS_RESFU else [])
+requires_resfu = pytest.mark.skipif(not HAS_RESFU, reason="resfu_med.networks.resfu (ReSFU module) not landed yet")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small convolutions on a shared 2-core machine run ~50x faster single-threaded (no oversubscription).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# width 32: C1 32 ch @S/2, C2 128 @S/4, C3 256 @S/8, C4 512 @S/16
+LITE = dict(img_size=64, vit_depth=1, hidden_size=64, mlp_dim=128, num_heads=4, resnet_layers=(1, 1, 1),
+            resnet_width=32, head_channels=64, decoder_channels=(32, 32, 16, 16), stem_channels=16)
+
+
+def _resfu_count(model: torch.nn.Module) -> int:
+    return sum(type(m).__name__ == "ReSFU" for m in model.modules())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_every_upsampler(name):
+    net = TransUNet(9, upsampler=name, **LITE)
+    x = torch.rand(2, 1, 64, 64)
+    out = net(x)
+    assert out.shape == (2, 9, 64, 64)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    assert net.resnet.conv_root.weight.grad.abs().sum() > 0
+
+
+def test_one_channel_is_repeated():
+    net = TransUNet(3, upsampler="bilinear", **LITE).eval()
+    x = torch.rand(1, 1, 64, 64)
+    torch.testing.assert_close(net(x), net(x.repeat(1, 3, 1, 1)))
+
+
+def _record_guides(net):
+    seen = []
+    for block in net.decoder.blocks:
+        block.up.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(args))
+    return seen
+
+
+def test_peer_guidance_is_iterative():
+    net = TransUNet(2, upsampler="sapa", **LITE).eval()
+    seen = _record_guides(net)
+    feats = {}
+    net.resnet.register_forward_hook(lambda m, i, o: feats.update(skips=o[1]))
+    net(torch.rand(1, 3, 64, 64))
+    c3, c2, c1 = feats["skips"]
+    assert seen[0][1] is c3 and seen[1][1] is c2 and seen[2][1] is c1
+    assert seen[3][1].shape == (1, 16, 64, 64)  # the image stem at full size
+    assert [tuple(a[0].shape[2:]) for a in seen] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+
+
+def test_bilinear_is_the_original_decoder():
+    net = TransUNet(2, upsampler="bilinear", **LITE).eval()
+    assert net.stem is None
+    outs = []
+    for block in net.decoder.blocks:
+        block.up.register_forward_hook(lambda m, args, out: outs.append((args[0], out)))
+    net(torch.rand(1, 3, 64, 64))
+    for x, y in outs:  # nn.UpsamplingBilinear2d(scale_factor=2) of the original == align_corners=True
+        torch.testing.assert_close(y, F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="bilinear"):
+        TransUNet(2, upsampler="bilinar", **LITE)
+    with pytest.raises(ValueError):
+        TransUNet(2, final_guidance="c2", **LITE)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TransUNet(2, **{**LITE, "img_size": 60})
+
+
+@requires_resfu
+def test_resfu_guidance_from_c1():
+    net = TransUNet(2, upsampler="resfu", **LITE).eval()
+    assert _resfu_count(net) == 4
+    seen = _record_guides(net)
+    feats = {}
+    net.resnet.register_forward_hook(lambda m, i, o: feats.update(c1=o[1][2]))
+    net(torch.rand(1, 3, 64, 64))
+    c1 = feats["c1"]  # (1, 32, 32, 32)
+    torch.testing.assert_close(seen[0][1], F.avg_pool2d(c1, 4))  # area pooling 32 → 8 (112 → 28 at 224²)
+    torch.testing.assert_close(seen[1][1], F.avg_pool2d(c1, 2))
+    assert seen[2][1] is c1
+    assert seen[3][1].shape == (1, 16, 64, 64)
+
+
+@requires_resfu
+def test_resfu_variants_module_counts():
+    assert _resfu_count(TransUNet(2, upsampler="resfu", final_upsampler="bilinear", **LITE)) == 3
+    net = TransUNet(2, upsampler="resfu", final_guidance="c1", **LITE)
+    assert _resfu_count(net) == 4 and net.stem is None
+    seen = _record_guides(net)
+    net.eval()(torch.rand(1, 3, 64, 64))
+    assert seen[3][1].shape == (1, 32, 64, 64)  # C1 bilinearly upsampled
+
+
+def test_std_conv_standardises_each_filter():
+    conv = StdConv2d(3, 4, 3, padding=1, bias=False).double()
+    x = torch.rand(1, 3, 5, 5, dtype=torch.float64)
+    w = conv.weight.detach().numpy()
+    flat = w.reshape(4, -1)
+    ws = (flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True) + 1e-5)
+    ref = F.conv2d(x, torch.from_numpy(ws.reshape(w.shape)), padding=1)
+    torch.testing.assert_close(conv(x), ref)
+
+
+def test_resnet_feature_sizes_and_official_padding():
+    net = ResNetV2((1, 1, 1), width=32).eval()
+    c4, (c3, c2, c1) = net(torch.rand(1, 3, 64, 64))
+    assert c1.shape == (1, 32, 32, 32) and c2.shape == (1, 128, 16, 16) and c3.shape == (1, 256, 8, 8)
+    assert c4.shape == (1, 512, 4, 4)
+    # max-pool without padding gives 15² at S/4; the official model zero-pads the skip to 16² at the bottom/right
+    assert c2[..., -1, :].abs().sum() == 0 and c2[..., :, -1].abs().sum() == 0
+    assert c2[..., :-1, :-1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torchscript_trace(name):
+    net = TransUNet(2, upsampler=name, **LITE).eval()
+    x = torch.rand(1, 1, 64, 64)
+    traced = torch.jit.trace(net, x, check_trace=False)
+    torch.testing.assert_close(traced(x), net(x))
+
+
+def test_full_size_parameter_count_and_forward_backward():
+    # The paper's configuration: R50-ViT-B/16, 224², 9 classes. One forward/backward at batch 1 on CPU.
+    name = "resfu" if HAS_RESFU else "bilinear"
+    net = TransUNet(9, upsampler=name)
+    base = TransUNet(9, upsampler="bilinear")
+    n_base = sum(p.numel() for p in base.parameters())
+    assert 105.0e6 < n_base < 105.5e6  # TransUNet reports 105.28 M
+    del base
+    if HAS_RESFU:
+        extra = sum(p.numel() for p in net.parameters()) - n_base
+        assert 0 < extra < 0.01 * n_base  # the ReSFU overhead stays well under 1 %
+    out = net(torch.rand(1, 3, 224, 224))
+    assert out.shape == (1, 9, 224, 224)
+    out.mean().backward()
