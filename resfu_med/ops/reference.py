@@ -71,15 +71,17 @@ def fns_gather_reference(attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     dtype = torch.promote_types(attn.dtype, x.dtype)
     hr, lr = [int(s) for s in attn.shape[2:]], [int(s) for s in x.shape[2:]]
     xs = x.to(dtype)
+    # one matrix per axis and offset, shared by every neighbour that uses it
+    axis_mats = [[interpolation_matrix(hr[d], lr[d], off, dtype, x.device) for off in range(-radius, radius + 1)] for d in range(spatial)]
     out = None
     for t in range(taps):
         offsets = []
         rem = t
         for _ in range(spatial):
-            offsets.append(rem % k - radius)
+            offsets.append(rem % k)
             rem //= k
         offsets.reverse()  # t = ((a + R) * K + (b + R)) * K + (c + R)
-        mats = [interpolation_matrix(hr[d], lr[d], offsets[d], dtype, x.device) for d in range(spatial)]
+        mats = [axis_mats[d][offsets[d]] for d in range(spatial)]
         if spatial == 2:
             v = torch.einsum("ih,nchw,jw->ncij", mats[0], xs, mats[1])
         else:
