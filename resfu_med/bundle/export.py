@@ -97,6 +97,18 @@ def export_torchscript(
     return {"path": str(path), "method": method, "max_abs_diff": diff}
 
 
+def _register_onnx_symbolics(opset: int) -> None:
+    """Symbolics the TorchScript-based ONNX exporter lacks for ops our networks use.
+
+    ``aten::exp2`` (ReSFU's power-of-two prescale before GroupNorm) becomes ``Pow(2, x)``.
+    """
+    def exp2(g, x):
+        two = g.op("Constant", value_t=torch.tensor(2.0))
+        return g.op("Pow", g.op("CastLike", two, x), x)
+
+    torch.onnx.register_custom_op_symbolic("aten::exp2", exp2, opset)
+
+
 def onnx_available() -> bool:
     """True when ``onnx`` and ``onnxruntime`` import (the ``onnx`` extra of resfu-med)."""
     try:
@@ -138,6 +150,7 @@ def export_onnx(
     model = model.eval().cpu()
     example = example.cpu()
     path = Path(path)
+    _register_onnx_symbolics(opset)
     with _reference_backend(), torch.no_grad(), warnings.catch_warnings(), atomic_path(path, suffix=".onnx") as tmp:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["pred"],
