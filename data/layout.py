@@ -145,7 +145,8 @@ def write_prepared(
         ``root`` as a Path.
 
     Raises:
-        InputError: an empty split or any error of ``load_case``; cases finished before it stay intact.
+        InputError: an empty split or errors of ``load_case`` (raised after every other case is prepared: one error
+            as it is, several in one message); finished cases stay intact.
     """
     root = Path(root)
     if not sources:
@@ -157,13 +158,18 @@ def write_prepared(
     metas: dict[str, dict] = {}
     settings = json.loads(json.dumps({"intensity": info.get("intensity"), "label_map": info.get("label_map")}))
     bar = tqdm(sources, desc=f"prepare {info.get('dataset', '')}", unit="case", disable=not progress)
+    failed: list[InputError] = []
     for src in bar:
         bar.set_postfix_str(src.case)
         meta = None if overwrite else _is_finished(root, src, settings)
         if meta is None:
-            case = load_case(src)
-            if case.image.shape != case.label.shape or case.image.ndim != 3:
-                raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
+            try:
+                case = load_case(src)
+                if case.image.shape != case.label.shape or case.image.ndim != 3:
+                    raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
+            except InputError as err:  # one bad export must not stop the others; reported together below
+                failed.append(err)
+                continue
             if src.split in TRAIN_SPLITS:
                 _write_slices(root, src.case, case.image, case.label)
             else:
@@ -184,6 +190,13 @@ def write_prepared(
             }
             atomic_write_json(root / "meta" / f"{src.case}.json", meta)  # written last: marks the case finished
         metas[src.case] = meta
+    if failed:
+        # No lists or dataset.json: an incomplete preparation must not look finished. The good cases are kept, so a
+        # rerun after fixing the bad files only redoes those.
+        if len(failed) == 1:
+            raise failed[0]
+        raise InputError(f"{len(failed)} of {len(sources)} cases failed (the others are prepared): "
+                         + "; ".join(str(e) for e in failed))
     list_dir = root / "lists" / f"lists_{list_name}"
     for split, cases in splits.items():
         if split in TRAIN_SPLITS:
