@@ -312,6 +312,9 @@ class Trainer:
         t = self.cfg["train"]
         max_iters = t["max_iters"]
         if self.dist.is_main:
+            # A kill while saving leaves the temporary file of an atomic write behind (never the final name): tidy up.
+            for stale in self.run_dir.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
             atomic_write_json(self.run_dir / "config.json", self.cfg)
         writer = None
         if self.dist.is_main:
