@@ -226,3 +226,20 @@ def test_transunet_bundle_loads_with_configparser(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_bundle_network(out)(x), net(x))
     assert json.loads((out / "configs" / "metadata.json").read_text())["eval_metrics"] == {}
+
+
+def test_cli_verify_bundle(bundle, capsys):
+    out, _ = bundle
+    assert main(["verify-bundle", str(out)]) == 0
+    assert "valid bundle 'demo_bundle'" in capsys.readouterr().out
+    meta_file = out / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["network_data_format"]["outputs"]["pred"]["dtype"] = "double"
+    meta_file.write_text(json.dumps(meta))
+    (out / "models" / "model.pt").unlink()
+    for expected in (f"{out / 'models' / 'model.pt'}: required bundle file is missing",
+                     "field 'network_data_format.outputs.pred.dtype' is invalid"):
+        assert main(["verify-bundle", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err
+        shutil.copy(out.parent / "ckpt.pt", out / "models" / "model.pt")  # now only the metadata is wrong
