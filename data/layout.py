@@ -84,7 +84,7 @@ def _case_outputs(root: Path, case: str, split: str, depth: int) -> list[Path]:
     return [root / "test_vol_h5" / f"{case}.npy.h5"]
 
 
-def _is_finished(root: Path, src: CaseSource) -> dict | None:
+def _is_finished(root: Path, src: CaseSource, settings: dict) -> dict | None:
     meta_path = root / "meta" / f"{src.case}.json"
     if not meta_path.is_file():
         return None
@@ -93,7 +93,8 @@ def _is_finished(root: Path, src: CaseSource) -> dict | None:
     except (OSError, ValueError):
         return None
     same_source = meta.get("image_stamp") == _source_stamp(src.image) and meta.get("label_stamp") == _source_stamp(src.label)
-    if meta.get("split") != src.split or not same_source:
+    # A case prepared with another intensity spec or label map must be redone, not silently mixed in.
+    if meta.get("split") != src.split or not same_source or meta.get("settings") != settings:
         return None
     if not all(p.is_file() for p in _case_outputs(root, src.case, src.split, int(meta["shape"][0]))):
         return None
@@ -144,7 +145,8 @@ def write_prepared(
         ``root`` as a Path.
 
     Raises:
-        InputError: an empty split or any error of ``load_case``; cases finished before it stay intact.
+        InputError: an empty split or errors of ``load_case`` (raised after every other case is prepared: one error
+            as it is, several in one message); finished cases stay intact.
     """
     root = Path(root)
     if not sources:
@@ -154,14 +156,20 @@ def write_prepared(
         splits.setdefault(src.split, []).append(src.case)
     root.mkdir(parents=True, exist_ok=True)
     metas: dict[str, dict] = {}
+    settings = json.loads(json.dumps({"intensity": info.get("intensity"), "label_map": info.get("label_map")}))
     bar = tqdm(sources, desc=f"prepare {info.get('dataset', '')}", unit="case", disable=not progress)
+    failed: list[InputError] = []
     for src in bar:
         bar.set_postfix_str(src.case)
-        meta = None if overwrite else _is_finished(root, src)
+        meta = None if overwrite else _is_finished(root, src, settings)
         if meta is None:
-            case = load_case(src)
-            if case.image.shape != case.label.shape or case.image.ndim != 3:
-                raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
+            try:
+                case = load_case(src)
+                if case.image.shape != case.label.shape or case.image.ndim != 3:
+                    raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
+            except InputError as err:  # one bad export must not stop the others; reported together below
+                failed.append(err)
+                continue
             if src.split in TRAIN_SPLITS:
                 _write_slices(root, src.case, case.image, case.label)
             else:
@@ -177,10 +185,18 @@ def write_prepared(
                 "spacing": [float(s) for s in case.spacing],
                 "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
                 "labels_present": sorted(int(v) for v in np.unique(case.label)),
+                "settings": settings,
                 **src.extra,
             }
             atomic_write_json(root / "meta" / f"{src.case}.json", meta)  # written last: marks the case finished
         metas[src.case] = meta
+    if failed:
+        # No lists or dataset.json: an incomplete preparation must not look finished. The good cases are kept, so a
+        # rerun after fixing the bad files only redoes those.
+        if len(failed) == 1:
+            raise failed[0]
+        raise InputError(f"{len(failed)} of {len(sources)} cases failed (the others are prepared): "
+                         + "; ".join(str(e) for e in failed))
     list_dir = root / "lists" / f"lists_{list_name}"
     for split, cases in splits.items():
         if split in TRAIN_SPLITS:
@@ -194,7 +210,7 @@ def write_prepared(
         "list_dir": f"lists/lists_{list_name}",
         "orientation": "array (Z, Y, X) = NIfTI data (x, y, z).transpose(2, 1, 0); spacing in (sz, sy, sx) mm",
         "split": splits,
-        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp")} for c, m in metas.items()},
+        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp") and k != "settings"} for c, m in metas.items()},
     }
     atomic_write_json(root / "dataset.json", record)
     return root

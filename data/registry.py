@@ -117,6 +117,10 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     """
     _check_name(name)
     meta = None
+    if root is not None and Path(root).is_dir() and not is_prepared_root(root):
+        cached = prepared_cache_dir(name, root)
+        if (cached / "dataset.json").is_file():  # a raw folder prepared earlier: its record says what was done
+            root = cached
     if root is not None and Path(root).is_dir():
         meta = read_dataset_json(root)
         if meta is not None and "resfu_med_prepared" not in meta:
@@ -149,6 +153,8 @@ def _prepared_root(name: str, root: str | os.PathLike | None, progress: bool) ->
         return root
     out = prepared_cache_dir(name, root)
     with _locked(out.parent / f".{out.name}.lock"):
+        if (out / "dataset.json").is_file():  # prepared before (maybe with non-default options by `prepare`): reuse
+            return out
         if name in ("synapse", "demo"):
             from .synapse import prepare_synapse
 

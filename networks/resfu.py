@@ -41,6 +41,19 @@ def upsampling_dilation(hr_size: Sequence[int], lr_size: Sequence[int]) -> tuple
     return tuple(H // h if H % h == 0 else int(H / h + 0.5) for H, h in zip(hr_size, lr_size))
 
 
+def _prescale(t: torch.Tensor) -> torch.Tensor:
+    """``t`` scaled per sample by a power of two bringing its largest magnitude under 2**16; unchanged (bit for bit)
+    below that.
+
+    GroupNorm sums squares: in float32 it overflows (NaN output) from magnitudes ~1e19 and in bfloat16 near its maximum.
+    It is scale invariant (up to its eps, negligible at such magnitudes), and a power of two only changes exponents, so
+    the normalised result is the same while huge inputs stay finite.
+    """
+    amax = t.detach().abs().flatten(1).amax(dim=1).float().clamp_min(1.0)
+    shift = torch.clamp(torch.ceil(torch.log2(amax)) - 16, min=0)
+    return t * torch.exp2(-shift).to(t.dtype).view((-1,) + (1,) * (t.dim() - 1))
+
+
 def border_mask(hr_size: Sequence[int], dilation: Sequence[int], kernel_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Boolean ``(1, K^d, *HR)``: True where the neighbour's HR position ``i + s·a`` (per axis) lies inside the image.
 
@@ -176,8 +189,8 @@ class ReSFU(nn.Module):
         self._check(x, guide)
         hr, lr = tuple(int(s) for s in guide.shape[2:]), tuple(int(s) for s in x.shape[2:])  # ints even when tracing
         dilation = upsampling_dilation(hr, lr)
-        q = self.proj_q(self.norm_guide(guide))  # (N, D, *HR)
-        k = self.proj_k(self.norm_x(x))  # (N, D, *LR)
+        q = self.proj_q(self.norm_guide(_prescale(guide)))  # (N, D, *HR)
+        k = self.proj_k(self.norm_x(_prescale(x)))  # (N, D, *LR)
         k_up = F.interpolate(k, size=hr, mode=_LINEAR_MODE[self.spatial_dims], align_corners=False)
         semantic_query = self.guided_filter(q, k_up) if self.guided_filter is not None else q
         detail_key = self.gaussian(q) if self.gaussian is not None else q

@@ -116,116 +116,167 @@ struct RowWindows {
   }
 };
 
+// Dot product of two contiguous vectors with independent partial sums, so the compiler vectorises it without
+// -ffast-math (a single float accumulator is a serial chain it may not reorder).
+template <typename acc_t>
+inline acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
+  constexpr int64_t L = 8;
+  acc_t part[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int64_t k = 0; k < L; ++k) part[k] += a[i + k] * b[i + k];
+  acc_t s = acc_t(0);
+  for (int64_t k = 0; k < L; ++k) s += part[k];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Copy the HR row (n, z, y) of channels [c0, c1) of an NCDHW tensor into buf[j][c - c0] (channels last, acc type).
+template <typename scalar_t, typename acc_t>
+inline void row_to_channels_last(const Geometry& g, const scalar_t* t, int64_t n, int64_t pix, int64_t c0, int64_t c1, acc_t* buf) {
+  const int64_t P = g.hr_plane(), cb = c1 - c0;
+  for (int64_t c = c0; c < c1; ++c) {
+    const scalar_t* src = t + (n * g.C + c) * P + pix;
+    for (int64_t j = 0; j < g.W; ++j) buf[j * cb + (c - c0)] = static_cast<acc_t>(src[j]);
+  }
+}
+
+// x is read channels-last (x_cl: (N, d*h*w, C) in the accumulation type) so that the per-tap work is a contiguous,
+// vectorisable AXPY/dot over channels; outputs stay NCDHW (a row of all channels is transposed through a small buffer).
 template <typename scalar_t>
-void forward_impl(const Geometry& g, const scalar_t* attn, const scalar_t* x, scalar_t* out) {
+void forward_impl(const Geometry& g, const scalar_t* attn, const at::opmath_type<scalar_t>* x_cl, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
-  const int64_t P = g.hr_plane(), Q = g.lr_plane();
+  const int64_t P = g.hr_plane(), Q = g.lr_plane(), C = g.C;
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
     RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
+    std::vector<acc_t> buf(g.W * C);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / (g.D * g.H), z = (row / g.H) % g.D, y = row % g.H;
-      rw.compute(attn + n * g.taps() * P + (z * g.H + y) * g.W, z, y);
-      for (int64_t c = 0; c < g.C; ++c) {
-        const scalar_t* xc = x + (n * g.C + c) * Q;
-        scalar_t* oc = out + (n * g.C + c) * P + (z * g.H + y) * g.W;
-        for (int64_t j = 0; j < g.W; ++j) {
-          const acc_t* w = rw.wgt.data() + j * rw.max_win;
-          const int64_t* id = rw.idx.data() + j * rw.max_win;
-          acc_t s = acc_t(0);
-          for (int64_t e = 0; e < rw.cnt[j]; ++e) s += w[e] * static_cast<acc_t>(xc[id[e]]);
-          oc[j] = static_cast<scalar_t>(s);
+      const int64_t pix = (z * g.H + y) * g.W;
+      rw.compute(attn + n * g.taps() * P + pix, z, y);
+      for (int64_t j = 0; j < g.W; ++j) {
+        acc_t* b = buf.data() + j * C;
+        const acc_t* w = rw.wgt.data() + j * rw.max_win;
+        const int64_t* id = rw.idx.data() + j * rw.max_win;
+        const acc_t* xn = x_cl + n * Q * C;
+        // Channel blocks of L accumulated over all taps in registers (fixed trip count: vectorised).
+        constexpr int64_t L = 16;
+        int64_t c0 = 0;
+        for (; c0 + L <= C; c0 += L) {
+          acc_t r[L] = {};
+          for (int64_t e = 0; e < rw.cnt[j]; ++e) {
+            const acc_t we = w[e];
+            const acc_t* xs = xn + id[e] * C + c0;
+            for (int64_t k = 0; k < L; ++k) r[k] += we * xs[k];
+          }
+          for (int64_t k = 0; k < L; ++k) b[c0 + k] = r[k];
         }
+        for (int64_t c = c0; c < C; ++c) {
+          acc_t r = acc_t(0);
+          for (int64_t e = 0; e < rw.cnt[j]; ++e) r += w[e] * xn[id[e] * C + c];
+          b[c] = r;
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        scalar_t* oc = out + (n * C + c) * P + pix;
+        for (int64_t j = 0; j < g.W; ++j) oc[j] = static_cast<scalar_t>(buf[j * C + c]);
       }
     }
   });
 }
 
+// grad_attn[a][b][c] of pixel (z, y, j) from dots[e] = <grad_out, x at window tap e>: the window weights are
+// separable, so contract back through Mx, My, Mz in turn. `out` points at grad_attn[n, 0, z, y, j] (taps P apart).
+template <typename scalar_t, typename acc_t>
+inline void contract_to_grad_attn(const Geometry& g, const AxisTable<acc_t>& tz, const AxisTable<acc_t>& ty,
+                                  const AxisTable<acc_t>& tx, int64_t z, int64_t y, int64_t j, const acc_t* d, acc_t* s1,
+                                  acc_t* s2, scalar_t* out) {
+  const int64_t P = g.hr_plane(), K = g.k, KD = g.kd;
+  const int64_t nz = tz.count[z], ny = ty.count[y], nx = tx.count[j], zs = tz.slots, ys = ty.slots, xs = tx.slots;
+  const acc_t* mz = tz.row(z);
+  const acc_t* my = ty.row(y);
+  const acc_t* mx = tx.row(j);
+  // s1[mz][my][c] = sum_mx Mx[c][mx] d[mz][my][mx]
+  for (int64_t q = 0; q < nz * ny; ++q)
+    for (int64_t c = 0; c < K; ++c) {
+      acc_t v = acc_t(0);
+      for (int64_t s = 0; s < nx; ++s) v += mx[c * xs + s] * d[q * nx + s];
+      s1[q * K + c] = v;
+    }
+  // s2[mz][b][c] = sum_my My[b][my] s1[mz][my][c]
+  for (int64_t q = 0; q < nz; ++q)
+    for (int64_t b = 0; b < K; ++b)
+      for (int64_t c = 0; c < K; ++c) {
+        acc_t v = acc_t(0);
+        for (int64_t m = 0; m < ny; ++m) v += my[b * ys + m] * s1[(q * ny + m) * K + c];
+        s2[(q * K + b) * K + c] = v;
+      }
+  // grad_attn[a][b][c] = sum_mz Mz[a][mz] s2[mz][b][c]
+  for (int64_t a = 0; a < KD; ++a)
+    for (int64_t bc = 0; bc < K * K; ++bc) {
+      acc_t v = acc_t(0);
+      for (int64_t q = 0; q < nz; ++q) v += mz[a * zs + q] * s2[q * K * K + bc];
+      out[(a * K * K + bc) * P] = static_cast<scalar_t>(v);
+    }
+}
+
 template <typename scalar_t>
-void grad_attn_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, const scalar_t* x, scalar_t* ga) {
+void grad_attn_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, const at::opmath_type<scalar_t>* x_cl,
+                    scalar_t* ga) {
   using acc_t = at::opmath_type<scalar_t>;
   const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
-  const int64_t P = g.hr_plane(), Q = g.lr_plane(), K = g.k, KD = g.kd;
+  const int64_t P = g.hr_plane(), Q = g.lr_plane(), K = g.k, KD = g.kd, C = g.C;
   at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
     RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
-    std::vector<acc_t> dots(g.W * rw.max_win), s1(tz.slots * ty.slots * K), s2(tz.slots * K * K);
+    std::vector<acc_t> gbuf(g.W * C), dots(rw.max_win), s1(tz.slots * ty.slots * K), s2(tz.slots * K * K);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / (g.D * g.H), z = (row / g.H) % g.D, y = row % g.H;
       const int64_t pix = (z * g.H + y) * g.W;
       rw.compute(attn + n * g.taps() * P + pix, z, y);  // only the window indices are needed here
-      std::fill(dots.begin(), dots.end(), acc_t(0));
-      // dots[j][e] = sum_c grad_out[c, pixel j] * x[c, tap e]
-      for (int64_t c = 0; c < g.C; ++c) {
-        const scalar_t* xc = x + (n * g.C + c) * Q;
-        const scalar_t* gc = go + (n * g.C + c) * P + pix;
-        for (int64_t j = 0; j < g.W; ++j) {
-          const acc_t gv = static_cast<acc_t>(gc[j]);
-          acc_t* d = dots.data() + j * rw.max_win;
-          const int64_t* id = rw.idx.data() + j * rw.max_win;
-          for (int64_t e = 0; e < rw.cnt[j]; ++e) d[e] += gv * static_cast<acc_t>(xc[id[e]]);
-        }
-      }
-      const int64_t nz = tz.count[z], ny = ty.count[y], zs = tz.slots, ys = ty.slots, xs = tx.slots;
-      const acc_t* mz = tz.row(z);
-      const acc_t* my = ty.row(y);
+      row_to_channels_last(g, go, n, pix, 0, C, gbuf.data());
       for (int64_t j = 0; j < g.W; ++j) {
-        const int64_t nx = tx.count[j];
-        const acc_t* mx = tx.row(j);
-        const acc_t* d = dots.data() + j * rw.max_win;
-        // s1[mz][my][c] = sum_mx Mx[c][mx] d[mz][my][mx]
-        for (int64_t q = 0; q < nz * ny; ++q)
-          for (int64_t c = 0; c < K; ++c) {
-            acc_t v = acc_t(0);
-            for (int64_t s = 0; s < nx; ++s) v += mx[c * xs + s] * d[q * nx + s];
-            s1[q * K + c] = v;
-          }
-        // s2[mz][b][c] = sum_my My[b][my] s1[mz][my][c]
-        for (int64_t q = 0; q < nz; ++q)
-          for (int64_t b = 0; b < K; ++b)
-            for (int64_t c = 0; c < K; ++c) {
-              acc_t v = acc_t(0);
-              for (int64_t m = 0; m < ny; ++m) v += my[b * ys + m] * s1[(q * ny + m) * K + c];
-              s2[(q * K + b) * K + c] = v;
-            }
-        // grad_attn[a][b][c] = sum_mz Mz[a][mz] s2[mz][b][c]
-        scalar_t* out = ga + n * g.taps() * P + pix + j;
-        for (int64_t a = 0; a < KD; ++a)
-          for (int64_t bc = 0; bc < K * K; ++bc) {
-            acc_t v = acc_t(0);
-            for (int64_t q = 0; q < nz; ++q) v += mz[a * zs + q] * s2[q * K * K + bc];
-            out[(a * K * K + bc) * P] = static_cast<scalar_t>(v);
-          }
+        // dots[e] = sum_c grad_out[c, pixel j] * x[c, tap e]
+        const int64_t* id = rw.idx.data() + j * rw.max_win;
+        for (int64_t e = 0; e < rw.cnt[j]; ++e) dots[e] = dot(gbuf.data() + j * C, x_cl + (n * Q + id[e]) * C, C);
+        contract_to_grad_attn(g, tz, ty, tx, z, y, j, dots.data(), s1.data(), s2.data(), ga + n * g.taps() * P + pix + j);
       }
     }
   });
 }
 
-// grad_x[n, c, l] = sum over HR pixels p of grad_out[n, c, p] * window weight of p on l. Each task owns a channel block
-// of one sample and visits the pixels in a fixed order: no races, and a summation order independent of the split.
-template <typename scalar_t, typename acc_t>
-void grad_x_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, acc_t* gx) {
+// grad_x[n, l, c] (channels last) = sum over HR pixels p of grad_out[n, c, p] * window weight of p on l. Each task owns
+// a channel block of one sample and visits the pixels in a fixed order: no races, and a summation order independent of
+// the split (so results do not depend on the thread count).
+template <typename scalar_t>
+void grad_x_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, at::opmath_type<scalar_t>* gx_cl) {
+  using acc_t = at::opmath_type<scalar_t>;
   const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
-  const int64_t P = g.hr_plane(), Q = g.lr_plane();
+  const int64_t P = g.hr_plane(), Q = g.lr_plane(), C = g.C;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t blocks = std::min<int64_t>(g.C, (threads + g.N - 1) / g.N);
-  const int64_t per_block = (g.C + blocks - 1) / blocks;
+  const int64_t blocks = std::min<int64_t>(C, (threads + g.N - 1) / g.N);
+  const int64_t per_block = (C + blocks - 1) / blocks;
   at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
     RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
+    std::vector<acc_t> gbuf(g.W * per_block);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, c0 = (task % blocks) * per_block, c1 = std::min(g.C, c0 + per_block);
-      for (int64_t c = c0; c < c1; ++c) std::fill(gx + (n * g.C + c) * Q, gx + (n * g.C + c + 1) * Q, acc_t(0));
+      const int64_t n = task / blocks, c0 = std::min(C, (task % blocks) * per_block), c1 = std::min(C, c0 + per_block);
+      const int64_t cb = c1 - c0;
+      if (cb <= 0) continue;
+      for (int64_t l = 0; l < Q; ++l) std::fill(gx_cl + (n * Q + l) * C + c0, gx_cl + (n * Q + l) * C + c1, acc_t(0));
       for (int64_t z = 0; z < g.D; ++z)
         for (int64_t y = 0; y < g.H; ++y) {
           const int64_t pix = (z * g.H + y) * g.W;
           rw.compute(attn + n * g.taps() * P + pix, z, y);
-          for (int64_t c = c0; c < c1; ++c) {
-            acc_t* gc = gx + (n * g.C + c) * Q;
-            const scalar_t* oc = go + (n * g.C + c) * P + pix;
-            for (int64_t j = 0; j < g.W; ++j) {
-              const acc_t gv = static_cast<acc_t>(oc[j]);
-              const acc_t* w = rw.wgt.data() + j * rw.max_win;
-              const int64_t* id = rw.idx.data() + j * rw.max_win;
-              for (int64_t e = 0; e < rw.cnt[j]; ++e) gc[id[e]] += gv * w[e];
+          row_to_channels_last(g, go, n, pix, c0, c1, gbuf.data());
+          for (int64_t j = 0; j < g.W; ++j) {
+            const acc_t* gj = gbuf.data() + j * cb;
+            const acc_t* w = rw.wgt.data() + j * rw.max_win;
+            const int64_t* id = rw.idx.data() + j * rw.max_win;
+            for (int64_t e = 0; e < rw.cnt[j]; ++e) {
+              const acc_t we = w[e];
+              acc_t* dst = gx_cl + (n * Q + id[e]) * C + c0;
+              for (int64_t c = 0; c < cb; ++c) dst[c] += we * gj[c];
             }
           }
         }
@@ -233,25 +284,55 @@ void grad_x_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, ac
   });
 }
 
-// fp32/fp64 accumulate straight into grad_x; half inputs accumulate in an fp32 buffer rounded once at the end.
+// Both gradients in one pass when every sample is one task (N >= threads): windows and the grad_out row transpose are
+// computed once. Same per-element summation order as the split path, hence bit-identical results.
 template <typename scalar_t>
-void grad_x_dispatch(const Geometry& g, const at::Tensor& go, const at::Tensor& attn, at::Tensor& grad_x) {
+void backward_fused_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, const at::opmath_type<scalar_t>* x_cl,
+                         scalar_t* ga, at::opmath_type<scalar_t>* gx_cl) {
   using acc_t = at::opmath_type<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    grad_x_impl<scalar_t, acc_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>());
-  } else {
-    at::Tensor acc = at::empty(grad_x.sizes(), grad_x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    grad_x_impl<scalar_t, acc_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), acc.data_ptr<acc_t>());
-    grad_x.copy_(acc);
-  }
+  const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
+  const int64_t P = g.hr_plane(), Q = g.lr_plane(), K = g.k, C = g.C;
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
+    std::vector<acc_t> gbuf(g.W * C), dots(rw.max_win), s1(tz.slots * ty.slots * K), s2(tz.slots * K * K);
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(gx_cl + n * Q * C, gx_cl + (n + 1) * Q * C, acc_t(0));
+      for (int64_t z = 0; z < g.D; ++z)
+        for (int64_t y = 0; y < g.H; ++y) {
+          const int64_t pix = (z * g.H + y) * g.W;
+          rw.compute(attn + n * g.taps() * P + pix, z, y);
+          row_to_channels_last(g, go, n, pix, 0, C, gbuf.data());
+          for (int64_t j = 0; j < g.W; ++j) {
+            const acc_t* gj = gbuf.data() + j * C;
+            const acc_t* w = rw.wgt.data() + j * rw.max_win;
+            const int64_t* id = rw.idx.data() + j * rw.max_win;
+            for (int64_t e = 0; e < rw.cnt[j]; ++e) {
+              const acc_t* xs = x_cl + (n * Q + id[e]) * C;
+              acc_t* dst = gx_cl + (n * Q + id[e]) * C;
+              const acc_t we = w[e];
+              dots[e] = dot(gj, xs, C);
+              for (int64_t c = 0; c < C; ++c) dst[c] += we * gj[c];
+            }
+            contract_to_grad_attn(g, tz, ty, tx, z, y, j, dots.data(), s1.data(), s2.data(), ga + n * g.taps() * P + pix + j);
+          }
+        }
+    }
+  });
+}
+
+// x as (N, d*h*w, C) contiguous in the accumulation type (fp32 for half inputs).
+at::Tensor channels_last_acc(const at::Tensor& x) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return x.permute({0, 2, 3, 4, 1}).to(acc).contiguous();
 }
 
 at::Tensor forward_cpu(const at::Tensor& attn_in, const at::Tensor& x_in, int64_t kernel_depth, bool /*deterministic*/) {
   const Geometry g = make_geometry(attn_in, x_in, kernel_depth);
-  const at::Tensor attn = attn_in.contiguous(), x = x_in.contiguous();
-  at::Tensor out = at::empty({g.N, g.C, g.D, g.H, g.W}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fns_gather_forward_cpu", [&] {
-    forward_impl<scalar_t>(g, attn.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+  const at::Tensor attn = attn_in.contiguous(), x_cl = channels_last_acc(x_in);
+  at::Tensor out = at::empty({g.N, g.C, g.D, g.H, g.W}, x_in.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "fns_gather_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    forward_impl<scalar_t>(g, attn.data_ptr<scalar_t>(), x_cl.data_ptr<acc_t>(), out.data_ptr<scalar_t>());
   });
   return out;
 }
@@ -260,14 +341,22 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const
                                                 int64_t kernel_depth, bool /*deterministic: always*/) {
   const Geometry g = make_geometry(attn_in, x_in, kernel_depth);
   TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({g.N, g.C, g.D, g.H, g.W}), "fns_gather: grad_out has shape ", grad_in.sizes());
-  const at::Tensor attn = attn_in.contiguous(), x = x_in.contiguous(), go = grad_in.to(x.scalar_type()).contiguous();
-  at::Tensor grad_attn = at::empty_like(attn);
-  at::Tensor grad_x = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fns_gather_backward_cpu", [&] {
-    grad_attn_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                             grad_attn.data_ptr<scalar_t>());
-    grad_x_dispatch<scalar_t>(g, go, attn, grad_x);
+  const at::Tensor attn = attn_in.contiguous(), x_cl = channels_last_acc(x_in);
+  const at::Tensor go = grad_in.to(x_in.scalar_type()).contiguous();
+  at::Tensor grad_attn = at::empty(attn.sizes(), attn.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor gx_cl = at::empty_like(x_cl);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "fns_gather_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (g.N >= at::get_num_threads()) {
+      backward_fused_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), x_cl.data_ptr<acc_t>(),
+                                    grad_attn.data_ptr<scalar_t>(), gx_cl.data_ptr<acc_t>());
+    } else {  // few samples: rows in parallel for grad_attn, channel blocks for grad_x
+      grad_attn_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), x_cl.data_ptr<acc_t>(),
+                               grad_attn.data_ptr<scalar_t>());
+      grad_x_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), gx_cl.data_ptr<acc_t>());
+    }
   });
+  at::Tensor grad_x = gx_cl.permute({0, 4, 1, 2, 3}).to(x_in.scalar_type()).contiguous();
   return {grad_attn, grad_x};
 }
 

@@ -23,9 +23,9 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over the ``(2r+1)^d`` window around every pixel, clipped at the border (divides by the valid count).
 
     The clipped box mean is separable (sum and count both factor per axis), so it runs as one 1-D average pooling per
-    axis: ``O(d · (2r+1))`` work per pixel instead of ``O((2r+1)^d)``. The input is zero-padded by hand (pooling refuses
-    an axis shorter than its window even with padding) and the window sum is divided by the per-axis count of pixels
-    inside the image, ``min(i + r, S − 1) − max(i − r, 0) + 1``.
+    axis with ``count_include_pad=False``: ``O(d · (2r+1))`` work per pixel instead of ``O((2r+1)^d)``. Pooling refuses
+    an axis shorter than its window even with padding, so such an axis is zero-padded by hand and its window sums are
+    divided by the per-axis count of pixels inside the image, ``min(i + r, S − 1) − max(i − r, 0) + 1``.
 
     Args:
         x: ``(N, C, *spatial)`` with 1–3 spatial dims.
@@ -47,6 +47,11 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
             continue
         kernel = [1] * dims
         kernel[axis] = 2 * r + 1
+        if size >= 2 * r + 1:  # pooling divides by the count of non-padded pixels itself
+            padding = [0] * dims
+            padding[axis] = r
+            out = _AVG_POOL[dims](out, kernel, stride=1, padding=padding, count_include_pad=False)
+            continue
         pad = [0] * (2 * dims)
         pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = r  # F.pad lists the last axis first
         pos = torch.arange(size, device=x.device)

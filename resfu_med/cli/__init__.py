@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from resfu_med import __version__
 from resfu_med.errors import ResfuMedError
 
-__all__ = ["main", "build_parser", "HelpFormatter"]
+__all__ = ["main", "build_parser", "HelpFormatter", "ArgumentParser"]
 
 EPILOG = """examples:
   resfu-med train --dataset demo --output runs/demo
@@ -30,6 +30,13 @@ EPILOG = """examples:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default and keeps the examples in descriptions as written."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line, like every other error of the tool."""
+
+    def error(self, message: str):  # noqa: D401  (argparse's hook; never returns)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _command_modules() -> list:
@@ -45,7 +52,7 @@ def _command_modules() -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with one subparser per discovered command module."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="resfu-med",
         description="ReSFU medical image segmentation: prepare data, train, evaluate, infer, export.",
         epilog=EPILOG,

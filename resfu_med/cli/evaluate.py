@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from resfu_med.engine import inferer
 from resfu_med.errors import CheckpointError, InputError
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -42,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med evaluate``; returns 0 when every volume was evaluated, 1 if any failed."""
-    from resfu_med.data import dataset_info, get_dataset
+    from resfu_med.data import dataset_info, get_dataset  # heavy imports only when the command runs
+    from resfu_med.engine import inferer
     from resfu_med.engine.evaluator import evaluate_model
     from resfu_med.metrics import format_table, report_paths, write_reports
 
@@ -52,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
     name = args.dataset or data_cfg.get("dataset")
     if not name:
         raise InputError("--dataset: not given and the checkpoint's config names no dataset")
-    info = dataset_info(name, args.data_root)
+    try:
+        info = dataset_info(name, args.data_root)
+    except InputError:
+        raise
+    except ValueError as err:  # unknown dataset name: the message lists the valid ones
+        raise InputError(f"--dataset: {err}") from None
     if int(info.num_classes) != int(data_cfg["num_classes"]):
         raise CheckpointError(
             f"checkpoint {args.checkpoint}: trained for {data_cfg['num_classes']} classes, "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resfu_med.engine import inferer
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -60,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
+    from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
+
     device = inferer.resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
     inferer.check_output_dir(args.output)

@@ -152,7 +152,8 @@ def read_nifti_volume(path: str | Path, intensity: Callable[[np.ndarray], np.nda
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     try:
-        img = nib.load(str(p))
+        # keep the (gzip) file open between slab reads: reopening would decompress from the start every time
+        img = nib.load(str(p), keep_file_open=True)
     except Exception as err:  # nibabel raises several types for non-NIfTI input
         raise InputError(f"{p}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):

@@ -1,8 +1,8 @@
 """Just-in-time build of the C++/CUDA FNS kernels (``csrc/``) with ``torch.utils.cpp_extension.load`` and ninja.
 
 The sources are located with ``importlib.resources`` (they ship as package data of ``resfu_med.csrc``), so the build
-works after a plain, non-editable install. The build folder is keyed by a hash of every source, the torch version and
-the CUDA switch: processes of other branches or other torch builds never share (and never corrupt) one build, and
+works after a plain, non-editable install. The build folder is keyed by a hash of every source, their folder, the torch
+version and the CUDA switch: processes of other branches or other torch builds never share (and never corrupt) one build, and
 concurrent processes of one build wait on torch's lock file in that folder. A failed build is reported by ONE warning
 per process; ``fns_gather`` then runs the pure-PyTorch reference.
 """
@@ -61,7 +61,7 @@ def source_files(with_cuda: bool | None = None) -> list[Path]:
 
 
 def build_directory(sources: list[Path], with_cuda: bool) -> Path:
-    """Build folder keyed by the sources' content, the torch version and the CUDA switch.
+    """Build folder keyed by the sources' content and location, the torch version and the CUDA switch.
 
     Args:
         sources: the files to compile (the shared header is hashed too).
@@ -75,6 +75,9 @@ def build_directory(sources: list[Path], with_cuda: bool) -> Path:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     digest.update(f"{torch.__version__}|{torch.version.cuda}|{with_cuda}|{sys.version_info[:2]}".encode())
+    # build.ninja names the sources by absolute path: two checkouts of the same sources sharing one folder would
+    # rewrite it and rebuild each other's library on every start (and could load a half-written .so).
+    digest.update(str(_csrc_dir().resolve()).encode())
     home = Path(os.environ.get("RESFU_MED_HOME") or Path.home() / ".cache" / "resfu-med")
     return home / "torch_extensions" / f"resfu_med_ops_{digest.hexdigest()[:16]}"
 

@@ -120,8 +120,9 @@ def fns_gather(attn: torch.Tensor, x: torch.Tensor, *, deterministic: bool = Fal
         attn: ``(N, K^2, H, W)`` or ``(N, K^3, D, H, W)`` neighbour weights (usually a softmax over dim 1), ``K`` odd.
         x: ``(N, C, h, w)`` or ``(N, C, d, h, w)`` low-resolution values, same dtype and device as ``attn``,
             with ``h <= H``, ``w <= W`` (and ``d <= D``).
-        deterministic: CUDA only: compute ``grad_x`` by a gather without atomics (bit-identical across runs).
-            CPU backward is always deterministic.
+        deterministic: CUDA only: compute ``grad_x`` by a gather without atomics (bit-identical across runs);
+            also on whenever ``torch.use_deterministic_algorithms(True)`` is in effect (``resfu-med train
+            --deterministic``). CPU backward is always deterministic.
 
     Returns:
         ``(N, C, H, W)`` or ``(N, C, D, H, W)`` tensor in the inputs' dtype.
@@ -136,6 +137,8 @@ def fns_gather(attn: torch.Tensor, x: torch.Tensor, *, deterministic: bool = Fal
         torch.Size([2, 16, 32, 32])
     """
     spatial, k = _validate(attn, x)
+    # Like torch's own ops, honour the global switch so a deterministic run needs no flag threaded through networks.
+    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):

@@ -63,22 +63,25 @@ def fns_gather_reference(attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     spatial = x.dim() - 2
     if spatial not in (2, 3) or attn.dim() != x.dim():
         raise ValueError(f"fns_gather_reference: expected 4D or 5D attn and x of equal rank, got attn {tuple(attn.shape)}, x {tuple(x.shape)}")
-    k = round(attn.shape[1] ** (1.0 / spatial))
-    if k**spatial != attn.shape[1] or k % 2 == 0:
+    taps = int(attn.shape[1])  # int(): sizes are tensors while tracing (TorchScript trace, ONNX export)
+    k = round(taps ** (1.0 / spatial))
+    if k**spatial != taps or k % 2 == 0:
         raise ValueError(f"fns_gather_reference: attn has {attn.shape[1]} channels, not K^{spatial} for an odd K")
     radius = k // 2
     dtype = torch.promote_types(attn.dtype, x.dtype)
-    hr, lr = attn.shape[2:], x.shape[2:]
+    hr, lr = [int(s) for s in attn.shape[2:]], [int(s) for s in x.shape[2:]]
     xs = x.to(dtype)
+    # one matrix per axis and offset, shared by every neighbour that uses it
+    axis_mats = [[interpolation_matrix(hr[d], lr[d], off, dtype, x.device) for off in range(-radius, radius + 1)] for d in range(spatial)]
     out = None
-    for t in range(attn.shape[1]):
+    for t in range(taps):
         offsets = []
         rem = t
         for _ in range(spatial):
-            offsets.append(rem % k - radius)
+            offsets.append(rem % k)
             rem //= k
         offsets.reverse()  # t = ((a + R) * K + (b + R)) * K + (c + R)
-        mats = [interpolation_matrix(hr[d], lr[d], offsets[d], dtype, x.device) for d in range(spatial)]
+        mats = [axis_mats[d][offsets[d]] for d in range(spatial)]
         if spatial == 2:
             v = torch.einsum("ih,nchw,jw->ncij", mats[0], xs, mats[1])
         else:

@@ -36,15 +36,21 @@ def test_acdc_split_and_minmax(tmp_path, fake):
     assert info.label_names == ["RV", "MYO", "LV"] and info.intensity == {"kind": "mri", "mode": "minmax"}
 
 
-def test_acdc_zscore_cli_and_raw_root(tmp_path, fake, monkeypatch):
+def test_acdc_zscore_cli_cache_and_settings_change(tmp_path, fake, monkeypatch):
     cases = fake.make_acdc(tmp_path / "db")
-    assert main(["prepare", "--dataset", "acdc", "--raw-root", str(tmp_path / "db"), "--out", str(tmp_path / "o"),
-                 "--mri-norm", "zscore", "--no-progress"]) == 0  # fmt: skip
-    with h5py.File(tmp_path / "o" / "test_vol_h5" / "patient002_frame01.npy.h5") as f:
-        img = cases["patient002_frame01"][0]
-        np.testing.assert_allclose(f["image"][:], ((img - img.mean()) / img.std()).transpose(2, 1, 0), atol=1e-5)
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
-    assert len(ACDCDataset(tmp_path / "db", "val", progress=False)) == 2  # raw release prepared on first use
+    # No --out: prepared into the cache, which the dataset and dataset_info then reuse for the raw folder.
+    assert main(["prepare", "--dataset", "acdc", "--raw-root", str(tmp_path / "db"), "--mri-norm", "zscore", "--no-progress"]) == 0
+    img = cases["patient002_frame01"][0]
+    zscore = ((img - img.mean()) / img.std()).transpose(2, 1, 0)
+    vol = ACDCDataset(tmp_path / "db", "test", progress=False)[0]
+    np.testing.assert_allclose(vol["image"], zscore, atol=1e-5)
+    assert dataset_info("acdc", tmp_path / "db").intensity == {"kind": "mri", "mode": "zscore"}
+    # Preparing the same output with another normalisation redoes the finished cases instead of mixing specs.
+    out = prepare_acdc(tmp_path / "db", tmp_path / "o", mode="zscore", progress=False)
+    prepare_acdc(tmp_path / "db", out, mode="minmax", progress=False)
+    with h5py.File(out / "test_vol_h5" / "patient002_frame01.npy.h5") as f:
+        np.testing.assert_allclose(f["image"][:], ((img - img.min()) / (img.max() - img.min())).transpose(2, 1, 0), atol=1e-6)
 
 
 @pytest.mark.parametrize("nnunet", [False, True])

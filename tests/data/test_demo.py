@@ -48,6 +48,7 @@ def test_default_size_case_is_btcv_like(tmp_path):
     assert set(np.unique(lab).astype(int)) == set(range(14))  # all 13 raw organs
     # Organ HU is realistic: liver ~60, aorta ~200 with contrast, fat ~-100.
     assert 40 < np.median(img[lab == 6]) < 80 and np.median(img[lab == 8]) > 170
+    assert sum(p.stat().st_size for p in root.rglob("*.nii.gz")) < 2 * 1.5e6  # 12 cases stay well under 20 MB
     meta = json.loads((root / "dataset.json").read_text())
     assert meta["split"] == {"train": ["case0005"], "test": ["case0001"]}
 

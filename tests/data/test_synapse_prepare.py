@@ -11,6 +11,7 @@ import pytest
 
 from resfu_med.cli import main
 from resfu_med.data import SynapseDataset, dataset_info, get_dataset, prepare_synapse
+from resfu_med.errors import InputError
 
 # SPEC §4 written out by hand: raw BTCV label -> Synapse class.
 EXPECTED_MAP = {0: 0, 1: 7, 2: 4, 3: 3, 4: 2, 5: 0, 6: 5, 7: 8, 8: 1, 9: 0, 10: 0, 11: 6, 12: 0, 13: 0}
@@ -107,3 +108,27 @@ def test_split_file_and_cli(btcv, tmp_path, capsys):
     lists = tmp_path / "o" / "lists" / "lists_Synapse"
     assert (lists / "test_vol.txt").read_text().split() == ["case0005", "case0006"]
     assert (lists / "train.txt").read_text().split()[0] == "case0001_slice000"
+
+
+def test_reads_transunet_release_without_metadata(tmp_path):
+    # TransUNet's own release: float labels, no dataset.json, no geometry.
+    root = tmp_path / "Synapse"
+    (root / "train_npz").mkdir(parents=True)
+    (root / "test_vol_h5").mkdir()
+    (root / "lists" / "lists_Synapse").mkdir(parents=True)
+    img = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    np.savez(root / "train_npz" / "case0031_slice000.npz", image=img, label=np.array([[0, 1, 8, 2]] * 3, np.float32))
+    (root / "lists" / "lists_Synapse" / "train.txt").write_text("case0031_slice000\n")
+    with h5py.File(root / "test_vol_h5" / "case0008.npy.h5", "w") as f:
+        f["image"] = np.zeros((2, 3, 4), np.float32)
+        f["label"] = np.full((2, 3, 4), 5.0, np.float32)
+    (root / "lists" / "lists_Synapse" / "test_vol.txt").write_text("case0008\n")
+    item = SynapseDataset(root, "train")[0]
+    assert item["case"] == "case0031" and item["label"].dtype == np.uint8
+    np.testing.assert_array_equal(item["label"][0, 0], [0, 1, 8, 2])
+    np.testing.assert_array_equal(item["image"][0], img)
+    vol = get_dataset("synapse", root, "test")[0]
+    assert vol["case"] == "case0008" and vol["spacing"] is None and vol["affine"] is None
+    assert (vol["label"] == 5).all() and vol["label"].dtype == np.uint8
+    with pytest.raises(InputError, match="val_vol.txt: list file not found"):
+        SynapseDataset(root, "val")

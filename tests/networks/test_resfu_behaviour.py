@@ -25,7 +25,9 @@ def _uniform_scores(model: ReSFU) -> ReSFU:
     return model
 
 
-@pytest.mark.parametrize("dims, lr, hr", [(2, (5, 7), (10, 14)), (2, (14, 14), (32, 32)), (3, (3, 4, 4), (3, 8, 8))])
+@pytest.mark.parametrize(
+    "dims, lr, hr", [(2, (5, 7), (10, 14)), (2, (14, 14), (32, 32)), (3, (3, 4, 4), (3, 8, 8)), (3, (2, 3, 3), (5, 7, 9))]
+)
 def test_uniform_attention_with_k1_is_linear_upsampling(dims, lr, hr):
     model = _uniform_scores(ReSFU(6, 4, kernel_size=1, spatial_dims=dims, **SMALL)).double()
     x = torch.randn(2, 6, *lr, dtype=torch.float64)
@@ -88,7 +90,7 @@ def _batch_vs_single(model, x, guide):
 @pytest.mark.parametrize("kwargs", [{}, {"fine_grained": False}, {"similarity": "inner_product"}])
 def test_batch_independence_2d(kwargs):
     model = ReSFU(32, 16, **kwargs)
-    _batch_vs_single(model, torch.randn(3, 32, 7, 7), torch.randn(3, 16, 28, 28))
+    _batch_vs_single(model, torch.randn(3, 32, 5, 5), torch.randn(3, 16, 20, 20))
 
 
 def test_batch_independence_3d():
@@ -126,13 +128,17 @@ def test_checkpoint_gives_same_output_and_gradients():
         torch.testing.assert_close(pa.grad, pb.grad, msg=name)
 
 
-def test_ablation_variants_run_and_differ():
-    x, guide = torch.randn(1, 16, 6, 6), torch.randn(1, 8, 24, 24)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_ablation_variants_run_and_differ(dims):
+    if dims == 2:
+        x, guide, kw = torch.randn(1, 16, 6, 6), torch.randn(1, 8, 24, 24), {}
+    else:
+        x, guide, kw = torch.randn(1, 16, 2, 3, 3), torch.randn(1, 8, 2, 6, 6), SMALL
     variants = [{}, {"use_guided_filter": False}, {"use_gaussian": False}, {"similarity": "inner_product"}, {"fine_grained": False}]
     outs = []
     for kwargs in variants:
         torch.manual_seed(0)  # same parameters for every PCDC variant: only the switch differs
-        model = ReSFU(16, 8, **kwargs)
+        model = ReSFU(16, 8, spatial_dims=dims, **kw, **kwargs)
         with torch.no_grad():
             for block in (model.semantic_block, model.detail_block):
                 if isinstance(block, PCDCBlock):
@@ -142,9 +148,12 @@ def test_ablation_variants_run_and_differ():
         assert (outs[a] - outs[b]).abs().max() > 1e-3, (variants[a], variants[b])
 
 
-def test_autocast_bfloat16_cpu_close_to_float32():
-    model = ReSFU(32, 16)
-    x, guide = torch.randn(2, 32, 7, 7), torch.randn(2, 16, 28, 28)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_autocast_bfloat16_cpu_close_to_float32(dims):
+    if dims == 2:
+        model, x, guide = ReSFU(32, 16), torch.randn(2, 32, 7, 7), torch.randn(2, 16, 28, 28)
+    else:
+        model, x, guide = ReSFU(16, 8, spatial_dims=3, **SMALL), torch.randn(1, 16, 2, 3, 3), torch.randn(1, 8, 2, 6, 6)
     with torch.no_grad():
         ref = model(x, guide)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -116,3 +116,16 @@ def test_torch_compile_with_autograd():
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ga, ra, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gx, rx, rtol=1e-10, atol=1e-10)
+
+
+def test_build_directory_differs_between_checkouts(tmp_path, monkeypatch):
+    # build.ninja holds absolute source paths: two checkouts sharing one folder would rebuild each other's library
+    monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path))
+    sources = build.source_files(with_cuda=False)
+    first = build.build_directory(sources, with_cuda=False)
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    for name in build._HEADERS:  # same content, other folder
+        (other / name).write_bytes((build._csrc_dir() / name).read_bytes())
+    monkeypatch.setattr(build, "_csrc_dir", lambda: other)
+    assert build.build_directory(sources, with_cuda=False) != first

@@ -51,7 +51,10 @@ def test_matches_reference_fp64(k, lr, hr, nc):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("k,lr,hr,nc", CASES_2D[::3] + CASES_3D[::2])
+ELEMENTWISE_CASES = CASES_2D[::3] + [c for c in CASES_3D if c[0] <= 3][::2] + [(5, (2, 3, 3), (4, 6, 6), (1, 2))]
+
+
+@pytest.mark.parametrize("k,lr,hr,nc", ELEMENTWISE_CASES)
 def test_cuda_formulas_match_reference_on_cpu(k, lr, hr, nc):
     # The per-element functions the CUDA kernels run (incl. the deterministic gather grad_x), executed on CPU.
     attn, x = _inputs(k, lr, hr, nc)
@@ -134,6 +137,23 @@ def test_deterministic_flag_equals_default_on_cpu():
     a = _kernel_all(attn, x, grad)
     b = _kernel_all(attn, x, grad, deterministic=True)
     for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_results_do_not_depend_on_thread_count(n):
+    # 1 thread: both gradients in one fused pass per sample; 2+ threads with few samples: rows / channel blocks split.
+    attn, x = _inputs(3, (3, 4, 4), (5, 8, 8), (n, 5))
+    grad = torch.randn(n, 5, 5, 8, 8, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _kernel_all(attn, x, grad)
+        torch.set_num_threads(max(2, threads))
+        many = _kernel_all(attn, x, grad)
+    finally:
+        torch.set_num_threads(threads)
+    for u, v in zip(one, many):
         assert torch.equal(u, v)
 
 

@@ -1,0 +1,188 @@
+"""Write a MONAI bundle from a resfu-med checkpoint, check one, and load its network back.
+
+Layout (MONAI Bundle Specification)::
+
+    <out>/configs/metadata.json   inference.json   train.json   evaluate.json
+    <out>/models/model.pt         (state dict)     model.ts (TorchScript, optional)   model.onnx (optional)
+    <out>/docs/README.md
+    <out>/LICENSE
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resfu_med.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from resfu_med.bundle.checkpoint_io import (
+    build_network,
+    default_roi_size,
+    example_input,
+    img_size_of,
+    read_checkpoint,
+)
+from resfu_med.bundle.configs import (
+    evaluate_config,
+    inference_config,
+    network_def,
+    spatial_dims_of,
+    train_config,
+)
+from resfu_med.bundle.metadata import build_metadata
+from resfu_med.bundle.readme import render_license, render_readme
+from resfu_med.bundle.schema import validate_metadata
+from resfu_med.errors import InputError
+
+__all__ = [
+    "REQUIRED_FILES",
+    "export_bundle",
+    "check_bundle",
+    "load_bundle_network",
+]
+
+REQUIRED_FILES = ("configs/metadata.json", "configs/inference.json", "models/model.pt")
+def export_bundle(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    name: str | None = None,
+    version: str = "0.1.0",
+    roi_size: list[int] | None = None,
+    overlap: float = 0.25,
+    mode: str = "gaussian",
+    sw_batch_size: int = 8,
+    resample: bool = True,
+    metrics: dict[str, float] | None = None,
+    torchscript: bool = True,
+    onnx: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Export a checkpoint as a MONAI bundle folder.
+
+    Args:
+        checkpoint: a ``resfu-med train`` checkpoint.
+        out: the bundle folder to write.
+        name: bundle name (default: the folder's name).
+        version: bundle version (``metadata.json``).
+        roi_size: inferer patch (default :func:`default_roi_size`).
+        overlap: sliding-window overlap.
+        mode: window blending, ``"gaussian"`` or ``"constant"``.
+        sw_batch_size: slices (2D) or windows (3D) per network call.
+        resample: 2D models: zoom slices to the training size (as ``resfu-med infer``); ``False`` = native grid
+            (as ``resfu-med infer --no-resample``).
+        metrics: evaluation metrics for ``eval_metrics`` and the README (default: the checkpoint's best metric).
+        torchscript: also write ``models/model.ts`` (skipped with a warning if the network cannot be compiled).
+        onnx: also write ``models/model.onnx`` (needs ``onnx`` and ``onnxruntime``).
+        overwrite: replace an existing bundle in ``out``.
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        CheckpointError: unreadable checkpoint or weights of another architecture.
+        InputError: ``out`` already holds a bundle and ``overwrite`` is false.
+    """
+    out = Path(out)
+    source = str(checkpoint)
+    if (out / "configs" / "metadata.json").exists() and not overwrite:
+        raise InputError(f"{out}: already holds a bundle (configs/metadata.json); pass overwrite/--overwrite")
+    state, config, info = read_checkpoint(checkpoint)
+    net_def = network_def(config["model"], source)
+    dims = spatial_dims_of(config["model"])
+    net = build_network(net_def, state, source)  # fails before anything is written
+    roi = list(roi_size) if roi_size else default_roi_size(config)
+    if len(roi) != dims:
+        raise ValueError(f"roi_size {roi} has {len(roi)} entries for a {dims}D model")
+    data = config["data"]
+    if metrics is None and isinstance(info.get("best_metric"), (int, float)):
+        metrics = {"val_mean_dice": float(info["best_metric"])}
+    metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
+                              spatial_dims=dims)
+    validate_metadata(metadata, source=str(out / "configs" / "metadata.json"))
+    img_size = img_size_of(config) if dims == 2 and resample else None
+    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size)
+    train_patch = [img_size_of(config)] * 2 if dims == 2 else roi
+    configs = {
+        "metadata.json": metadata,
+        "inference.json": inference,
+        "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
+        "evaluate.json": evaluate_config(data["intensity"], int(data["num_classes"]), dims, img_size),
+    }
+    for fname, content in configs.items():
+        atomic_write_json(out / "configs" / fname, content)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
+    atomic_write_bytes(out / "models" / "model.pt", buffer.getvalue())
+    example = example_input(config, roi)
+    if torchscript:
+        _optional_export("TorchScript", out / "models" / "model.ts", lambda p: _ts(net, p, example, metadata, inference))
+    if onnx:
+        from resfu_med.bundle.export import export_onnx
+
+        _optional_export("ONNX", out / "models" / "model.onnx", lambda p: export_onnx(net, p, example))
+    atomic_write_text(out / "docs" / "README.md", render_readme(metadata, config, net_def, inference, info))
+    atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
+    check_bundle(out)
+    return out
+
+
+def _ts(net, path, example, metadata, inference):
+    from resfu_med.bundle.export import export_torchscript
+
+    return export_torchscript(net, path, example, meta_values=metadata,
+                              extra_files={"inference.json": json.dumps(inference).encode()})
+
+
+def _optional_export(kind: str, path: Path, fn) -> None:
+    import warnings
+
+    try:
+        fn(path)
+    except Exception as err:  # noqa: BLE001 - optional artefacts never fail the bundle
+        if path.exists():
+            path.unlink()
+        warnings.warn(f"{kind} export skipped for {path.name}: {err}".splitlines()[0])
+
+
+def check_bundle(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+    """Check that a folder is a complete bundle and its metadata is valid.
+
+    Returns:
+        The metadata dict.
+
+    Raises:
+        InputError: a required file is missing (names it) or the metadata is invalid (names the field).
+    """
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: bundle folder not found")
+    for rel in REQUIRED_FILES:
+        if not (root / rel).is_file():
+            raise InputError(f"{root / rel}: required bundle file is missing")
+    try:
+        json.loads((root / "configs" / "inference.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{root / 'configs' / 'inference.json'}: not valid JSON ({err})") from None
+    return validate_metadata(root / "configs" / "metadata.json")
+
+
+def load_bundle_network(bundle_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The network of a bundle with its weights, in eval mode (``ConfigParser`` + ``models/model.pt``).
+
+    Raises:
+        InputError: incomplete bundle.
+        CheckpointError: the weights do not fit ``network_def``.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_dir)
+    check_bundle(root)
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    state = torch.load(root / "models" / "model.pt", map_location=device, weights_only=True)
+    return build_network(parser.get("network_def"), state, str(root / "models" / "model.pt")).to(device)

@@ -1,0 +1,41 @@
+"""Export the network of a trained checkpoint to TorchScript or ONNX.
+
+The exported model is checked against the PyTorch model on a test input of the inferer's patch size and the largest
+difference is printed. TorchScript is scripted (any input size) or, if the network cannot be scripted, traced at the
+patch size; ONNX has a fixed patch size and a dynamic batch axis and needs `pip install resfu-med[onnx]`.
+
+examples:
+  resfu-med export --checkpoint runs/demo/best.pt --format torchscript --out model.ts
+  resfu-med export --checkpoint runs/demo/best.pt --format onnx --out model.onnx --roi-size 224 224
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from resfu_med.errors import InputError
+
+COMMAND = "export"
+
+__all__ = ["COMMAND", "add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``resfu-med export``."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by resfu-med train")
+    parser.add_argument("--format", dest="fmt", choices=("torchscript", "onnx"), default="torchscript",
+                        help="export format")
+    parser.add_argument("--out", required=True, help="file to write")
+    parser.add_argument("--roi-size", type=int, nargs="+", default=None,
+                        help="spatial size of the test input and ONNX graph; None: the training img_size")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, verify and report."""
+    from resfu_med.bundle.export import export_model, onnx_available
+
+    if args.fmt == "onnx" and not onnx_available():
+        raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
+    info = export_model(args.checkpoint, args.out, args.fmt, args.roi_size)
+    print(f"{args.fmt} ({info['method']}) written to {info['path']}; max |exported - pytorch| = {info['max_abs_diff']:.3g}")
+    return 0

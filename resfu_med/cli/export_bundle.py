@@ -1,0 +1,84 @@
+"""Export a trained checkpoint as a MONAI bundle (configs, weights, TorchScript, README, LICENSE).
+
+The bundle runs with MONAI's own tools, no resfu-med command needed (resfu-med must be installed for network_def):
+
+  cd BUNDLE && python -m monai.bundle run --config_file configs/inference.json \\
+      --dataset_dir scans/ --output_dir segs/
+
+examples:
+  resfu-med export-bundle --checkpoint runs/demo/best.pt --out bundles/demo_transunet
+  resfu-med export-bundle --checkpoint runs/demo/best.pt --out bundles/demo --onnx --metrics report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from resfu_med.errors import InputError
+
+COMMAND = "export-bundle"
+
+__all__ = ["COMMAND", "add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``resfu-med export-bundle``."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by resfu-med train")
+    parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument("--name", default=None, help="bundle name; None: the folder's name")
+    parser.add_argument("--version", dest="bundle_version", default="0.1.0", help="bundle version in metadata.json")
+    parser.add_argument("--roi-size", type=int, nargs="+", default=None,
+                        help="sliding-window size; None: as resfu-med infer (img_size for 2D, data.roi_size for 3D)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (as resfu-med infer)")
+    parser.add_argument("--mode", choices=("gaussian", "constant"), default="gaussian", help="window blending")
+    parser.add_argument("--sw-batch-size", type=int, default=8,
+                        help="slices (2D) or windows (3D) per network call (as resfu-med infer --batch-size)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="2D models: run windows on the native slice grid (as resfu-med infer --no-resample) "
+                             "instead of zooming slices to the training size")
+    parser.add_argument("--metrics", default=None,
+                        help="JSON file of evaluation metrics (top-level numbers) for metadata and README; "
+                             "None: the checkpoint's best validation metric")
+    parser.add_argument("--no-torchscript", action="store_true", help="do not write models/model.ts")
+    parser.add_argument("--onnx", action="store_true", help="also write models/model.onnx (needs onnx, onnxruntime)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
+
+
+def _read_metrics(path: str | None) -> dict[str, float] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: metrics file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: metrics file is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: metrics file must hold a JSON object of name: number")
+    return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the bundle and print its folder."""
+    from resfu_med.bundle import export_bundle
+
+    out = export_bundle(
+        args.checkpoint,
+        args.out,
+        name=args.name,
+        version=args.bundle_version,
+        roi_size=args.roi_size,
+        overlap=args.overlap,
+        mode=args.mode,
+        sw_batch_size=args.sw_batch_size,
+        resample=not args.no_resample,
+        metrics=_read_metrics(args.metrics),
+        torchscript=not args.no_torchscript,
+        onnx=args.onnx,
+        overwrite=args.overwrite,
+    )
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    print(f"bundle written to {out}: {', '.join(files)}")
+    return 0

@@ -1,0 +1,76 @@
+"""``resfu-med infer`` with real checkpoints (train layer's save/load): good, other architecture, other class count,
+corrupt. Stand-in networks are registered with the model factory so the expected labels are known."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from eval_standins import BinModel, expected_labels, save_nifti, smooth_volume
+
+from resfu_med.cli import main
+
+checkpoint = pytest.importorskip("resfu_med.engine.checkpoint")
+factory = pytest.importorskip("resfu_med.engine.model_factory")
+
+
+class BinConvModel(BinModel):
+    """Same prediction, one more weight: a checkpoint of this is 'another architecture' for BinModel."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.extra = torch.nn.Conv2d(1, 1, 1)
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    monkeypatch.setitem(factory.MODEL_BUILDERS, "eval_bin", lambda **kw: BinModel(**kw))
+    monkeypatch.setitem(factory.MODEL_BUILDERS, "eval_binconv", lambda **kw: BinConvModel(**kw))
+    monkeypatch.setattr(factory, "_CLASSES_KEY", {**factory._CLASSES_KEY, "eval_bin": "num_classes",
+                                                  "eval_binconv": "num_classes"})
+
+
+def write_ckpt(path, model, name="eval_bin", num_classes=3, data_classes=None):
+    cfg = {"model": {"name": name, "kwargs": {"num_classes": num_classes}},
+           "data": {"dataset": "standin", "num_classes": data_classes or num_classes, "img_size": 16,
+                    "label_names": [f"c{i}" for i in range(1, (data_classes or num_classes))], "intensity": None}}
+    checkpoint.save_checkpoint(path, {"model": model.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {},
+                                      "epoch": 0, "iteration": 0, "rng": {}, "best_metric": 0.0, "config": cfg})
+    return path
+
+
+def run_infer(tmp_path, ckpt, capsys):
+    data = np.transpose(smooth_volume((3, 16, 16), seed=9), (2, 1, 0))
+    src = save_nifti(tmp_path / "scan.nii.gz", data)
+    rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt),
+               "--disable-progress-bar"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    return rc, errors, data
+
+
+def test_good_checkpoint(tmp_path, capsys):
+    ckpt = write_ckpt(tmp_path / "best.pt", BinModel(num_classes=3))
+    rc, errors, data = run_infer(tmp_path, ckpt, capsys)
+    assert rc == 0 and not errors
+    seg = np.asarray(nib.load(str(tmp_path / "out" / "scan_seg.nii.gz")).dataobj)
+    np.testing.assert_array_equal(seg, expected_labels(data, 3))
+
+
+def test_other_architecture(tmp_path, capsys):
+    ckpt = write_ckpt(tmp_path / "best.pt", BinConvModel(num_classes=3), name="eval_bin")
+    rc, errors, _ = run_infer(tmp_path, ckpt, capsys)
+    assert rc == 2 and len(errors) == 1 and "best.pt" in errors[0] and "does not match" in errors[0]
+
+
+def test_other_class_count(tmp_path, capsys):
+    ckpt = write_ckpt(tmp_path / "best.pt", BinModel(num_classes=3), num_classes=3, data_classes=5)
+    rc, errors, _ = run_infer(tmp_path, ckpt, capsys)
+    assert rc == 2 and len(errors) == 1 and "best.pt" in errors[0] and "classes" in errors[0]
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"\x80\x04 definitely not a checkpoint")
+    rc, errors, _ = run_infer(tmp_path, ckpt, capsys)
+    assert rc == 2 and len(errors) == 1 and "corrupt" in errors[0]

@@ -1,0 +1,120 @@
+"""Kill and resume through the real command line: SIGKILL at arbitrary moments (twice), a kill in the middle of writing
+a checkpoint, and ``--resume`` ending bit-identical to the uninterrupted run (CPU, ``--deterministic``)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from _reliability import ITERS, run_cli, subprocess_env, train_argv
+from resfu_med.engine.checkpoint import load_checkpoint
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same iteration, same parameters bit for bit, same optimizer momentum buffers."""
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca["iteration"] == cb["iteration"] == ITERS
+    assert ca["model"].keys() == cb["model"].keys()
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), f"parameter {k} differs"
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+
+def _iteration(path: Path) -> int:
+    try:
+        return int(load_checkpoint(path)["iteration"])
+    except Exception:  # not written yet
+        return -1
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "resfu_med", *argv], env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_twice_then_resume_is_bit_identical(reference_run, tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    rng = random.Random(10)
+    seen = []
+    for n, (argv, after) in enumerate([(train_argv(run, tiny_config), 3),
+                                       (["train", "--output", str(run), "--resume", "--no-progress"], 12)]):
+        proc = _start(argv)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and _iteration(run / "last.pt") < after:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))  # an arbitrary point: mid-iteration, mid-save, between saves
+        assert proc.poll() is None, f"run {n} ended before it could be killed: {proc.stderr.read().decode()}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+        it = _iteration(run / "last.pt")
+        assert it >= after, "last.pt must always load after a kill"
+        seen.append(it)
+    assert seen[0] < seen[1] < ITERS
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert_same_run(reference_run / "last.pt", run / "last.pt")
+
+
+KILL_DURING_SAVE = textwrap.dedent("""
+    import os, signal, sys, torch
+    save, calls = torch.save, [0]
+    def torn_save(obj, f, *args, **kwargs):  # the 3rd checkpoint: half written, then the process is killed
+        calls[0] += 1
+        save(obj, f, *args, **kwargs)
+        if calls[0] == 3:
+            size = os.path.getsize(f)
+            with open(f, "r+b") as fh:
+                fh.truncate(size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    torch.save = torn_save
+    from resfu_med.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_kill_while_saving_never_leaves_a_torn_last_pt(reference_run, tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *train_argv(run, tiny_config)],
+                          env=subprocess_env(), capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    torn = list(run.glob(".last.pt.*"))
+    assert torn, "the kill should have left the torn temporary file"
+    with pytest.raises(Exception):
+        torch.load(torn[0], weights_only=True)
+    assert load_checkpoint(run / "last.pt")["iteration"] == 6  # checkpoints every 3 iterations: the 2nd one
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert_same_run(reference_run / "last.pt", run / "last.pt")
+
+
+def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path, capsys):
+    """A stale temporary file is ignored; a last.pt torn by a disk problem is refused in one line, never half-used."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    (run / ".last.pt.k2j3h4.tmp").write_bytes(b"PK\x03\x04 torn")
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--max-iters", str(ITERS + 2), "--no-progress"],
+                      capsys)
+    assert rc == 0, err
+    assert load_checkpoint(run / "last.pt")["iteration"] == ITERS + 2
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 3])
+    from _reliability import assert_one_line_error
+
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    assert_one_line_error(rc, err, "train", str(run / "last.pt"), "corrupt")
