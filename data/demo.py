@@ -113,8 +113,8 @@ def _jitter(rng: np.random.Generator, c, r, dc: float = 6.0, dr: float = 0.12):
 def _make_case(rng: np.random.Generator, shape_xyz: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nx, ny, nz = shape_xyz
     s_xy, s_z = rng.uniform(2.7, 3.0), rng.uniform(4.5, 5.0)
-    scale = (128 / max(nx, ny)) * 1.0  # smaller demo grids keep the same anatomy at coarser spacing
-    p = _Phantom(rng, (nz, ny, nx), (s_z, s_xy * scale, s_xy * scale))
+    scale, zscale = 128 / max(nx, ny), 40 / nz  # other grid sizes keep the same anatomy at another spacing
+    p = _Phantom(rng, (nz, ny, nx), (s_z * zscale, s_xy * scale, s_xy * scale))
     body_a, body_b = rng.uniform(140, 160), rng.uniform(100, 115)  # lateral / AP half-axes in mm
     du, dv = rng.uniform(-6, 6, 2)
 

@@ -6,6 +6,7 @@ is what is measured) and prints peak RSS (``ru_maxrss``) next to the sizes of th
 
     python scripts/benchmark_infer_memory.py                       # 2D model, 512x512x300
     python scripts/benchmark_infer_memory.py --dims 3 --roi 96     # 3D model, streamed 3D sliding windows
+    python scripts/benchmark_infer_memory.py --dims 3 --net conv1x1 --shape 512 512 100   # peak does not grow with Z
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ torch.set_num_threads(int(sys.argv[5]))
 from monai.networks.nets import BasicUNet
 from resfu_med.engine.inferer import InferOptions, infer_file
 dims, roi = int(sys.argv[3]), int(sys.argv[4])
-net = BasicUNet(spatial_dims=dims, in_channels=1, out_channels=9, features=(4, 4, 4, 4, 4, 4)).eval()
+if sys.argv[6] == "conv1x1":  # no compute to speak of: measures the pipeline alone
+    net = (torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d)(1, 9, 1).eval()
+else:
+    net = BasicUNet(spatial_dims=dims, in_channels=1, out_channels=9, features=(4, 4, 4, 4, 4, 4)).eval()
 cfg = {"model": {"name": "unet3d" if dims == 3 else "unet", "kwargs": {"spatial_dims": dims}},
        "data": {"num_classes": 9, "img_size": 224, "roi_size": [roi] * 3,
                 "intensity": {"kind": "ct", "a_min": -125, "a_max": 275}}}
@@ -50,6 +54,8 @@ def main() -> None:
     ap.add_argument("--dims", type=int, choices=[2, 3], default=2, help="2D (slice-wise) or 3D model")
     ap.add_argument("--roi", type=int, default=96, help="3D window size")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--net", choices=["tiny-unet", "conv1x1"], default="tiny-unet",
+                    help="stand-in network: a tiny BasicUNet, or a 1x1 convolution (pipeline memory/time only)")
     args = ap.parse_args()
     import nibabel as nib
 
@@ -64,12 +70,12 @@ def main() -> None:
         del data, img
         t = time.time()
         proc = subprocess.run([sys.executable, "-c", CHILD, str(src), tmp, str(args.dims), str(args.roi),
-                               str(args.threads)], capture_output=True, text=True)
+                               str(args.threads), args.net], capture_output=True, text=True)
         if proc.returncode:
             sys.exit(proc.stderr)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
     n = int(np.prod(args.shape))
-    print(f"volume {tuple(args.shape)} ({args.dims}D model): peak RSS {res['peak_rss_mib']:.0f} MiB "
+    print(f"volume {tuple(args.shape)} ({args.dims}D model, {args.net}, roi {args.roi}): peak RSS {res['peak_rss_mib']:.0f} MiB "
           f"({res['peak_rss_mib'] - res['base_rss_mib']:.0f} MiB above the {res['base_rss_mib']:.0f} MiB of the "
           f"loaded libraries and model), "
           f"{res['seconds']:.1f} s inference+I/O; float32 volume {n * 4 / 2**20:.0f} MiB, "

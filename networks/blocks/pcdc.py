@@ -91,7 +91,7 @@ class PCDC(nn.Module):
         neighbours = conv(F.pad(key, pad, mode="replicate"), weight, self.bias, groups=self.groups, dilation=dil)
         centre_weight = weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True)
         centre = conv(query, centre_weight, groups=self.groups)
-        return neighbours - centre
+        return neighbours.sub_(centre)  # in place: a convolution does not save its output, one L-channel map less
 
     def extra_repr(self) -> str:
         return (

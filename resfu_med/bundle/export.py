@@ -1,10 +1,13 @@
 """TorchScript and ONNX export of a network, checked against the eager model on an example input.
 
 TorchScript: ``torch.jit.script`` first (keeps shape-generic control flow, so the file accepts any input size the
-network does); a network that cannot be scripted is traced on the example input instead (the trace is then specific to
-that input size — the size the bundle's sliding-window inferer feeds). ONNX: the TorchScript-based exporter
-(``torch.onnx.export(..., dynamo=False)``) at a fixed spatial size with a dynamic batch axis; the FNS gather runs its
-pure-PyTorch reference while exporting (``RESFU_MED_BACKEND=reference``), which is made of standard ONNX ops.
+network does); a network that cannot be scripted (those with ReSFU) is traced on the example input instead (the trace
+is then specific to that input size — the size the bundle's sliding-window inferer feeds). ONNX: the TorchScript-based
+exporter (``torch.onnx.export(..., dynamo=False)``) at a fixed spatial size with a dynamic batch axis.
+
+Both trace the FNS gather through its pure-PyTorch reference (``RESFU_MED_BACKEND=reference``): plain torch / ONNX
+ops, so the files load without resfu-med's compiled extension, and the custom op needs no ONNX symbolic. The check
+against the eager model runs with the same backend, so a traced file equals the model exactly on the example.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def script_or_trace(model: torch.nn.Module, example: torch.Tensor) -> tuple[torc
             return torch.jit.script(model), "script"
         except Exception as err:  # noqa: BLE001 - any scripting failure falls back to tracing
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        with torch.no_grad():
+        with torch.no_grad(), _reference_backend():
             traced = torch.jit.trace(model, example, check_trace=False)
     warnings.warn(f"{type(model).__name__} cannot be scripted ({reason}); traced at input shape {tuple(example.shape)}")
     return traced, "trace"
@@ -88,10 +91,22 @@ def export_torchscript(
     save_net_with_metadata(jit_model, buffer, include_config_vals=True, append_timestamp=False,
                            meta_values=meta_values or {}, more_extra_files=extra_files or {})
     atomic_write_bytes(path, buffer.getvalue())
-    with torch.no_grad():
+    with torch.no_grad(), _reference_backend():
         loaded = torch.jit.load(str(path), map_location=example.device)
         diff = (loaded(example) - model(example)).abs().max().item()
     return {"path": str(path), "method": method, "max_abs_diff": diff}
+
+
+def _register_onnx_symbolics(opset: int) -> None:
+    """Symbolics the TorchScript-based ONNX exporter lacks for ops our networks use.
+
+    ``aten::exp2`` (ReSFU's power-of-two prescale before GroupNorm) becomes ``Pow(2, x)``.
+    """
+    def exp2(g, x):
+        two = g.op("Constant", value_t=torch.tensor(2.0))
+        return g.op("Pow", g.op("CastLike", two, x), x)
+
+    torch.onnx.register_custom_op_symbolic("aten::exp2", exp2, opset)
 
 
 def onnx_available() -> bool:
@@ -135,12 +150,13 @@ def export_onnx(
     model = model.eval().cpu()
     example = example.cpu()
     path = Path(path)
+    _register_onnx_symbolics(opset)
     with _reference_backend(), torch.no_grad(), warnings.catch_warnings(), atomic_path(path, suffix=".onnx") as tmp:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["pred"],
                           dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=opset,
                           dynamo=False)
-    with torch.no_grad():
+    with torch.no_grad(), _reference_backend():
         diff = (run_onnx(path, example) - model(example)).abs().max().item()
     return {"path": str(path), "method": "onnx", "max_abs_diff": diff}
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from resfu_med.cli.infer import _positive
 from resfu_med.errors import CheckpointError, InputError
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None,
                         help="folder for metrics.json and the CSVs; default: <checkpoint folder>/eval-<dataset>-<split>")
     parser.add_argument("--save-nifti", action="store_true", help="also write <case>_pred.nii.gz predictions")
-    parser.add_argument("--batch-size", type=int, default=8, help="slices (2D) or windows (3D) per forward")
+    parser.add_argument("--batch-size", type=_positive, default=8, help="slices (2D) or windows (3D) per forward")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
     parser.add_argument("--disable-progress-bar", action="store_true", help="no progress bar")

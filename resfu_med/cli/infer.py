@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from resfu_med.errors import InputError
+
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -60,11 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
     from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
+    from resfu_med.engine.predictor import model_spatial_dims
 
     device = inferer.resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
     inferer.check_output_dir(args.output)
     model, config = inferer.load_for_inference(args.checkpoint, device)
+    dims = model_spatial_dims(config)
+    if args.roi is not None and len(args.roi) not in (1, dims):
+        raise InputError(f"--roi: give 1 or {dims} sizes for this {dims}D model, got {len(args.roi)} ({args.roi})")
     roi = None if args.roi is None else (args.roi[0] if len(args.roi) == 1 else tuple(args.roi))
     opts = inferer.InferOptions(
         roi=roi, overlap=args.overlap, batch_size=args.batch_size, device=device, tta=args.tta,

@@ -196,6 +196,7 @@ def write_like(path: str | Path, data_zyx: np.ndarray, ref: Any, dtype: np.dtype
     arr = np.asarray(data_zyx)
     arr = arr.transpose(2, 1, 0) if arr.ndim == 3 else arr.transpose(3, 2, 1, 0)
     header = ref.header.copy()
+    header["cal_min"], header["cal_max"] = 0, 0  # the input's display window (e.g. HU) means nothing for labels
     out = nib.Nifti1Image(np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr, ref.affine, header)
     out.set_data_dtype(dtype if dtype is not None else arr.dtype)
     out.header.set_slope_inter(1.0, 0.0)

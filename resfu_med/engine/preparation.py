@@ -58,6 +58,9 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             modality=info.modality,
         )
     model = cfg["model"]
+    if model["name"] == "unet" and int(data["img_size"]) < 32:
+        # BasicUNet halves a slice 4 times: below 32 its deepest feature is 1x1, which instance norm cannot train on
+        raise InputError(f"--img-size {data['img_size']} is too small for model 'unet': it must be at least 32")
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
                                    model.get("upsampler"), model.get("kwargs"))
     return cfg

@@ -143,7 +143,8 @@ def fns_gather(attn: torch.Tensor, x: torch.Tensor, *, deterministic: bool = Fal
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
             return fns_gather(attn.float(), x.float(), deterministic=deterministic)
-    if backend(x.device) == "reference":
+    # ONNX export has no symbolic for the compiled op; the reference is made of standard ops.
+    if torch.onnx.is_in_onnx_export() or backend(x.device) == "reference":
         return fns_gather_reference(attn, x)
     if spatial == 2:
         # 2D = 3D with one slice in depth and one depth offset (kernel_depth = 1).

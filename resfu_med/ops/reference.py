@@ -82,10 +82,10 @@ def fns_gather_reference(attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             rem //= k
         offsets.reverse()  # t = ((a + R) * K + (b + R)) * K + (c + R)
         mats = [axis_mats[d][offsets[d]] for d in range(spatial)]
-        if spatial == 2:
-            v = torch.einsum("ih,nchw,jw->ncij", mats[0], xs, mats[1])
-        else:
-            v = torch.einsum("id,ncdhw,jh,kw->ncijk", mats[0], xs, mats[1], mats[2])
+        # separable: interpolate along the last axis, then the next (matmul broadcasts over the leading dims)
+        v = mats[-2] @ (xs @ mats[-1].T)
+        if spatial == 3:
+            v = torch.einsum("id,ncdhw->ncihw", mats[0], v)
         term = attn[:, t : t + 1].to(dtype) * v
         out = term if out is None else out + term
     return out

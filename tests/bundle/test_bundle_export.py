@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 import torch
 from bundle_helpers import TINY_UNET
@@ -49,6 +52,46 @@ def test_untraceable_script_falls_back_to_trace(tmp_path):
     assert info["method"] == "trace" and info["max_abs_diff"] == 0.0
     with torch.no_grad():
         assert torch.equal(torch.jit.load(str(tmp_path / "m.ts"))(x), net.conv(x) * 2)
+
+
+def _resfu_unet():
+    from resfu_med.networks import BasicUNet
+
+    torch.manual_seed(0)
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(16,) * 6, upsample="resfu").eval()
+
+
+def test_resfu_network_torchscript_trace_exact(tmp_path):
+    # ReSFU networks do not script; they are traced at the window size, through the FNS reference.
+    net, example = _resfu_unet(), torch.rand(2, 1, 32, 32)
+    info = export_torchscript(net, tmp_path / "model.ts", example)
+    assert info["method"] == "trace" and info["max_abs_diff"] == 0.0
+    other = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.load(str(tmp_path / "model.ts"))(other)
+        with _reference():
+            assert torch.equal(traced, net(other))
+        torch.testing.assert_close(traced, net(other), atol=1e-5, rtol=0)  # the default (C++) backend: rounding only
+
+
+@pytest.mark.skipif(not onnx_available(), reason="onnx / onnxruntime not installed")
+def test_resfu_network_onnx(tmp_path):
+    net = _resfu_unet()
+    info = export_onnx(net, tmp_path / "model.onnx", torch.rand(1, 1, 32, 32))
+    assert info["max_abs_diff"] <= 1e-4
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_onnx(tmp_path / "model.onnx", x), net(x), atol=1e-4, rtol=0)
+
+
+@contextlib.contextmanager
+def _reference():
+    old = os.environ.get("RESFU_MED_BACKEND")
+    os.environ["RESFU_MED_BACKEND"] = "reference"
+    try:
+        yield
+    finally:
+        os.environ.pop("RESFU_MED_BACKEND") if old is None else os.environ.__setitem__("RESFU_MED_BACKEND", old)
 
 
 @pytest.mark.skipif(not onnx_available(), reason="onnx / onnxruntime not installed")

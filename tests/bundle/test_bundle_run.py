@@ -6,11 +6,13 @@ a trained resfu-med model is ``test_bundle_e2e.py``.
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import DATA_CFG
+from bundle_helpers import DATA_CFG, make_checkpoint
 from scipy.ndimage import zoom
 
 from resfu_med.bundle import export_bundle
@@ -56,3 +58,23 @@ def test_bundle_run_equals_resfu_med_infer(tmp_path, checkpoint, ct_volume, over
     expected = _hand_reference(net, scan, DATA_CFG["img_size"])
     assert len(np.unique(expected)) > 1  # the comparison is not vacuous
     assert (labels == expected).mean() > 0.999  # batch size may move logits by an ulp; labels agree
+
+
+def test_3d_bundle_run_equals_resfu_med_infer(tmp_path, stand_in_targets, ct_volume):
+    from monai.bundle import run
+
+    from resfu_med.engine.inferer import InferOptions, infer_file
+
+    data = {**DATA_CFG, "roi_size": [16, 32, 32]}
+    ckpt, net = make_checkpoint(tmp_path / "ckpt3d.pt", spatial_dims=3, data=data)
+    folder, scan = ct_volume
+    bundle = export_bundle(ckpt, tmp_path / "bundle3d", torchscript=False)
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["inferer"]["_target_"] == "SlidingWindowInferer" and inference["inferer"]["roi_size"] == [16, 32, 32]
+    run(config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle), dataset_dir=str(folder),
+        output_dir=str(tmp_path / "bundle_segs"))
+    labels = np.asarray(nib.load(tmp_path / "bundle_segs" / "case1_seg.nii.gz").dataobj)
+    (infer_out,) = infer_file(scan, tmp_path / "infer_segs", net, torch.load(ckpt, weights_only=True)["config"],
+                              InferOptions(progress=False))
+    np.testing.assert_array_equal(labels, np.asarray(nib.load(infer_out).dataobj))
+    assert len(np.unique(labels)) > 1

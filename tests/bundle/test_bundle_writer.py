@@ -204,3 +204,42 @@ def test_help_mentions_examples(cmd, capsys):
         main([cmd, "--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0 and "examples:" in out and "--checkpoint" in out
+
+
+def test_transunet_bundle_loads_with_configparser(tmp_path):
+    # The real resfu-med TransUNet (tiny): network_def targets resfu_med.networks.TransUNet with the checkpoint's kwargs.
+    from resfu_med.engine.checkpoint import capture_rng, save_checkpoint
+    from resfu_med.engine.model_factory import build_model
+
+    kwargs = {"num_classes": 3, "img_size": 32, "vit_depth": 1, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2,
+              "resnet_layers": [1, 1, 1], "resnet_width": 32, "head_channels": 32, "decoder_channels": [16, 16, 16, 16],
+              "stem_channels": 16, "upsampler": "resfu"}
+    model_cfg = {"name": "transunet", "kwargs": kwargs}
+    net = build_model(model_cfg).eval()
+    save_checkpoint(tmp_path / "tu.pt", {"model": net.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {},
+                                         "epoch": 0, "iteration": 2, "rng": capture_rng(), "best_metric": None,
+                                         "config": {"model": model_cfg, "data": DATA_CFG}})
+    out = export_bundle(tmp_path / "tu.pt", tmp_path / "tu_bundle", torchscript=False)
+    inference = json.loads((out / "configs" / "inference.json").read_text())
+    assert inference["network_def"] == {"_target_": "resfu_med.networks.TransUNet", **kwargs}
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_bundle_network(out)(x), net(x))
+    assert json.loads((out / "configs" / "metadata.json").read_text())["eval_metrics"] == {}
+
+
+def test_cli_verify_bundle(bundle, capsys):
+    out, _ = bundle
+    assert main(["verify-bundle", str(out)]) == 0
+    assert "valid bundle 'demo_bundle'" in capsys.readouterr().out
+    meta_file = out / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["network_data_format"]["outputs"]["pred"]["dtype"] = "double"
+    meta_file.write_text(json.dumps(meta))
+    (out / "models" / "model.pt").unlink()
+    for expected in (f"{out / 'models' / 'model.pt'}: required bundle file is missing",
+                     "field 'network_data_format.outputs.pred.dtype' is invalid"):
+        assert main(["verify-bundle", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err
+        shutil.copy(out.parent / "ckpt.pt", out / "models" / "model.pt")  # now only the metadata is wrong

@@ -142,3 +142,10 @@ def test_cli_evaluate_class_count_mismatch(fake_layers, monkeypatch, tmp_path, c
     rc = main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "3 classes" in err[0] and "4" in err[0]
+
+
+def test_cli_evaluate_unknown_dataset(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(inferer, "load_for_inference", lambda path, device="cpu": (BinModel(4).eval(), config(4)))
+    rc = main(["evaluate", "--checkpoint", "x.pt", "--dataset", "nope", "--output", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope" in err[0] and "synapse" in err[0]

@@ -145,3 +145,10 @@ def test_bad_overlap_is_an_argument_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["infer", "-i", "x", "-o", "y", "--checkpoint", "c", "--overlap", "1.5"])
     assert exc.value.code == 2 and "--overlap" in capsys.readouterr().err
+
+
+def test_roi_of_wrong_rank(tmp_path, model, capsys):
+    src = good(tmp_path / "x.nii.gz")
+    rc, errors = run(["infer", "-i", str(src), "-o", str(tmp_path / "o"), "--checkpoint", "x.pt",
+                      "--roi", "8", "8", "8"], capsys)
+    assert rc == 2 and len(errors) == 1 and "--roi" in errors[0] and "2D" in errors[0]

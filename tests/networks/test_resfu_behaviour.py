@@ -183,12 +183,7 @@ def test_jit_trace(fine_grained):
     model = ReSFU(16, 8, fine_grained=fine_grained).eval()
     x, guide = torch.randn(1, 16, 6, 6), torch.randn(1, 8, 24, 24)
     with torch.no_grad():
-        try:
-            traced = torch.jit.trace(model, (x, guide), check_trace=False)
-        except TypeError as err:  # fns_gather's argument check calls round() on a traced size (resfu_med.ops)
-            if fine_grained and "__round__" in str(err):
-                pytest.xfail(f"resfu_med.ops.fns_gather is not traceable yet: {err}")
-            raise
+        traced = torch.jit.trace(model, (x, guide), check_trace=False)
         x2, guide2 = torch.randn(1, 16, 6, 6), torch.randn(1, 8, 24, 24)
         torch.testing.assert_close(traced(x2, guide2), model(x2, guide2))
 

@@ -136,6 +136,8 @@ CASES = {
                                 ["lanczos", "resfu", "bilinear", "dysample"]),
     "train-missing-data-root": (lambda t, c: _train(t, "--dataset", "synapse", "--data-root", str(t / "nope")),
                                 "train", ["nope"]),
+    "train-img-size-too-small": (lambda t, c: _train(t, "--dataset", "demo", "--img-size", "30"), "train",
+                                 ["--img-size 30", "unet"]),
     "train-bad-number": (lambda t, c: _train(t, "--dataset", "demo", "--batch-size", "0"), "train", ["batch_size"]),
     "prepare-unknown-dataset": (lambda t, c: ["prepare", "--dataset", "kits", "--raw-root", str(t)], "prepare",
                                 ["kits", "synapse"]),

@@ -1,0 +1,84 @@
+"""Time and peak memory of one ReSFU module, forward + backward, on CPU (or CUDA with ``--device cuda``).
+
+Each configuration runs in a fresh subprocess so its peak RSS (``ru_maxrss``; on CUDA ``max_memory_allocated``) is its
+own. Reports the median of ``--repeats`` timed forward+backward passes after one warm-up, and the FNS backend in use.
+
+    python scripts/benchmark_resfu_module.py                          # the default 2D and 3D table
+    python scripts/benchmark_resfu_module.py --case 8,256,64,28,56    # N,C,c,h,H (2D) -- repeatable
+    python scripts/benchmark_resfu_module.py --case3d 1,32,32,12x24x24,24x48x48 --checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, statistics, sys, time
+import torch
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+from resfu_med.networks import ReSFU
+from resfu_med.ops import backend
+dev = torch.device(args["device"])
+n, c_in, c_g, lr, hr = args["n"], args["c"], args["cg"], args["lr"], args["hr"]
+model = ReSFU(c_in, c_g, spatial_dims=len(lr), use_checkpoint=args["checkpoint"]).to(dev)
+x = torch.randn(n, c_in, *lr, device=dev, requires_grad=True)
+g = torch.randn(n, c_g, *hr, device=dev, requires_grad=True)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+times = []
+for i in range(args["repeats"] + 1):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    out = model(x, g)
+    out.backward(torch.ones_like(out))
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    if i:
+        times.append(time.perf_counter() - t)
+    x.grad = g.grad = None
+    model.zero_grad(set_to_none=True)
+peak = (torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+print(json.dumps({"seconds": statistics.median(times), "peak_mib": peak, "backend": backend(dev)}))
+"""
+
+DEFAULT_2D = ["8,256,64,28,56", "8,64,64,56,112", "2,256,64,14,112"]
+DEFAULT_3D = ["1,32,32,12x24x24,24x48x48"]
+
+
+def _parse(case: str, dims: int) -> dict:
+    n, c, cg, lr, hr = case.split(",")
+    size = (lambda s: [int(v) for v in s.split("x")]) if dims == 3 else (lambda s: [int(s)] * 2)
+    return {"n": int(n), "c": int(c), "cg": int(cg), "lr": size(lr), "hr": size(hr)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", action="append", help="2D case N,C,c,h,H (default: %s)" % " ".join(DEFAULT_2D))
+    ap.add_argument("--case3d", action="append", help="3D case N,C,c,dxhxw,DxHxW (default: %s)" % " ".join(DEFAULT_3D))
+    ap.add_argument("--checkpoint", action="store_true", help="also run every case with use_checkpoint=True")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (default 3)")
+    args = ap.parse_args()
+    cases = [_parse(c, 2) for c in (args.case or ([] if args.case3d else DEFAULT_2D))]
+    cases += [_parse(c, 3) for c in (args.case3d or ([] if args.case else DEFAULT_3D))]
+    print("| N | C | c | LR → HR | checkpoint | fwd+bwd s | peak MiB | FNS backend |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for case in cases:
+        for ckpt in ([False, True] if args.checkpoint else [False]):
+            job = dict(case, checkpoint=ckpt, device=args.device, threads=args.threads, repeats=args.repeats)
+            res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], capture_output=True, text=True)
+            if res.returncode:
+                print(f"| {case} failed: {res.stderr.strip().splitlines()[-1]} |")
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            shape = "x".join(map(str, case["lr"])) + " → " + "x".join(map(str, case["hr"]))
+            print(f"| {case['n']} | {case['c']} | {case['cg']} | {shape} | {ckpt} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | {r['backend']} |")
+
+
+if __name__ == "__main__":
+    main()
