@@ -99,6 +99,7 @@ def test_kill_while_saving_never_leaves_a_torn_last_pt(reference_run, tiny_confi
     rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
     assert rc == 0, err
     assert_same_run(reference_run / "last.pt", run / "last.pt")
+    assert not torn[0].exists(), "the resumed run removes the dead run's temporary file"
 
 
 def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path, capsys):
@@ -112,6 +113,7 @@ def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path,
                       capsys)
     assert rc == 0, err
     assert load_checkpoint(run / "last.pt")["iteration"] == ITERS + 2
+    assert not list(run.glob(".*.tmp*"))
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 3])
     from _reliability import assert_one_line_error
