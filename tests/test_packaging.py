@@ -33,3 +33,11 @@ def test_kernel_sources_are_package_data():
     for src in sources:
         rel = src.relative_to(ROOT / "csrc").as_posix()
         assert any(Path(rel).match(pat) for pat in patterns), f"{rel} would not be installed"
+
+
+def test_test_module_names_are_unique():
+    # Test folders are not packages (rootdir "prepend" import mode), so two test files with one basename cannot both
+    # be collected: pytest refuses the second.
+    names = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != "conftest.py"]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, f"test module basenames must be unique across tests/: {dupes}"

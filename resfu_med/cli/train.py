@@ -120,7 +120,7 @@ def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     from resfu_med.engine.config import flatten
     from resfu_med.engine.preparation import RUNTIME_KEYS
 
-    runtime = {}
+    runtime: dict[str, Any] = {"train.max_iters": None}  # a new invocation: the old stop point no longer applies
     flat_saved = flatten(saved)
     for key, value in flatten(overrides).items():
         if key in RUNTIME_KEYS:

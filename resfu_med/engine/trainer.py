@@ -39,6 +39,17 @@ __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "AMP_DTYPES"]
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _deterministic_resfu(model: nn.Module) -> None:
+    """Switch every ReSFU upsampler to the atomic-free (bit-reproducible) CUDA backward of the FNS gather."""
+    try:
+        from resfu_med.networks import ReSFU
+    except ImportError:  # networks without ReSFU: nothing to switch
+        return
+    for module in model.modules():
+        if isinstance(module, ReSFU):
+            module.deterministic = True
+
+
 class TrainingDiverged(ResfuMedError):
     """The loss (or a batch) became NaN/inf; training stopped and the last good checkpoint was kept."""
 
@@ -101,14 +112,19 @@ class Trainer:
 
         # Model, optimisation.
         self.model = build_model(config["model"]).to(self.device)
+        if config["deterministic"]:
+            _deterministic_resfu(self.model)
         pretrained = config["model"].get("pretrained")
         if pretrained and self.ckpt is None:
             self._load_pretrained(pretrained)
         self.net: nn.Module = (DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                        if self.device.type == "cuda" else None)
                                if self.dist.enabled else self.model)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t["lr"], momentum=t["momentum"],
-                                         weight_decay=t["weight_decay"])
+        if t["optimizer"] == "adamw":
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t["lr"], momentum=t["momentum"],
+                                             weight_decay=t["weight_decay"])
         # Poly decay per iteration: lr = base · (1 − it / max_it)^power (TransUNet).
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.max_iterations,
                                                                power=t["poly_power"])
@@ -124,6 +140,8 @@ class Trainer:
         self._stop_signal: int | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
+        if self.dist.is_main:
+            self._remove_stale_temporaries()
 
     # -- setup helpers -------------------------------------------------------------------------------------------
     def _seed_everything(self) -> None:
@@ -135,11 +153,22 @@ class Trainer:
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
 
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files (``.last.pt.<random>.tmp``...) that a run killed while saving left behind.
+
+        They never carry a final name, so nothing reads them; without this they would pile up with every kill.
+        """
+        from resfu_med.engine.preparation import RUN_FILES
+
+        for name in RUN_FILES:
+            for tmp in self.run_dir.glob(f".{name}.*.tmp*"):
+                tmp.unlink(missing_ok=True)
+
     def _default_train_data(self) -> Any:
         from resfu_med.data import get_dataset, get_transforms
 
         d = self.cfg["data"]
-        return get_dataset(d["dataset"], d["root"], "train",
+        return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"],
                            transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
 
     def _default_val_data(self) -> Any:
@@ -296,6 +325,9 @@ class Trainer:
         t = self.cfg["train"]
         max_iters = t["max_iters"]
         if self.dist.is_main:
+            # A kill while saving leaves the temporary file of an atomic write behind (never the final name): tidy up.
+            for stale in self.run_dir.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
             atomic_write_json(self.run_dir / "config.json", self.cfg)
         writer = None
         if self.dist.is_main:
@@ -315,7 +347,7 @@ class Trainer:
         bar = tqdm(total=total, initial=min(self.iteration, total), disable=not self.progress, unit="it",
                    desc="train", dynamic_ncols=True, file=sys.stderr)
         self.net.train()
-        stopped = None
+        stopped = "max_iters" if max_iters and self.iteration >= max_iters else None
         try:
             while self.epoch < t["epochs"] and stopped is None:
                 self.sampler.set_epoch(self.epoch)

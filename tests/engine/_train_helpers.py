@@ -92,7 +92,7 @@ def tiny_config(**train: Any) -> dict[str, Any]:
     from resfu_med.engine.config import resolve_config
 
     _register()
-    t = {"epochs": 3, "batch_size": 4, "lr": 0.05, "log_every": 1, "checkpoint_every": 0, "num_images": 1}
+    t = {"epochs": 3, "batch_size": 4, "lr": 0.05, "log_every": 1, "checkpoint_every": 0, "num_images": 1, "eval": True}
     t.update(train)
     model_kwargs = {"dropout": 0.1}
     if "nan_after" in t:

@@ -84,3 +84,51 @@ def test_resume_and_overwrite_conflict(capsys, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_gpu(capsys, tmp_path):
     _fails(capsys, ["--dataset", "demo", "--device", "cuda", "--output", str(tmp_path / "r")], r"no CUDA device")
+
+
+@pytest.fixture
+def standin_data(monkeypatch):
+    """Replace the data layer's entry points with the tiny in-memory stand-ins (dataset name 'synapse')."""
+    import types
+
+    import resfu_med.data as data
+    from _train_helpers import NUM_CLASSES, _register, slice_dataset, volume_cases
+
+    _register()
+
+    def info(name, root=None):
+        return types.SimpleNamespace(name=name, num_classes=NUM_CLASSES, label_names=["square", "other"],
+                                     intensity={"kind": "mri", "mode": "minmax"}, modality="MRI", root=root)
+
+    def get_dataset(name, root, split, transform=None, **kw):
+        return slice_dataset(12) if split == "train" else volume_cases(1)
+
+    monkeypatch.setattr(data, "dataset_info", info, raising=False)
+    monkeypatch.setattr(data, "get_dataset", get_dataset, raising=False)
+    monkeypatch.setattr(data, "get_transforms", lambda *a, **k: None, raising=False)
+
+
+def test_cli_train_stop_resume_and_finish(capsys, tmp_path, standin_data):
+    from _train_helpers import TINY
+
+    from resfu_med.engine.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    base = ["--dataset", "synapse", "--data-root", str(tmp_path), "--model", TINY, "--img-size", "32",
+            "--batch-size", "4", "--epochs", "2", "--output", str(run), "--no-progress"]
+    assert main(["train", *base, "--max-iters", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped at iteration 4" in out
+    assert load_checkpoint(run / "last.pt")["iteration"] == 4
+    # config flags cannot change on resume; runtime ones can
+    _fails(capsys, ["--resume", "--output", str(run), "--lr", "0.5"], r"train\.lr cannot change when resuming")
+    assert main(["train", "--resume", "--output", str(run), "--no-progress", "--num-workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "finished" in out and "mean" in out
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["iteration"] == 6 and ckpt["epoch"] == 2 and (run / "best.pt").is_file()
+    # the same run again without --resume/--overwrite is refused, with --overwrite it starts over
+    _fails(capsys, base, r"already exists")
+    assert main(["train", *base, "--max-iters", "1", "--overwrite"]) == 0
+    assert load_checkpoint(run / "last.pt")["iteration"] == 1 and not (run / "best.pt").exists()

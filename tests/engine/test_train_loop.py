@@ -108,13 +108,15 @@ def test_sigkill_mid_run_then_resume_matches(reference_run, tmp_path):
     kills = 0
     for min_iteration in (3, 9):  # kill twice, at different points
         proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-        deadline = time.time() + 60
+        deadline = time.time() + 300  # generous: interpreter start-up is slow on a loaded CI machine
         while time.time() < deadline:
             try:
                 if load_checkpoint(run / "last.pt")["iteration"] >= min_iteration:
                     break
             except Exception:
                 pass
+            if proc.poll() is not None:
+                break
             time.sleep(0.05)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -126,7 +128,7 @@ def test_sigkill_mid_run_then_resume_matches(reference_run, tmp_path):
     make_trainer(cfg, run, resume=True).fit()
     # checkpoint_every saves do not change the result: same parameters as the reference run
     _assert_same_params(params_of(ref / "last.pt"), params_of(run / "last.pt"))
-    assert not list(run.glob(".*.tmp*")), "a temporary checkpoint was left behind"
+    assert not list(run.glob(".*.tmp*")), "temporary files of writes torn by the kills were not cleaned up"
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

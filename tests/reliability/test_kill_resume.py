@@ -99,6 +99,7 @@ def test_kill_while_saving_never_leaves_a_torn_last_pt(reference_run, tiny_confi
     rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
     assert rc == 0, err
     assert_same_run(reference_run / "last.pt", run / "last.pt")
+    assert not torn[0].exists(), "the resumed run removes the dead run's temporary file"
 
 
 def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path, capsys):
@@ -112,9 +113,32 @@ def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path,
                       capsys)
     assert rc == 0, err
     assert load_checkpoint(run / "last.pt")["iteration"] == ITERS + 2
+    assert not list(run.glob(".*.tmp*"))
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 3])
     from _reliability import assert_one_line_error
 
     rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
     assert_one_line_error(rc, err, "train", str(run / "last.pt"), "corrupt")
+
+
+def test_sigterm_saves_the_current_iteration_and_resumes(reference_run, tiny_config, tmp_path, capsys):
+    """A polite stop (scheduler pre-emption, ``kill``): last.pt at the current iteration, one line, exit 2."""
+    run = tmp_path / "run"
+    proc = _start(train_argv(run, tiny_config, "--checkpoint-every", "100"))  # only the stop itself saves
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not (run / "tb").is_dir():
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few iterations in
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    line = [ln for ln in err.splitlines() if ": error:" in ln]
+    assert len(line) == 1 and "interrupted at iteration" in line[0] and "--resume" in line[0], err
+    stopped = int(line[0].split("interrupted at iteration ")[1].split(";")[0])
+    assert 0 < stopped < ITERS and load_checkpoint(run / "last.pt")["iteration"] == stopped
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert_same_run(reference_run / "last.pt", run / "last.pt")
