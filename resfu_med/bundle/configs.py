@@ -330,7 +330,7 @@ def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_cl
         "postprocessing": {
             "_target_": "Compose",
             "transforms": _label_transforms(zoom is not None) + [
-                {"_target_": "AsDiscreted", "keys": keys, "to_onehot": ["@num_classes", "@num_classes"]},
+                {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": ["@num_classes", "@num_classes"]},
             ],
         },
         "metrics": {
