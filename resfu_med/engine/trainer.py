@@ -140,8 +140,6 @@ class Trainer:
         self._stop_signal: int | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
-        if self.dist.is_main:
-            self._remove_stale_temporaries()
 
     # -- setup helpers -------------------------------------------------------------------------------------------
     def _seed_everything(self) -> None:
@@ -152,17 +150,6 @@ class Trainer:
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete the temporary files (``.last.pt.<random>.tmp``...) that a run killed while saving left behind.
-
-        They never carry a final name, so nothing reads them; without this they would pile up with every kill.
-        """
-        from resfu_med.engine.preparation import RUN_FILES
-
-        for name in RUN_FILES:
-            for tmp in self.run_dir.glob(f".{name}.*.tmp*"):
-                tmp.unlink(missing_ok=True)
 
     def _default_train_data(self) -> Any:
         from resfu_med.data import get_dataset, get_transforms
