@@ -28,6 +28,11 @@ class PatchEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.grid or x.shape[-2] != self.grid:
+            raise ValueError(
+                f"input gives a {x.shape[-2]}x{x.shape[-1]} token grid, the model was built for {self.grid}x{self.grid} "
+                f"(img_size={16 * self.grid}); resize the input or build TransUNet(img_size=...)."
+            )
         tokens = self.patch(x).flatten(2).transpose(1, 2)  # (N, grid², hidden)
         return self.dropout(tokens + self.position)
 

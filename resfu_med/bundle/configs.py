@@ -311,32 +311,33 @@ def train_config(
     }
 
 
-def evaluate_config(intensity: dict[str, Any], num_classes: int, spatial_dims: int,
+def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_classes: int, spatial_dims: int,
                     img_size: int | None = None) -> dict[str, Any]:
-    """``configs/evaluate.json``, layered over ``inference.json``: mean Dice against ``dataset_dir/labelsTs``.
+    """``configs/evaluate.json``: ``inference.json``'s predictions scored by mean foreground Dice, nothing written.
 
-    Run as ``python -m monai.bundle run --config_file "['configs/inference.json','configs/evaluate.json']"
+    A complete config (not an overlay): ``python -m monai.bundle run --config_file configs/evaluate.json
     --dataset_dir DIR`` with ``DIR/imagesTs`` and ``DIR/labelsTs`` holding images and labels in the same sorted order.
-    Nothing is written; the mean foreground Dice is logged. Predictions are made exactly as by inference.json.
     """
     zoom = img_size if spatial_dims == 2 else None
     keys = ["image", "label"]
-    return {
+    cfg = copy.deepcopy(inference)
+    cfg.update({
         "images": "$sorted(glob.glob(os.path.join(@dataset_dir, 'imagesTs', '*.nii*')))",
         "labels": "$sorted(glob.glob(os.path.join(@dataset_dir, 'labelsTs', '*.nii*')))",
         "datalist": "@images",
-        "dataset#data": "$[{'image': i, 'label': l} for i, l in zip(@images, @labels)]",
         "num_classes": num_classes,
         "preprocessing": _preprocessing(intensity, keys, zoom),
         "postprocessing": {
             "_target_": "Compose",
             "transforms": _label_transforms(zoom is not None) + [
-                {"_target_": "AsDiscreted", "keys": keys, "to_onehot": ["@num_classes", "@num_classes"]},
+                {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": ["@num_classes", "@num_classes"]},
             ],
         },
         "metrics": {
             "val_mean_dice": {"_target_": "MeanDice", "include_background": False,
                               "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
         },
-        "evaluator#key_val_metric": "@metrics",
-    }
+    })
+    cfg["dataset"]["data"] = "$[{'image': i, 'label': l} for i, l in zip(@images, @labels)]"
+    cfg["evaluator"]["key_val_metric"] = "@metrics"
+    return cfg

@@ -80,7 +80,7 @@ net.load_state_dict(torch.load("<bundle>/models/model.pt", map_location="cpu"))
 ```
 
 `configs/train.json` fine-tunes from these weights on `<dataset_dir>/imagesTr` + `labelsTr`;
-`configs/evaluate.json` (layered on `inference.json`) reports mean Dice on `<dataset_dir>/imagesTs` + `labelsTs`.
+`configs/evaluate.json` reports mean Dice on `<dataset_dir>/imagesTs` + `labelsTs`.
 
 ## Training
 

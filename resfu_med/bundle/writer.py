@@ -111,7 +111,7 @@ def export_bundle(
         "metadata.json": metadata,
         "inference.json": inference,
         "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
-        "evaluate.json": evaluate_config(data["intensity"], int(data["num_classes"]), dims, img_size),
+        "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size),
     }
     for fname, content in configs.items():
         atomic_write_json(out / "configs" / fname, content)

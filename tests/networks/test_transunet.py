@@ -90,6 +90,8 @@ def test_bad_names():
         TransUNet(2, final_guidance="c2", **LITE)
     with pytest.raises(ValueError, match="multiple of 16"):
         TransUNet(2, **{**LITE, "img_size": 60})
+    with pytest.raises(ValueError, match="img_size=64"):
+        TransUNet(2, upsampler="bilinear", **LITE)(torch.rand(1, 1, 96, 96))
 
 
 @requires_resfu

@@ -49,8 +49,8 @@ def test_sigkill_twice_then_resume_is_bit_identical(reference_run, tiny_config, 
     run = tmp_path / "run"
     rng = random.Random(10)
     seen = []
-    for n, (argv, after) in enumerate([(train_argv(run, tiny_config), 3),
-                                       (["train", "--output", str(run), "--resume", "--no-progress"], 12)]):
+    resume = ["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress"]
+    for n, (argv, after) in enumerate([(train_argv(run, tiny_config), 3), (resume, 12)]):
         proc = _start(argv)
         deadline = time.time() + 300  # start-up is slow on a loaded machine
         while proc.poll() is None and time.time() < deadline and _iteration(run / "last.pt") < after:
@@ -64,7 +64,8 @@ def test_sigkill_twice_then_resume_is_bit_identical(reference_run, tiny_config, 
         assert it >= after, "last.pt must always load after a kill"
         seen.append(it)
     assert seen[0] < seen[1] < ITERS
-    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress"],
+                      capsys)
     assert rc == 0, err
     assert_same_run(reference_run / "last.pt", run / "last.pt")
 
@@ -96,9 +97,11 @@ def test_kill_while_saving_never_leaves_a_torn_last_pt(reference_run, tiny_confi
     with pytest.raises(Exception):
         torch.load(torn[0], weights_only=True)
     assert load_checkpoint(run / "last.pt")["iteration"] == 6  # checkpoints every 3 iterations: the 2nd one
-    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress"],
+                      capsys)
     assert rc == 0, err
     assert_same_run(reference_run / "last.pt", run / "last.pt")
+    assert not torn[0].exists(), "the resumed run removes the dead run's temporary file"
 
 
 def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path, capsys):
@@ -112,11 +115,13 @@ def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path,
                       capsys)
     assert rc == 0, err
     assert load_checkpoint(run / "last.pt")["iteration"] == ITERS + 2
+    assert not list(run.glob(".*.tmp*"))
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 3])
     from _reliability import assert_one_line_error
 
-    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress"],
+                      capsys)
     assert_one_line_error(rc, err, "train", str(run / "last.pt"), "corrupt")
 
 
@@ -137,6 +142,7 @@ def test_sigterm_saves_the_current_iteration_and_resumes(reference_run, tiny_con
     assert len(line) == 1 and "interrupted at iteration" in line[0] and "--resume" in line[0], err
     stopped = int(line[0].split("interrupted at iteration ")[1].split(";")[0])
     assert 0 < stopped < ITERS and load_checkpoint(run / "last.pt")["iteration"] == stopped
-    rc, err = run_cli(["train", "--output", str(run), "--resume", "--no-progress"], capsys)
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress"],
+                      capsys)
     assert rc == 0, err
     assert_same_run(reference_run / "last.pt", run / "last.pt")
