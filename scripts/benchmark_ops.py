@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = results["upsamplers"]["cpu"] = {}
         for case, shape in tqdm([(c, s) for c, s in cases.items()], desc="cpu cases", unit="case"):
             rows[case] = {name: _run_cpu(name, case, shape, repeats, args.threads) for name in args.upsamplers}
+            if args.json:  # partial results survive an interrupted run
+                atomic_write_json(Path(args.json), results)
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         results["meta"]["cuda_timing"] = (f"{torch.cuda.get_device_name()}, CUDA events, {args.warmup} warm-up, "
                                           f"median of {args.cuda_repeats}, memory = max_memory_allocated − allocated")
