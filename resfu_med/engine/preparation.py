@@ -22,7 +22,7 @@ __all__ = ["complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", 
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
 
 #: Config keys that may change when a run is resumed (they change where or how fast it runs, not its result).
-RUNTIME_KEYS = ("device", "data.num_workers", "train.max_iters", "data.root")
+RUNTIME_KEYS = ("device", "data.num_workers", "train.max_iters", "data.root", "threads")
 
 
 def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:

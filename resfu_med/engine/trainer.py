@@ -146,6 +146,8 @@ class Trainer:
         from monai.utils import set_determinism
 
         set_determinism(seed=self.cfg["seed"])
+        if self.cfg.get("threads"):
+            torch.set_num_threads(int(self.cfg["threads"]))
         deterministic = bool(self.cfg["deterministic"])
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
         torch.backends.cudnn.deterministic = deterministic
