@@ -37,6 +37,10 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     data = cfg["data"]
     name = data["dataset"]
+    if cfg["model"]["name"] == "unet3d":
+        # The datasets' training splits are 2D slices; 3D patch training is not implemented in this loop.
+        raise InputError("--model unet3d cannot be trained by resfu-med train yet (training data are 2D slices); "
+                         "use transunet or unet")
     if "num_classes" not in data:
         root = data.get("root")
         if root is None and name != "demo":
