@@ -58,7 +58,8 @@ def naive_fns(attn, x):
     return (cols * attn.unsqueeze(1)).sum(2)
 
 
-def _rss_kib(field: str) -> int:
+def rss_kib(field: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``, …) in KiB."""
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith(field + ":"):
@@ -87,13 +88,13 @@ def worker(case: str, impl: str, repeats: int, threads: int) -> dict:
     attn = torch.softmax(torch.randn(n, k ** len(lr), *hr), 1).requires_grad_()
     x = torch.randn(n, c, *lr, requires_grad=True)
     grad = torch.randn(n, c, *hr)
-    base = _rss_kib("VmRSS")
+    base = rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
         fh.write("5")
     t0 = time.perf_counter()
     fn(attn, x).backward(grad)
     first = time.perf_counter() - t0
-    peak = _rss_kib("VmHWM")
+    peak = rss_kib("VmHWM")
     times = [first]
     for _ in range(repeats - 1):
         attn.grad = x.grad = None

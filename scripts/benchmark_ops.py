@@ -36,6 +36,9 @@ from pathlib import Path
 __all__ = ["CASES", "QUICK_CASES", "UPSAMPLERS", "build", "cpu_worker", "cuda_bench", "markdown", "plot", "main"]
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the sibling benchmark_fns.py, also when loaded by path (tests)
+from benchmark_fns import rss_kib  # noqa: E402
+
 #: name: (N, C, LR side, HR side)
 CASES = {
     "256@28": (8, 256, 28, 56),
@@ -46,14 +49,6 @@ CASES = {
 #: --quick: the same shapes with batch 1 (the load on a shared machine makes the full batches too slow).
 QUICK_CASES = {k: (1,) + v[1:] for k, v in CASES.items()}
 UPSAMPLERS = ("bilinear", "nearest", "deconv", "pixelshuffle", "carafe", "sapa", "dysample", "resfu")
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def build(name: str, shape: tuple[int, int, int, int], device: str = "cpu"):
@@ -85,16 +80,16 @@ def cpu_worker(name: str, shape: tuple[int, int, int, int], repeats: int, thread
     for i in range(repeats):
         x.grad = guide.grad = None
         module.zero_grad(set_to_none=True)
-        base = _rss_kib("VmRSS")
+        base = rss_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
             fh.write("5")
         t0 = time.perf_counter()
         out = module(x, guide, size)
         t1 = time.perf_counter()
-        peak_fwd = max(peak_fwd, (_rss_kib("VmHWM") - base) / 1024)
+        peak_fwd = max(peak_fwd, (rss_kib("VmHWM") - base) / 1024)
         out.backward(torch.ones_like(out))
         t2 = time.perf_counter()
-        peak_both = max(peak_both, (_rss_kib("VmHWM") - base) / 1024)
+        peak_both = max(peak_both, (rss_kib("VmHWM") - base) / 1024)
         del out
         fwd.append(t1 - t0)
         both.append(t2 - t0)

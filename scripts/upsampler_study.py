@@ -88,9 +88,13 @@ def run_one(run: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[st
         "seed": run["seed"], "device": "cpu", "model": run["model"],
         "data": {"img_size": args.img_size, "num_workers": 0, "val_split": "test", "val_cases": args.val_cases},
         "train": {"epochs": args.epochs, "max_iters": args.max_iters, "batch_size": args.batch_size,
-                  "lr": args.lr, "num_images": 0, "checkpoint_every": 0},
+                  "lr": args.lr, "num_images": 0, "checkpoint_every": 0, "eval": True, "val_every": 1},
     }
-    config = complete_config(resolve_config("demo", overrides=overrides))
+    config = resolve_config("demo", overrides=overrides)
+    # The run's model exactly: the demo preset's kwargs (e.g. its slim ReSFU options) must not leak into other
+    # upsamplers or change the study's ReSFU (full default widths).
+    config["model"] = {**config["model"], **json.loads(json.dumps(run["model"]))}
+    config = complete_config(config)
     prepare_run_dir(run_dir, resume=resume, overwrite=not resume)
     torch.set_num_threads(args.threads)
     train_data = None
