@@ -128,11 +128,12 @@ def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path,
 def test_sigterm_saves_the_current_iteration_and_resumes(reference_run, tiny_config, tmp_path, capsys):
     """A polite stop (scheduler pre-emption, ``kill``): last.pt at the current iteration, one line, exit 2."""
     run = tmp_path / "run"
-    proc = _start(train_argv(run, tiny_config, "--checkpoint-every", "100"))  # only the stop itself saves
+    # Saving every iteration makes the first last.pt the sign that training is under way (its handlers are
+    # installed) while the tiny run is still far from its end; a fixed sleep raced the whole run on an idle machine.
+    proc = _start(train_argv(run, tiny_config, "--checkpoint-every", "1"))
     deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline and not (run / "tb").is_dir():
-        time.sleep(0.05)
-    time.sleep(1.0)  # a few iterations in
+    while proc.poll() is None and time.time() < deadline and not (run / "last.pt").exists():
+        time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read().decode()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
