@@ -14,14 +14,6 @@ from resfu_med.networks.upsamplers import upsampler_names
 SMALL = (8, 8, 16, 16, 32, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convolutions on a shared 2-core machine run much faster single-threaded (no oversubscription).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _copy_from_monai(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
     # Same modules in the same order; only our upsampler sits one level deeper ("upsample.up." vs "upsample.").

@@ -3,7 +3,6 @@ ResNetV2 details, TorchScript, and one full-size check."""
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -14,18 +13,8 @@ from resfu_med.networks import TransUNet
 from resfu_med.networks.transunet import ResNetV2, StdConv2d
 from resfu_med.networks.upsamplers import upsampler_names
 
-HAS_RESFU = importlib.util.find_spec("resfu_med.networks.resfu") is not None
-NAMES = [n for n in upsampler_names() if n != "resfu"] + (["resfu"] if HAS_RESFU else [])
-requires_resfu = pytest.mark.skipif(not HAS_RESFU, reason="resfu_med.networks.resfu (ReSFU module) not landed yet")
+NAMES = [n for n in upsampler_names() if n != "resfu"] + ["resfu"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convolutions on a shared 2-core machine run ~50x faster single-threaded (no oversubscription).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # width 32: C1 32 ch @S/2, C2 128 @S/4, C3 256 @S/8, C4 512 @S/16
 LITE = dict(img_size=64, vit_depth=1, hidden_size=64, mlp_dim=128, num_heads=4, resnet_layers=(1, 1, 1),
@@ -94,7 +83,6 @@ def test_bad_names():
         TransUNet(2, upsampler="bilinear", **LITE)(torch.rand(1, 1, 96, 96))
 
 
-@requires_resfu
 def test_resfu_guidance_from_c1():
     net = TransUNet(2, upsampler="resfu", **LITE).eval()
     assert _resfu_count(net) == 4
@@ -109,7 +97,6 @@ def test_resfu_guidance_from_c1():
     assert seen[3][1].shape == (1, 16, 64, 64)
 
 
-@requires_resfu
 def test_resfu_variants_module_counts():
     assert _resfu_count(TransUNet(2, upsampler="resfu", final_upsampler="bilinear", **LITE)) == 3
     net = TransUNet(2, upsampler="resfu", final_guidance="c1", **LITE)
@@ -149,15 +136,13 @@ def test_torchscript_trace(name):
 
 def test_full_size_parameter_count_and_forward_backward():
     # The paper's configuration: R50-ViT-B/16, 224², 9 classes. One forward/backward at batch 1 on CPU.
-    name = "resfu" if HAS_RESFU else "bilinear"
-    net = TransUNet(9, upsampler=name)
+    net = TransUNet(9, upsampler="resfu")
     base = TransUNet(9, upsampler="bilinear")
     n_base = sum(p.numel() for p in base.parameters())
     assert 105.0e6 < n_base < 105.5e6  # TransUNet reports 105.28 M
     del base
-    if HAS_RESFU:
-        extra = sum(p.numel() for p in net.parameters()) - n_base
-        assert 0 < extra < 0.01 * n_base  # the ReSFU overhead stays well under 1 %
+    extra = sum(p.numel() for p in net.parameters()) - n_base
+    assert 0 < extra < 0.01 * n_base  # the ReSFU overhead stays well under 1 %
     out = net(torch.rand(1, 3, 224, 224))
     assert out.shape == (1, 9, 224, 224)
     out.mean().backward()

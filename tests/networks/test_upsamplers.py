@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -10,19 +9,9 @@ import torch.nn.functional as F
 
 from resfu_med.networks.upsamplers import get_upsampler, is_guided, upsampler_names
 
-HAS_RESFU = importlib.util.find_spec("resfu_med.networks.resfu") is not None
 PEERS = [n for n in upsampler_names() if n != "resfu"]
-NAMES = PEERS + (["resfu"] if HAS_RESFU else [])
-requires_resfu = pytest.mark.skipif(not HAS_RESFU, reason="resfu_med.networks.resfu (ReSFU module) not landed yet")
+NAMES = PEERS + ["resfu"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convolutions on a shared 2-core machine run ~50x faster single-threaded (no oversubscription).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _nearest(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -219,7 +208,7 @@ def test_torchscript(name):
     torch.testing.assert_close(scripted(x, guide), up(x, guide))
 
 
-@pytest.mark.parametrize("name", ["bilinear", "nearest", "deconv", "pixelshuffle"] + (["resfu"] if HAS_RESFU else []))
+@pytest.mark.parametrize("name", ["bilinear", "nearest", "deconv", "pixelshuffle"] + ["resfu"])
 def test_3d_shapes(name):
     x = torch.rand(1, 8, 3, 4, 5, requires_grad=True)
     guide = torch.rand(1, 4, 6, 8, 10)
@@ -232,7 +221,6 @@ def test_3d_shapes(name):
     out.sum().backward()
 
 
-@requires_resfu
 def test_resfu_adapter_sizes():
     x = torch.rand(1, 16, 7, 7)
     up = get_upsampler("resfu", 16, 8, 2)
