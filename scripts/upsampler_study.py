@@ -6,20 +6,25 @@ on the first ``--val-cases`` demo test volumes (the demo has no separate validat
 selected on them: the run's final ``last.pt`` is evaluated), then is evaluated on all demo test volumes with
 :func:`resfu_med.engine.evaluator.evaluate_model`. Each run's result is written atomically to
 ``OUT/results/<run>.json`` as soon as it finishes; a rerun skips finished runs and resumes an interrupted one from its
-``last.pt``. Finally it writes ``OUT/study.md`` (per-class Dice/HD95, mean ± std over seeds), ``OUT/dice_curves.png``
-and ``OUT/montage.png`` (image, ground truth, bilinear and ReSFU predictions, and the last decoder upsampler's output
+``last.pt``. Several processes may run the same command on one ``OUT`` at once: each run is claimed with a file lock
+(``OUT/locks``), so they share the work (on 2 cores, two 1-thread processes use both cores; the demo's small convs do
+not scale to 2 threads in one process). Finally it writes ``OUT/study.md`` (per-class Dice/HD95, mean ± std over
+seeds), ``OUT/dice_curves.png`` and ``OUT/montage.png`` (image, ground truth, bilinear and ReSFU predictions, and the last decoder upsampler's output
 feature, first principal component over channels, like paper Fig. 19).
 
 Examples:
-    python scripts/upsampler_study.py --out runs/study                       # the full study (3 seeds, ~1 h idle)
+    python scripts/upsampler_study.py --out runs/study                       # the full study, one process
+    python scripts/upsampler_study.py --out runs/study & \\
+        python scripts/upsampler_study.py --out runs/study; wait   # two processes share the runs (2 cores, ~1 h)
+    python scripts/upsampler_study.py --out runs/study --report-only          # tables and figures only
     python scripts/upsampler_study.py --out runs/study-r --seeds 0 --groups unet --upsamplers bilinear resfu \\
         --epochs 3 --train-stride 10 --batch-size 4 --img-size 64
-    python scripts/upsampler_study.py --out runs/study --report-only          # tables and figures only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import sys
@@ -41,28 +46,42 @@ ABLATIONS = {
     "no-FNS": {"fine_grained": False},
 }
 UNET_FEATURES = [16, 16, 32, 64, 128, 16]  # the demo preset's width
+#: ReSFU widths per ``--resfu-width``. "slim" is the demo preset's ReSFU, sized for decoder features of 16-64
+#: channels (the defaults are sized for TransUNet's 256-channel features: at 96x96 on 1 CPU thread they cost 4x a
+#: slim ReSFU step, which would leave the hour-long study ~100 iterations per run).
+RESFU_WIDTHS = {"slim": {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}, "default": {}}
 #: A TransUNet small enough for 2 CPU cores: 2 ViT blocks of width 128, one bottleneck per ResNet stage.
 TRANSUNET_LITE = {"vit_depth": 2, "hidden_size": 128, "mlp_dim": 256, "num_heads": 4, "resnet_layers": [1, 1, 1],
                   "resnet_width": 32, "head_channels": 64, "decoder_channels": [64, 32, 16, 16], "stem_channels": 16}
 GROUPS = ("unet", "transunet", "ablation")
 
 
-def plan_runs(seeds, groups, upsamplers) -> list[dict[str, Any]]:
-    """The runs of the study: ``{"id", "variant", "seed", "model": {...}}``, same order for every seed."""
+def plan_runs(seeds, groups, upsamplers, resfu_width: str = "slim") -> list[dict[str, Any]]:
+    """The runs of the study: ``{"id", "variant", "seed", "model": {...}}``, same order for every seed.
+
+    Every ReSFU run (BasicUNet, TransUNet-lite and the ablations) gets the widths ``RESFU_WIDTHS[resfu_width]``; an
+    ablation adds its switch on top.
+    """
+    width = RESFU_WIDTHS[resfu_width]
+
+    def kwargs(base: dict[str, Any], up: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        up_kw = {**width, **(extra or {})} if up == "resfu" else {}
+        return {**base, "upsampler_kwargs": up_kw} if up_kw else dict(base)
+
     runs = []
     for seed in seeds:
         if "unet" in groups:
             for up in upsamplers:
-                runs.append({"variant": f"unet/{up}", "model": {"name": "unet", "upsampler": up,
-                                                                "kwargs": {"features": UNET_FEATURES}}})
+                runs.append({"variant": f"unet/{up}", "model": {
+                    "name": "unet", "upsampler": up, "kwargs": kwargs({"features": UNET_FEATURES}, up)}})
         if "transunet" in groups:
             for up in ("bilinear", "resfu"):
                 runs.append({"variant": f"transunet-lite/{up}",
-                             "model": {"name": "transunet", "upsampler": up, "kwargs": dict(TRANSUNET_LITE)}})
+                             "model": {"name": "transunet", "upsampler": up, "kwargs": kwargs(TRANSUNET_LITE, up)}})
         if "ablation" in groups:
             for name, kw in ABLATIONS.items():
-                runs.append({"variant": f"unet/resfu {name}", "model": {"name": "unet", "upsampler": "resfu", "kwargs": {
-                    "features": UNET_FEATURES, "upsampler_kwargs": kw}}})
+                runs.append({"variant": f"unet/resfu {name}", "model": {
+                    "name": "unet", "upsampler": "resfu", "kwargs": kwargs({"features": UNET_FEATURES}, "resfu", kw)}})
         for r in runs:
             r.setdefault("seed", seed)
     for r in runs:
@@ -124,7 +143,7 @@ def run_one(run: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[st
         "params": sum(p.numel() for p in model.parameters()), "iterations": trainer.iteration,
         "train_s": train_s, "eval_s": time.perf_counter() - t0, "failures": res.failures, "history": history,
         "schedule": {k: getattr(args, k) for k in ("epochs", "max_iters", "batch_size", "lr", "img_size", "threads",
-                                                   "train_stride", "val_cases")},
+                                                   "train_stride", "val_cases", "resfu_width")},
     }
     atomic_write_json(out / "results" / f"{run['id']}.json", result)
     return result
@@ -254,6 +273,28 @@ def montage(out: Path, results: list[dict[str, Any]], path: Path) -> None:
     _save_png(fig, path)
 
 
+@contextlib.contextmanager
+def _claim(out: Path, run_id: str):
+    """Hold an exclusive lock on ``out/locks/<run_id>.lock`` for the block, or yield False if another process holds it.
+
+    The lock dies with its process, so a killed study leaves no stale claims and a rerun resumes the run.
+    """
+    import fcntl
+
+    path = out / "locks" / f"{run_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/upsampler-study", help="study folder (default: runs/upsampler-study)")
@@ -262,15 +303,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="unet (each upsampler), transunet (lite, bilinear vs resfu), ablation (default: all)")
     parser.add_argument("--upsamplers", nargs="+", default=list(UPSAMPLERS), choices=UPSAMPLERS,
                         help="BasicUNet upsamplers (default: all)")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (default: 2, 80 iterations at batch 8)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per run (default: 8, 640 iterations at batch 4)")
     parser.add_argument("--max-iters", type=int, default=None, help="stop each run after N iterations (default: none)")
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size (default: 8)")
+    parser.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4, the demo preset)")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default: 0.05, the demo preset)")
     parser.add_argument("--img-size", type=int, default=96, help="slice size (default: 96, the demo preset)")
     parser.add_argument("--train-stride", type=int, default=1,
                         help="train on every k-th demo slice (default: 1, all 320; reduced runs use more)")
     parser.add_argument("--val-cases", type=int, default=1, help="test volumes validated each epoch (default: 1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (default: 1; on 2 cores run the command twice at once)")
+    parser.add_argument("--resfu-width", default="slim", choices=sorted(RESFU_WIDTHS),
+                        help="ReSFU widths of every ReSFU run: slim = the demo preset's embed 8 / PCDC 16 / "
+                             "compressor 16, default = the module defaults (default: slim)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -281,14 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     from resfu_med.atomic import atomic_write_text
 
     out = Path(args.out)
-    runs = plan_runs(args.seeds, args.groups, args.upsamplers)
+    runs = plan_runs(args.seeds, args.groups, args.upsamplers, args.resfu_width)
     if not args.report_only:
         for run in tqdm(runs, desc="study", unit="run", disable=args.no_progress):
-            if (out / "results" / f"{run['id']}.json").exists():
-                continue
-            r = run_one(run, out, args)
-            tqdm.write(f"{run['id']}: mean Dice {100 * r['mean_dice']:.1f}%, HD95 {r['mean_hd95']:.1f}, "
-                       f"{r['train_s']:.0f} s")
+            with _claim(out, run["id"]) as mine:
+                # another process of the same command is training this run, or it is finished
+                if not mine or (out / "results" / f"{run['id']}.json").exists():
+                    continue
+                r = run_one(run, out, args)
+                tqdm.write(f"{run['id']}: mean Dice {100 * r['mean_dice']:.1f}%, HD95 {r['mean_hd95']:.1f}, "
+                           f"{r['train_s']:.0f} s")
     ids = {r["id"] for r in runs}
     results = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json")) if p.stem in ids]
     text = summarise(results)

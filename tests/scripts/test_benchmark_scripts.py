@@ -70,8 +70,29 @@ def test_study_plan_is_complete(study):
     # 8 BasicUNet upsamplers + 2 TransUNet-lite + 4 ablations, per seed
     assert len(runs) == 3 * (8 + 2 + 4)
     assert len({r["id"] for r in runs}) == len(runs)
+    slim = {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}  # the demo preset's ReSFU
     abl = [r for r in runs if "no-FNS" in r["variant"]]
-    assert [r["model"]["kwargs"]["upsampler_kwargs"] for r in abl] == [{"fine_grained": False}] * 3
+    assert [r["model"]["kwargs"]["upsampler_kwargs"] for r in abl] == [{**slim, "fine_grained": False}] * 3
+    resfu = [r for r in runs if r["model"]["upsampler"] == "resfu"]
+    assert len(resfu) == 3 * (1 + 1 + 4) and all(
+        {k: r["model"]["kwargs"]["upsampler_kwargs"][k] for k in slim} == slim for r in resfu)
+    # no other upsampler gets ReSFU options
+    assert all("upsampler_kwargs" not in r["model"]["kwargs"] for r in runs if r["model"]["upsampler"] != "resfu")
+
+
+def test_study_plan_default_widths(study):
+    runs = study.plan_runs([0], ["unet", "ablation"], ["resfu"], resfu_width="default")
+    assert [r["model"]["kwargs"].get("upsampler_kwargs") for r in runs] == [
+        None, {"use_guided_filter": False}, {"use_gaussian": False}, {"similarity": "inner_product"},
+        {"fine_grained": False}]
+
+
+def test_study_claim_is_exclusive(study, tmp_path):
+    with study._claim(tmp_path, "run-a") as first:
+        with study._claim(tmp_path, "run-a") as second, study._claim(tmp_path, "run-b") as other:
+            assert (first, second, other) == (True, False, True)
+    with study._claim(tmp_path, "run-a") as again:  # released when the holder leaves
+        assert again
 
 
 def test_study_smallest_mode_and_resume(study, tmp_path):
