@@ -1,7 +1,7 @@
 """Datasets and transforms of resfu-med (installed as ``resfu_med.data``): Synapse, ACDC, MSD and the demo phantoms.
 
 Public API (see ``docs/contracts.md`` and ``docs/datasets.md``): :class:`DatasetInfo`, :func:`dataset_info`,
-:func:`get_dataset`, :func:`get_transforms`, :func:`make_intensity_transform`, :func:`ensure_demo_data`,
+:func:`get_dataset`, :func:`get_transforms`, :func:`get_patch_transforms`, :func:`make_intensity_transform`, :func:`ensure_demo_data`,
 :func:`load_nifti` (+ :func:`from_nifti_array` / :func:`to_nifti_array`, the exact orientation convention),
 :func:`make_demo_dataset`, the ``prepare_*`` converters and the dataset classes.
 """
@@ -13,6 +13,7 @@ from .datasets import PreparedDataset, SynapseDataset
 from .demo import make_demo_dataset
 from .intensity import make_intensity_transform
 from .msd import MSDDataset, msd_info, prepare_msd
+from .patch_transforms import check_patch_size, get_patch_transforms
 from .nifti import from_nifti_array, load_nifti, save_nifti, spacing_from_affine, to_nifti_array
 from .registry import (
     DATASET_NAMES,
@@ -37,10 +38,12 @@ __all__ = [
     "SYNAPSE_LABEL_MAP",
     "SYNAPSE_TEST_CASES",
     "SynapseDataset",
+    "check_patch_size",
     "dataset_info",
     "ensure_demo_data",
     "from_nifti_array",
     "get_dataset",
+    "get_patch_transforms",
     "get_transforms",
     "load_nifti",
     "make_demo_dataset",

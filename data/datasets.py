@@ -1,7 +1,8 @@
 """MONAI datasets over the prepared TransUNet layout (:mod:`resfu_med.data.layout`).
 
-Training splits yield 2D slice dicts ``{"image": float32 (1, H, W), "label": uint8 (1, H, W), "case": str}``;
-evaluation splits yield volume dicts ``{"image": float32 (Z, H, W), "label": uint8 (Z, H, W), "case": str,
+Training splits yield 2D slice dicts ``{"image": float32 (1, H, W), "label": uint8 (1, H, W), "case": str}``, or with
+``volumes=True`` (3D patch training) one dict per case, its slices stacked back in slice order:
+``{"image": float32 (Z, H, W), "label": uint8 (Z, H, W), "case": str}``; evaluation splits yield volume dicts ``{"image": float32 (Z, H, W), "label": uint8 (Z, H, W), "case": str,
 "spacing": (sz, sy, sx) mm or None, "affine": 4×4 array or None}`` (geometry comes from ``dataset.json``; TransUNet's
 own release has none). Files are read by a deterministic loader transform placed first, so ``CacheDataset`` caching
 (``cache_rate > 0``) keeps the loaded arrays and reruns only the random augmentation.
@@ -19,7 +20,7 @@ import numpy as np
 from monai.data import CacheDataset
 from monai.transforms import Compose, Transform
 
-from resfu_med.errors import InputError
+from resfu_med.errors import InputError, find_user_error
 
 from .layout import TRAIN_SPLITS, read_dataset_json
 
@@ -43,10 +44,31 @@ def _as_label(a: np.ndarray, path: Path) -> np.ndarray:
     return a.astype(np.uint8)
 
 
+def _stack_slices(item: dict[str, Any]) -> dict[str, Any]:
+    """Load a training case's slices (listed in slice order) and stack them into a ``(Z, H, W)`` volume."""
+    images, labels = [], []
+    for name in item["paths"]:
+        path = Path(name)
+        try:
+            with np.load(path) as f:
+                images.append(np.asarray(f["image"], dtype=np.float32))
+                labels.append(_as_label(f["label"], path))
+        except InputError:
+            raise
+        except (OSError, KeyError, ValueError, EOFError) as err:
+            raise InputError(f"{path}: cannot read prepared data ({type(err).__name__}: {err})") from err
+        if images[-1].shape != images[0].shape or labels[-1].shape != images[0].shape:
+            raise InputError(f"{path}: slice of shape {images[-1].shape} (label {labels[-1].shape}) does not match "
+                             f"the first slice of case {item['case']} {images[0].shape}; cannot stack a volume")
+    return {"image": np.stack(images), "label": np.stack(labels), "case": item["case"]}
+
+
 class LoadPrepared(Transform):
     """Read one item of the prepared layout: ``{"path", "case", "kind", ...}`` → the array dict (see module doc)."""
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        if item["kind"] == "stack":
+            return _stack_slices(item)
         path = Path(item["path"])
         try:
             if item["kind"] == "slice":
@@ -85,9 +107,12 @@ class PreparedDataset(CacheDataset):
         list_dir: list folder relative to ``root``; default from ``dataset.json`` or the only ``lists/lists_*``.
         cache_rate: fraction of items whose loaded arrays are cached in memory (0 = read from disk each time).
         num_workers: threads used to fill the cache.
+        volumes: for a training split, one item per case with its slices stacked into a volume (3D patch training)
+            instead of one item per slice; evaluation splits are volumes anyway.
 
     Raises:
-        InputError: missing folders/list files/split, or an empty split.
+        InputError: missing folders/list files/split, an empty split, or (``volumes``) a case whose listed slices
+            are not numbered ``0..Z-1``.
     """
 
     def __init__(
@@ -98,6 +123,7 @@ class PreparedDataset(CacheDataset):
         list_dir: str | None = None,
         cache_rate: float = 0.0,
         num_workers: int | None = 1,
+        volumes: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -105,7 +131,12 @@ class PreparedDataset(CacheDataset):
         if not self.root.is_dir():
             raise InputError(f"{self.root}: dataset folder not found")
         lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
-        items = self._slice_items(lists) if split in TRAIN_SPLITS else self._volume_items(lists)
+        if split in TRAIN_SPLITS:
+            items = self._slice_items(lists)
+            if volumes:
+                items = self._stack_items(items, lists / f"{split}.txt")
+        else:
+            items = self._volume_items(lists)
         if not items:
             raise InputError(f"{lists}: split '{split}' is empty")
         self.cases = sorted({it["case"] for it in items})
@@ -116,6 +147,17 @@ class PreparedDataset(CacheDataset):
             num_workers=num_workers,
             progress=False,
         )
+
+    def _transform(self, index: int) -> Any:
+        # MONAI wraps a transform's exception in RuntimeError("applying transform ..."): surface our loader's
+        # InputError (it names the file) instead, so a corrupt item reads as one clear message.
+        try:
+            return super()._transform(index)
+        except RuntimeError as err:
+            cause = find_user_error(err)
+            if cause is None:
+                raise
+            raise cause from None
 
     def _only_list_dir(self) -> str:
         found = sorted(p for p in (self.root / "lists").glob("lists_*") if p.is_dir())
@@ -131,6 +173,24 @@ class PreparedDataset(CacheDataset):
             if not path.is_file():
                 raise InputError(f"{path}: listed in {lists / f'{self.split}.txt'} but missing")
             items.append({"path": str(path), "case": n.rpartition("_slice")[0] or n, "kind": "slice"})
+        return items
+
+    @staticmethod
+    def _stack_items(slices: list[dict[str, Any]], list_file: Path) -> list[dict[str, Any]]:
+        """Group slice items by case, in slice-number order; every case must list slices ``0..Z-1``."""
+        by_case: dict[str, dict[int, str]] = {}
+        for it in slices:
+            index = Path(it["path"]).stem.rpartition("_slice")[2]
+            if not index.isdigit():
+                raise InputError(f"{it['path']}: slice name has no _slice<N> number; cannot stack volumes")
+            by_case.setdefault(it["case"], {})[int(index)] = it["path"]
+        items = []
+        for case, paths in by_case.items():
+            if sorted(paths) != list(range(len(paths))):
+                missing = sorted(set(range(max(paths) + 1)) - set(paths))
+                raise InputError(f"{list_file}: case {case} lists slices {min(paths)}..{max(paths)} with gaps "
+                                 f"(missing {missing[:5]}); 3D training needs every slice of a volume")
+            items.append({"paths": [paths[z] for z in range(len(paths))], "case": case, "kind": "stack"})
         return items
 
     def _volume_items(self, lists: Path) -> list[dict[str, Any]]:

@@ -176,6 +176,7 @@ def get_dataset(
     *,
     cache_rate: float = 0.0,
     progress: bool = True,
+    volumes: bool = False,
 ):
     """A MONAI dataset of one split (slices for ``train``, volumes for ``test``/``val``; see :mod:`.datasets`).
 
@@ -186,6 +187,7 @@ def get_dataset(
         transform: MONAI transform(s) applied after loading (e.g. :func:`get_transforms`).
         cache_rate: fraction of loaded items cached in memory (``CacheDataset``).
         progress: progress bar when a raw release has to be prepared first.
+        volumes: training split as whole volumes (its slices stacked per case), for 3D patch training.
 
     Raises:
         ValueError: unknown name. InputError: missing/invalid data or an empty split.
@@ -195,4 +197,4 @@ def get_dataset(
     _check_name(name)
     root = _prepared_root(name, root, progress)
     cls = SynapseDataset if name in ("synapse", "demo") else PreparedDataset
-    return cls(root, split, transform, cache_rate=cache_rate)
+    return cls(root, split, transform, cache_rate=cache_rate, volumes=volumes)

@@ -7,7 +7,7 @@ non-zero; a traceback is shown only with ``--debug``.
 
 from __future__ import annotations
 
-__all__ = ["ResfuMedError", "InputError", "CheckpointError"]
+__all__ = ["ResfuMedError", "InputError", "CheckpointError", "find_user_error"]
 
 
 class ResfuMedError(Exception):
@@ -20,3 +20,19 @@ class InputError(ResfuMedError, ValueError):
 
 class CheckpointError(ResfuMedError, ValueError):
     """A checkpoint is corrupt or belongs to another architecture or class count."""
+
+
+def find_user_error(err: BaseException) -> ResfuMedError | None:
+    """The :class:`ResfuMedError` that caused ``err``, if any, following ``__cause__``/``__context__``.
+
+    MONAI wraps any exception raised inside a transform into ``RuntimeError("applying transform ...")``; the user's
+    problem (a corrupt slice named by our loader) is the cause of that wrapper.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ResfuMedError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 
 from resfu_med import __version__
-from resfu_med.errors import ResfuMedError
+from resfu_med.errors import find_user_error
 
 __all__ = ["main", "build_parser", "HelpFormatter", "ArgumentParser"]
 
@@ -88,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args._run(args) or 0)
-    except ResfuMedError as err:
+    except Exception as exc:  # a user error, possibly wrapped by MONAI's transform machinery; anything else re-raises
+        err = find_user_error(exc)
+        if err is None:
+            raise
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"resfu-med {args.command}: error: {err}", file=sys.stderr)

@@ -1,16 +1,19 @@
-"""Train a segmentation network (TransUNet or U-Net with ReSFU upsampling) on a 2D-slice dataset.
+"""Train a segmentation network (TransUNet or U-Net with ReSFU upsampling) on 2D slices, or a 3D U-Net on patches.
 
 Defaults reproduce the paper's protocol (TransUNet R50-ViT-B/16, 224x224 slices, batch 24, SGD lr 0.01 momentum 0.9
 weight decay 1e-4, poly decay 0.9, 150 epochs, 0.5 CE + 0.5 Dice, seed 1234); `--dataset demo` switches to a small
 ReSFU U-Net that trains on generated demo data in minutes on a CPU. Values come from, in increasing priority: the
 defaults, the dataset preset, `--config FILE` (YAML/JSON) and the flags below. The run folder gets config.json,
-last.pt, best.pt, history.json and TensorBoard events (tb/). See docs/training.md.
+last.pt, best.pt, history.json and TensorBoard events (tb/). `--model unet3d` trains a 3D BasicUNet (ReSFU in 3D)
+on random `--patch-size` patches of the training volumes (RandCropByPosNegLabeld, `--patches-per-volume` per volume,
+so a batch of B volumes is B x that many patches) and validates with 3D sliding windows. See docs/training.md.
 
 examples:
   resfu-med train --dataset demo --output runs/demo
   resfu-med train --dataset synapse --data-root data/Synapse --pretrained R50+ViT-B_16.npz --output runs/synapse
   resfu-med train --dataset acdc --data-root data/ACDC --model unet --upsampler bilinear --epochs 100
   resfu-med train --dataset demo --output runs/smoke --max-iters 20 --overwrite
+  resfu-med train --dataset demo --model unet3d --patch-size 32 64 64 --batch-size 1 --output runs/demo3d
   resfu-med train --resume --output runs/synapse          continue a stopped or killed run
   torchrun --nproc_per_node 2 -m resfu_med train --dataset synapse --data-root data/Synapse --output runs/ddp
 """
@@ -43,6 +46,8 @@ _FLAG_KEYS = {
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "img_size": "data.img_size",
+    "patch_size": "data.patch_size",
+    "patches_per_volume": "data.patches_per_volume",
     "amp": "amp",
     "device": "device",
     "seed": "seed",
@@ -71,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler: {' | '.join(UPSAMPLERS)} ({_default('model.upsampler')})")
     g.add_argument("--pretrained", default=s, metavar="NPZ", help="R50+ViT-B_16.npz ImageNet-21k weights for transunet")
     g.add_argument("--img-size", type=int, default=s, metavar="N", help=f"slice size ({_default('data.img_size')})")
+    g.add_argument("--patch-size", type=int, nargs=3, default=s, metavar=("Z", "Y", "X"),
+                   help=f"unet3d: training patch and inference window, multiples of 16 ({_default('data.patch_size')})")
+    g.add_argument("--patches-per-volume", type=int, default=s, metavar="N",
+                   help=f"unet3d: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")
@@ -129,6 +138,12 @@ def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[st
             raise InputError(f"{key} cannot change when resuming (the run used {flat_saved.get(key)!r}, got "
                              f"{value!r}); start a new run with --overwrite instead")
     return runtime
+
+
+def _unit(cfg: dict[str, Any]) -> str:
+    from resfu_med.engine.predictor import model_spatial_dims
+
+    return "volumes" if model_spatial_dims(cfg) == 3 else "slices"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             what = "resuming" if args.resume else "training"
             c = trainer.cfg
             print(f"resfu-med train: {what} {c['model']['name']} ({c['model'].get('upsampler')}) on "
-                  f"{c['data']['dataset']} ({len(trainer.train_data)} slices, {c['data']['num_classes']} classes), "
+                  f"{c['data']['dataset']} ({len(trainer.train_data)} {_unit(c)}, {c['data']['num_classes']} classes), "
                   f"{c['train']['epochs']} epochs x {trainer.iters_per_epoch} iterations, device {device}, "
                   f"{dist.world_size} process(es) -> {run_dir}", file=sys.stderr)
         summary = trainer.fit()

@@ -63,6 +63,9 @@ DEFAULTS: dict[str, Any] = {
         "cache_rate": 0.0,  # fraction of loaded training slices kept in memory (MONAI CacheDataset)
         "val_split": "val",  # split used for best.pt selection; falls back to none when the dataset has no such split
         "val_cases": 0,  # 0 = every case of the validation split
+        # 3D models (unet3d): training patch (Z, Y, X) in voxels, also the inference window; patches per volume draw
+        "patch_size": [96, 96, 96],
+        "patches_per_volume": 2,
     },
     "train": {
         "epochs": 150,
@@ -101,7 +104,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": DATASETS,
 }
 
-_POSITIVE = {"data.img_size", "train.epochs", "train.batch_size", "train.lr", "train.val_every", "train.log_every"}
+_POSITIVE = {"data.img_size", "data.patches_per_volume", "train.epochs", "train.batch_size", "train.lr", "train.val_every", "train.log_every"}
 _NON_NEGATIVE = {
     "threads",
     "data.num_workers", "data.val_cases", "data.cache_rate", "train.momentum", "train.weight_decay", "train.poly_power",
@@ -128,7 +131,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         # One thread: on an idle 2-core machine it costs little, on a shared one 2 OpenMP threads ran 10x slower.
         "threads": 1,
-        "data": {"img_size": 96, "num_workers": 0, "cache_rate": 1.0},
+        # patch_size: for --model unet3d; the demo volumes are 40 x 128 x 128 (Z, Y, X)
+        "data": {"img_size": 96, "num_workers": 0, "cache_rate": 1.0, "patch_size": [32, 96, 96]},
         "train": {
             # Measured on the demo test cases (volume Dice, 96², SGD 0.05): batch 8 reached mean Dice 0.703 after 15
             # epochs (600 iterations); batch 4, same compute, 0.774 (docs/training.md).

@@ -33,14 +33,18 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     ``cfg["data"]`` (a custom dataset passed to the trainer directly) are kept.
 
     Raises:
-        InputError: the data root is missing or does not exist; the dataset or model name is unknown.
+        InputError: the data root is missing or does not exist; the dataset or model name is unknown; a 3D model's
+            ``data.patch_size`` is not three multiples of 16.
     """
     data = cfg["data"]
     name = data["dataset"]
     if cfg["model"]["name"] == "unet3d":
-        # The datasets' training splits are 2D slices; 3D patch training is not implemented in this loop.
-        raise InputError("--model unet3d cannot be trained by resfu-med train yet (training data are 2D slices); "
-                         "use transunet or unet")
+        from resfu_med.data import check_patch_size
+
+        try:  # BasicUNet halves its input 4 times
+            data["patch_size"] = list(check_patch_size(data.get("patch_size") or (), divisor=16))
+        except ValueError as err:
+            raise InputError(f"--patch-size: {err}") from None
     if "num_classes" not in data:
         root = data.get("root")
         if root is None and name != "demo":

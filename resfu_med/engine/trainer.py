@@ -67,7 +67,9 @@ class Trainer:
         run_dir: the run folder (checked by :func:`~resfu_med.engine.preparation.prepare_run_dir`).
         resume: continue from ``run_dir/last.pt``.
         train_data: a map-style dataset of training slice dicts (``{"image": (1, H, W), "label": (1, H, W)}`` after
-            its transforms); default: ``resfu_med.data.get_dataset(dataset, root, "train", get_transforms(...))``.
+            its transforms); default: ``resfu_med.data.get_dataset(dataset, root, "train", get_transforms(...))``,
+            or for a 3D model the training volumes with ``get_patch_transforms`` (each item a list of
+            ``data.patches_per_volume`` patches, so a batch of B items trains on B x that many patches).
         val_data: an iterable of volume dicts for validation; default: the dataset's ``data.val_split`` split if it
             has one.
         runtime: on resume, config values that may change (``device``, ``data.num_workers``, ``train.max_iters``).
@@ -99,7 +101,7 @@ class Trainer:
         # Data: slices for training, volumes for validation.
         self.train_data = SeededDataset(train_data if train_data is not None else self._default_train_data())
         if len(self.train_data) == 0:
-            raise InputError(f"dataset {d['dataset']!r} has no training slices under {d.get('root')}")
+            raise InputError(f"dataset {d['dataset']!r} has no training data under {d.get('root')}")
         self.val_data = val_data if val_data is not None or not t["eval"] else self._default_val_data()
         if t["batch_size"] % self.dist.world_size:
             raise InputError(f"--batch-size {t['batch_size']} must be divisible by the {self.dist.world_size} "
@@ -154,9 +156,14 @@ class Trainer:
         torch.backends.cudnn.benchmark = not deterministic
 
     def _default_train_data(self) -> Any:
-        from resfu_med.data import get_dataset, get_transforms
+        from resfu_med.data import get_dataset, get_patch_transforms, get_transforms
+        from resfu_med.engine.predictor import model_spatial_dims
 
         d = self.cfg["data"]
+        if model_spatial_dims(self.cfg) == 3:  # whole training volumes, random patches drawn per item
+            xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"])
+            return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform,
+                               volumes=True)
         return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"],
                            transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
 

@@ -132,7 +132,3 @@ def test_cli_train_stop_resume_and_finish(capsys, tmp_path, standin_data):
     _fails(capsys, base, r"already exists")
     assert main(["train", *base, "--max-iters", "1", "--overwrite"]) == 0
     assert load_checkpoint(run / "last.pt")["iteration"] == 1 and not (run / "best.pt").exists()
-
-
-def test_unet3d_training_is_refused_clearly(capsys, tmp_path):
-    _fails(capsys, ["--dataset", "demo", "--model", "unet3d", "--output", str(tmp_path / "r")], r"unet3d cannot be trained")

@@ -139,6 +139,8 @@ CASES = {
     "train-img-size-too-small": (lambda t, c: _train(t, "--dataset", "demo", "--img-size", "30"), "train",
                                  ["--img-size 30", "unet"]),
     "train-bad-number": (lambda t, c: _train(t, "--dataset", "demo", "--batch-size", "0"), "train", ["batch_size"]),
+    "train-unet3d-bad-patch": (lambda t, c: _train(t, "--dataset", "demo", "--model", "unet3d", "--patch-size", "20",
+                                                   "32", "32"), "train", ["--patch-size", "[20, 32, 32]", "of 16"]),
     "prepare-unknown-dataset": (lambda t, c: ["prepare", "--dataset", "kits", "--raw-root", str(t)], "prepare",
                                 ["kits", "synapse"]),
     "prepare-missing-path": (lambda t, c: ["prepare", "--dataset", "synapse", "--raw-root", str(t / "btcv"),

@@ -1,4 +1,4 @@
-"""Smoke tests of scripts/benchmark_ops.py and scripts/upsampler_study.py in their smallest modes."""
+"""Smoke tests of scripts/benchmark_ops.py, benchmark_train3d.py and upsampler_study.py in their smallest modes."""
 
 from __future__ import annotations
 
@@ -112,3 +112,15 @@ def test_study_smallest_mode_and_resume(study, tmp_path):
     assert result_file.stat().st_mtime_ns == stamp
     for png in ("dice_curves.png", "montage.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_train3d_benchmark_tiny(tmp_path):
+    train3d = _load("benchmark_train3d")
+    out = tmp_path / "t3d.json"
+    assert train3d.main(["--variants", "trilinear", "resfu-slim", "--patch", "16", "32", "32", "--features", "4", "4",
+                         "8", "8", "16", "4", "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]
+    assert set(r) == {"trilinear", "resfu-slim"}
+    # ReSFU adds parameters (projections, PCDC blocks) and the step allocates activations in both variants
+    assert r["resfu-slim"]["params"] > r["trilinear"]["params"] > 0
+    assert all(v["step_extra_mib"] > 0 and v["step_s"] > 0 for v in r.values())
