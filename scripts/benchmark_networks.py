@@ -1,12 +1,21 @@
-"""Benchmark TransUNet with each decoder upsampler: parameters, forward+backward time and peak memory on CPU.
+"""Benchmark TransUNet or BasicUNet with each decoder upsampler: parameters, forward+backward time and peak memory on
+CPU, and (``--infer-shape``) the time of ``resfu-med infer`` on a whole CT volume.
 
 Every upsampler is measured in its own fresh subprocess (so peak resident memory is not inherited from the previous
-one); times and memory are reported as ratios to the bilinear (original) TransUNet of the same run. The ReSFU goal
+one); times and memory are reported as ratios to the bilinear (original) network of the same run. The ReSFU goal
 (issue 4) is time ≤ 1.15× bilinear, and a parameter overhead well under 1 % of the ~105 M.
+
+``--infer-shape X Y Z`` adds, for ``bilinear`` and ``resfu``, the wall time and peak RSS of ``resfu-med infer`` on a
+synthetic int16 CT volume of that shape (``scripts/measure_infer_memory.py`` writes it): a checkpoint of the network
+is made with one ``resfu-med train --dataset demo`` iteration at ``--size`` (the weights do not change the time), then
+the volume is segmented in a fresh process with ``--infer-threads`` threads (slice-wise at the training size, zoomed
+back: the evaluation protocol).
 
 Examples:
     python scripts/benchmark_networks.py                       # paper size: batch 2, 224², all upsamplers
     python scripts/benchmark_networks.py --upsamplers bilinear resfu resfu-3 --rounds 3   # interleaved, best of 3
+    python scripts/benchmark_networks.py --model unet --batch 8 --size 96      # BasicUNet with every upsampler
+    python scripts/benchmark_networks.py --upsamplers bilinear resfu --infer-shape 512 512 100   # + a CT volume
     python scripts/benchmark_networks.py --lite --iters 2       # small config, seconds (a smoke test)
     python scripts/benchmark_networks.py --output bench.json    # also write the numbers as JSON
 """
@@ -15,15 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "build", "measure_infer"]
+
+HERE = Path(__file__).resolve().parent
 
 LITE = dict(img_size=64, vit_depth=1, hidden_size=64, mlp_dim=128, num_heads=4, resnet_layers=(1, 1, 1),
             resnet_width=32, head_channels=64, decoder_channels=(32, 32, 16, 16), stem_channels=16)
@@ -33,20 +48,31 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def measure(name: str, batch: int, size: int, iters: int, warmup: int, threads: int, lite: bool) -> dict:
-    """Build TransUNet(num_classes=9, upsampler=name) and time forward+backward (run in a fresh process)."""
-    import torch
+def build(model: str, name: str, size: int, lite: bool) -> tuple[Any, int]:
+    """``(network, input side)``: TransUNet(num_classes=9) or BasicUNet(2D, 9 classes) with upsampler ``name``."""
+    from resfu_med.networks import BasicUNet, TransUNet
 
-    from resfu_med.networks import TransUNet
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    if model == "unet":
+        if name == "resfu-3":
+            raise ValueError("resfu-3 is a TransUNet variant")
+        features = (8, 8, 16, 32, 64, 8) if lite else (32, 32, 64, 128, 256, 32)  # lite / MONAI's default widths
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=features, upsample=name), size
     cfg = dict(LITE) if lite else {"img_size": size}
     if name == "resfu-3":  # three ReSFU, the last (full-resolution) step bilinear
         cfg["final_upsampler"] = "bilinear"
-    net = TransUNet(9, upsampler=name.split("-")[0], **cfg).train()
+    return TransUNet(9, upsampler=name.split("-")[0], **cfg), cfg["img_size"]
+
+
+def measure(name: str, batch: int, size: int, iters: int, warmup: int, threads: int, lite: bool,
+            model: str = "transunet") -> dict:
+    """Build the network with upsampler ``name`` and time forward+backward (run in a fresh process)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net, side = build(model, name, size, lite)
+    net.train()
     params = sum(p.numel() for p in net.parameters())
-    side = cfg["img_size"]
     x = torch.rand(batch, 1, side, side)
     target = torch.randint(0, 9, (batch, side, side))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -64,6 +90,48 @@ def measure(name: str, batch: int, size: int, iters: int, warmup: int, threads: 
             "peak_rss_mib": _rss_mib(), "step_peak_mib": _rss_mib() - base_rss, "fns_backend": backend()}
 
 
+def _network_kwargs(model: str, lite: bool) -> dict:
+    """The ``model.kwargs`` of a training config that builds the same network as :func:`build`."""
+    if model == "unet":  # replaces the demo preset's slim U-Net and slim ReSFU widths
+        features = (8, 8, 16, 32, 64, 8) if lite else (32, 32, 64, 128, 256, 32)
+        return {"features": list(features), "upsampler_kwargs": {}}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in LITE.items() if k != "img_size"} if lite else {}
+
+
+def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited {res.returncode}:\n{res.stderr[-2000:]}")
+    return res
+
+
+def measure_infer(model: str, name: str, size: int, shape: list[int], threads: int, work: Path,
+                  lite: bool = False) -> dict:
+    """Time ``resfu-med infer`` of a synthetic CT volume of ``shape`` (X, Y, Z) with a ``model``/``name`` checkpoint.
+
+    Raises:
+        RuntimeError: the training or inference command failed (its stderr is in the message).
+    """
+    sys.path.insert(0, str(HERE))
+    from measure_infer_memory import CHILD, write_ct
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    vol = work / f"ct_{'x'.join(map(str, shape))}.nii.gz"
+    if not vol.exists():
+        write_ct(vol, tuple(shape))
+    run = work / f"{model}-{name}"
+    if not (run / "last.pt").exists():
+        config = work / f"{model}-{name}.json"
+        config.write_text(json.dumps({"model": {"kwargs": _network_kwargs(model, lite)}}))
+        _run([sys.executable, "-m", "resfu_med", "train", "--dataset", "demo", "--config", str(config), "--model", model,
+              "--upsampler", name, "--img-size", str(size), "--batch-size", "2", "--max-iters", "1", "--no-eval",
+              "--device", "cpu", "--no-progress", "--overwrite", "--output", str(run)], env)
+    res = _run([sys.executable, "-c", CHILD, "infer", "-i", str(vol), "-o", str(work / "out"), "--checkpoint",
+                str(run / "last.pt"), "--device", "cpu", "--overwrite", "--disable-progress-bar"], env)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"upsampler": name, "seconds": r["seconds"], "peak_rss_mib": r["peak_rss_kb"] / 1024, "rc": r["rc"]}
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     from resfu_med.networks.upsamplers import upsampler_names
 
@@ -77,7 +145,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; shared machines)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the whole sweep, interleaved; the fastest round per upsampler is reported (default: 1)")
-    p.add_argument("--lite", action="store_true", help="small TransUNet config instead of R50-ViT-B/16")
+    p.add_argument("--model", default="transunet", choices=["transunet", "unet"],
+                   help="TransUNet R50-ViT-B/16 or 2D BasicUNet (MONAI widths 32..256) (default: transunet)")
+    p.add_argument("--lite", action="store_true", help="small config instead of R50-ViT-B/16 / MONAI widths")
+    p.add_argument("--infer-shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="also time resfu-med infer (bilinear and resfu) on a CT volume of this shape (default: off)")
+    p.add_argument("--infer-threads", type=int, default=2, help="threads of the infer runs (default: 2)")
     p.add_argument("--output", default=None, help="write the results as JSON here (default: none)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -87,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints a markdown table. Returns the exit code."""
     args = _parse(argv)
     if args._child:
-        print(json.dumps(measure(args._child, args.batch, args.size, args.iters, args.warmup, args.threads, args.lite)))
+        print(json.dumps(measure(args._child, args.batch, args.size, args.iters, args.warmup, args.threads, args.lite,
+                                 args.model)))
         return 0
     from tqdm import tqdm
 
@@ -96,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [name for _ in range(args.rounds) for name in names]  # interleaved rounds: load changes hit all alike
     for name in tqdm(jobs, desc="upsampler runs"):
         cmd = [sys.executable, __file__, "--_child", name, "--batch", str(args.batch), "--size", str(args.size),
-               "--iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads),
+               "--model", args.model]
         if args.lite:
             cmd.append("--lite")
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -109,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     results = [best[n] for n in names if n in best]
     base = next(r for r in results if r["upsampler"] == "bilinear")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cfg = "lite" if args.lite else f"R50-ViT-B/16, {args.size}²"
-    print(f"\nTransUNet(num_classes=9), {cfg}, batch {args.batch}, CPU {platform.processor() or platform.machine()}, "
+    if args.model == "unet":
+        net_name, cfg = "BasicUNet(2D, 9 classes)", f"{'lite widths' if args.lite else 'widths 32..256'}, {args.size}²"
+    else:
+        net_name, cfg = "TransUNet(num_classes=9)", "lite" if args.lite else f"R50-ViT-B/16, {args.size}²"
+    print(f"\n{net_name}, {cfg}, batch {args.batch}, CPU {platform.processor() or platform.machine()}, "
           f"{args.threads} thread(s), median of {args.iters} fwd+bwd after {args.warmup} warm-up, best of {args.rounds} "
           f"interleaved round(s); FNS backend {base.get('fns_backend')}; {stamp}\n")
     print("| upsampler | params | Δ params vs bilinear | fwd+bwd (s) | time ratio | peak RSS (MiB) | step peak (MiB) | step-memory ratio |")
@@ -120,10 +198,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['upsampler']} | {r['params']:,} | {dp:+,} ({100 * dp / base['params']:+.3f} %) | {r['time_s']:.2f} | "
               f"{r['time_s'] / base['time_s']:.2f}× | {r['peak_rss_mib']:.0f} | {r['step_peak_mib']:.0f} | "
               f"{r['step_peak_mib'] / max(base['step_peak_mib'], 1e-9):.2f}× |")
+    infer = []
+    if args.infer_shape:
+        names = [n for n in ("bilinear", "resfu") if n in ["bilinear", *args.upsamplers]]
+        with tempfile.TemporaryDirectory(prefix="resfu-bench-infer-") as tmp:
+            for name in tqdm(names, desc="infer runs"):
+                side = LITE["img_size"] if args.lite and args.model == "transunet" else args.size
+                infer.append(measure_infer(args.model, name, side, args.infer_shape, args.infer_threads, Path(tmp),
+                                           args.lite))
+        shape = "×".join(map(str, args.infer_shape))
+        print(f"\n`resfu-med infer` of a {shape} (X×Y×Z) int16 CT volume, {args.model} at {args.size}², CPU, "
+              f"{args.infer_threads} thread(s), wall time of the whole command incl. reading and writing NIfTI\n")
+        print("| upsampler | infer time (s) | time ratio | s per slice | peak RSS (MiB) |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for r in infer:
+            print(f"| {r['upsampler']} | {r['seconds']:.1f} | {r['seconds'] / infer[0]['seconds']:.2f}× | "
+                  f"{r['seconds'] / args.infer_shape[2]:.2f} | {r['peak_rss_mib']:.0f} |")
     if args.output:
         from resfu_med.atomic import atomic_write_json
 
-        atomic_write_json(args.output, {"date": stamp, "config": vars(args) | {"_child": None}, "results": results})
+        atomic_write_json(args.output, {"date": stamp, "config": vars(args) | {"_child": None}, "results": results,
+                                        "infer": infer})
     return 0
 
 

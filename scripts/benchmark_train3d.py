@@ -11,7 +11,7 @@ allocation before it. The first step is the measured one for memory; time is the
 Examples:
     python scripts/benchmark_train3d.py                                   # 96^3 patch, batch 1, CPU
     python scripts/benchmark_train3d.py --device cuda --repeats 20        # on a GPU
-    python scripts/benchmark_train3d.py --patch 32 96 96 --widths slim --features 16 16 32 64 128 16   # demo model
+    python scripts/benchmark_train3d.py --patch 32 96 96 --variants trilinear resfu-slim --features 16 16 32 64 128 16   # demo
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = ["VARIANTS", "worker", "main"]
 VARIANTS = {
     "trilinear": ("bilinear", {}),  # the registry's "bilinear" is trilinear for spatial_dims=3
     "resfu": ("resfu", {}),  # ReSFU's default widths (embed 32, PCDC 128)
+    "resfu-ckpt": ("resfu", {"use_checkpoint": True}),  # default widths, similarity blocks recomputed in backward
     "resfu-slim": ("resfu", {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}),  # the demo preset's
 }
 

@@ -258,6 +258,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _family(model: str) -> str:
+    """Models taking the same constructor arguments: ``unet`` and ``unet3d`` are both BasicUNet."""
+    return "unet" if model in ("unet", "unet3d") else model
+
+
 def resolve_config(
     dataset: str | None = None,
     config_file: str | Path | None = None,
@@ -290,14 +295,16 @@ def resolve_config(
     if name not in DATASETS:
         raise InputError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     cfg = merge_config(default_config(), PRESETS[name], source=f"preset {name}")
-    preset_model = cfg["model"]["name"]
+    preset_model, preset_upsampler = cfg["model"]["name"], cfg["model"]["upsampler"]
     cfg = merge_config(cfg, file_cfg, source=f"config file {config_file}")
     cfg = merge_config(cfg, overrides, source="flags")
-    if cfg["model"]["name"] != preset_model:
-        # The preset's network arguments belong to its own model; keep only those the user gave.
-        cfg["model"]["kwargs"] = {
-            **file_cfg.get("model", {}).get("kwargs", {}),
-            **overrides.get("model", {}).get("kwargs", {}),
-        }
+    user_kwargs = {**file_cfg.get("model", {}).get("kwargs", {}), **overrides.get("model", {}).get("kwargs", {})}
+    if _family(cfg["model"]["name"]) != _family(preset_model):
+        # The preset's network arguments belong to its own model (unet and unet3d share BasicUNet's); keep only those
+        # the user gave.
+        cfg["model"]["kwargs"] = user_kwargs
+    elif cfg["model"]["upsampler"] != preset_upsampler and "upsampler_kwargs" not in user_kwargs:
+        # Likewise the preset's upsampler options (the demo's slim ReSFU widths) mean nothing to another upsampler.
+        cfg["model"]["kwargs"].pop("upsampler_kwargs", None)
     cfg["data"]["dataset"] = name
     return cfg

@@ -55,6 +55,27 @@ def test_switching_model_drops_the_presets_network_arguments():
     assert cfg["model"]["kwargs"] == {}
 
 
+def test_unet3d_keeps_the_demo_presets_unet_widths():
+    # unet and unet3d are the same BasicUNet: the demo's slim widths carry over to 3D (they are what makes it CPU-sized)
+    cfg = resolve_config("demo", overrides={"model": {"name": "unet3d"}})
+    assert cfg["model"]["kwargs"]["features"] == [16, 16, 32, 64, 128, 16]
+    assert cfg["model"]["kwargs"]["upsampler_kwargs"] == {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}
+
+
+@pytest.mark.parametrize("upsampler", ["bilinear", "deconv", "carafe"])
+def test_switching_upsampler_drops_the_presets_resfu_options(upsampler):
+    # `--dataset demo --upsampler bilinear` must not hand ReSFU's widths to bilinear (it rejected them).
+    cfg = resolve_config("demo", overrides={"model": {"upsampler": upsampler}})
+    assert "upsampler_kwargs" not in cfg["model"]["kwargs"]
+    assert cfg["model"]["kwargs"]["features"] == [16, 16, 32, 64, 128, 16]  # the U-Net itself is kept
+
+
+def test_upsampler_options_the_user_gives_survive_a_switch():
+    mine = {"align_corners": True}
+    cfg = resolve_config("demo", overrides={"model": {"upsampler": "bilinear", "kwargs": {"upsampler_kwargs": mine}}})
+    assert cfg["model"]["kwargs"]["upsampler_kwargs"] == mine
+
+
 def test_int_is_accepted_for_float_and_converted():
     cfg = merge_config(resolve_config("synapse"), {"train": {"lr": 1}})
     assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)

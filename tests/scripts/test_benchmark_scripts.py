@@ -1,4 +1,5 @@
-"""Smoke tests of scripts/benchmark_ops.py, benchmark_train3d.py and upsampler_study.py in their smallest modes."""
+"""Smoke tests of scripts/benchmark_ops.py, benchmark_networks.py, benchmark_train3d.py and upsampler_study.py in their
+smallest modes."""
 
 from __future__ import annotations
 
@@ -124,3 +125,24 @@ def test_train3d_benchmark_tiny(tmp_path):
     # ReSFU adds parameters (projections, PCDC blocks) and the step allocates activations in both variants
     assert r["resfu-slim"]["params"] > r["trilinear"]["params"] > 0
     assert all(v["step_extra_mib"] > 0 and v["step_s"] > 0 for v in r.values())
+
+
+def test_networks_benchmark_unet_with_infer(tmp_path, capsys):
+    from monai.networks.nets import BasicUNet as MonaiBasicUNet
+
+    networks = _load("benchmark_networks")
+    out = tmp_path / "nets.json"
+    assert networks.main(["--model", "unet", "--lite", "--size", "32", "--iters", "1", "--warmup", "0",
+                          "--upsamplers", "bilinear", "resfu", "--infer-shape", "24", "24", "2", "--output",
+                          str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["upsampler"]: r for r in report["results"]}
+    # the bilinear U-Net is MONAI's BasicUNet with non-trainable upsampling: same parameter count
+    monai_net = MonaiBasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=(8, 8, 16, 32, 64, 8),
+                               upsample="nontrainable")
+    assert rows["bilinear"]["params"] == sum(p.numel() for p in monai_net.parameters())
+    assert rows["resfu"]["params"] > rows["bilinear"]["params"]
+    # `resfu-med infer` ran (exit 0) for both upsamplers and the table names the volume
+    assert [(r["upsampler"], r["rc"]) for r in report["infer"]] == [("bilinear", 0), ("resfu", 0)]
+    assert all(r["seconds"] > 0 for r in report["infer"])
+    assert "24×24×2 (X×Y×Z)" in capsys.readouterr().out
