@@ -200,21 +200,31 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
     variants: dict[str, list[dict]] = {}
     for r in results:
         variants.setdefault(r["variant"], []).append(r)
-    for v, rs in variants.items():
-        hs = [r["history"] for r in rs if r["history"]]
-        if not hs:
-            continue
-        n = min(len(h) for h in hs)
-        its = [e["iteration"] for e in hs[0][:n]]
-        ax.plot(its, [100 * np.mean([h[i]["mean_dice"] for h in hs]) for i in range(n)], marker="o", label=v)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("validation mean Dice (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    # Two panels so 14 curves stay readable: the U-Net upsamplers; ReSFU's ablations and TransUNet-lite next to the
+    # U-Net's bilinear and ReSFU runs (ablation variants carry a space: "unet/resfu no-FNS").
+    panels = {
+        "BasicUNet: upsamplers": [v for v in variants if v.startswith("unet/") and " " not in v],
+        "ReSFU ablations, TransUNet-lite": [v for v in variants if v in ("unet/bilinear", "unet/resfu")
+                                            or " " in v or not v.startswith("unet/")],
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, (title, names) in zip(axes, panels.items()):
+        for j, v in enumerate(names):
+            hs = [r["history"] for r in variants[v] if r["history"]]
+            if not hs:
+                continue
+            n = min(len(h) for h in hs)
+            its = [e["iteration"] for e in hs[0][:n]]
+            ax.plot(its, [100 * np.mean([h[i]["mean_dice"] for h in hs]) for i in range(n)], marker="o", markersize=3,
+                    color=plt.cm.tab10(j % 10), linestyle="--" if v.startswith("transunet") else "-", label=v)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation mean Dice (%), mean over seeds")
     fig.tight_layout()
     _save_png(fig, path)
 
