@@ -15,6 +15,7 @@ Examples:
     python scripts/benchmark_networks.py                       # paper size: batch 2, 224², all upsamplers
     python scripts/benchmark_networks.py --upsamplers bilinear resfu resfu-3 --rounds 3   # interleaved, best of 3
     python scripts/benchmark_networks.py --model unet --batch 8 --size 96      # BasicUNet with every upsampler
+    python scripts/benchmark_networks.py --model unet --unet-widths demo --batch 4 --size 96   # the study's network
     python scripts/benchmark_networks.py --upsamplers bilinear resfu --infer-shape 512 512 100   # + a CT volume
     python scripts/benchmark_networks.py --lite --iters 2       # small config, seconds (a smoke test)
     python scripts/benchmark_networks.py --output bench.json    # also write the numbers as JSON
@@ -36,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "measure", "build", "measure_infer"]
+__all__ = ["UNET_WIDTHS", "main", "measure", "build", "unet_kwargs", "measure_infer"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,15 +49,32 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def build(model: str, name: str, size: int, lite: bool) -> tuple[Any, int]:
+#: BasicUNet feature widths per ``--unet-widths`` ("demo" is read from the demo preset, see :func:`unet_kwargs`).
+UNET_WIDTHS = {"monai": (32, 32, 64, 128, 256, 32), "lite": (8, 8, 16, 32, 64, 8)}
+
+
+def unet_kwargs(widths: str, name: str) -> dict:
+    """BasicUNet ``features`` and ``upsampler_kwargs`` for ``--unet-widths``: MONAI's default widths, ``lite``, or
+    ``demo`` — the demo preset's network (also the upsampler study's), slim ReSFU widths included."""
+    if widths == "demo":
+        from resfu_med.engine.config import PRESETS
+
+        demo = PRESETS["demo"]["model"]["kwargs"]
+        return {"features": list(demo["features"]),
+                "upsampler_kwargs": dict(demo["upsampler_kwargs"]) if name == "resfu" else {}}
+    return {"features": list(UNET_WIDTHS[widths]), "upsampler_kwargs": {}}
+
+
+def build(model: str, name: str, size: int, lite: bool, unet_widths: str = "monai") -> tuple[Any, int]:
     """``(network, input side)``: TransUNet(num_classes=9) or BasicUNet(2D, 9 classes) with upsampler ``name``."""
     from resfu_med.networks import BasicUNet, TransUNet
 
     if model == "unet":
         if name == "resfu-3":
             raise ValueError("resfu-3 is a TransUNet variant")
-        features = (8, 8, 16, 32, 64, 8) if lite else (32, 32, 64, 128, 256, 32)  # lite / MONAI's default widths
-        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=features, upsample=name), size
+        kw = unet_kwargs("lite" if lite else unet_widths, name)
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=tuple(kw["features"]), upsample=name,
+                         upsampler_kwargs=kw["upsampler_kwargs"] or None), size
     cfg = dict(LITE) if lite else {"img_size": size}
     if name == "resfu-3":  # three ReSFU, the last (full-resolution) step bilinear
         cfg["final_upsampler"] = "bilinear"
@@ -64,13 +82,13 @@ def build(model: str, name: str, size: int, lite: bool) -> tuple[Any, int]:
 
 
 def measure(name: str, batch: int, size: int, iters: int, warmup: int, threads: int, lite: bool,
-            model: str = "transunet") -> dict:
+            model: str = "transunet", unet_widths: str = "monai") -> dict:
     """Build the network with upsampler ``name`` and time forward+backward (run in a fresh process)."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net, side = build(model, name, size, lite)
+    net, side = build(model, name, size, lite, unet_widths)
     net.train()
     params = sum(p.numel() for p in net.parameters())
     x = torch.rand(batch, 1, side, side)
@@ -90,11 +108,10 @@ def measure(name: str, batch: int, size: int, iters: int, warmup: int, threads: 
             "peak_rss_mib": _rss_mib(), "step_peak_mib": _rss_mib() - base_rss, "fns_backend": backend()}
 
 
-def _network_kwargs(model: str, lite: bool) -> dict:
+def _network_kwargs(model: str, lite: bool, name: str, unet_widths: str = "monai") -> dict:
     """The ``model.kwargs`` of a training config that builds the same network as :func:`build`."""
-    if model == "unet":  # replaces the demo preset's slim U-Net and slim ReSFU widths
-        features = (8, 8, 16, 32, 64, 8) if lite else (32, 32, 64, 128, 256, 32)
-        return {"features": list(features), "upsampler_kwargs": {}}
+    if model == "unet":  # replaces the demo preset's U-Net and slim ReSFU widths unless they are the ones measured
+        return unet_kwargs("lite" if lite else unet_widths, name)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in LITE.items() if k != "img_size"} if lite else {}
 
 
@@ -106,7 +123,7 @@ def _run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 def measure_infer(model: str, name: str, size: int, shape: list[int], threads: int, work: Path,
-                  lite: bool = False) -> dict:
+                  lite: bool = False, unet_widths: str = "monai") -> dict:
     """Time ``resfu-med infer`` of a synthetic CT volume of ``shape`` (X, Y, Z) with a ``model``/``name`` checkpoint.
 
     Raises:
@@ -122,7 +139,7 @@ def measure_infer(model: str, name: str, size: int, shape: list[int], threads: i
     run = work / f"{model}-{name}"
     if not (run / "last.pt").exists():
         config = work / f"{model}-{name}.json"
-        config.write_text(json.dumps({"model": {"kwargs": _network_kwargs(model, lite)}}))
+        config.write_text(json.dumps({"model": {"kwargs": _network_kwargs(model, lite, name, unet_widths)}}))
         _run([sys.executable, "-m", "resfu_med", "train", "--dataset", "demo", "--config", str(config), "--model", model,
               "--upsampler", name, "--img-size", str(size), "--batch-size", "2", "--max-iters", "1", "--no-eval",
               "--device", "cpu", "--no-progress", "--overwrite", "--output", str(run)], env)
@@ -148,6 +165,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="transunet", choices=["transunet", "unet"],
                    help="TransUNet R50-ViT-B/16 or 2D BasicUNet (MONAI widths 32..256) (default: transunet)")
     p.add_argument("--lite", action="store_true", help="small config instead of R50-ViT-B/16 / MONAI widths")
+    p.add_argument("--unet-widths", default="monai", choices=["monai", "demo", "lite"],
+                   help="BasicUNet widths: MONAI's 32..256, the demo preset's 16..128 with slim ReSFU (the upsampler "
+                        "study's network), or tiny (default: monai)")
     p.add_argument("--infer-shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="also time resfu-med infer (bilinear and resfu) on a CT volume of this shape (default: off)")
     p.add_argument("--infer-threads", type=int, default=2, help="threads of the infer runs (default: 2)")
@@ -161,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args._child:
         print(json.dumps(measure(args._child, args.batch, args.size, args.iters, args.warmup, args.threads, args.lite,
-                                 args.model)))
+                                 args.model, args.unet_widths)))
         return 0
     from tqdm import tqdm
 
@@ -171,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in tqdm(jobs, desc="upsampler runs"):
         cmd = [sys.executable, __file__, "--_child", name, "--batch", str(args.batch), "--size", str(args.size),
                "--iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads),
-               "--model", args.model]
+               "--model", args.model, "--unet-widths", args.unet_widths]
         if args.lite:
             cmd.append("--lite")
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -185,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     base = next(r for r in results if r["upsampler"] == "bilinear")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if args.model == "unet":
-        net_name, cfg = "BasicUNet(2D, 9 classes)", f"{'lite widths' if args.lite else 'widths 32..256'}, {args.size}²"
+        net_name, cfg = "BasicUNet(2D, 9 classes)", f"{'lite' if args.lite else args.unet_widths} widths, {args.size}²"
     else:
         net_name, cfg = "TransUNet(num_classes=9)", "lite" if args.lite else f"R50-ViT-B/16, {args.size}²"
     print(f"\n{net_name}, {cfg}, batch {args.batch}, CPU {platform.processor() or platform.machine()}, "
@@ -205,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in tqdm(names, desc="infer runs"):
                 side = LITE["img_size"] if args.lite and args.model == "transunet" else args.size
                 infer.append(measure_infer(args.model, name, side, args.infer_shape, args.infer_threads, Path(tmp),
-                                           args.lite))
+                                           args.lite, args.unet_widths))
         shape = "×".join(map(str, args.infer_shape))
         print(f"\n`resfu-med infer` of a {shape} (X×Y×Z) int16 CT volume, {args.model} at {args.size}², CPU, "
               f"{args.infer_threads} thread(s), wall time of the whole command incl. reading and writing NIfTI\n")

@@ -146,3 +146,18 @@ def test_networks_benchmark_unet_with_infer(tmp_path, capsys):
     assert [(r["upsampler"], r["rc"]) for r in report["infer"]] == [("bilinear", 0), ("resfu", 0)]
     assert all(r["seconds"] > 0 for r in report["infer"])
     assert "24×24×2 (X×Y×Z)" in capsys.readouterr().out
+
+
+def test_networks_benchmark_demo_widths_are_the_studys_network(study):
+    from monai.networks.nets import BasicUNet as MonaiBasicUNet
+
+    networks = _load("benchmark_networks")
+    # the same network the upsampler study trains: demo widths, slim ReSFU only for resfu
+    assert networks.unet_kwargs("demo", "resfu") == {"features": study.UNET_FEATURES,
+                                                      "upsampler_kwargs": study.RESFU_WIDTHS["slim"]}
+    assert networks.unet_kwargs("demo", "bilinear")["upsampler_kwargs"] == {}
+    net, side = networks.build("unet", "bilinear", 32, False, "demo")
+    reference = MonaiBasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=tuple(study.UNET_FEATURES),
+                               upsample="nontrainable")
+    assert side == 32
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
