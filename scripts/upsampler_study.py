@@ -210,7 +210,11 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
         "ReSFU ablations, TransUNet-lite": [v for v in variants if v in ("unet/bilinear", "unet/resfu")
                                             or " " in v or not v.startswith("unet/")],
     }
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    first, second = panels.values()
+    if set(second) <= set(first):  # no ablation or TransUNet run: the second panel would repeat the first
+        panels = {"BasicUNet: upsamplers": first}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, (title, names) in zip(axes, panels.items()):
         for j, v in enumerate(names):
             hs = [r["history"] for r in variants[v] if r["history"]]
