@@ -11,7 +11,8 @@ own release has none). Files are read by a deterministic loader transform placed
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +45,35 @@ def _as_label(a: np.ndarray, path: Path) -> np.ndarray:
     return a.astype(np.uint8)
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a failure to read a prepared file into an :class:`InputError` naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (OSError, KeyError, ValueError, EOFError) as err:
+        raise InputError(f"{path}: cannot read prepared data ({type(err).__name__}: {err})") from err
+
+
+def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(image float32 (H, W), label uint8 (H, W))`` of one prepared ``.npz`` training slice."""
+    with _reading(path), np.load(path) as f:
+        return np.asarray(f["image"], dtype=np.float32), _as_label(f["label"], path)
+
+
 def _stack_slices(item: dict[str, Any]) -> dict[str, Any]:
     """Load a training case's slices (listed in slice order) and stack them into a ``(Z, H, W)`` volume."""
     images, labels = [], []
     for name in item["paths"]:
         path = Path(name)
-        try:
-            with np.load(path) as f:
-                images.append(np.asarray(f["image"], dtype=np.float32))
-                labels.append(_as_label(f["label"], path))
-        except InputError:
-            raise
-        except (OSError, KeyError, ValueError, EOFError) as err:
-            raise InputError(f"{path}: cannot read prepared data ({type(err).__name__}: {err})") from err
-        if images[-1].shape != images[0].shape or labels[-1].shape != images[0].shape:
-            raise InputError(f"{path}: slice of shape {images[-1].shape} (label {labels[-1].shape}) does not match "
-                             f"the first slice of case {item['case']} {images[0].shape}; cannot stack a volume")
+        image, label = _read_slice(path)
+        if image.shape != label.shape or (images and image.shape != images[0].shape):
+            first = images[0].shape if images else image.shape
+            raise InputError(f"{path}: slice of shape {image.shape} (label {label.shape}) does not match "
+                             f"the first slice of case {item['case']} {first}; cannot stack a volume")
+        images.append(image)
+        labels.append(label)
     return {"image": np.stack(images), "label": np.stack(labels), "case": item["case"]}
 
 
@@ -70,17 +84,11 @@ class LoadPrepared(Transform):
         if item["kind"] == "stack":
             return _stack_slices(item)
         path = Path(item["path"])
-        try:
-            if item["kind"] == "slice":
-                with np.load(path) as f:
-                    image, label = np.asarray(f["image"], dtype=np.float32), f["label"]
-                return {"image": image[None], "label": _as_label(label, path)[None], "case": item["case"]}
-            with h5py.File(path, "r") as f:
-                image, label = np.asarray(f["image"][:], dtype=np.float32), f["label"][:]
-        except InputError:
-            raise
-        except (OSError, KeyError, ValueError, EOFError) as err:
-            raise InputError(f"{path}: cannot read prepared data ({type(err).__name__}: {err})") from err
+        if item["kind"] == "slice":
+            image, label = _read_slice(path)
+            return {"image": image[None], "label": label[None], "case": item["case"]}
+        with _reading(path), h5py.File(path, "r") as f:
+            image, label = np.asarray(f["image"][:], dtype=np.float32), f["label"][:]
         out = {"image": image, "label": _as_label(label, path), "case": item["case"]}
         out["spacing"] = tuple(item["spacing"]) if item.get("spacing") is not None else None
         out["affine"] = np.asarray(item["affine"], dtype=np.float64) if item.get("affine") is not None else None
