@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling benchmark_fns.py, also when loaded by path (tests)
 from benchmark_fns import rss_kib  # noqa: E402
 
+from resfu_med.engine.config import PRESETS  # noqa: E402
+
 __all__ = ["VARIANTS", "worker", "main"]
 
 #: name -> (upsampler, ReSFU constructor options)
@@ -37,7 +39,7 @@ VARIANTS = {
     "trilinear": ("bilinear", {}),  # the registry's "bilinear" is trilinear for spatial_dims=3
     "resfu": ("resfu", {}),  # ReSFU's default widths (embed 32, PCDC 128)
     "resfu-ckpt": ("resfu", {"use_checkpoint": True}),  # default widths, similarity blocks recomputed in backward
-    "resfu-slim": ("resfu", {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}),  # the demo preset's
+    "resfu-slim": ("resfu", dict(PRESETS["demo"]["model"]["kwargs"]["upsampler_kwargs"])),  # the demo preset's
 }
 
 

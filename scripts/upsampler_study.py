@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from resfu_med.engine.config import PRESETS
+
 __all__ = ["UPSAMPLERS", "ABLATIONS", "TRANSUNET_LITE", "plan_runs", "run_one", "summarise", "plot_curves",
            "montage", "main"]
 
@@ -45,11 +47,12 @@ ABLATIONS = {
     "inner-product": {"similarity": "inner_product"},
     "no-FNS": {"fine_grained": False},
 }
-UNET_FEATURES = [16, 16, 32, 64, 128, 16]  # the demo preset's width
+_DEMO_NET = PRESETS["demo"]["model"]["kwargs"]
+UNET_FEATURES = list(_DEMO_NET["features"])  # the demo preset's BasicUNet widths
 #: ReSFU widths per ``--resfu-width``. "slim" is the demo preset's ReSFU, sized for decoder features of 16-64
 #: channels (the defaults are sized for TransUNet's 256-channel features: at 96x96 on 1 CPU thread they cost 4x a
 #: slim ReSFU step, which would leave the hour-long study ~100 iterations per run).
-RESFU_WIDTHS = {"slim": {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}, "default": {}}
+RESFU_WIDTHS = {"slim": dict(_DEMO_NET["upsampler_kwargs"]), "default": {}}
 #: A TransUNet small enough for 2 CPU cores: 2 ViT blocks of width 128, one bottleneck per ResNet stage.
 TRANSUNET_LITE = {"vit_depth": 2, "hidden_size": 128, "mlp_dim": 256, "num_heads": 4, "resnet_layers": [1, 1, 1],
                   "resnet_width": 32, "head_channels": 64, "decoder_channels": [64, 32, 16, 16], "stem_channels": 16}
@@ -205,14 +208,11 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> None:
         variants.setdefault(r["variant"], []).append(r)
     # Two panels so 14 curves stay readable: the U-Net upsamplers; ReSFU's ablations and TransUNet-lite next to the
     # U-Net's bilinear and ReSFU runs (ablation variants carry a space: "unet/resfu no-FNS").
-    panels = {
-        "BasicUNet: upsamplers": [v for v in variants if v.startswith("unet/") and " " not in v],
-        "ReSFU ablations, TransUNet-lite": [v for v in variants if v in ("unet/bilinear", "unet/resfu")
-                                            or " " in v or not v.startswith("unet/")],
-    }
-    first, second = panels.values()
-    if set(second) <= set(first):  # no ablation or TransUNet run: the second panel would repeat the first
-        panels = {"BasicUNet: upsamplers": first}
+    unets = [v for v in variants if v.startswith("unet/") and " " not in v]
+    others = [v for v in variants if v in ("unet/bilinear", "unet/resfu") or " " in v or not v.startswith("unet/")]
+    panels = {"BasicUNet: upsamplers": unets}
+    if not set(others) <= set(unets):  # only when it adds an ablation or TransUNet curve
+        panels["ReSFU ablations, TransUNet-lite"] = others
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, (title, names) in zip(axes, panels.items()):

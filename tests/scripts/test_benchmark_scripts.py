@@ -153,8 +153,10 @@ def test_networks_benchmark_demo_widths_are_the_studys_network(study):
 
     networks = _load("benchmark_networks")
     # the same network the upsampler study trains: demo widths, slim ReSFU only for resfu
-    assert networks.unet_kwargs("demo", "resfu") == {"features": study.UNET_FEATURES,
-                                                      "upsampler_kwargs": study.RESFU_WIDTHS["slim"]}
+    assert networks.unet_kwargs("demo", "resfu") == {
+        "features": [16, 16, 32, 64, 128, 16], "upsampler_kwargs": {"embed_dim": 8, "pcdc_channels": 16,
+                                                                    "compressor_channels": 16}}
+    assert study.UNET_FEATURES == [16, 16, 32, 64, 128, 16]
     assert networks.unet_kwargs("demo", "bilinear")["upsampler_kwargs"] == {}
     net, side = networks.build("unet", "bilinear", 32, False, "demo")
     reference = MonaiBasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=tuple(study.UNET_FEATURES),
