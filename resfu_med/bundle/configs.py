@@ -79,7 +79,9 @@ def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str =
 
     ``{"kind": "ct", "a_min", "a_max"}`` → clip to the window and scale to [0, 1] (``ScaleIntensityRanged``);
     ``{"kind": "mri", "mode": "minmax"}`` → per-volume min-max to [0, 1] (``ScaleIntensityd``);
-    ``{"kind": "mri", "mode": "zscore"}`` → per-volume zero mean, unit variance (``NormalizeIntensityd``).
+    ``{"kind": "mri", "mode": "zscore"}`` → per-volume zero mean, unit variance (``NormalizeIntensityd``);
+    ``{"kind": "mri", "mode": "robust", "percentiles": [lo, hi]}`` → z-score over the non-zero voxels clipped to their
+    percentiles (``resfu_med.data.RobustZScored``, the data layer's own transform: MONAI has no masked percentile).
 
     Raises:
         CheckpointError: an intensity spec this module cannot express.
@@ -98,7 +100,14 @@ def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str =
         return [{"_target_": "ScaleIntensityd", "keys": key, "minv": 0.0, "maxv": 1.0}]
     if kind == "mri" and spec.get("mode") == "zscore":
         return [{"_target_": "NormalizeIntensityd", "keys": key, "nonzero": False, "channel_wise": True}]
-    raise CheckpointError(f"{source}: config.data.intensity {spec!r} is not one of ct / mri minmax / mri zscore")
+    if kind == "mri" and spec.get("mode") == "robust":
+        try:
+            low, high = (float(v) for v in spec.get("percentiles", (0.5, 99.5)))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{source}: config.data.intensity {spec!r} needs two numeric percentiles") from None
+        return [{"_target_": "resfu_med.data.RobustZScored", "keys": key, "percentiles": [low, high]}]
+    raise CheckpointError(f"{source}: config.data.intensity {spec!r} is not one of ct / mri minmax / mri zscore / "
+                          "mri robust")
 
 
 def inferer_def(spatial_dims: int, roi_size: list[int], overlap: float, mode: str, sw_batch_size: int) -> dict:

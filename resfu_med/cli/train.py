@@ -55,6 +55,7 @@ _FLAG_KEYS = {
     "num_workers": "data.num_workers",
     "checkpoint_every": "train.checkpoint_every",
     "no_eval": "train.eval",
+    "fg_oversample": "train.fg_oversample",
 }
 
 
@@ -81,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patches-per-volume", type=int, default=s, metavar="N",
                    help=f"unet3d: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
+    g.add_argument("--preset", default=s, metavar="NAME", choices=["quick"],
+                   help="training recipe on top of the dataset's: quick = small ReSFU U-Net, AdamW, 1,200 iterations, "
+                        "foreground sampling (about 15 min on a CPU; docs/training.md)")
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")
     g.add_argument("--max-iters", type=int, default=s, metavar="N",
@@ -90,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=s, metavar="N", help=f"random seed ({_default('seed')})")
     g.add_argument("--deterministic", action="store_true", default=s,
                    help="deterministic algorithms (bit-identical reruns on CPU; slower on GPU)")
+    g.add_argument("--fg-oversample", type=float, default=s, metavar="P",
+                   help="share of every batch drawn from slices holding a foreground class, the class drawn uniformly "
+                        "(default: msd 0.33, quick 0.5, others uniform sampling)")
     g.add_argument("--no-eval", action="store_true", default=s,
                    help="skip validation during training (best.pt is then the final model)")
     g.add_argument("--checkpoint-every", type=int, default=s, metavar="N",
@@ -158,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
     args.output = getattr(args, "output", None)
     args.config = getattr(args, "config", None)
+    args.preset = getattr(args, "preset", None)
     overrides = flag_overrides(args)
     _check_names(overrides)
     dataset = overrides.get("data", {}).get("dataset")
@@ -166,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.output if args.output is not None else f"runs/{dataset}")
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite contradict each other; pick one")
-    if args.resume and args.config:
-        raise InputError("--config cannot be combined with --resume (the run's config is fixed)")
+    if args.resume and (args.config or args.preset):
+        raise InputError(f"{'--config' if args.config else '--preset'} cannot be combined with --resume "
+                         "(the run's config is fixed)")
     merge_config(DEFAULTS, overrides, source="flags")  # fail fast on bad flag values
 
     device = resolve_device(overrides.get("device", "auto"), local_rank=0)
@@ -183,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                     saved = load_checkpoint(run_dir / "last.pt")["config"]
                     runtime = _resume_runtime(saved, overrides)
                 else:
-                    cfg = complete_config(resolve_config(dataset, args.config, overrides))
+                    cfg = complete_config(resolve_config(dataset, args.config, overrides, preset=args.preset))
                     prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True)
             except Exception as e:  # re-raised below after telling the other ranks
                 err = e

@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from resfu_med.engine.model_factory import model_kwargs
 from resfu_med.errors import InputError
 
-__all__ = ["complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
+__all__ = ["native_img_size", "complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
@@ -65,6 +66,8 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+    if data.get("img_size") is None:
+        data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]
     if model["name"] == "unet" and int(data["img_size"]) < 32:
         # BasicUNet halves a slice 4 times: below 32 its deepest feature is 1x1, which instance norm cannot train on
@@ -72,6 +75,18 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
                                    model.get("upsampler"), model.get("kwargs"))
     return cfg
+
+
+def native_img_size(dataset: str, root: str | None, cap: int = 128) -> int:
+    """The training slices' own size (the larger side) rounded up to a multiple of 16, between 32 and ``cap``.
+
+    Reads one training slice through :func:`resfu_med.data.get_dataset` (which prepares a raw folder on first use,
+    as training would).
+    """
+    from resfu_med.data import get_dataset
+
+    side = max(np.asarray(get_dataset(dataset, root, "train")[0]["image"]).shape[-2:])
+    return int(min(cap, max(32, -(-int(side) // 16) * 16)))  # BasicUNet needs at least 32 (4 halvings)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True) -> None:
