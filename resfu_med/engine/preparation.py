@@ -65,6 +65,8 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+        if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
+            data["ignore_index"] = int(info.ignore_index)
     model = cfg["model"]
     if model["name"] == "unet" and int(data["img_size"]) < 32:
         # BasicUNet halves a slice 4 times: below 32 its deepest feature is 1x1, which instance norm cannot train on
