@@ -8,7 +8,7 @@ from resfu_med.networks.resfu import ReSFU, pcdc_parameter_groups
 from resfu_med.networks.upsamplers import get_upsampler, upsampler_names
 from resfu_med.networks.transunet import TransUNet
 from resfu_med.networks.basic_unet import BasicUNet
-from resfu_med.networks.dynunet import DynUNet
+from resfu_med.networks.dynunet import DynUNet, dynunet_plan
 from resfu_med.networks.swin_unetr import SwinUNETR
 from resfu_med.networks.unetr import UNETR
 
@@ -16,4 +16,4 @@ __all__: list[str] = []
 __all__ += ["ReSFU", "pcdc_parameter_groups", "GaussianSmoothing", "GuidedFilter", "PCDC", "PCDCBlock"]
 __all__ += ["get_upsampler", "upsampler_names"]
 __all__ += ["TransUNet"]
-__all__ += ["BasicUNet", "DynUNet", "SwinUNETR", "UNETR"]
+__all__ += ["BasicUNet", "DynUNet", "dynunet_plan", "SwinUNETR", "UNETR"]
