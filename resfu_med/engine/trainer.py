@@ -188,7 +188,9 @@ class Trainer:
         if not hasattr(self.model, "load_pretrained"):
             raise InputError(f"--pretrained: model {self.cfg['model']['name']!r} has no pretrained weights loader "
                              "(only transunet loads R50+ViT-B_16.npz)")
-        self.model.load_pretrained(path)
+        report = self.model.load_pretrained(path)
+        if self.dist.is_main and isinstance(report, dict) and report.get("note"):
+            print(f"resfu-med train: --pretrained {Path(path).name}: {report['note']}", file=sys.stderr)
 
     # -- state -----------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
