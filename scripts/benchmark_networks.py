@@ -193,7 +193,7 @@ def measure_infer(model: str, name: str, size: int, shape: list[int], threads: i
               "--upsampler", name, "--img-size", str(size), "--batch-size", "2", "--max-iters", "1", "--no-eval",
               "--device", "cpu", "--no-progress", "--overwrite", "--output", str(run)], env)
     res = _run([sys.executable, "-c", CHILD, "infer", "-i", str(vol), "-o", str(work / "out"), "--checkpoint",
-                str(run / "last.pt"), "--device", "cpu", "--overwrite", "--disable-progress-bar"], env)
+                str(run / "last.pt"), "--device", "cpu", "--overwrite", "--no-progress"], env)
     r = json.loads(res.stdout.strip().splitlines()[-1])
     return {"upsampler": name, "seconds": r["seconds"], "peak_rss_mib": r["peak_rss_kb"] / 1024, "rc": r["rc"]}
 

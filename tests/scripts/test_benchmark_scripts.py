@@ -97,7 +97,7 @@ def test_study_claim_is_exclusive(study, tmp_path):
 
 
 def test_study_smallest_mode_and_resume(study, tmp_path):
-    args = ["--out", str(tmp_path), "--seeds", "0", "--groups", "unet", "--upsamplers", "bilinear", "--epochs", "1",
+    args = ["--output", str(tmp_path), "--seeds", "0", "--groups", "unet", "--upsamplers", "bilinear", "--epochs", "1",
             "--train-stride", "80", "--batch-size", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
     assert study.main(args + ["--no-figures"]) == 0
     result_file = tmp_path / "results" / "unet-bilinear-s0.json"
