@@ -130,7 +130,12 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
                 from .msd import msd_info
 
                 return msd_info(root)
+            names = meta.get("label_names") if is_prepared_root(root) else None
             meta = None  # a raw release's own dataset.json (the demo's split record) is not a prepared record
+            if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+                # a TransUNet-layout copy labelled in another order, described by the user's {"label_names": [...]}
+                base = dataset_info(name)
+                return DatasetInfo(name, len(names) + 1, [str(n) for n in names], base.intensity, base.modality, Path(root))
     if meta is not None:
         ignore = meta.get("ignore_index")
         return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
