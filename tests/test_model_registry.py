@@ -87,10 +87,10 @@ def test_registered_model_trains_infers_and_exports_a_running_bundle(tmp_path, t
         scan = sorted((ensure_demo_data().parent / "raw" / "img").glob("*.nii.gz"))[0]
         shutil.copy(scan, scans / scan.name)
         assert main(["infer", "-i", str(scans), "-o", str(tmp_path / "infer_out"), "--checkpoint", str(ckpt),
-                     "--device", "cpu", "--disable-progress-bar"]) == 0
+                     "--device", "cpu", "--no-progress"]) == 0
 
         bundle = tmp_path / "bundle"
-        assert main(["export-bundle", "--checkpoint", str(ckpt), "--out", str(bundle)]) == 0
+        assert main(["export-bundle", "--checkpoint", str(ckpt), "--output", str(bundle)]) == 0
         assert (bundle / "models" / "model.ts").is_file()  # ToyNet scripts
         run(config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle), dataset_dir=str(scans),
             output_dir=str(tmp_path / "bundle_out"))

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from resfu_med.cli._options import add_no_progress
 from resfu_med.errors import InputError
 
 __all__ = ["COMMAND", "add_arguments", "run", "flag_overrides", "UPSAMPLERS"]
@@ -95,13 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=s, metavar="N",
                    help=f"also save last.pt every N iterations, 0: at epoch ends only ({_default('train.checkpoint_every')})")
     g = parser.add_argument_group("run")
-    g.add_argument("--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
+    g.add_argument("-o", "--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run files of an existing --output folder")
     g.add_argument("--amp", default=s, metavar="MODE", help=f"mixed precision: none | bf16 | fp16 ({_default('amp')})")
     g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda ({_default('device')})")
     g.add_argument("--num-workers", type=int, default=s, metavar="N", help=f"data loader workers ({_default('data.num_workers')})")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(g)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

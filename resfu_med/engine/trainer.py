@@ -188,7 +188,9 @@ class Trainer:
             with_loader = [n for n in model_names() if get_model_spec(n).pretrained is not None]
             raise InputError(f"--pretrained: model {spec.name!r} has no pretrained weights loader "
                              f"(models with one: {', '.join(with_loader) or 'none'})")
-        spec.pretrained(self.model, path)
+        report = spec.pretrained(self.model, path)
+        if self.dist.is_main and isinstance(report, dict) and report.get("note"):
+            print(f"resfu-med train: --pretrained {Path(path).name}: {report['note']}", file=sys.stderr)
 
     # -- state -----------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

@@ -148,8 +148,8 @@ def test_refuses_to_overwrite(bundle):
 def test_cli_errors_are_one_line(tmp_path, capsys, stand_in_targets):
     _, wide = make_checkpoint(tmp_path / "wide.pt", kwargs={**TINY_UNET, "features": [8, 8, 16, 16, 32, 8]})
     path, _ = make_checkpoint(tmp_path / "mixed.pt", state=wide.state_dict())
-    for argv in (["export-bundle", "--checkpoint", str(path), "--out", str(tmp_path / "b")],
-                 ["export", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "m.ts")]):
+    for argv in (["export-bundle", "--checkpoint", str(path), "--output", str(tmp_path / "b")],
+                 ["export", "--checkpoint", str(tmp_path / "absent.pt"), "--output", str(tmp_path / "m.ts")]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith(f"resfu-med {argv[0]}: error: ") and str(tmp_path) in err
@@ -158,7 +158,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, stand_in_targets):
 def test_cli_export_bundle(tmp_path, checkpoint, capsys):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"mean_dice": 0.7, "mean_hd95": 12.5, "per_class": {"liver": 0.9}}))
-    assert main(["export-bundle", "--checkpoint", str(checkpoint[0]), "--out", str(tmp_path / "b"),
+    assert main(["export-bundle", "--checkpoint", str(checkpoint[0]), "--output", str(tmp_path / "b"),
                  "--no-torchscript", "--metrics", str(metrics), "--name", "demo"]) == 0
     assert "bundle written to" in capsys.readouterr().out
     meta = check_bundle(tmp_path / "b")

@@ -42,7 +42,7 @@ def run_infer(tmp_path, ckpt, capsys):
     data = np.transpose(smooth_volume((3, 16, 16), seed=9), (2, 1, 0))
     src = save_nifti(tmp_path / "scan.nii.gz", data)
     rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt),
-               "--disable-progress-bar"])
+               "--no-progress"])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     return rc, errors, data
 
