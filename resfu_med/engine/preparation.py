@@ -66,6 +66,8 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+        if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
+            data["ignore_index"] = int(info.ignore_index)
     model = cfg["model"]
     if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "

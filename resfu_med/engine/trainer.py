@@ -131,11 +131,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.max_iterations,
                                                                power=t["poly_power"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["amp"] == "fp16")
-        from monai.losses import DiceCELoss
+        from resfu_med.engine.loss import segmentation_loss
 
-        # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does.
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, batch=True,
-                                  lambda_ce=t["ce_weight"], lambda_dice=t["dice_weight"])
+        # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does; an ignore label is left out.
+        self.loss_fn = segmentation_loss(t["ce_weight"], t["dice_weight"], d.get("ignore_index"))
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.best_metric: float | None = None
         self.history: list[dict[str, Any]] = []
