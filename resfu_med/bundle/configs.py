@@ -15,25 +15,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from resfu_med.errors import CheckpointError
+from resfu_med.errors import CheckpointError, InputError
+from resfu_med.networks.model_registry import get_model_spec
 
 __all__ = [
-    "NETWORK_TARGETS",
     "network_def",
     "intensity_transforms",
-    "spatial_dims_of",
     "inferer_def",
     "inference_config",
     "train_config",
     "evaluate_config",
 ]
-
-# checkpoint ``config["model"]["name"]`` → the class ``network_def`` instantiates, and its fixed spatial_dims (if any).
-NETWORK_TARGETS: dict[str, tuple[str, int | None]] = {
-    "transunet": ("resfu_med.networks.TransUNet", None),
-    "unet": ("resfu_med.networks.BasicUNet", 2),
-    "unet3d": ("resfu_med.networks.BasicUNet", 3),
-}
 
 # (Z, Y, X) <-> nibabel (X, Y, Z), channel first; the permutation is its own inverse.
 _TO_ZYX = [0, 3, 2, 1]
@@ -43,35 +35,25 @@ def network_def(model_cfg: dict[str, Any], source: str = "checkpoint") -> dict[s
     """The ``network_def`` config item of a checkpoint's ``config["model"]``.
 
     Args:
-        model_cfg: ``{"name": "transunet" | "unet" | "unet3d", "kwargs": {...}}``.
+        model_cfg: ``{"name": <a registered model>, "kwargs": {...}}``.
         source: file name cited in errors.
 
     Returns:
-        ``{"_target_": "resfu_med.networks.<Class>", **kwargs}`` (``spatial_dims`` filled in for the U-Nets).
+        ``{"_target_": <the model registry's target>, **kwargs}`` (with the entry's fixed arguments, e.g. the U-Nets'
+        ``spatial_dims``).
 
     Raises:
         CheckpointError: unknown model name or malformed kwargs.
     """
     name = model_cfg.get("name") if isinstance(model_cfg, dict) else None
-    if name not in NETWORK_TARGETS:
-        raise CheckpointError(
-            f"{source}: config.model.name is {name!r}; exportable architectures are {sorted(NETWORK_TARGETS)}"
-        )
-    kwargs = model_cfg.get("kwargs", {})
+    kwargs = model_cfg.get("kwargs", {}) if isinstance(model_cfg, dict) else None
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{source}: config.model.kwargs must be a dict, got {type(kwargs).__name__}")
-    target, dims = NETWORK_TARGETS[name]
-    out = {"_target_": target, **copy.deepcopy(kwargs)}
-    if dims == 3:
-        out["spatial_dims"] = 3  # as resfu_med.engine.model_factory builds unet3d
-    elif dims is not None:
-        out.setdefault("spatial_dims", dims)
-    return out
-
-
-def spatial_dims_of(model_cfg: dict[str, Any]) -> int:
-    """2 for slice-wise models, 3 for volumetric ones."""
-    return 3 if model_cfg.get("name") == "unet3d" or model_cfg.get("kwargs", {}).get("spatial_dims") == 3 else 2
+    try:
+        spec = get_model_spec(name)
+        return {"_target_": spec.target, **copy.deepcopy(spec.full_kwargs(kwargs))}
+    except InputError as err:
+        raise CheckpointError(f"{source}: config.model: {err}") from None
 
 
 def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str = "checkpoint") -> list[dict[str, Any]]:

@@ -146,9 +146,9 @@ def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 
 def _unit(cfg: dict[str, Any]) -> str:
-    from resfu_med.engine.predictor import model_spatial_dims
+    from resfu_med.networks.model_registry import spatial_dims_of
 
-    return "volumes" if model_spatial_dims(cfg) == 3 else "slices"
+    return "volumes" if spatial_dims_of(cfg["model"]) == 3 else "slices"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from resfu_med.atomic import atomic_torch_save
-from resfu_med.errors import CheckpointError
+from resfu_med.errors import CheckpointError, InputError
 
 __all__ = [
     "FORMAT",
@@ -124,22 +124,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])}; checkpoint vs model)")
-    return ", ".join(parts) or None
-
-
 def load_model(
     checkpoint_path: str | Path,
     device: str | torch.device = "cpu",
@@ -163,8 +147,7 @@ def load_model(
         CheckpointError: unreadable checkpoint, or a mismatch between the checkpoint's weights and its recorded
             architecture, or with the expected ``num_classes``/``model_name``; the message names the mismatch.
     """
-    from resfu_med.engine.model_factory import build_model, num_classes_of
-    from resfu_med.errors import InputError
+    from resfu_med.networks.model_registry import build_model, load_state_strict, num_classes_of
 
     ckpt = load_checkpoint(checkpoint_path)
     config = ckpt["config"]
@@ -190,11 +173,6 @@ def load_model(
         model = build_model(mcfg)
     except InputError as err:
         raise CheckpointError(f"checkpoint {checkpoint_path}: cannot rebuild its model: {err}") from err
-    problem = _describe_mismatch(model, ckpt["model"])
-    if problem:
-        raise CheckpointError(
-            f"checkpoint {checkpoint_path} does not match its {mcfg['name']!r} architecture: {problem}"
-        )
-    model.load_state_dict(ckpt["model"])
+    load_state_strict(model, ckpt["model"], f"checkpoint {checkpoint_path} does not match its {mcfg['name']!r} architecture")
     model.to(device).eval()
     return model, config

@@ -30,7 +30,6 @@ __all__ = [
     "DEFAULTS",
     "PRESETS",
     "DATASETS",
-    "MODELS",
     "CHOICES",
     "default_config",
     "load_config_file",
@@ -40,7 +39,6 @@ __all__ = [
 ]
 
 DATASETS = ("synapse", "acdc", "msd", "demo")
-MODELS = ("transunet", "unet", "unet3d")
 
 #: The paper's protocol (TransUNet R50-ViT-B/16 on Synapse; SPEC §4).
 DEFAULTS: dict[str, Any] = {
@@ -103,7 +101,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16", "fp16"),
     "train.optimizer": ("sgd", "adamw"),
-    "model.name": MODELS,
     "data.dataset": DATASETS,
 }
 
@@ -179,8 +176,8 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
         value = float(value)
     choices = CHOICES.get(key)
-    if key == "model.name":  # registered custom models count too
-        from resfu_med.engine.model_factory import model_names
+    if key == "model.name":  # the model registry (imported here: it needs torch, the help text does not)
+        from resfu_med.networks.model_registry import model_names
 
         choices = model_names()
     if choices is not None and value is not None and value not in choices:
@@ -261,9 +258,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _family(model: str) -> str:
-    """Models taking the same constructor arguments: ``unet`` and ``unet3d`` are both BasicUNet."""
-    return "unet" if model in ("unet", "unet3d") else model
+def _family(model: str) -> object:
+    """Models taking the same constructor arguments (``unet`` and ``unet3d`` are both BasicUNet) share a family."""
+    from resfu_med.networks.model_registry import get_model_spec
+
+    return get_model_spec(model).constructor
 
 
 def resolve_config(
