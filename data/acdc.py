@@ -65,6 +65,9 @@ def find_acdc_patients(raw_root: str | os.PathLike) -> dict[int, Path]:
         if (raw_root / sub).is_dir():
             dirs += [p for p in (raw_root / sub).iterdir() if p.is_dir() and _PATIENT_RE.match(p.name)]
     if not dirs:
+        if is_acdc_copy(raw_root):
+            raise InputError(f"{raw_root}: this is the preprocessed ACDC copy (train/ valid/ test/), which needs no "
+                             "prepare: pass it to train/evaluate as --data-root")
         raise InputError(f"{raw_root}: no patientXXX folders (looked in it and in training/, testing/)")
     return {int(_PATIENT_RE.match(d.name).group(1)): d for d in sorted(dirs, key=lambda p: p.name)}
 
