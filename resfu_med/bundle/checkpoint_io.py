@@ -1,4 +1,4 @@
-"""Read a resfu-med checkpoint and rebuild its network the way a bundle does (``ConfigParser`` on ``network_def``)."""
+"""Read a resfu-med checkpoint and rebuild its network from ``network_def`` (validated plain data, never evaluated)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from resfu_med.bundle.configs import spatial_dims_of
+from resfu_med.bundle.configs import NETWORK_TARGETS, spatial_dims_of
 from resfu_med.errors import CheckpointError
 
-__all__ = ["read_checkpoint", "build_network", "img_size_of", "default_roi_size", "example_input"]
+__all__ = ["read_checkpoint", "build_network", "network_from_def", "img_size_of", "default_roi_size", "example_input"]
 
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile wrappers
 
@@ -49,21 +49,47 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, config, info
 
 
-def build_network(net_def: dict[str, Any], state: dict[str, torch.Tensor] | None = None,
-                  source: str = "checkpoint") -> torch.nn.Module:
-    """Instantiate ``network_def`` with MONAI's ``ConfigParser`` (as the bundle will) and load ``state`` strictly.
+def network_from_def(net_def: Any, source: str = "checkpoint") -> torch.nn.Module:
+    """Instantiate a ``network_def`` item without MONAI's ``ConfigParser``: its ``_target_`` must be a resfu-med
+    network (:data:`NETWORK_TARGETS`) and every other entry plain data the class's constructor accepts.
+
+    With plain arguments this is exactly what ``ConfigParser`` builds, but nothing in the file is evaluated.
 
     Raises:
-        CheckpointError: the architecture cannot be built, or the weights belong to another architecture (names the
-            missing, unexpected and mis-shaped parameters).
+        CheckpointError: another ``_target_``, an expression, an unknown argument, or a constructor failure.
     """
-    from monai.bundle import ConfigParser
+    import importlib
 
+    from resfu_med.safety import check_constructor_kwargs
+
+    if not isinstance(net_def, dict):
+        raise CheckpointError(f"{source}: network_def must be a mapping, got {type(net_def).__name__}")
     target = net_def.get("_target_")
+    allowed = {t for t, _ in NETWORK_TARGETS.values()}
+    if target not in allowed:
+        raise CheckpointError(f"{source}: config value network_def._target_ is {target!r}, not a resfu-med network "
+                              f"({', '.join(sorted(allowed))}); refusing")
+    module, _, cls_name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module), cls_name)
+    kwargs = {k: v for k, v in net_def.items() if k != "_target_"}
+    check_constructor_kwargs(kwargs, cls, source, "network_def", error=CheckpointError)
     try:
-        net = ConfigParser({"network_def": net_def}).get_parsed_content("network_def")
-    except Exception as err:  # noqa: BLE001 - any failure to build is the checkpoint's config
-        raise CheckpointError(f"{source}: cannot build {target} from the checkpoint's config: {err}".splitlines()[0]) from None
+        return cls(**kwargs)
+    except Exception as err:  # noqa: BLE001 - any failure to build is the file's config
+        raise CheckpointError(f"{source}: cannot build {target} from its config: {err}".splitlines()[0]) from None
+
+
+def build_network(net_def: dict[str, Any], state: dict[str, torch.Tensor] | None = None,
+                  source: str = "checkpoint") -> torch.nn.Module:
+    """Instantiate ``network_def`` (:func:`network_from_def`, as the bundle's ``ConfigParser`` will) and load
+    ``state`` strictly.
+
+    Raises:
+        CheckpointError: the architecture cannot be built or is not plain data, or the weights belong to another
+            architecture (names the missing, unexpected and mis-shaped parameters).
+    """
+    target = net_def.get("_target_") if isinstance(net_def, dict) else None
+    net = network_from_def(net_def, source)
     if state is None:
         return net.eval()
     own = net.state_dict()

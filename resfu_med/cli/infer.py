@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = inferer.resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
+    model, config = inferer.load_for_inference(args.checkpoint, device)  # a refused checkpoint leaves no folder
     inferer.check_output_dir(args.output)
-    model, config = inferer.load_for_inference(args.checkpoint, device)
     dims = model_spatial_dims(config)
     if args.roi is not None and len(args.roi) not in (1, dims):
         raise InputError(f"--roi: give 1 or {dims} sizes for this {dims}D model, got {len(args.roi)} ({args.roi})")

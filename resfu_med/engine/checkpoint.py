@@ -12,6 +12,7 @@ the file loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle/zip errors of all kinds mean the same thing to the user
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({detail[:200]})") from err
+        raise CheckpointError(f"checkpoint {path} {_unreadable_reason(path, err)}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a resfu-med checkpoint (no format tag {FORMAT!r})")
     if int(ckpt.get("version", 0)) > VERSION:
@@ -121,7 +121,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     cfg = ckpt["config"]
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
         raise CheckpointError(f"checkpoint {path} has no model description (config['model'])")
+    # A shared checkpoint is data: its config reaches constructors and MONAI's ConfigParser (bundles) only when it is
+    # plain values and the model's own arguments.
+    from resfu_med.engine.model_factory import check_model_config
+    from resfu_med.safety import check_plain_data
+
+    check_plain_data(cfg, str(path), error=CheckpointError)
+    check_model_config(cfg["model"], str(path), error=CheckpointError)
     return ckpt
+
+
+def _unreadable_reason(path: Path, err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in the user's terms.
+
+    torch's own message advises re-loading with ``weights_only=False``, which would run any code in the file; it is
+    never passed on.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(352)
+    if head[:2] == b"\x1f\x8b" or head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00":
+        return "is a NIfTI image (or another gzip file), not a checkpoint"
+    text = str(err)
+    if not zipfile.is_zipfile(path):
+        return "is corrupt or not a checkpoint (not a complete PyTorch archive: truncated, damaged or another format)"
+    if "weights_only" in text.lower() or "weights only" in text.lower():
+        return ("holds Python objects other than tensors and plain values; resfu-med reads checkpoints as data only "
+                "and refuses it")
+    detail = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"is corrupt or not a checkpoint ({detail[:200]})"
 
 
 def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:

@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from resfu_med.errors import InputError
 
-__all__ = ["build_model", "register_model", "model_names", "model_kwargs", "num_classes_of", "MODEL_BUILDERS"]
+__all__ = ["build_model", "register_model", "model_names", "model_kwargs", "num_classes_of", "model_constructor",
+           "check_model_config", "MODEL_BUILDERS"]
 
 
 def _transunet(**kwargs: Any) -> nn.Module:
@@ -39,6 +40,10 @@ def _unet3d(**kwargs: Any) -> nn.Module:
 #: name → constructor taking the ``kwargs`` of the model config.
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {"transunet": _transunet, "unet": _unet, "unet3d": _unet3d}
 
+# The network class behind each built-in builder (whose own signature is ``**kwargs``): what its kwargs are checked
+# against.
+_CONSTRUCTORS = {"transunet": "TransUNet", "unet": "BasicUNet", "unet3d": "BasicUNet"}
+
 # Which constructor argument carries the class count and which the upsampler name, per model.
 _CLASSES_KEY = {"transunet": "num_classes", "unet": "out_channels", "unet3d": "out_channels"}
 _UPSAMPLER_KEY = {"transunet": "upsampler", "unet": "upsample", "unet3d": "upsample"}
@@ -59,6 +64,35 @@ def register_model(name: str, builder: Callable[..., nn.Module], classes_key: st
     _CLASSES_KEY[name] = classes_key
     if upsampler_key is not None:
         _UPSAMPLER_KEY[name] = upsampler_key
+
+
+def model_constructor(name: str) -> Callable[..., nn.Module]:
+    """The callable whose signature defines the accepted ``kwargs`` of model ``name`` (the class for built-ins)."""
+    if name in _CONSTRUCTORS:
+        import resfu_med.networks as networks
+
+        return getattr(networks, _CONSTRUCTORS[name])
+    return MODEL_BUILDERS[name]
+
+
+def check_model_config(model_cfg: Any, source: str = "model config", error: type[Exception] = InputError) -> None:
+    """Check a ``{"name", "kwargs"}`` model description read from a file before anything is built from it.
+
+    The name must be a registered model; ``kwargs`` plain data (:func:`resfu_med.safety.check_plain_data`) whose keys
+    are arguments of the model's constructor.
+
+    Raises:
+        error: the message names ``source`` and the offending value (``model.kwargs.in_channels``).
+    """
+    from resfu_med.safety import check_constructor_kwargs, check_plain_data
+
+    if not isinstance(model_cfg, dict):
+        raise error(f"{source}: config value model must be a mapping, got {type(model_cfg).__name__}")
+    check_plain_data(model_cfg, source, "model", error=error)
+    name = model_cfg.get("name")
+    if name not in MODEL_BUILDERS:
+        raise error(f"{source}: config value model.name is {name!r}; known models: {', '.join(model_names())}")
+    check_constructor_kwargs(model_cfg.get("kwargs") or {}, model_constructor(name), source, error=error)
 
 
 def model_names() -> tuple[str, ...]:
@@ -122,6 +156,7 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
     name = model_cfg["name"]
     if name not in MODEL_BUILDERS:
         raise InputError(f"unknown model {name!r}: choose one of {', '.join(model_names())}")
+    check_model_config(model_cfg)
     kwargs = dict(model_cfg.get("kwargs") or {})
     try:
         return MODEL_BUILDERS[name](**kwargs)
