@@ -11,6 +11,7 @@ own release has none). Files are read by a deterministic loader transform placed
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from monai.transforms import Compose, Transform
 
 from resfu_med.errors import InputError, find_user_error
 
-from .layout import TRAIN_SPLITS, read_dataset_json
+from .layout import TRAIN_SPLITS, lists_from_files, read_dataset_json
 
 __all__ = ["PreparedDataset", "SynapseDataset", "LoadPrepared", "read_list"]
 
@@ -105,6 +106,20 @@ def _flatten(transform: Callable | Sequence[Callable] | None) -> list[Callable]:
     return [transform]
 
 
+_ANNOUNCED: set[Path] = set()
+
+
+def _release_lists(root: Path) -> dict[str, list[str]]:
+    """Lists of a TransUNet-layout folder without ``lists/``, announced in one line once per folder and process."""
+    found = lists_from_files(root)
+    if root.resolve() not in _ANNOUNCED:
+        _ANNOUNCED.add(root.resolve())
+        print(f"resfu-med: {root} has no lists/ folder (TransUNet's download): using its {len(found['train'])} "
+              f"train_npz/ slices as the train split and its {len(found['test_vol'])} test_vol_h5/ volumes as the "
+              "test split, sorted by name", file=sys.stderr)
+    return found
+
+
 class PreparedDataset(CacheDataset):
     """A split of any dataset in the prepared TransUNet layout.
 
@@ -138,7 +153,12 @@ class PreparedDataset(CacheDataset):
         self.meta = read_dataset_json(self.root) or {}
         if not self.root.is_dir():
             raise InputError(f"{self.root}: dataset folder not found")
-        lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
+        self._from_files: dict[str, list[str]] | None = None
+        if list_dir is None and not self.meta.get("list_dir") and not (self.root / "lists").is_dir():
+            self._from_files = _release_lists(self.root)  # TransUNet's download: lists built from the files present
+            lists = self.root / "lists"
+        else:
+            lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
         if split in TRAIN_SPLITS:
             items = self._slice_items(lists)
             if volumes:
@@ -173,8 +193,16 @@ class PreparedDataset(CacheDataset):
             raise InputError(f"{self.root / 'lists'}: expected one lists_<Name> folder, found {[p.name for p in found]}")
         return str(found[0].relative_to(self.root))
 
+    def _names(self, lists: Path, stem: str) -> list[str]:
+        if self._from_files is None:
+            return read_list(lists / f"{stem}.txt")
+        if stem not in self._from_files:
+            raise InputError(f"{self.root}: no lists/ folder, so only the TransUNet download's splits exist "
+                             f"(train from train_npz/, test from test_vol_h5/); split '{self.split}' needs a list file")
+        return self._from_files[stem]
+
     def _slice_items(self, lists: Path) -> list[dict[str, Any]]:
-        names = read_list(lists / f"{self.split}.txt")
+        names = self._names(lists, self.split)
         items = []
         for n in names:
             path = self.root / "train_npz" / f"{n}.npz"
@@ -202,7 +230,7 @@ class PreparedDataset(CacheDataset):
         return items
 
     def _volume_items(self, lists: Path) -> list[dict[str, Any]]:
-        names = read_list(lists / f"{self.split}_vol.txt")
+        names = self._names(lists, f"{self.split}_vol")
         cases = self.meta.get("cases", {})
         items = []
         for n in names:

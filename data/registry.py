@@ -40,6 +40,7 @@ class DatasetInfo:
         intensity: the intensity spec (see :func:`~resfu_med.data.intensity.make_intensity_transform`).
         modality: ``"CT"`` or ``"MRI"``.
         root: the prepared root when known, else ``None``.
+        ignore_index: label value excluded from the loss and the scores (nnU-Net's ``"ignore"`` label), or ``None``.
     """
 
     name: str
@@ -48,6 +49,7 @@ class DatasetInfo:
     intensity: dict[str, Any] = field(default_factory=dict)
     modality: str = "CT"
     root: Path | None = None
+    ignore_index: int | None = None
 
 
 def resfu_home() -> Path:
@@ -128,10 +130,16 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
                 from .msd import msd_info
 
                 return msd_info(root)
+            names = meta.get("label_names") if is_prepared_root(root) else None
             meta = None  # a raw release's own dataset.json (the demo's split record) is not a prepared record
+            if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+                # a TransUNet-layout copy labelled in another order, described by the user's {"label_names": [...]}
+                base = dataset_info(name)
+                return DatasetInfo(name, len(names) + 1, [str(n) for n in names], base.intensity, base.modality, Path(root))
     if meta is not None:
+        ignore = meta.get("ignore_index")
         return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
-                           meta.get("modality", "CT"), Path(root))  # fmt: skip
+                           meta.get("modality", "CT"), Path(root), None if ignore is None else int(ignore))  # fmt: skip
     if name in ("synapse", "demo"):
         return DatasetInfo(name, len(SYNAPSE_CLASSES) + 1, list(SYNAPSE_CLASSES), dict(CT_SPEC), "CT",
                            Path(root) if root is not None else None)  # fmt: skip

@@ -7,7 +7,7 @@ or a constructor:
 
 * :func:`check_plain_data`: numbers, booleans, ``None``, strings that MONAI would not evaluate, lists and
   dicts (string keys, none of MONAI's ``_target_``-style keys) of those; the error names the dotted path of the value.
-* :func:`check_constructor_kwargs`: every key is an argument of the constructor (``inspect.signature``).
+* :func:`check_kwargs`: every key is an argument of the constructor (the model registry's ``accepted_keys``).
 * :func:`check_case_name` / :func:`check_inside`: names read from list files cannot leave the folders the user named.
 
 Every check raises ``error`` (default :class:`~resfu_med.errors.InputError`) with one line
@@ -16,9 +16,8 @@ Every check raises ``error`` (default :class:`~resfu_med.errors.InputError`) wit
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,7 @@ from resfu_med.errors import InputError
 __all__ = [
     "EVALUATED_PREFIXES",
     "check_plain_data",
-    "check_constructor_kwargs",
-    "constructor_arguments",
+    "check_kwargs",
     "check_case_name",
     "check_inside",
 ]
@@ -83,31 +81,22 @@ def check_plain_data(value: Any, source: str, where: str = "", *, error: type[Ex
                 "refusing")
 
 
-def constructor_arguments(constructor: Callable[..., Any]) -> set[str] | None:
-    """The keyword arguments ``constructor`` accepts, or ``None`` if it takes ``**kwargs`` (anything goes)."""
-    params = inspect.signature(constructor).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-
-
-def check_constructor_kwargs(kwargs: Any, constructor: Callable[..., Any], source: str, where: str = "model.kwargs",
-                             *, error: type[Exception] = InputError) -> dict[str, Any]:
-    """Check ``kwargs`` is a plain-data dict whose keys are all arguments of ``constructor``.
+def check_kwargs(kwargs: Any, accepted: Collection[str] | None, owner: str, source: str,
+                 where: str = "model.kwargs", *, error: type[Exception] = InputError) -> dict[str, Any]:
+    """Check ``kwargs`` is a plain-data dict whose keys are all in ``accepted`` (a constructor's arguments, e.g.
+    :attr:`resfu_med.networks.ModelSpec.accepted_keys`; ``None``: any key).
 
     Raises:
-        error: not a dict, a key the constructor does not accept (the accepted ones are listed), or a value that is not
+        error: not a dict, a key ``owner`` does not accept (the accepted ones are listed), or a value that is not
             plain data (:func:`check_plain_data`).
     """
     if not isinstance(kwargs, dict):
         raise error(f"{source}: config value {where} must be a mapping of arguments, got {type(kwargs).__name__}")
     check_plain_data(kwargs, source, where, error=error)
-    accepted = constructor_arguments(constructor)
     if accepted is not None:
-        name = getattr(constructor, "__name__", str(constructor))
         for key in kwargs:
             if key not in accepted:
-                raise error(f"{source}: config value {_join(where, key)} is not an argument of {name} "
+                raise error(f"{source}: config value {_join(where, key)} is not an argument of {owner} "
                             f"(accepted: {', '.join(sorted(accepted))}); refusing")
     return kwargs
 

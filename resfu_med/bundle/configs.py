@@ -18,12 +18,12 @@ from functools import lru_cache
 from typing import Any
 
 from resfu_med.errors import CheckpointError, InputError
+from resfu_med.networks.model_registry import MODELS, get_model_spec
+from resfu_med.safety import check_plain_data
 
 __all__ = [
-    "NETWORK_TARGETS",
     "network_def",
     "intensity_transforms",
-    "spatial_dims_of",
     "inferer_def",
     "inference_config",
     "train_config",
@@ -31,13 +31,6 @@ __all__ = [
     "inferer_problem",
     "check_standard_config",
 ]
-
-# checkpoint ``config["model"]["name"]`` → the class ``network_def`` instantiates, and its fixed spatial_dims (if any).
-NETWORK_TARGETS: dict[str, tuple[str, int | None]] = {
-    "transunet": ("resfu_med.networks.TransUNet", None),
-    "unet": ("resfu_med.networks.BasicUNet", 2),
-    "unet3d": ("resfu_med.networks.BasicUNet", 3),
-}
 
 # (Z, Y, X) <-> nibabel (X, Y, Z), channel first; the permutation is its own inverse.
 _TO_ZYX = [0, 3, 2, 1]
@@ -47,39 +40,26 @@ def network_def(model_cfg: dict[str, Any], source: str = "checkpoint") -> dict[s
     """The ``network_def`` config item of a checkpoint's ``config["model"]``.
 
     Args:
-        model_cfg: ``{"name": "transunet" | "unet" | "unet3d", "kwargs": {...}}``.
+        model_cfg: ``{"name": <a registered model>, "kwargs": {...}}``.
         source: file name cited in errors.
 
     Returns:
-        ``{"_target_": "resfu_med.networks.<Class>", **kwargs}`` (``spatial_dims`` filled in for the U-Nets).
+        ``{"_target_": <the model registry's target>, **kwargs}`` (with the entry's fixed arguments, e.g. the U-Nets'
+        ``spatial_dims``).
 
     Raises:
         CheckpointError: unknown model name or malformed kwargs.
     """
     name = model_cfg.get("name") if isinstance(model_cfg, dict) else None
-    if name in NETWORK_TARGETS:  # plain data and the constructor's own arguments before they enter a config
-        from resfu_med.engine.model_factory import check_model_config
-
-        check_model_config(model_cfg, source, error=CheckpointError)
-    if name not in NETWORK_TARGETS:
-        raise CheckpointError(
-            f"{source}: config.model.name is {name!r}; exportable architectures are {sorted(NETWORK_TARGETS)}"
-        )
-    kwargs = model_cfg.get("kwargs", {})
+    kwargs = model_cfg.get("kwargs", {}) if isinstance(model_cfg, dict) else None
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{source}: config.model.kwargs must be a dict, got {type(kwargs).__name__}")
-    target, dims = NETWORK_TARGETS[name]
-    out = {"_target_": target, **copy.deepcopy(kwargs)}
-    if dims == 3:
-        out["spatial_dims"] = 3  # as resfu_med.engine.model_factory builds unet3d
-    elif dims is not None:
-        out.setdefault("spatial_dims", dims)
-    return out
-
-
-def spatial_dims_of(model_cfg: dict[str, Any]) -> int:
-    """2 for slice-wise models, 3 for volumetric ones."""
-    return 3 if model_cfg.get("name") == "unet3d" or model_cfg.get("kwargs", {}).get("spatial_dims") == 3 else 2
+    check_plain_data(kwargs, source, "model.kwargs", error=CheckpointError)  # nothing MONAI would evaluate
+    try:
+        spec = get_model_spec(name)
+        return {"_target_": spec.target, **copy.deepcopy(spec.full_kwargs(kwargs))}
+    except InputError as err:
+        raise CheckpointError(f"{source}: config.model: {err}") from None
 
 
 def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str = "checkpoint") -> list[dict[str, Any]]:
@@ -406,7 +386,7 @@ def _standard_items() -> tuple[frozenset[str], tuple[re.Pattern, ...], frozenset
     for intensity in intensities:
         for dims in (2, 3):
             for zoom in (None, _ANY_SIZE):
-                net = {"_target_": NETWORK_TARGETS["unet"][0]}
+                net = {"_target_": get_model_spec("unet").target}
                 inference = inference_config(net, intensity, dims, [16] * dims, img_size=zoom)
                 for cfg in (inference, train_config(net, intensity, dims, [16] * dims, 2),
                             evaluate_config(inference, intensity, 2, dims, zoom)):
@@ -430,7 +410,7 @@ def check_standard_config(config: Any, source: str) -> None:
         InputError: the message names the file, the dotted path and the value.
     """
     exact, patterns, targets = _standard_items()
-    targets = targets | {target for target, _ in NETWORK_TARGETS.values()}
+    targets = targets | {spec.target for spec in MODELS.values()}
     if not isinstance(config, dict):
         raise InputError(f"{source}: expected a JSON object at the top level, got {type(config).__name__}")
     for path, key, item in _walk(config):

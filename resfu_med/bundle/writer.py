@@ -24,7 +24,6 @@ from resfu_med.bundle.checkpoint_io import (
     network_from_def,
     default_roi_size,
     example_input,
-    img_size_of,
     read_checkpoint,
 )
 from resfu_med.bundle.configs import (
@@ -33,13 +32,13 @@ from resfu_med.bundle.configs import (
     inference_config,
     inferer_def,
     network_def,
-    spatial_dims_of,
     train_config,
 )
 from resfu_med.bundle.metadata import build_metadata
 from resfu_med.bundle.readme import render_license, render_readme
 from resfu_med.bundle.schema import validate_metadata
 from resfu_med.errors import CheckpointError, InputError
+from resfu_med.networks.model_registry import img_size_of, spatial_dims_of
 from resfu_med.safety import check_plain_data
 
 __all__ = [
@@ -109,9 +108,9 @@ def export_bundle(
     metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
                               spatial_dims=dims)
     validate_metadata(metadata, source=str(out / "configs" / "metadata.json"))
-    img_size = img_size_of(config) if dims == 2 and resample else None
+    img_size = img_size_of(config["data"]) if dims == 2 and resample else None
     inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size)
-    train_patch = [img_size_of(config)] * 2 if dims == 2 else roi
+    train_patch = [img_size_of(config["data"])] * 2 if dims == 2 else roi
     configs = {
         "metadata.json": metadata,
         "inference.json": inference,

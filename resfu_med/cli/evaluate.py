@@ -8,7 +8,7 @@ A volume that fails is reported in one line and the others still run; the exit s
 
 examples:
   resfu-med evaluate --checkpoint runs/demo/best.pt --dataset demo
-  resfu-med evaluate --checkpoint runs/synapse/best.pt --dataset synapse --data-root data/Synapse --save-nifti
+  resfu-med evaluate --checkpoint runs/synapse/best.pt --dataset synapse --data-root data/Synapse --save-predictions
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from resfu_med.cli.infer import _positive
+from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias
 from resfu_med.errors import CheckpointError, InputError
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -31,13 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="synapse, acdc, msd or demo; default: the checkpoint's")
     parser.add_argument("--data-root", default=None, help="dataset folder; default: the dataset's default location")
     parser.add_argument("--split", default="test", help="evaluation split (test or val)")
-    parser.add_argument("--output", default=None,
-                        help="folder for metrics.json and the CSVs; default: <checkpoint folder>/eval-<dataset>-<split>")
-    parser.add_argument("--save-nifti", action="store_true", help="also write <case>_pred.nii.gz predictions")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="slices (2D) or windows (3D) per forward")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    add_output(parser, "folder for metrics.json and the CSVs; default: <checkpoint folder>/eval-<dataset>-<split>",
+               old=None)
+    parser.add_argument("--save-predictions", action="store_true", help="also write <case>_pred.nii.gz predictions")
+    deprecated_alias(parser, "--save-nifti", "--save-predictions", "save_predictions", flag=True)
+    add_sw_batch_size(parser)
+    add_device(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
-    parser.add_argument("--disable-progress-bar", action="store_true", help="no progress bar")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise InputError(f"dataset {name!r} split {args.split!r}: no volumes found")
     result = evaluate_model(
-        model, dataset, config, device=device, batch_size=args.batch_size,
-        save_dir=(out / "predictions") if args.save_nifti else None, progress=not args.disable_progress_bar,
+        model, dataset, config, device=device, batch_size=args.sw_batch_size,
+        save_dir=(out / "predictions") if args.save_predictions else None, progress=not args.no_progress,
     )
     meta = {
         "checkpoint": str(args.checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,

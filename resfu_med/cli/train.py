@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from resfu_med.cli._options import add_no_progress
 from resfu_med.errors import InputError
 
 __all__ = ["COMMAND", "add_arguments", "run", "flag_overrides", "UPSAMPLERS"]
@@ -53,6 +54,7 @@ _FLAG_KEYS = {
     "seed": "seed",
     "deterministic": "deterministic",
     "num_workers": "data.num_workers",
+    "class_names": "data.class_names",
     "checkpoint_every": "train.checkpoint_every",
     "no_eval": "train.eval",
 }
@@ -74,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", default=s, metavar="DIR", help="prepared dataset folder (not needed for demo)")
     g.add_argument("--model", default=s, metavar="NAME", help=f"transunet | unet | unet3d ({_default('model.name')})")
     g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler: {' | '.join(UPSAMPLERS)} ({_default('model.upsampler')})")
+    g.add_argument("--class-names", nargs="+", default=s, metavar="NAME",
+                   help="names of the foreground classes 1..K-1 in label order, for a copy labelled in another order "
+                        "than the dataset's default (stored in the checkpoint; evaluation tables use them)")
     g.add_argument("--pretrained", default=s, metavar="NPZ", help="R50+ViT-B_16.npz ImageNet-21k weights for transunet")
     g.add_argument("--img-size", type=int, default=s, metavar="N", help=f"slice size ({_default('data.img_size')})")
     g.add_argument("--patch-size", type=int, nargs=3, default=s, metavar=("Z", "Y", "X"),
@@ -95,13 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=s, metavar="N",
                    help=f"also save last.pt every N iterations, 0: at epoch ends only ({_default('train.checkpoint_every')})")
     g = parser.add_argument_group("run")
-    g.add_argument("--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
+    g.add_argument("-o", "--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run files of an existing --output folder")
     g.add_argument("--amp", default=s, metavar="MODE", help=f"mixed precision: none | bf16 | fp16 ({_default('amp')})")
     g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda ({_default('device')})")
     g.add_argument("--num-workers", type=int, default=s, metavar="N", help=f"data loader workers ({_default('data.num_workers')})")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(g)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,9 +146,9 @@ def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 
 def _unit(cfg: dict[str, Any]) -> str:
-    from resfu_med.engine.predictor import model_spatial_dims
+    from resfu_med.networks.model_registry import spatial_dims_of
 
-    return "volumes" if model_spatial_dims(cfg) == 3 else "slices"
+    return "volumes" if spatial_dims_of(cfg["model"]) == 3 else "slices"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from resfu_med.atomic import atomic_path
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
-from resfu_med.metrics import Report, build_report, spacing_metrics, transunet_metrics
+from resfu_med.metrics import Report, build_report, drop_ignored, spacing_metrics, transunet_metrics
 
 __all__ = ["EvaluationResult", "evaluate_model", "validation_dice", "save_prediction_nifti"]
 
@@ -129,6 +129,7 @@ def evaluate_model(
             bar.set_postfix_str(name)
             image, label = _as_volume(item, name)
             pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size)
+            saved, (pred, label) = pred, drop_ignored(pred, label, data.get("ignore_index"))
             tu[name] = transunet_metrics(pred, label, num_classes)
             spacing = item.get("spacing")
             if spacing is not None:
@@ -137,7 +138,7 @@ def evaluate_model(
                 result.no_spacing.append(name)
             if save_dir is not None:
                 result.predictions.append(
-                    save_prediction_nifti(Path(save_dir) / f"{name}_pred.nii.gz", pred, item.get("affine"), spacing)
+                    save_prediction_nifti(Path(save_dir) / f"{name}_pred.nii.gz", saved, item.get("affine"), spacing)
                 )
         except CheckpointError:  # the model itself is wrong: every case would fail the same way
             raise
@@ -183,6 +184,7 @@ def validation_dice(
         item = dataset[i]
         image, label = _as_volume(item, str(item.get("case", i)))
         pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size)
+        pred, label = drop_ignored(pred, label, config["data"].get("ignore_index"))
         for c in range(1, num_classes):
             p, g = pred == c, label == c
             scores[i, c - 1] = medpy_binary.dc(p, g) if p.any() and g.any() else float(p.any())

@@ -119,7 +119,7 @@ def fake_layers(monkeypatch):
 
 def test_cli_evaluate_writes_json_csv_nifti(fake_layers, tmp_path, capsys):
     out = tmp_path / "ev"
-    rc = main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--save-nifti", "--disable-progress-bar"])
+    rc = main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--save-predictions", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "TransUNet protocol (voxel units)" in printed and "spacing-aware (mm)" in printed and "liver" in printed
@@ -131,10 +131,10 @@ def test_cli_evaluate_writes_json_csv_nifti(fake_layers, tmp_path, capsys):
     assert (out / "metrics_transunet_voxel.csv").read_text().count("\n") == 1 + 2 * 3 + 3 + 1
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["case1_pred.nii.gz", "case2_pred.nii.gz"]
     # a second run refuses to overwrite the results
-    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--disable-progress-bar"]) == 2
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--no-progress"]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--overwrite",
-                 "--disable-progress-bar"]) == 0
+                 "--no-progress"]) == 0
 
 
 def test_cli_evaluate_class_count_mismatch(fake_layers, monkeypatch, tmp_path, capsys):

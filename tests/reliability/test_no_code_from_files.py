@@ -49,8 +49,8 @@ def _scan(tmp_path: Path) -> Path:
 
 
 COMMANDS = {
-    "export-bundle": lambda e, t: ["export-bundle", "--checkpoint", str(e), "--out", str(t / "out")],
-    "export": lambda e, t: ["export", "--checkpoint", str(e), "--out", str(t / "out" / "m.ts")],
+    "export-bundle": lambda e, t: ["export-bundle", "--checkpoint", str(e), "--output", str(t / "out")],
+    "export": lambda e, t: ["export", "--checkpoint", str(e), "--output", str(t / "out" / "m.ts")],
     "evaluate": lambda e, t: ["evaluate", "--checkpoint", str(e), "--dataset", "demo", "--output", str(t / "out"),
                               "--device", "cpu"],
     "infer": lambda e, t: ["infer", "-i", str(_scan(t)), "-o", str(t / "out"), "--checkpoint", str(e),
@@ -81,7 +81,7 @@ def test_crafted_checkpoint_is_refused_without_side_effect(command, variant, che
 def test_issue_message_verbatim(checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil, marker = _evil_checkpoint(checkpoint, tmp_path, "expression")
-    rc, err = run_cli(["export-bundle", "--checkpoint", "evil.pt", "--out", "b"], capsys)
+    rc, err = run_cli(["export-bundle", "--checkpoint", "evil.pt", "--output", "b"], capsys)
     assert err.startswith("resfu-med export-bundle: error: evil.pt: config value model.kwargs.in_channels is an "
                           "expression"), err
     assert err.rstrip().endswith("; refusing") and not marker.exists() and not (tmp_path / "b").exists()
@@ -140,7 +140,7 @@ def test_bundle_train_json_loads_weights_only(good_bundle):
     (["--roi-size", "32", "0"], ["--roi-size"]),
 ])
 def test_export_bundle_rejects_bad_inferer_options(argv, words, checkpoint, tmp_path, capsys):
-    rc, err = run_cli(["export-bundle", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), *argv], capsys)
+    rc, err = run_cli(["export-bundle", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "b"), *argv], capsys)
     assert_one_line_error(rc, err, "export-bundle", *words)
     assert not (tmp_path / "b").exists()
 
