@@ -57,10 +57,20 @@ def _reading(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: cannot read prepared data ({type(err).__name__}: {err})") from err
 
 
-def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(image float32 (H, W), label uint8 (H, W))`` of one prepared ``.npz`` training slice."""
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(image float32, label uint8)`` of one ``.npz``: keys ``image``/``label`` (TransUNet layout) or ``img``/``label``
+    (the ACDC copy of TransUNet follow-ups)."""
     with _reading(path), np.load(path) as f:
-        return np.asarray(f["image"], dtype=np.float32), _as_label(f["label"], path)
+        key = "img" if "image" not in f.files and "img" in f.files else "image"
+        return np.asarray(f[key], dtype=np.float32), _as_label(f["label"], path)
+
+
+def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(image float32 (H, W), label uint8 (H, W))`` of one ``.npz`` training slice."""
+    image, label = _read_npz(path)
+    if image.ndim != 2 or image.shape != label.shape:
+        raise InputError(f"{path}: a slice must hold 2D image and label arrays of one shape, got {image.shape} and {label.shape}")
+    return image, label
 
 
 def _stack_slices(item: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +98,15 @@ class LoadPrepared(Transform):
         if item["kind"] == "slice":
             image, label = _read_slice(path)
             return {"image": image[None], "label": label[None], "case": item["case"]}
-        with _reading(path), h5py.File(path, "r") as f:
-            image, label = np.asarray(f["image"][:], dtype=np.float32), f["label"][:]
-        out = {"image": image, "label": _as_label(label, path), "case": item["case"]}
+        if path.suffix == ".npz":  # a volume of the ACDC copy: (Z, H, W), the axis TransUNet's test code slices
+            image, label = _read_npz(path)
+        else:
+            with _reading(path), h5py.File(path, "r") as f:
+                image, label = np.asarray(f["image"][:], dtype=np.float32), _as_label(f["label"][:], path)
+        if image.ndim != 3 or image.shape != label.shape:
+            raise InputError(f"{path}: a volume must hold 3D image and label arrays of one shape, got {image.shape} "
+                             f"and {label.shape}")
+        out = {"image": image, "label": label, "case": item["case"]}
         out["spacing"] = tuple(item["spacing"]) if item.get("spacing") is not None else None
         out["affine"] = np.asarray(item["affine"], dtype=np.float64) if item.get("affine") is not None else None
         return out
@@ -154,17 +170,23 @@ class PreparedDataset(CacheDataset):
         if not self.root.is_dir():
             raise InputError(f"{self.root}: dataset folder not found")
         self._from_files: dict[str, list[str]] | None = None
-        if list_dir is None and not self.meta.get("list_dir") and not (self.root / "lists").is_dir():
-            self._from_files = _release_lists(self.root)  # TransUNet's download: lists built from the files present
-            lists = self.root / "lists"
+        from .acdc import acdc_copy_items, is_acdc_copy  # (acdc builds on this module)
+
+        if list_dir is None and not self.meta and is_acdc_copy(self.root):  # the follow-ups' ACDC copy, read as is
+            items = acdc_copy_items(self.root, split, volumes)
+            lists = self.root
         else:
-            lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
-        if split in TRAIN_SPLITS:
-            items = self._slice_items(lists)
-            if volumes:
-                items = self._stack_items(items, lists / f"{split}.txt")
-        else:
-            items = self._volume_items(lists)
+            if list_dir is None and not self.meta.get("list_dir") and not (self.root / "lists").is_dir():
+                self._from_files = _release_lists(self.root)  # TransUNet's download: lists from the files present
+                lists = self.root / "lists"
+            else:
+                lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
+            if split in TRAIN_SPLITS:
+                items = self._slice_items(lists)
+                if volumes:
+                    items = self._stack_items(items, lists / f"{split}.txt")
+            else:
+                items = self._volume_items(lists)
         if not items:
             raise InputError(f"{lists}: split '{split}' is empty")
         self.cases = sorted({it["case"] for it in items})

@@ -107,6 +107,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _is_acdc_copy(root: str | os.PathLike) -> bool:
+    from .acdc import is_acdc_copy
+
+    return is_acdc_copy(root)
+
+
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
     """Metadata of dataset ``name``; read from ``root``'s ``dataset.json`` when there is one.
 
@@ -119,7 +125,7 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     """
     _check_name(name)
     meta = None
-    if root is not None and Path(root).is_dir() and not is_prepared_root(root):
+    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not _is_acdc_copy(root):
         cached = prepared_cache_dir(name, root)
         if (cached / "dataset.json").is_file():  # a raw folder prepared earlier: its record says what was done
             root = cached
@@ -159,6 +165,11 @@ def _prepared_root(name: str, root: str | os.PathLike | None, progress: bool) ->
         raise InputError(f"{root}: dataset folder not found")
     if is_prepared_root(root):
         return root
+    if name == "acdc":
+        from .acdc import is_acdc_copy
+
+        if is_acdc_copy(root):  # the follow-ups' preprocessed copy is read as is
+            return root
     out = prepared_cache_dir(name, root)
     with _locked(out.parent / f".{out.name}.lock"):
         if (out / "dataset.json").is_file():  # prepared before (maybe with non-default options by `prepare`): reuse
