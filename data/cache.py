@@ -40,9 +40,10 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def prepare_once(name: str, root: str | os.PathLike | None, prepare: Callable[..., Path], progress: bool) -> Path:
-    """``root`` itself when it is prepared; else its prepared copy in the cache, made by
-    ``prepare(root, out, progress=progress)`` on first use.
+def prepare_once(name: str, root: str | os.PathLike | None, prepare: Callable[..., Path], progress: bool,
+                 read_as_is: Callable[[Path], bool] | None = None) -> Path:
+    """``root`` itself when it is prepared (or ``read_as_is(root)`` says the adapter reads it directly); else its
+    prepared copy in the cache, made by ``prepare(root, out, progress=progress)`` on first use.
 
     Raises:
         InputError: no ``root``, or it is not a folder.
@@ -52,7 +53,7 @@ def prepare_once(name: str, root: str | os.PathLike | None, prepare: Callable[..
     root = Path(root).expanduser()
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder not found")
-    if is_prepared_root(root):
+    if is_prepared_root(root) or (read_as_is is not None and read_as_is(root)):
         return root
     out = prepared_cache_dir(name, root)
     with locked(out.parent / f".{out.name}.lock"):

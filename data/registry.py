@@ -15,7 +15,7 @@ from pathlib import Path
 from resfu_med.errors import InputError
 from resfu_med.home import resfu_home
 
-from .acdc import ACDC_CLASSES, prepare_acdc
+from .acdc import ACDC_CLASSES, is_acdc_copy, prepare_acdc
 from .cache import locked, prepare_once, prepared_cache_dir
 from .datasets import PreparedDataset, SynapseDataset
 from .info import DatasetInfo
@@ -63,6 +63,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _is_acdc_copy(root: str | os.PathLike) -> bool:
+    from .acdc import is_acdc_copy
+
+    return is_acdc_copy(root)
+
+
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
     """Metadata of dataset ``name``; read from ``root``'s ``dataset.json`` when there is one.
 
@@ -75,7 +81,7 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     """
     _check_name(name)
     meta = None
-    if root is not None and Path(root).is_dir() and not is_prepared_root(root):
+    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not _is_acdc_copy(root):
         cached = prepared_cache_dir(name, root)
         if (cached / "dataset.json").is_file():  # a raw folder prepared earlier: its record says what was done
             root = cached
@@ -84,7 +90,12 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
         if meta is not None and "resfu_med_prepared" not in meta:
             if name == "msd":
                 return msd_info(root)
+            names = meta.get("label_names") if is_prepared_root(root) else None
             meta = None  # a raw release's own dataset.json (the demo's split record) is not a prepared record
+            if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+                # a TransUNet-layout copy labelled in another order, described by the user's {"label_names": [...]}
+                base = dataset_info(name)
+                return DatasetInfo(name, len(names) + 1, [str(n) for n in names], base.intensity, base.modality, Path(root))
     if meta is not None:
         ignore = meta.get("ignore_index")
         return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
@@ -101,7 +112,7 @@ def _prepared_root(name: str, root: str | os.PathLike | None, progress: bool) ->
     """Resolve ``root`` to a prepared folder, preparing a raw release into the cache on first use."""
     if name == "demo" and root is None:
         return ensure_demo_data(progress=progress)
-    return prepare_once(name, root, _PREPARE[name], progress)
+    return prepare_once(name, root, _PREPARE[name], progress, read_as_is=is_acdc_copy if name == "acdc" else None)
 
 
 def get_dataset(

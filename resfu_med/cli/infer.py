@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
+    model, config = inferer.load_for_inference(args.checkpoint, device)  # a refused checkpoint leaves no folder
     inferer.check_output_dir(args.output)
-    model, config = inferer.load_for_inference(args.checkpoint, device)
     dims = spatial_dims_of(config["model"])
     size = args.roi_size
     if size is not None and len(size) not in (1, dims):

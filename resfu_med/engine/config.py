@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
         "cache_rate": 0.0,  # fraction of loaded training slices kept in memory (MONAI CacheDataset)
         "val_split": "val",  # split used for best.pt selection; falls back to none when the dataset has no such split
         "val_cases": 0,  # 0 = every case of the validation split
+        # foreground class names 1..K-1 replacing the dataset's (a copy labelled in another order); None = dataset's
+        "class_names": None,
         # 3D models (unet3d): training patch (Z, Y, X) in voxels, also the inference window; patches per volume draw
         "patch_size": [96, 96, 96],
         "patches_per_volume": 2,
@@ -90,6 +92,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data.dataset": (str, type(None)),
     "data.root": (str, type(None)),
     "train.max_iters": (int, type(None)),
+    "data.class_names": (list, type(None)),
     "model.kwargs": (dict,),
 }
 

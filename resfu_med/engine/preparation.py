@@ -66,6 +66,12 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         )
         if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
             data["ignore_index"] = int(info.ignore_index)
+    names = data.get("class_names")
+    if names is not None:
+        if len(names) != int(data["num_classes"]) - 1 or not all(isinstance(n, str) and n for n in names):
+            raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
+                             f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
+        data["label_names"] = list(names)
     model = cfg["model"]
     if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
