@@ -151,3 +151,17 @@ def test_cli_evaluate_unknown_dataset(monkeypatch, tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", "x.pt", "--dataset", "nope", "--output", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nope" in err[0] and "synapse" in err[0]
+
+
+def test_cli_evaluate_keeps_the_trained_class_names_or_takes_new_ones(fake_layers, monkeypatch, tmp_path):
+    # a checkpoint trained with --class-names (a copy labelled in another order) keeps its names in the tables
+    monkeypatch.setattr(inferer, "load_for_inference",
+                        lambda path, device="cpu": (BinModel(4).eval(), config(4, class_names=["a", "b", "c"])))
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e1"), "--no-progress"]) == 0
+    names = [c["name"] for c in json.loads((tmp_path / "e1" / "metrics.json").read_text())["reports"]["transunet"]["classes"]]
+    assert names == ["a", "b", "c"]
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e2"), "--no-progress",
+                 "--class-names", "x", "y", "z"]) == 0
+    names = [c["name"] for c in json.loads((tmp_path / "e2" / "metrics.json").read_text())["reports"]["transunet"]["classes"]]
+    assert names == ["x", "y", "z"]
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e3"), "--class-names", "x"]) == 2
