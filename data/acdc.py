@@ -22,6 +22,7 @@ from typing import Any
 
 from resfu_med.errors import InputError
 
+from .cache import prepare_once
 from .datasets import PreparedDataset
 from .intensity import make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
@@ -253,6 +254,4 @@ class ACDCDataset(PreparedDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
                  progress: bool = True, **kw: Any) -> None:  # fmt: skip
-        from .registry import _prepared_root
-
-        super().__init__(_prepared_root("acdc", root, progress), split, transform, **kw)
+        super().__init__(prepare_once("acdc", root, prepare_acdc, progress, read_as_is=is_acdc_copy), split, transform, **kw)

@@ -48,10 +48,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med evaluate``; returns 0 when every volume was evaluated, 1 if any failed."""
     from resfu_med.data import dataset_info, get_dataset  # heavy imports only when the command runs
     from resfu_med.engine import inferer
+    from resfu_med.engine.device import resolve_device
     from resfu_med.engine.evaluator import evaluate_model
     from resfu_med.metrics import format_table, report_paths, write_reports
 
-    device = inferer.resolve_device(args.device)
+    device = resolve_device(args.device)
     model, config = inferer.load_for_inference(args.checkpoint, device)
     data_cfg = dict(config.get("data") or {})
     name = args.dataset or data_cfg.get("dataset")

@@ -14,7 +14,8 @@ from scipy.ndimage import zoom
 import resfu_med.data
 from resfu_med.cli import main
 from resfu_med.engine import inferer
-from resfu_med.engine.evaluator import evaluate_model, save_prediction_nifti, validation_dice
+from resfu_med.engine.evaluator import evaluate_model, save_prediction_nifti
+from resfu_med.engine.validation import validate
 from resfu_med.engine.predictor import predict_slices
 
 
@@ -86,9 +87,10 @@ def test_evaluate_model_missed_class_and_failed_case():
     assert res.transunet.dice[0, 2] == pytest.approx(dice3)
 
 
-def test_validation_dice():
+def test_validation_dice_equals_evaluation_dice():
+    # training's model selection (validate) and resfu-med evaluate score the same predictions the same way
     cases = [make_case("a", 1), make_case("m", 3, missing_class=3)]
-    d = validation_dice(BinModel(4).eval(), cases, config(4))
+    d = validate(BinModel(4).eval(), cases, config(4))["dice"]
     res = evaluate_model(BinModel(4).eval(), cases, config(4), progress=False)
     np.testing.assert_allclose(d, res.transunet.dice.mean(0))
 
