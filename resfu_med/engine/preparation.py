@@ -1,4 +1,4 @@
-"""Preparing a training run: complete the config from the dataset, check the run folder, pick the device.
+"""Preparing a training run: complete the config from the dataset, check the run folder.
 
 Kept apart from the loop (:mod:`resfu_med.engine.trainer`) so the command line can fail fast, with one clear line,
 before any model is built.
@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from resfu_med.engine.model_factory import model_kwargs
 from resfu_med.errors import InputError
+from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
-__all__ = ["native_img_size", "complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
+__all__ = ["native_img_size", "complete_config", "prepare_run_dir", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
@@ -39,11 +38,12 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     data = cfg["data"]
     name = data["dataset"]
-    if cfg["model"]["name"] == "unet3d":
+    spec = get_model_spec(cfg["model"]["name"])
+    if spec.spatial_dims == 3:
         from resfu_med.data import check_patch_size
 
-        try:  # BasicUNet halves its input 4 times
-            data["patch_size"] = list(check_patch_size(data.get("patch_size") or (), divisor=16))
+        try:  # the network's total downsampling
+            data["patch_size"] = list(check_patch_size(data.get("patch_size") or (), divisor=spec.patch_divisor))
         except ValueError as err:
             raise InputError(f"--patch-size: {err}") from None
     if "num_classes" not in data:
@@ -66,12 +66,20 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+        if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
+            data["ignore_index"] = int(info.ignore_index)
+    names = data.get("class_names")
+    if names is not None:
+        if len(names) != int(data["num_classes"]) - 1 or not all(isinstance(n, str) and n for n in names):
+            raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
+                             f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
+        data["label_names"] = list(names)
     if data.get("img_size") is None:
         data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]
-    if model["name"] == "unet" and int(data["img_size"]) < 32:
-        # BasicUNet halves a slice 4 times: below 32 its deepest feature is 1x1, which instance norm cannot train on
-        raise InputError(f"--img-size {data['img_size']} is too small for model 'unet': it must be at least 32")
+    if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
+        raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
+                         f"{spec.min_img_size}")
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
                                    model.get("upsampler"), model.get("kwargs"))
     return cfg
@@ -130,16 +138,3 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool =
         probe.unlink()
     except OSError as err:
         raise InputError(f"output folder {run_dir} is not writable: {err.strerror or err}") from err
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU raises InputError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")

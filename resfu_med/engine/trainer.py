@@ -29,10 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 from resfu_med.atomic import atomic_write_json
 from resfu_med.engine import distributed as ddp
 from resfu_med.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from resfu_med.engine.model_factory import build_model
 from resfu_med.engine.sampling import ResumableSampler, SeededDataset, foreground_index, item_labels
 from resfu_med.engine.validation import validate
 from resfu_med.errors import InputError, ResfuMedError
+from resfu_med.networks.model_registry import build_model, get_model_spec, model_names, spatial_dims_of
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "AMP_DTYPES"]
 
@@ -108,7 +108,7 @@ class Trainer:
                              "DDP processes (it is the global batch)")
         self.batch_size = t["batch_size"] // self.dist.world_size
         fg = float(t.get("fg_oversample") or 0.0)
-        volumes = self._spatial_dims() == 3  # 3D: the patch crops carry the knob (get_patch_transforms)
+        volumes = spatial_dims_of(self.cfg["model"]) == 3  # 3D: the patch crops carry the knob (get_patch_transforms)
         fg_index = foreground_index(item_labels(self.train_data)) if fg > 0 and not volumes else None
         self.sampler = ResumableSampler(self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                         shuffle=True, seed=config["seed"], fg_oversample=0.0 if volumes else fg,
@@ -135,11 +135,10 @@ class Trainer:
                                              weight_decay=t["weight_decay"])
         self.scheduler = self._scheduler(t)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["amp"] == "fp16")
-        from monai.losses import DiceCELoss
+        from resfu_med.engine.loss import segmentation_loss
 
-        # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does.
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, batch=True,
-                                  lambda_ce=t["ce_weight"], lambda_dice=t["dice_weight"])
+        # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does; an ignore label is left out.
+        self.loss_fn = segmentation_loss(t["ce_weight"], t["dice_weight"], d.get("ignore_index"))
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.best_metric: float | None = None
         self.history: list[dict[str, Any]] = []
@@ -148,11 +147,6 @@ class Trainer:
             self._restore(self.ckpt)
 
     # -- setup helpers -------------------------------------------------------------------------------------------
-    def _spatial_dims(self) -> int:
-        from resfu_med.engine.predictor import model_spatial_dims
-
-        return model_spatial_dims(self.cfg)
-
     def _scheduler(self, t: dict[str, Any]) -> Any:
         """The per-iteration lr schedule: ``poly`` (TransUNet), ``cosine`` or ``constant``, after a linear warm-up."""
         schedule, warmup, total, power = t.get("schedule", "poly"), int(t.get("warmup_iters") or 0), \
@@ -185,9 +179,8 @@ class Trainer:
 
     def _default_train_data(self) -> Any:
         from resfu_med.data import get_dataset, get_patch_transforms, get_transforms
-
         d = self.cfg["data"]
-        if self._spatial_dims() == 3:  # whole training volumes, random patches drawn per item
+        if spatial_dims_of(self.cfg["model"]) == 3:  # whole training volumes, random patches drawn per item
             xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"],
                                          fg_oversample=self.cfg["train"].get("fg_oversample"),
                                          num_classes=int(d["num_classes"]))
@@ -214,10 +207,14 @@ class Trainer:
     def _load_pretrained(self, path: str) -> None:
         if not Path(path).is_file():
             raise InputError(f"--pretrained {path} not found")
-        if not hasattr(self.model, "load_pretrained"):
-            raise InputError(f"--pretrained: model {self.cfg['model']['name']!r} has no pretrained weights loader "
-                             "(only transunet loads R50+ViT-B_16.npz)")
-        self.model.load_pretrained(path)
+        spec = get_model_spec(self.cfg["model"]["name"])
+        if spec.pretrained is None:
+            with_loader = [n for n in model_names() if get_model_spec(n).pretrained is not None]
+            raise InputError(f"--pretrained: model {spec.name!r} has no pretrained weights loader "
+                             f"(models with one: {', '.join(with_loader) or 'none'})")
+        report = spec.pretrained(self.model, path)
+        if self.dist.is_main and isinstance(report, dict) and report.get("note"):
+            print(f"resfu-med train: --pretrained {Path(path).name}: {report['note']}", file=sys.stderr)
 
     # -- state -----------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
