@@ -103,8 +103,8 @@ def _one(out: Path, prepared: Path, upsampler: str, seed: int, log: Path) -> Non
             _run(cmd, log)
         record["train_wall_s"] = round(time.time() - t0, 1)
         t1 = time.time()
-        _run(["resfu-med", "evaluate", "--checkpoint", str(run / "best.pt"), "--output", str(ev), "--save-nifti",
-              "--overwrite", "--disable-progress-bar"], log)
+        _run(["resfu-med", "evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", "msd", "--data-root",
+              str(prepared), "--output", str(ev), "--save-nifti", "--overwrite", "--no-progress"], log)
         record["eval_wall_s"] = round(time.time() - t1, 1)
         record["metrics"] = json.loads((ev / "metrics.json").read_text())
         from resfu_med.atomic import atomic_write_json

@@ -391,7 +391,7 @@ def _standard_items() -> tuple[frozenset[str], tuple[re.Pattern, ...], frozenset
     exact: set[str] = set()
     targets: set[str] = set()
     intensities = [{"kind": "ct", "a_min": 0.0, "a_max": 1.0}, {"kind": "mri", "mode": "minmax"},
-                   {"kind": "mri", "mode": "zscore"}]
+                   {"kind": "mri", "mode": "zscore"}, {"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]}]
     for intensity in intensities:
         for dims in (2, 3):
             for zoom in (None, _ANY_SIZE):

@@ -188,12 +188,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         # the slices' own size up to 128 (Synapse's 512² slices train at 128²): small structures keep their pixels
         "data": {"img_size": None, "num_workers": 0, "cache_rate": 1.0},
         "train": {
-            "iterations": 1000,
+            # 300 iterations (whole epochs covering them): on the real T1 benchmark (64² slices) warm-up + constant lr
+            # reached 75.7 % mean Dice in 336 iterations, cosine 60.4 %, warm-up + poly 66.9 % (docs/real_benchmark.md)
+            "iterations": 300,
             "batch_size": 4,
             "optimizer": "adamw",
             "lr": 1e-3,
             "weight_decay": 1e-4,
-            "schedule": "cosine",
+            "schedule": "constant",
             "warmup_iters": 50,
             "fg_oversample": 0.5,
             "eval": False,
