@@ -18,8 +18,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -29,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from upsampler_study import _claim  # noqa: E402  one file lock per run, shared by the study processes
 
 __all__ = ["UPSAMPLERS", "SEEDS", "plan_runs", "summarise", "paired_difference", "report", "main"]
 
@@ -52,28 +53,12 @@ def _run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"real_study: `{' '.join(cmd)}` failed ({proc.returncode}); see {log}")
 
 
-@contextlib.contextmanager
-def _claim(lock: Path):
-    """Hold ``lock`` exclusively, or yield False when another process holds it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _prepare(out: Path, log: Path) -> Path:
     bench, prepared = out / "benchmark", out / "prepared"
-    with _claim(out / "locks" / "prepare.lock") as mine:
+    with _claim(out, "prepare") as mine:
         while not mine:  # another process is preparing: wait for it
             time.sleep(5)
-            with _claim(out / "locks" / "prepare.lock") as mine:
+            with _claim(out, "prepare") as mine:
                 pass
         if not (bench / "dataset.json").is_file():
             _run([sys.executable, str(HERE / "build_real_benchmark.py"), "--out", str(bench), "--overwrite"], log)
@@ -88,7 +73,7 @@ def _one(out: Path, prepared: Path, upsampler: str, seed: int, log: Path) -> Non
     run, ev, result = out / "runs" / name, out / "eval" / name, out / "results" / f"{name}.json"
     if result.is_file():
         return
-    with _claim(out / "locks" / f"{name}.lock") as mine:
+    with _claim(out, name) as mine:
         if not mine or result.is_file():
             return
         record: dict[str, Any] = {"upsampler": upsampler, "seed": seed, "load_start": os.getloadavg()[0]}
