@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from resfu_med.atomic import atomic_path, atomic_write_bytes
+from resfu_med.errors import InputError
 
 __all__ = ["script_or_trace", "export_torchscript", "export_onnx", "onnx_available", "run_onnx"]
 
@@ -177,6 +178,7 @@ def export_model(
 
     Raises:
         ValueError: unknown ``fmt``.
+        InputError: ONNX asked for without ``onnx``/``onnxruntime``.
         CheckpointError: unreadable checkpoint or weights of another architecture.
     """
     from resfu_med.bundle.checkpoint_io import build_network, example_input, read_checkpoint
@@ -184,6 +186,8 @@ def export_model(
 
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"fmt must be 'torchscript' or 'onnx', got {fmt!r}")
+    if fmt == "onnx" and not onnx_available():
+        raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
     state, config, _ = read_checkpoint(checkpoint)
     net = build_network(network_def(config["model"], str(checkpoint)), state, str(checkpoint))
     example = example_input(config, roi_size)

@@ -11,7 +11,7 @@ writes ``<name>_prob.nii.gz`` (float32, classes on the 4th axis).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from resfu_med.errors import CheckpointError, InputError, ResfuMedError
 
 __all__ = [
     "InferOptions",
+    "run_inference",
     "InferSummary",
     "collect_inputs",
     "check_output_dir",
@@ -325,3 +326,45 @@ def load_for_inference(checkpoint: str | Path, device: str = "cpu") -> tuple[tor
     if not isinstance(config, Mapping) or "data" not in config or "num_classes" not in (config["data"] or {}):
         raise CheckpointError(f"checkpoint {path}: its config has no data.num_classes")
     return model.eval(), dict(config)
+
+
+def run_inference(
+    input: str | Path,
+    output: str | Path,
+    checkpoint: str | Path,
+    roi_size: Sequence[int] | None = None,
+    device: str | None = "auto",
+    **options: Any,
+) -> tuple[list[Path], InferSummary]:
+    """``resfu-med infer``: segment a NIfTI file or folder with a checkpoint.
+
+    Args:
+        input: a ``.nii``/``.nii.gz`` file or a folder of them.
+        output: the output folder.
+        checkpoint: a ``resfu-med train`` checkpoint.
+        roi_size: window size: one value, or one per spatial axis of the model; default the model's
+            (:meth:`resfu_med.networks.ModelSpec.default_roi`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        options: the other :class:`InferOptions` fields (``overlap``, ``batch_size``, ``tta``, ...).
+
+    Returns:
+        ``(inputs, summary)``.
+
+    Raises:
+        InputError: no input, an unwritable output, a window of the wrong length.
+        CheckpointError: an unusable checkpoint (before any output is created).
+    """
+    from resfu_med.engine.device import resolve_device
+    from resfu_med.networks.model_registry import spatial_dims_of
+
+    dev = resolve_device(device)
+    files = collect_inputs(input)  # fail early, before loading the model
+    model, config = load_for_inference(checkpoint, dev)  # a refused checkpoint leaves no folder
+    check_output_dir(output)
+    dims = spatial_dims_of(config["model"])
+    if roi_size is not None and len(roi_size) not in (1, dims):
+        raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(roi_size)} "
+                         f"({list(roi_size)})")
+    roi = None if roi_size is None else (roi_size[0] if len(roi_size) == 1 else tuple(roi_size))
+    summary = infer_paths(input, output, model, config, InferOptions(roi=roi, device=dev, **options))
+    return files, summary
