@@ -19,6 +19,7 @@ from pathlib import Path
 
 from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias
 from resfu_med.errors import CheckpointError, InputError
+from resfu_med.outputs import output_folder
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -71,20 +72,20 @@ def run(args: argparse.Namespace) -> int:
     existing = [p for p in report_paths(out).values() if p.exists()]
     if existing and not args.overwrite:
         raise InputError(f"{existing[0]} exists; pass --overwrite to replace it or choose another --output")
-    inferer.check_output_dir(out)
-    dataset = get_dataset(name, args.data_root, args.split)
-    if len(dataset) == 0:
-        raise InputError(f"dataset {name!r} split {args.split!r}: no volumes found")
-    result = evaluate_model(
-        model, dataset, config, device=device, batch_size=args.sw_batch_size,
-        save_dir=(out / "predictions") if args.save_predictions else None, progress=not args.no_progress,
-    )
-    meta = {
-        "checkpoint": str(args.checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,
-        "split": args.split, "img_size": data_cfg.get("img_size"), "model": config.get("model"),
-        "failures": [{"case": c, "error": m} for c, m in result.failures], "no_spacing": result.no_spacing,
-    }
-    paths = write_reports(out, [result.transunet, result.spacing], meta)
+    with output_folder(out, COMMAND, inputs=[info.root or args.data_root], overwrite=args.overwrite):
+        dataset = get_dataset(name, args.data_root, args.split)
+        if len(dataset) == 0:
+            raise InputError(f"dataset {name!r} split {args.split!r}: no volumes found")
+        result = evaluate_model(
+            model, dataset, config, device=device, batch_size=args.sw_batch_size,
+            save_dir=(out / "predictions") if args.save_predictions else None, progress=not args.no_progress,
+        )
+        meta = {
+            "checkpoint": str(args.checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,
+            "split": args.split, "img_size": data_cfg.get("img_size"), "model": config.get("model"),
+            "failures": [{"case": c, "error": m} for c, m in result.failures], "no_spacing": result.no_spacing,
+        }
+        paths = write_reports(out, [result.transunet, result.spacing], meta)
     print(format_table(result.transunet))
     print()
     if result.spacing.cases:

@@ -18,6 +18,7 @@ import sys
 
 from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias, fraction, positive
 from resfu_med.errors import InputError
+from resfu_med.outputs import claim_output, output_folder
 
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -54,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = inferer.resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
-    model, config = inferer.load_for_inference(args.checkpoint, device)  # a refused checkpoint leaves no folder
-    inferer.check_output_dir(args.output)
+    claim_output(args.output, COMMAND, inputs=[args.input], overwrite=args.overwrite or args.continue_prediction)
+    model, config = inferer.load_for_inference(args.checkpoint, device)
     dims = spatial_dims_of(config["model"])
     size = args.roi_size
     if size is not None and len(size) not in (1, dims):
@@ -67,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         continue_prediction=args.continue_prediction, resample=not args.no_resample,
         progress=not args.no_progress,
     )
-    summary = inferer.infer_paths(args.input, args.output, model, config, opts)
+    with output_folder(args.output, COMMAND, inputs=[args.input],
+                       overwrite=args.overwrite or args.continue_prediction):
+        summary = inferer.infer_paths(args.input, args.output, model, config, opts)
     print(f"resfu-med infer: {len(files)} input(s): {len(files) - len(summary.failed) - len(summary.skipped)} "
           f"segmented, {len(summary.skipped)} skipped, {len(summary.failed)} failed -> {args.output}",
           file=sys.stderr)

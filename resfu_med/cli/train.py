@@ -189,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
                     runtime = _resume_runtime(saved, overrides)
                 else:
                     cfg = complete_config(resolve_config(dataset, args.config, overrides))
-                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True)
+                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True,
+                                    inputs=[cfg["data"].get("root")])
             except Exception as e:  # re-raised below after telling the other ranks
                 err = e
         if dist.enabled:
