@@ -15,7 +15,7 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from resfu_med.errors import InputError
@@ -39,7 +39,8 @@ def _contains(outer: Path, inner: Path) -> bool:
 
 
 def claim_output(path: str | os.PathLike, command: str, *, inputs: Iterable[str | os.PathLike | None] = (),
-                 overwrite: bool = False, reuse: bool = False, option: str = "--output") -> Path:
+                 overwrite: bool = False, reuse: bool = False, option: str = "--output",
+                 owned: Callable[[Path], bool] | None = None) -> Path:
     """Check that ``command`` may write into the folder ``path``; nothing is created.
 
     Args:
@@ -49,6 +50,8 @@ def claim_output(path: str | os.PathLike, command: str, *, inputs: Iterable[str 
         overwrite: ``--overwrite`` was given: a non-empty folder resfu-med did not make is accepted.
         reuse: accept a non-empty folder anyway (``train --resume`` on a run made by an older resfu-med).
         option: the option name cited in errors.
+        owned: for commands that write no marker (``infer``, ``export-bundle``: their folders are shared as they
+            are), recognises a file the command itself writes; a folder holding only such files is the command's own.
 
     Returns:
         ``Path(path)``.
@@ -76,7 +79,7 @@ def claim_output(path: str | os.PathLike, command: str, *, inputs: Iterable[str 
     if out.exists() and not out.is_dir():
         raise InputError(f"{option} {out} exists and is not a folder")
     if out.is_dir() and not (overwrite or reuse or made_for(out) == command):
-        held = sorted(p.name for p in out.iterdir() if p.name != MARKER)
+        held = sorted(p.name for p in out.iterdir() if p.name != MARKER and not (owned and owned(p)))
         if held:
             more = f" and {len(held) - 1} more" if len(held) > 1 else ""
             raise InputError(f"{option} {out} already holds {held[0]}{more}, not written by resfu-med {command}; "
@@ -122,20 +125,23 @@ def _missing_folders(out: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def output_folder(path: str | os.PathLike, command: str, *, inputs: Iterable[str | os.PathLike | None] = (),
-                  overwrite: bool = False, reuse: bool = False, option: str = "--output") -> Iterator[Path]:
+                  overwrite: bool = False, reuse: bool = False, option: str = "--output",
+                  owned: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Claim (:func:`claim_output`), create and mark the output folder for the duration of a command.
 
     If the body fails, the folders this call created are removed again when nothing but the marker is in them, so a
     refused or crashed run leaves no empty folders. An ``OSError`` from a read-only or full disk becomes one
     :class:`InputError` line naming the file.
 
+    The marker (:data:`MARKER`) is written unless ``owned`` recognises the command's files by name instead.
+
     Yields:
         The output folder.
     """
-    out = claim_output(path, command, inputs=inputs, overwrite=overwrite, reuse=reuse, option=option)
+    out = claim_output(path, command, inputs=inputs, overwrite=overwrite, reuse=reuse, option=option, owned=owned)
     created = _missing_folders(out)
     marker = out / MARKER
-    had_marker = marker.exists()
+    had_marker = marker.exists() or owned is not None
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not had_marker:

@@ -95,7 +95,7 @@ def export_bundle(
     source = str(checkpoint)
     if (out / "configs" / "metadata.json").exists() and not overwrite:
         raise InputError(f"{out}: already holds a bundle (configs/metadata.json); pass overwrite/--overwrite")
-    claim_output(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite)
+    claim_output(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part)
     state, config, info = read_checkpoint(checkpoint)
     net_def = network_def(config["model"], source)
     dims = spatial_dims_of(config["model"])
@@ -119,7 +119,7 @@ def export_bundle(
         "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
         "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size),
     }
-    with output_folder(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite):
+    with output_folder(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part):
         for fname, content in configs.items():
             atomic_write_json(out / "configs" / fname, content)
         buffer = io.BytesIO()
@@ -136,6 +136,11 @@ def export_bundle(
         atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
         check_bundle(out)
     return out
+
+
+def _is_bundle_part(path: Path) -> bool:
+    """What :func:`export_bundle` writes at the top of a bundle (a bundle folder carries no marker file)."""
+    return path.name in ("configs", "models", "docs", "LICENSE")
 
 
 def _ts(net, path, example, metadata, inference):
