@@ -127,6 +127,9 @@ _ANNOUNCED: set[Path] = set()
 
 def _release_lists(root: Path) -> dict[str, list[str]]:
     """Lists of a TransUNet-layout folder without ``lists/``, announced in one line once per folder and process."""
+    if (root / "meta").is_dir():  # resfu-med's prepare writes meta/ per case and lists/ at the very end
+        raise InputError(f"{root}: an unfinished `resfu-med prepare` output (meta/ but no lists/); run prepare again "
+                         "to finish it")
     found = lists_from_files(root)
     if root.resolve() not in _ANNOUNCED:
         _ANNOUNCED.add(root.resolve())

@@ -57,9 +57,10 @@ def _is_infer_output(path: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
     from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
+    from resfu_med.engine.device import resolve_device
     from resfu_med.networks.model_registry import spatial_dims_of
 
-    device = inferer.resolve_device(args.device)
+    device = resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
     claim_output(args.output, COMMAND, inputs=[args.input], overwrite=args.overwrite or args.continue_prediction,
                  owned=_is_infer_output)

@@ -1,4 +1,4 @@
-"""Preparing a training run: complete the config from the dataset, check the run folder, pick the device.
+"""Preparing a training run: complete the config from the dataset, check the run folder.
 
 Kept apart from the loop (:mod:`resfu_med.engine.trainer`) so the command line can fail fast, with one clear line,
 before any model is built.
@@ -12,15 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from resfu_med import __version__
 from resfu_med.atomic import atomic_write_json
 from resfu_med.errors import InputError
 from resfu_med.outputs import MARKER, claim_output
 from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
-__all__ = ["complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
+__all__ = ["complete_config", "prepare_run_dir", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
@@ -131,16 +129,3 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool =
         atomic_write_json(run_dir / MARKER, {"command": "train", "version": __version__})
     except OSError as err:
         raise InputError(f"output folder {run_dir} is not writable: {err.strerror or err}") from err
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU raises InputError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")
