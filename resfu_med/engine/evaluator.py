@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from resfu_med.atomic import atomic_path
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
+from resfu_med.safety import check_case_name, check_inside
 from resfu_med.metrics import Report, build_report, drop_ignored, spacing_metrics, transunet_metrics
 
 __all__ = ["EvaluationResult", "evaluate_model", "save_prediction_nifti"]
@@ -137,7 +138,9 @@ def evaluate_model(
                 result.no_spacing.append(name)
             if save_dir is not None:
                 result.predictions.append(
-                    save_prediction_nifti(Path(save_dir) / f"{name}_pred.nii.gz", saved, item.get("affine"), spacing)
+                    save_prediction_nifti(check_inside(f"{check_case_name(name, 'case')}_pred.nii.gz", save_dir,
+                                                       f"case {name!r}", "prediction"),
+                                          saved, item.get("affine"), spacing)
                 )
         except CheckpointError:  # the model itself is wrong: every case would fail the same way
             raise
