@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from resfu_med.errors import InputError
+from resfu_med.safety import check_inside
 
 from .cache import prepare_once
 from .datasets import PreparedDataset
@@ -71,6 +72,9 @@ def _entries(meta: dict, key: str, path: Path) -> list[dict]:
     entries = meta.get(key) or []
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "image" in e and "label" in e for e in entries):
         raise InputError(f"{path}: '{key}' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    for i, entry in enumerate(entries):  # no entry may point outside the dataset folder (../, absolute paths)
+        for field in ("image", "label"):
+            check_inside(str(entry[field]), path.parent, str(path), what=f"entry {key}[{i}].{field}")
     # MSD archives made on macOS carry AppleDouble "._name" files; nnU-Net skips names starting with "."
     return [e for e in entries if not Path(str(e["label"])).name.startswith(".")]
 

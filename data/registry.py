@@ -14,6 +14,7 @@ from pathlib import Path
 
 from resfu_med.errors import InputError
 from resfu_med.home import resfu_home
+from resfu_med.outputs import output_folder
 
 from .acdc import ACDC_CLASSES, is_acdc_copy, prepare_acdc
 from .cache import locked, prepare_once, prepared_cache_dir
@@ -189,18 +190,24 @@ def prepare_dataset(
             raise InputError("--output is required with --seed for the demo")
         from .demo import DEMO_SEED, make_demo_dataset
 
-        raw = Path(output) / "raw"
-        if overwrite or not (raw / "dataset.json").is_file():
-            make_demo_dataset(raw, seed=DEMO_SEED if seed is None else seed)
-        return prepare_synapse(raw, Path(output) / "prepared", name="demo", overwrite=overwrite, progress=progress)
+        with output_folder(output, "prepare", overwrite=overwrite):
+            raw = Path(output) / "raw"
+            if overwrite or not (raw / "dataset.json").is_file():
+                make_demo_dataset(raw, seed=DEMO_SEED if seed is None else seed)
+            return prepare_synapse(raw, Path(output) / "prepared", name="demo", overwrite=overwrite, progress=progress)
     if data_root is None:
         raise InputError(f"--data-root is required for --dataset {name}")
+    if not Path(data_root).is_dir():
+        raise InputError(f"--data-root {data_root}: folder not found")
     out = output if output is not None else prepared_cache_dir(name, data_root)
     common = {"split_file": split_file, "overwrite": overwrite, "progress": progress}
-    if name == "synapse":
-        return prepare_synapse(data_root, out, intensity={"kind": "ct", "a_min": ct_window[0], "a_max": ct_window[1]},
-                               **common)
-    if name == "acdc":
-        return prepare_acdc(data_root, out, mode=mri_norm, **common)
-    return prepare_msd(data_root, out, seed=1234 if seed is None else seed, ct_window=tuple(ct_window),
-                       mri_mode=mri_norm, **common)
+    # The raw release is read-only to us: the output never is, lies inside or contains it (a dataset.json there would
+    # be overwritten); a foreign non-empty folder needs --overwrite; the cache folder is ours.
+    with output_folder(out, "prepare", inputs=[data_root], overwrite=overwrite, reuse=output is None):
+        if name == "synapse":
+            ct = {"kind": "ct", "a_min": ct_window[0], "a_max": ct_window[1]}
+            return prepare_synapse(data_root, out, intensity=ct, **common)
+        if name == "acdc":
+            return prepare_acdc(data_root, out, mode=mri_norm, **common)
+        return prepare_msd(data_root, out, seed=1234 if seed is None else seed, ct_window=tuple(ct_window),
+                           mri_mode=mri_norm, **common)

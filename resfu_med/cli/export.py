@@ -28,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output(parser, "file to write", required=True, old="--out")
     parser.add_argument("--roi-size", type=int, nargs="+", default=None,
                         help="spatial size of the test input and ONNX graph; default: the training img_size")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export, verify and report."""
     from resfu_med.bundle.export import export_model
-    info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size)
+    info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size, overwrite=args.overwrite)
     print(f"{args.fmt} ({info['method']}) written to {info['path']}; max |exported - pytorch| = {info['max_abs_diff']:.3g}")
     return 0

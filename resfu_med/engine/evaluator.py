@@ -30,6 +30,8 @@ from resfu_med.metrics import (
     transunet_metrics,
     write_reports,
 )
+from resfu_med.outputs import output_folder
+from resfu_med.safety import check_case_name, check_inside
 
 __all__ = ["EvaluationResult", "evaluate_model", "run_evaluation", "save_prediction_nifti"]
 
@@ -145,7 +147,9 @@ def evaluate_model(
                 result.no_spacing.append(name)
             if save_dir is not None:
                 result.predictions.append(
-                    save_prediction_nifti(Path(save_dir) / f"{name}_pred.nii.gz", saved, item.get("affine"), spacing)
+                    save_prediction_nifti(check_inside(f"{check_case_name(name, 'case')}_pred.nii.gz", save_dir,
+                                                       f"case {name!r}", "prediction"),
+                                          saved, item.get("affine"), spacing)
                 )
         except CheckpointError:  # the model itself is wrong: every case would fail the same way
             raise
@@ -196,7 +200,7 @@ def run_evaluation(
     """
     from resfu_med.data import dataset_info, get_dataset
     from resfu_med.engine.device import resolve_device
-    from resfu_med.engine.inferer import check_output_dir, load_for_inference
+    from resfu_med.engine.inferer import load_for_inference
 
     dev = resolve_device(device)
     model, config = load_for_inference(checkpoint, dev)
@@ -228,15 +232,16 @@ def run_evaluation(
     existing = [p for p in report_paths(out).values() if p.exists()]
     if existing and not overwrite:
         raise InputError(f"{existing[0]} exists; pass --overwrite to replace it or choose another --output")
-    check_output_dir(out)
-    cases = get_dataset(name, data_root, split)
-    if len(cases) == 0:
-        raise InputError(f"dataset {name!r} split {split!r}: no volumes found")
-    result = evaluate_model(model, cases, config, device=dev, batch_size=sw_batch_size,
-                            save_dir=(out / "predictions") if save_predictions else None, progress=progress)
-    meta = {
-        "checkpoint": str(checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,
-        "split": split, "img_size": data_cfg.get("img_size"), "model": config.get("model"),
-        "failures": [{"case": c, "error": m} for c, m in result.failures], "no_spacing": result.no_spacing,
-    }
-    return result, write_reports(out, [result.transunet, result.spacing], meta)
+    with output_folder(out, "evaluate", inputs=[info.root or data_root], overwrite=overwrite):
+        cases = get_dataset(name, data_root, split)
+        if len(cases) == 0:
+            raise InputError(f"dataset {name!r} split {split!r}: no volumes found")
+        result = evaluate_model(model, cases, config, device=dev, batch_size=sw_batch_size,
+                                save_dir=(out / "predictions") if save_predictions else None, progress=progress)
+        meta = {
+            "checkpoint": str(checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,
+            "split": split, "img_size": data_cfg.get("img_size"), "model": config.get("model"),
+            "failures": [{"case": c, "error": m} for c, m in result.failures], "no_spacing": result.no_spacing,
+        }
+        paths = write_reports(out, [result.transunet, result.spacing], meta)
+    return result, paths

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from resfu_med.atomic import atomic_path
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
+from resfu_med.outputs import claim_output, output_folder
 
 __all__ = [
     "InferOptions",
@@ -359,12 +360,19 @@ def run_inference(
 
     dev = resolve_device(device)
     files = collect_inputs(input)  # fail early, before loading the model
+    keep = bool(options.get("overwrite") or options.get("continue_prediction"))
+    claim_output(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output)
     model, config = load_for_inference(checkpoint, dev)  # a refused checkpoint leaves no folder
-    check_output_dir(output)
     dims = spatial_dims_of(config["model"])
     if roi_size is not None and len(roi_size) not in (1, dims):
         raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(roi_size)} "
                          f"({list(roi_size)})")
     roi = None if roi_size is None else (roi_size[0] if len(roi_size) == 1 else tuple(roi_size))
-    summary = infer_paths(input, output, model, config, InferOptions(roi=roi, device=dev, **options))
+    with output_folder(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output):
+        summary = infer_paths(input, output, model, config, InferOptions(roi=roi, device=dev, **options))
     return files, summary
+
+
+def _is_infer_output(path: Path) -> bool:
+    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
+    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))

@@ -40,7 +40,7 @@ def _setup(run_dir: Path, overrides: dict[str, Any], config_file: str | None, re
     if resume:
         return None, resume_runtime(load_checkpoint(run_dir / "last.pt")["config"], overrides)
     cfg = complete_config(resolve_config(None, config_file, overrides))
-    prepare_run_dir(run_dir, resume=False, overwrite=overwrite, create=True)
+    prepare_run_dir(run_dir, resume=False, overwrite=overwrite, create=True, inputs=[cfg["data"].get("root")])
     return cfg, None
 
 
