@@ -25,7 +25,7 @@ from resfu_med.errors import InputError
 from .datasets import PreparedDataset
 from .intensity import make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
-from .nifti import spacing_from_affine
+from .io import spacing_from_affine
 from .synapse import check_pair, read_split_file
 
 __all__ = ["ACDC_CLASSES", "ACDC_VAL", "ACDC_TEST", "find_acdc_cases", "prepare_acdc", "ACDCDataset"]

@@ -28,18 +28,14 @@ from resfu_med.errors import InputError
 from .datasets import PreparedDataset
 from .intensity import make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
-from .nifti import spacing_from_affine
+from .io import image_stem, spacing_from_affine
 from .synapse import check_pair, map_labels, read_split_file
 
 __all__ = ["read_msd", "msd_info", "msd_split", "prepare_msd", "MSDDataset"]
 
 
 def _case_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return image_stem(path)
 
 
 def read_msd(root: str | os.PathLike) -> dict[str, Any]:
@@ -116,7 +112,9 @@ def msd_info(root: str | os.PathLike):
 
     m = read_msd(root)
     names = [n for v, n in m["labels"].items() if v != 0]
-    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"], None)
+    values = sorted(m["labels"])  # prepare_msd's renumbering: class i is the i-th smallest raw value
+    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"],
+                       None, label_values=values, raw_label_values=values)
 
 
 def prepare_msd(

@@ -21,7 +21,7 @@ from resfu_med.errors import InputError
 
 from .intensity import CT_SPEC, MRI_SPEC
 from .layout import is_prepared_root, read_dataset_json
-from .synapse import SYNAPSE_CLASSES
+from .synapse import SYNAPSE_CLASSES, SYNAPSE_LABEL_MAP
 
 __all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "ensure_demo_data", "resfu_home", "prepared_cache_dir"]
 
@@ -40,6 +40,9 @@ class DatasetInfo:
         intensity: the intensity spec (see :func:`~resfu_med.data.intensity.make_intensity_transform`).
         modality: ``"CT"`` or ``"MRI"``.
         root: the prepared root when known, else ``None``.
+        label_values: the label value written for each class 0..K-1 by ``infer``/``evaluate`` (MSD: the dataset's
+            raw values); ``None``: the class indices (Synapse's TransUNet numbering, ACDC). See :mod:`.labels`.
+        raw_label_values: the raw release's value of each class (``--raw-labels``), when known.
     """
 
     name: str
@@ -48,6 +51,17 @@ class DatasetInfo:
     intensity: dict[str, Any] = field(default_factory=dict)
     modality: str = "CT"
     root: Path | None = None
+    label_values: list[int] | None = None
+    raw_label_values: list[int] | None = None
+
+
+def _label_values(name: str, label_map: dict | None, num_classes: int) -> dict[str, list[int] | None]:
+    from .labels import label_values_from_map
+
+    raw = label_values_from_map(label_map, num_classes) if label_map else None
+    if raw is None and name in ("synapse", "demo"):
+        raw = label_values_from_map(SYNAPSE_LABEL_MAP, num_classes)
+    return {"label_values": raw if name == "msd" else None, "raw_label_values": raw}
 
 
 def resfu_home() -> Path:
@@ -131,10 +145,12 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
             meta = None  # a raw release's own dataset.json (the demo's split record) is not a prepared record
     if meta is not None:
         return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
-                           meta.get("modality", "CT"), Path(root))  # fmt: skip
+                           meta.get("modality", "CT"), Path(root),
+                           **_label_values(name, meta.get("label_map"), int(meta["num_classes"])))  # fmt: skip
     if name in ("synapse", "demo"):
         return DatasetInfo(name, len(SYNAPSE_CLASSES) + 1, list(SYNAPSE_CLASSES), dict(CT_SPEC), "CT",
-                           Path(root) if root is not None else None)  # fmt: skip
+                           Path(root) if root is not None else None,
+                           **_label_values(name, None, len(SYNAPSE_CLASSES) + 1))  # fmt: skip
     if name == "acdc":
         return DatasetInfo(name, 4, list(ACDC_CLASSES), dict(MRI_SPEC), "MRI", Path(root) if root is not None else None)
     raise InputError(f"{root}: msd needs a folder with a dataset.json (got {root})")

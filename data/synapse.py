@@ -23,7 +23,7 @@ from resfu_med.errors import InputError
 
 from .intensity import CT_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
-from .nifti import load_nifti, spacing_from_affine
+from .io import read_image, spacing_from_affine
 
 __all__ = [
     "RAW_BTCV_LABELS",
@@ -117,7 +117,8 @@ def _assign_splits(cases: list[str], split: dict[str, list[str]] | None, origin:
 
 
 def check_pair(image_path: Path, label_path: Path, *, max_label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Load an image/label pair and validate it (same shape and affine, integer labels in ``0..max_label``).
+    """Load an image/label pair (any format of :mod:`.io`) and validate it (same shape and affine, integer labels in
+    ``0..max_label``).
 
     Returns:
         ``(image, label, affine)`` with image float32 and label uint8, both ``(Z, Y, X)``.
@@ -125,8 +126,9 @@ def check_pair(image_path: Path, label_path: Path, *, max_label: int) -> tuple[n
     Raises:
         InputError: naming the offending file.
     """
-    image, affine, _ = load_nifti(image_path)
-    label, lab_affine, _ = load_nifti(label_path)
+    image, geometry = read_image(image_path)
+    label, lab_geometry = read_image(label_path)
+    affine, lab_affine = geometry.affine, lab_geometry.affine
     if image.shape != label.shape:
         raise InputError(f"{label_path}: shape {label.shape[::-1]} differs from image {image_path} {image.shape[::-1]} (x, y, z)")
     if not np.allclose(affine, lab_affine, atol=1e-3, rtol=1e-5):

@@ -19,7 +19,7 @@ from resfu_med.errors import InputError
 __all__ = ["complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
-RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
+RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "train.log", "progress.png", "tb")
 
 #: Config keys that may change when a run is resumed (they change where or how fast it runs, not its result).
 RUNTIME_KEYS = ("device", "data.num_workers", "train.max_iters", "data.root", "threads")
@@ -65,6 +65,9 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+        for key in ("label_values", "raw_label_values"):  # the user's label values travel with the checkpoint
+            if getattr(info, key, None) is not None:
+                data[key] = [int(v) for v in getattr(info, key)]
     model = cfg["model"]
     if model["name"] == "unet" and int(data["img_size"]) < 32:
         # BasicUNet halves a slice 4 times: below 32 its deepest feature is 1x1, which instance norm cannot train on
