@@ -43,6 +43,7 @@ class DatasetInfo:
         label_values: the label value written for each class 0..K-1 by ``infer``/``evaluate`` (MSD: the dataset's
             raw values); ``None``: the class indices (Synapse's TransUNet numbering, ACDC). See :mod:`.labels`.
         raw_label_values: the raw release's value of each class (``--raw-labels``), when known.
+        ignore_index: label value excluded from the loss and the scores (nnU-Net's ``"ignore"`` label), or ``None``.
     """
 
     name: str
@@ -51,6 +52,7 @@ class DatasetInfo:
     intensity: dict[str, Any] = field(default_factory=dict)
     modality: str = "CT"
     root: Path | None = None
+    ignore_index: int | None = None
     label_values: list[int] | None = None
     raw_label_values: list[int] | None = None
 
@@ -119,6 +121,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _is_acdc_copy(root: str | os.PathLike) -> bool:
+    from .acdc import is_acdc_copy
+
+    return is_acdc_copy(root)
+
+
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
     """Metadata of dataset ``name``; read from ``root``'s ``dataset.json`` when there is one.
 
@@ -131,7 +139,7 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     """
     _check_name(name)
     meta = None
-    if root is not None and Path(root).is_dir() and not is_prepared_root(root):
+    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not _is_acdc_copy(root):
         cached = prepared_cache_dir(name, root)
         if (cached / "dataset.json").is_file():  # a raw folder prepared earlier: its record says what was done
             root = cached
@@ -142,10 +150,16 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
                 from .msd import msd_info
 
                 return msd_info(root)
+            names = meta.get("label_names") if is_prepared_root(root) else None
             meta = None  # a raw release's own dataset.json (the demo's split record) is not a prepared record
+            if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+                # a TransUNet-layout copy labelled in another order, described by the user's {"label_names": [...]}
+                base = dataset_info(name)
+                return DatasetInfo(name, len(names) + 1, [str(n) for n in names], base.intensity, base.modality, Path(root))
     if meta is not None:
+        ignore = meta.get("ignore_index")
         return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
-                           meta.get("modality", "CT"), Path(root),
+                           meta.get("modality", "CT"), Path(root), None if ignore is None else int(ignore),
                            **_label_values(name, meta.get("label_map"), int(meta["num_classes"])))  # fmt: skip
     if name in ("synapse", "demo"):
         return DatasetInfo(name, len(SYNAPSE_CLASSES) + 1, list(SYNAPSE_CLASSES), dict(CT_SPEC), "CT",
@@ -167,6 +181,11 @@ def _prepared_root(name: str, root: str | os.PathLike | None, progress: bool) ->
         raise InputError(f"{root}: dataset folder not found")
     if is_prepared_root(root):
         return root
+    if name == "acdc":
+        from .acdc import is_acdc_copy
+
+        if is_acdc_copy(root):  # the follow-ups' preprocessed copy is read as is
+            return root
     out = prepared_cache_dir(name, root)
     with _locked(out.parent / f".{out.name}.lock"):
         if (out / "dataset.json").is_file():  # prepared before (maybe with non-default options by `prepare`): reuse

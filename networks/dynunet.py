@@ -11,6 +11,7 @@ strides such as ``(1, 2, 2)`` give anisotropic ReSFU ratios. With ``upsample="de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, List, Optional
 
 import torch
@@ -23,7 +24,45 @@ from torch.nn.functional import interpolate
 from .guided_up import GuidedUpBlock, guided_up_block, up_step, with_upsample_signature
 from .upsamplers import UpsamplerName
 
-__all__ = ["DynUNet"]
+__all__ = ["DynUNet", "dynunet_plan"]
+
+
+def dynunet_plan(patch_size: Sequence[int], spacing: Sequence[float] | None = None, max_downsamplings: int = 5) -> dict[str, list]:
+    """``kernel_size``, ``strides`` and ``upsample_kernel_size`` for a patch: nnU-Net's heuristic as in MONAI's
+    DynUNet tutorial, where an axis is halved while it is at least 8 voxels (and even) and its spacing is at most
+    twice the finest one; coarse axes get 1-voxel kernels until they catch up. So ``(32, 96, 96)`` gives strides
+    ``1, 2, 2, 2, (1, 2, 2)``: the short axis stops being halved one level earlier.
+
+    Args:
+        patch_size: training patch, one size per spatial axis.
+        spacing: voxel spacing per axis (default: isotropic).
+        max_downsamplings: most halvings (nnU-Net: 5).
+
+    Returns:
+        The three DynUNet arguments (lists of per-axis lists; ``upsample_kernel_size`` is ``strides[1:]``).
+
+    Raises:
+        ValueError: a patch too small to be halved even once.
+    """
+    sizes = [float(s) for s in patch_size]
+    spacings = [float(s) for s in (spacing or [1.0] * len(sizes))]
+    if len(spacings) != len(sizes):
+        raise ValueError(f"spacing {tuple(spacings)} and patch_size {tuple(patch_size)} differ in length.")
+    kernels: list[list[int]] = []
+    strides: list[list[int]] = [[1] * len(sizes)]
+    while len(strides) <= max_downsamplings:
+        ratio = [sp / min(spacings) for sp in spacings]
+        stride = [2 if r <= 2 and sz >= 8 and sz % 2 == 0 else 1 for r, sz in zip(ratio, sizes)]
+        if all(st == 1 for st in stride):
+            break
+        kernels.append([3 if r <= 2 else 1 for r in ratio])
+        strides.append(stride)
+        sizes = [sz / st for sz, st in zip(sizes, stride)]
+        spacings = [sp * st for sp, st in zip(spacings, stride)]
+    if len(strides) < 3:
+        raise ValueError(f"patch_size {tuple(patch_size)} is too small for a DynUNet: it needs two halvings (sides >= 16).")
+    kernels.append([3] * len(sizes))
+    return {"kernel_size": kernels, "strides": strides, "upsample_kernel_size": strides[1:]}
 
 
 class DynUNet(MonaiDynUNet):

@@ -60,13 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
     from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
-    from resfu_med.engine.predictor import model_spatial_dims
+    from resfu_med.networks.model_registry import spatial_dims_of
 
     device = inferer.resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
+    model, config = inferer.load_for_inference(args.checkpoint, device)  # a refused checkpoint leaves no folder
     inferer.check_output_dir(args.output)
-    model, config = inferer.load_for_inference(args.checkpoint, device)
-    dims = model_spatial_dims(config)
+    dims = spatial_dims_of(config["model"])
     size = args.roi_size
     if size is not None and len(size) not in (1, dims):
         raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(size)} ({size})")

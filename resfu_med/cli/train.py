@@ -54,6 +54,7 @@ _FLAG_KEYS = {
     "seed": "seed",
     "deterministic": "deterministic",
     "num_workers": "data.num_workers",
+    "class_names": "data.class_names",
     "checkpoint_every": "train.checkpoint_every",
     "no_eval": "train.eval",
 }
@@ -75,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", default=s, metavar="DIR", help="prepared dataset folder (not needed for demo)")
     g.add_argument("--model", default=s, metavar="NAME", help=f"transunet | unet | unet3d ({_default('model.name')})")
     g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler: {' | '.join(UPSAMPLERS)} ({_default('model.upsampler')})")
+    g.add_argument("--class-names", nargs="+", default=s, metavar="NAME",
+                   help="names of the foreground classes 1..K-1 in label order, for a copy labelled in another order "
+                        "than the dataset's default (stored in the checkpoint; evaluation tables use them)")
     g.add_argument("--pretrained", default=s, metavar="NPZ", help="R50+ViT-B_16.npz ImageNet-21k weights for transunet")
     g.add_argument("--img-size", type=int, default=s, metavar="N", help=f"slice size ({_default('data.img_size')})")
     g.add_argument("--patch-size", type=int, nargs=3, default=s, metavar=("Z", "Y", "X"),
@@ -142,9 +146,9 @@ def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 
 def _unit(cfg: dict[str, Any]) -> str:
-    from resfu_med.engine.predictor import model_spatial_dims
+    from resfu_med.networks.model_registry import spatial_dims_of
 
-    return "volumes" if model_spatial_dims(cfg) == 3 else "slices"
+    return "volumes" if spatial_dims_of(cfg["model"]) == 3 else "slices"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,6 @@ __all__ = [
     "DEFAULTS",
     "PRESETS",
     "DATASETS",
-    "MODELS",
     "CHOICES",
     "default_config",
     "load_config_file",
@@ -40,7 +39,6 @@ __all__ = [
 ]
 
 DATASETS = ("synapse", "acdc", "msd", "demo")
-MODELS = ("transunet", "unet", "unet3d")
 
 #: The paper's protocol (TransUNet R50-ViT-B/16 on Synapse; SPEC §4).
 DEFAULTS: dict[str, Any] = {
@@ -63,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
         "cache_rate": 0.0,  # fraction of loaded training slices kept in memory (MONAI CacheDataset)
         "val_split": "val",  # split used for best.pt selection; falls back to none when the dataset has no such split
         "val_cases": 0,  # 0 = every case of the validation split
+        # foreground class names 1..K-1 replacing the dataset's (a copy labelled in another order); None = dataset's
+        "class_names": None,
         # 3D models (unet3d): training patch (Z, Y, X) in voxels, also the inference window; patches per volume draw
         "patch_size": [96, 96, 96],
         "patches_per_volume": 2,
@@ -92,6 +92,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data.dataset": (str, type(None)),
     "data.root": (str, type(None)),
     "train.max_iters": (int, type(None)),
+    "data.class_names": (list, type(None)),
     "model.kwargs": (dict,),
 }
 
@@ -100,7 +101,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16", "fp16"),
     "train.optimizer": ("sgd", "adamw"),
-    "model.name": MODELS,
     "data.dataset": DATASETS,
 }
 
@@ -176,8 +176,8 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
         value = float(value)
     choices = CHOICES.get(key)
-    if key == "model.name":  # registered custom models count too
-        from resfu_med.engine.model_factory import model_names
+    if key == "model.name":  # the model registry (imported here: it needs torch, the help text does not)
+        from resfu_med.networks.model_registry import model_names
 
         choices = model_names()
     if choices is not None and value is not None and value not in choices:
@@ -258,9 +258,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _family(model: str) -> str:
-    """Models taking the same constructor arguments: ``unet`` and ``unet3d`` are both BasicUNet."""
-    return "unet" if model in ("unet", "unet3d") else model
+def _family(model: str) -> object:
+    """Models taking the same constructor arguments (``unet`` and ``unet3d`` are both BasicUNet) share a family."""
+    from resfu_med.networks.model_registry import get_model_spec
+
+    return get_model_spec(model).constructor
 
 
 def resolve_config(

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
-from resfu_med.metrics import Report, build_report, spacing_metrics, transunet_metrics
+from resfu_med.metrics import Report, build_report, drop_ignored, spacing_metrics, transunet_metrics
 
 __all__ = ["EvaluationResult", "evaluate_model", "validation_dice", "save_prediction"]
 
@@ -138,6 +138,7 @@ def evaluate_model(
             bar.set_postfix_str(name)
             image, label = _as_volume(item, name)
             pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size)
+            saved, (pred, label) = pred, drop_ignored(pred, label, data.get("ignore_index"))
             tu[name] = transunet_metrics(pred, label, num_classes)
             spacing = item.get("spacing")
             if spacing is not None:
@@ -146,7 +147,7 @@ def evaluate_model(
                 result.no_spacing.append(name)
             if save_dir is not None:
                 result.predictions.append(
-                    save_prediction(Path(save_dir) / f"{name}_pred{save_suffix}", pred, item.get("affine"), spacing,
+                    save_prediction(Path(save_dir) / f"{name}_pred{save_suffix}", saved, item.get("affine"), spacing,
                                     values)
                 )
         except CheckpointError:  # the model itself is wrong: every case would fail the same way
@@ -193,6 +194,7 @@ def validation_dice(
         item = dataset[i]
         image, label = _as_volume(item, str(item.get("case", i)))
         pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size)
+        pred, label = drop_ignored(pred, label, config["data"].get("ignore_index"))
         for c in range(1, num_classes):
             p, g = pred == c, label == c
             scores[i, c - 1] = medpy_binary.dc(p, g) if p.any() and g.any() else float(p.any())

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from resfu_med.engine.model_factory import model_kwargs
 from resfu_med.errors import InputError
+from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
 __all__ = ["complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
 
@@ -38,11 +38,12 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     data = cfg["data"]
     name = data["dataset"]
-    if cfg["model"]["name"] == "unet3d":
+    spec = get_model_spec(cfg["model"]["name"])
+    if spec.spatial_dims == 3:
         from resfu_med.data import check_patch_size
 
-        try:  # BasicUNet halves its input 4 times
-            data["patch_size"] = list(check_patch_size(data.get("patch_size") or (), divisor=16))
+        try:  # the network's total downsampling
+            data["patch_size"] = list(check_patch_size(data.get("patch_size") or (), divisor=spec.patch_divisor))
         except ValueError as err:
             raise InputError(f"--patch-size: {err}") from None
     if "num_classes" not in data:
@@ -68,10 +69,18 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         for key in ("label_values", "raw_label_values"):  # the user's label values travel with the checkpoint
             if getattr(info, key, None) is not None:
                 data[key] = [int(v) for v in getattr(info, key)]
+        if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
+            data["ignore_index"] = int(info.ignore_index)
+    names = data.get("class_names")
+    if names is not None:
+        if len(names) != int(data["num_classes"]) - 1 or not all(isinstance(n, str) and n for n in names):
+            raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
+                             f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
+        data["label_names"] = list(names)
     model = cfg["model"]
-    if model["name"] == "unet" and int(data["img_size"]) < 32:
-        # BasicUNet halves a slice 4 times: below 32 its deepest feature is 1x1, which instance norm cannot train on
-        raise InputError(f"--img-size {data['img_size']} is too small for model 'unet': it must be at least 32")
+    if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
+        raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
+                         f"{spec.min_img_size}")
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
                                    model.get("upsampler"), model.get("kwargs"))
     return cfg

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from resfu_med.metrics import drop_ignored
+
 __all__ = ["dice_scores", "validate", "overlay"]
 
 # Label colours for overlays (RGB in [0, 1]); class 0 is transparent.
@@ -94,7 +96,7 @@ def validate(model: nn.Module, cases: Iterable[dict[str, Any]], config: dict[str
             image, label = image[0], label.reshape(image.shape[-3:]) if label.ndim == 4 else label
         with autocast:
             pred, _ = predict_volume(model, image, config, device=device, batch_size=16)
-        per_case.append(dice_scores(pred, label, num_classes))
+        per_case.append(dice_scores(*drop_ignored(pred, label, config["data"].get("ignore_index")), num_classes))
         if len(images) < num_images:
             z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
             images.append((str(item.get("case", len(per_case))), overlay(image[z], label[z], pred[z])))

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from medpy.metric import binary as medpy_binary
 
-__all__ = ["ClassMetric", "transunet_metrics", "spacing_metrics", "EMPTY_KINDS"]
+__all__ = ["ClassMetric", "transunet_metrics", "spacing_metrics", "EMPTY_KINDS", "drop_ignored"]
 
 #: Values of :attr:`ClassMetric.empty`: "" (both masks present), "gt" (class absent from the ground truth, predicted
 #: anyway), "pred" (class present but not predicted), "both" (absent and not predicted).
@@ -38,6 +38,17 @@ class ClassMetric(NamedTuple):
     dice: float
     hd95: float
     empty: str
+
+
+def drop_ignored(pred: np.ndarray, gt: np.ndarray, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Leave the voxels labelled ``ignore_index`` out of scoring (nnU-Net's ``"ignore"`` label): both volumes get
+    background there, so no class gains or loses a voxel from them. ``None`` returns the inputs unchanged."""
+    if ignore_index is None:
+        return pred, gt
+    ignored = np.asarray(gt) == int(ignore_index)
+    if not ignored.any():
+        return pred, gt
+    return np.where(ignored, 0, pred).astype(np.asarray(pred).dtype), np.where(ignored, 0, gt).astype(np.asarray(gt).dtype)
 
 
 def _check(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

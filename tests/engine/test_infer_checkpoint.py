@@ -12,7 +12,7 @@ from eval_standins import BinModel, expected_labels, save_nifti, smooth_volume
 from resfu_med.cli import main
 
 checkpoint = pytest.importorskip("resfu_med.engine.checkpoint")
-factory = pytest.importorskip("resfu_med.engine.model_factory")
+registry = pytest.importorskip("resfu_med.networks.model_registry")
 
 
 class BinConvModel(BinModel):
@@ -25,10 +25,8 @@ class BinConvModel(BinModel):
 
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
-    monkeypatch.setitem(factory.MODEL_BUILDERS, "eval_bin", lambda **kw: BinModel(**kw))
-    monkeypatch.setitem(factory.MODEL_BUILDERS, "eval_binconv", lambda **kw: BinConvModel(**kw))
-    monkeypatch.setattr(factory, "_CLASSES_KEY", {**factory._CLASSES_KEY, "eval_bin": "num_classes",
-                                                  "eval_binconv": "num_classes"})
+    for name, cls in (("eval_bin", BinModel), ("eval_binconv", BinConvModel)):
+        monkeypatch.setitem(registry.MODELS, name, registry.ModelSpec(name, cls, classes_key="num_classes"))
 
 
 def write_ckpt(path, model, name="eval_bin", num_classes=3, data_classes=None):

@@ -203,7 +203,7 @@ def _nan_image(raw):
 
 @pytest.mark.parametrize("damage,file,words", [
     (_bad_label_shape, "label0005.nii.gz", "shape"),
-    (_bad_label_affine, "label0005.nii.gz", "affine differs"),
+    (_bad_label_affine, "label0005.nii.gz", "does not belong to this image"),
     (_bad_label_values, "label0005.nii.gz", "outside 0..13"),
     (_nan_image, "img0005.nii.gz", "NaN"),
 ])
