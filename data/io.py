@@ -6,7 +6,7 @@ Every command reads an image or label volume with :func:`read_image` into ``(arr
 =====================================  ============================  ============================================
 input                                  read with                     written back as
 =====================================  ============================  ============================================
-``.nii``, ``.nii.gz``                  nibabel (streamed in slabs)   the same suffix; affine, qform/sform and
+``.nii``, ``.nii.gz``                  nibabel (streamed in slabs)   ``.nii.gz``; affine, qform/sform and
                                                                      their codes and header fields kept
 ``.mha``, ``.mhd``                     SimpleITK                     ``.mha`` (one file, compressed)
 ``.nrrd``, ``.nhdr``                   SimpleITK                     ``.nrrd`` (one file, compressed)
@@ -59,7 +59,7 @@ IMAGE_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "metaimage", ".mh
 #: ``--output-format`` choices → suffix written.
 OUTPUT_FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "mha": ".mha", "nrrd": ".nrrd"}
 #: default output suffix for each input format (MetaImage/NRRD headers with a separate data file come back as one file)
-_DEFAULT_SUFFIX = {"nifti": None, "metaimage": ".mha", "nrrd": ".nrrd", "dicom": ".nii.gz"}
+_DEFAULT_SUFFIX = {"nifti": ".nii.gz", "metaimage": ".mha", "nrrd": ".nrrd", "dicom": ".nii.gz"}
 #: NIfTI slices read (and scaled to the target dtype) at a time: never a full-volume float64 copy
 READ_SLAB = 32
 # RAS (NIfTI world) <-> LPS (ITK/DICOM world): flip x and y
@@ -159,8 +159,8 @@ def image_stem(path: str | os.PathLike) -> str:
 def output_suffix(source: Geometry | str | os.PathLike, output_format: str | None = None) -> str:
     """Suffix of a result written for ``source`` (a geometry or an input path): its own, or ``output_format``'s.
 
-    MetaImage and NRRD come back as one file (``.mha``, ``.nrrd``) even from a header + data pair; a DICOM series as
-    ``.nii.gz``.
+    NIfTI comes back compressed (``.nii.gz``), MetaImage and NRRD as one file (``.mha``, ``.nrrd``) even from a
+    header + data pair, a DICOM series as ``.nii.gz``.
 
     Raises:
         ValueError: ``output_format`` is not one of :data:`OUTPUT_FORMATS`.

@@ -405,8 +405,11 @@ def _standard_items() -> tuple[frozenset[str], tuple[re.Pattern, ...], frozenset
             for zoom in (None, _ANY_SIZE):
                 net = {"_target_": get_model_spec("unet").target}
                 inference = inference_config(net, intensity, dims, [16] * dims, img_size=zoom)
-                for cfg in (inference, train_config(net, intensity, dims, [16] * dims, 2),
-                            evaluate_config(inference, intensity, 2, dims, zoom)):
+                # the dataset's own label values: MapLabelValued, and uint16 outputs for values above 255
+                valued = inference_config(net, intensity, dims, [16] * dims, img_size=zoom, label_values=[0, 1, 300])
+                for cfg in (inference, valued, train_config(net, intensity, dims, [16] * dims, 2),
+                            evaluate_config(inference, intensity, 2, dims, zoom),
+                            evaluate_config(valued, intensity, 3, dims, zoom, [0, 1, 300])):
                     for _, key, item in _walk(cfg):
                         if key == "_target_" and item != net["_target_"]:
                             targets.add(item)

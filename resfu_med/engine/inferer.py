@@ -102,7 +102,7 @@ def collect_inputs(path: str | Path, unsupported: list[Path] | None = None) -> l
         if unsupported is not None:
             unsupported.extend(other)
         if not files:
-            raise InputError(f"input folder {p}: contains no image ({', '.join(IMAGE_SUFFIXES)} or a DICOM series)"
+            raise InputError(f"input folder {p}: contains no {', '.join(IMAGE_SUFFIXES)} image or DICOM series"
                              + (f"; {len(other)} unsupported entr{'y' if len(other) == 1 else 'ies'}" if other else ""))
         return files
     return [p]

@@ -52,8 +52,8 @@ def test_zoomed_slices_and_probabilities(tmp_path, monkeypatch):
     rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "o"), "--checkpoint", "x.pt", "--save-probabilities",
                "--tta", "--no-progress"])
     assert rc == 0
-    seg = nib.load(str(tmp_path / "o" / "a_seg.nii"))
-    prob = nib.load(str(tmp_path / "o" / "a_prob.nii"))
+    seg = nib.load(str(tmp_path / "o" / "a_seg.nii.gz"))
+    prob = nib.load(str(tmp_path / "o" / "a_prob.nii.gz"))
     assert_same_grid(seg, nib.load(str(src)))
     assert prob.shape == data.shape + (3,)
     p = np.asarray(prob.dataobj)

@@ -90,7 +90,7 @@ def test_bad_file_in_folder_is_reported_and_others_processed(make, words, tmp_pa
     "argv_of, words",
     [
         (lambda t: ["-i", str(t / "missing.nii.gz"), "-o", str(t / "o")], "no such file or folder"),
-        (lambda t: ["-i", str(t / "empty"), "-o", str(t / "o")], "contains no image"),
+        (lambda t: ["-i", str(t / "empty"), "-o", str(t / "o")], "contains no .nii"),
         (lambda t: ["-i", str(t / "in"), "-o", str(t / "blocker" / "o")], "not writable"),
         (lambda t: ["-i", str(t / "in"), "-o", str(t / "o"), "--device", "gpu7"], "--device"),
     ],
