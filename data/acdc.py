@@ -22,6 +22,7 @@ from typing import Any
 
 from resfu_med.errors import InputError
 
+from .cache import prepare_once
 from .datasets import PreparedDataset
 from .intensity import make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
@@ -65,6 +66,9 @@ def find_acdc_patients(raw_root: str | os.PathLike) -> dict[int, Path]:
         if (raw_root / sub).is_dir():
             dirs += [p for p in (raw_root / sub).iterdir() if p.is_dir() and _PATIENT_RE.match(p.name)]
     if not dirs:
+        if is_acdc_copy(raw_root):
+            raise InputError(f"{raw_root}: this is the preprocessed ACDC copy (train/ valid/ test/), which needs no "
+                             "prepare: pass it to train/evaluate as --data-root")
         raise InputError(f"{raw_root}: no patientXXX folders (looked in it and in training/, testing/)")
     return {int(_PATIENT_RE.match(d.name).group(1)): d for d in sorted(dirs, key=lambda p: p.name)}
 
@@ -250,6 +254,4 @@ class ACDCDataset(PreparedDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
                  progress: bool = True, **kw: Any) -> None:  # fmt: skip
-        from .registry import _prepared_root
-
-        super().__init__(_prepared_root("acdc", root, progress), split, transform, **kw)
+        super().__init__(prepare_once("acdc", root, prepare_acdc, progress, read_as_is=is_acdc_copy), split, transform, **kw)

@@ -27,9 +27,12 @@ from typing import Any
 import numpy as np
 
 from resfu_med.errors import InputError
+from resfu_med.safety import check_inside
 
+from .cache import prepare_once
 from .datasets import PreparedDataset
-from .intensity import make_intensity_transform
+from .info import DatasetInfo
+from .intensity import CT_SPEC, MRI_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
 from .io import image_stem, spacing_from_affine
 from .synapse import check_pair, map_labels, read_split_file
@@ -65,6 +68,9 @@ def _entries(meta: dict, key: str, path: Path) -> list[dict]:
     entries = meta.get(key) or []
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "image" in e and "label" in e for e in entries):
         raise InputError(f"{path}: '{key}' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    for i, entry in enumerate(entries):  # no entry may point outside the dataset folder (../, absolute paths)
+        for field in ("image", "label"):
+            check_inside(str(entry[field]), path.parent, str(path), what=f"entry {key}[{i}].{field}")
     # MSD archives made on macOS carry AppleDouble "._name" files; nnU-Net skips names starting with "."
     return [e for e in entries if not Path(str(e["label"])).name.startswith(".")]
 
@@ -157,9 +163,7 @@ def msd_split(cases: list[str], seed: int = 1234, test_fraction: float = 0.2) ->
 
 
 def msd_info(root: str | os.PathLike):
-    """:class:`~resfu_med.data.registry.DatasetInfo` of a raw MSD/nnU-Net folder (labels and modality)."""
-    from .registry import CT_SPEC, MRI_SPEC, DatasetInfo
-
+    """:class:`~resfu_med.data.info.DatasetInfo` of a raw MSD/nnU-Net folder (labels and modality)."""
     m = read_msd(root)
     values, _ = _classes(m)
     names = [m["labels"][v] for v in values[1:]]
@@ -255,6 +259,4 @@ class MSDDataset(PreparedDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
                  progress: bool = True, **kw: Any) -> None:  # fmt: skip
-        from .registry import _prepared_root
-
-        super().__init__(_prepared_root("msd", root, progress), split, transform, **kw)
+        super().__init__(prepare_once("msd", root, prepare_msd, progress), split, transform, **kw)

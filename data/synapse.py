@@ -66,6 +66,9 @@ def find_btcv_cases(raw_root: str | os.PathLike) -> dict[str, tuple[Path, Path]]
     """
     raw_root = Path(raw_root)
     img_dir, lab_dir = raw_root / "img", raw_root / "label"
+    if not img_dir.is_dir() and (raw_root / "train_npz").is_dir() and (raw_root / "test_vol_h5").is_dir():
+        raise InputError(f"{raw_root}: this is TransUNet's preprocessed release (train_npz/, test_vol_h5/), which needs "
+                         "no prepare: pass it to train/evaluate as --data-root")
     for d in (raw_root, img_dir, lab_dir):
         if not d.is_dir():
             raise InputError(f"{d}: folder not found (expected the BTCV release with img/ and label/)")

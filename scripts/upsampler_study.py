@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from resfu_med.engine.config import PRESETS
+from resfu_med.networks import upsampler_names
 
 __all__ = ["UPSAMPLERS", "ABLATIONS", "TRANSUNET_LITE", "plan_runs", "run_one", "summarise", "plot_curves",
            "montage", "main"]
 
-UPSAMPLERS = ("bilinear", "nearest", "deconv", "pixelshuffle", "carafe", "sapa", "dysample", "resfu")
+#: The upsampler registry's names, baselines first and ReSFU last (the order of tables and plots).
+UPSAMPLERS = tuple(sorted(upsampler_names(), key=lambda name: name == "resfu"))
 #: paper §5.3 on the BasicUNet (ReSFU constructor switches)
 ABLATIONS = {
     "no-qGF": {"use_guided_filter": False},

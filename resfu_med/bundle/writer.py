@@ -40,6 +40,7 @@ from resfu_med.bundle.schema import validate_metadata
 from resfu_med.data.labels import output_values
 from resfu_med.errors import CheckpointError, InputError
 from resfu_med.networks.model_registry import img_size_of, spatial_dims_of
+from resfu_med.outputs import claim_output, output_folder
 from resfu_med.safety import check_plain_data
 
 __all__ = [
@@ -97,6 +98,7 @@ def export_bundle(
     source = str(checkpoint)
     if (out / "configs" / "metadata.json").exists() and not overwrite:
         raise InputError(f"{out}: already holds a bundle (configs/metadata.json); pass overwrite/--overwrite")
+    claim_output(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part)
     state, config, info = read_checkpoint(checkpoint)
     net_def = network_def(config["model"], source)
     dims = spatial_dims_of(config["model"])
@@ -124,22 +126,28 @@ def export_bundle(
         "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
         "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size, values),
     }
-    for fname, content in configs.items():
-        atomic_write_json(out / "configs" / fname, content)
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
-    atomic_write_bytes(out / "models" / "model.pt", buffer.getvalue())
-    example = example_input(config, roi)
-    if torchscript:
-        _optional_export("TorchScript", out / "models" / "model.ts", lambda p: _ts(net, p, example, metadata, inference))
-    if onnx:
-        from resfu_med.bundle.export import export_onnx
+    with output_folder(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part):
+        for fname, content in configs.items():
+            atomic_write_json(out / "configs" / fname, content)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
+        atomic_write_bytes(out / "models" / "model.pt", buffer.getvalue())
+        example = example_input(config, roi)
+        if torchscript:
+            _optional_export("TorchScript", out / "models" / "model.ts", lambda p: _ts(net, p, example, metadata, inference))
+        if onnx:
+            from resfu_med.bundle.export import export_onnx
 
-        _optional_export("ONNX", out / "models" / "model.onnx", lambda p: export_onnx(net, p, example))
-    atomic_write_text(out / "docs" / "README.md", render_readme(metadata, config, net_def, inference, info))
-    atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
-    check_bundle(out)
+            _optional_export("ONNX", out / "models" / "model.onnx", lambda p: export_onnx(net, p, example))
+        atomic_write_text(out / "docs" / "README.md", render_readme(metadata, config, net_def, inference, info))
+        atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
+        check_bundle(out)
     return out
+
+
+def _is_bundle_part(path: Path) -> bool:
+    """What :func:`export_bundle` writes at the top of a bundle (a bundle folder carries no marker file)."""
+    return path.name in ("configs", "models", "docs", "LICENSE")
 
 
 def _ts(net, path, example, metadata, inference):

@@ -15,6 +15,7 @@ import argparse
 
 from resfu_med.cli._options import add_output
 from resfu_med.errors import InputError
+from resfu_med.outputs import claim_output_file
 
 COMMAND = "export"
 
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output(parser, "file to write", required=True, old="--out")
     parser.add_argument("--roi-size", type=int, nargs="+", default=None,
                         help="spatial size of the test input and ONNX graph; default: the training img_size")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fmt == "onnx" and not onnx_available():
         raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
+    claim_output_file(args.output, inputs=[args.checkpoint], overwrite=args.overwrite)
     info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size)
     print(f"{args.fmt} ({info['method']}) written to {info['path']}; max |exported - pytorch| = {info['max_abs_diff']:.3g}")
     return 0

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias, fraction, positive
 from resfu_med.errors import InputError
+from resfu_med.outputs import claim_output, output_folder
 
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -57,15 +59,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_no_progress(parser)
 
 
+def _is_infer_output(path: Path) -> bool:
+    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
+    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
     from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
+    from resfu_med.engine.device import resolve_device
     from resfu_med.networks.model_registry import spatial_dims_of
 
-    device = inferer.resolve_device(args.device)
+    device = resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
-    model, config = inferer.load_for_inference(args.checkpoint, device)  # a refused checkpoint leaves no folder
-    inferer.check_output_dir(args.output)
+    claim_output(args.output, COMMAND, inputs=[args.input], overwrite=args.overwrite or args.continue_prediction,
+                 owned=_is_infer_output)
+    model, config = inferer.load_for_inference(args.checkpoint, device)
     dims = spatial_dims_of(config["model"])
     size = args.roi_size
     if size is not None and len(size) not in (1, dims):
@@ -77,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         continue_prediction=args.continue_prediction, resample=not args.no_resample,
         progress=not args.no_progress, output_format=args.output_format, raw_labels=args.raw_labels,
     )
-    summary = inferer.infer_paths(args.input, args.output, model, config, opts)
+    with output_folder(args.output, COMMAND, inputs=[args.input],
+                       overwrite=args.overwrite or args.continue_prediction, owned=_is_infer_output):
+        summary = inferer.infer_paths(args.input, args.output, model, config, opts)
     print(f"resfu-med infer: {len(files)} input(s): {len(files) - len(summary.failed) - len(summary.skipped)} "
           f"segmented, {len(summary.skipped)} skipped, {len(summary.failed)} failed, "
           f"{len(summary.unsupported)} unsupported file(s) -> {args.output}", file=sys.stderr)

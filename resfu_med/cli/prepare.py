@@ -19,6 +19,7 @@ from pathlib import Path
 
 from resfu_med.cli._options import add_no_progress, add_output, deprecated_alias
 from resfu_med.errors import InputError
+from resfu_med.outputs import output_folder
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -57,16 +58,29 @@ def run(args: argparse.Namespace) -> int:
         else:
             if args.output is None:
                 raise InputError("--output is required with --seed for the demo")
-            raw = args.output / "raw"
-            seed = data.demo.DEMO_SEED if args.seed is None else args.seed
-            if args.overwrite or not (raw / "dataset.json").is_file():
-                data.make_demo_dataset(raw, seed=seed)
-            out = data.prepare_synapse(raw, args.output / "prepared", name="demo", overwrite=args.overwrite, progress=progress)
+            with output_folder(args.output, COMMAND, overwrite=args.overwrite):
+                raw = args.output / "raw"
+                seed = data.demo.DEMO_SEED if args.seed is None else args.seed
+                if args.overwrite or not (raw / "dataset.json").is_file():
+                    data.make_demo_dataset(raw, seed=seed)
+                out = data.prepare_synapse(raw, args.output / "prepared", name="demo", overwrite=args.overwrite,
+                                           progress=progress)
         print(f"demo dataset ready: {out}")
         return 0
     if args.data_root is None:
         raise InputError(f"--data-root is required for --dataset {args.dataset}")
+    if not Path(args.data_root).is_dir():
+        raise InputError(f"--data-root {args.data_root}: folder not found")
     out = args.output if args.output is not None else data.prepared_cache_dir(args.dataset, args.data_root)
+    # The raw release is read-only to us: --output never is, lies inside or contains it (a dataset.json there would
+    # be overwritten); a foreign non-empty folder needs --overwrite; the cache folder is ours.
+    with output_folder(out, COMMAND, inputs=[args.data_root], overwrite=args.overwrite, reuse=args.output is None):
+        out = _prepare(args, data, out, ct, progress)
+    print(f"prepared {args.dataset}: {out}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace, data, out: Path, ct: dict, progress: bool) -> Path:
     if args.dataset == "synapse":
         out = data.prepare_synapse(args.data_root, out, split_file=args.split_file, intensity=ct,
                                    overwrite=args.overwrite, progress=progress)  # fmt: skip
@@ -77,5 +91,4 @@ def run(args: argparse.Namespace) -> int:
         out = data.prepare_msd(args.data_root, out, split_file=args.split_file, seed=1234 if args.seed is None else args.seed,
                                ct_window=tuple(args.ct_window), mri_mode=args.mri_norm, overwrite=args.overwrite,
                                progress=progress)  # fmt: skip
-    print(f"prepared {args.dataset}: {out}")
-    return 0
+    return out

@@ -28,12 +28,9 @@ from typing import Any
 from resfu_med.cli._options import add_no_progress
 from resfu_med.errors import InputError
 
-__all__ = ["COMMAND", "add_arguments", "run", "flag_overrides", "UPSAMPLERS"]
+__all__ = ["COMMAND", "add_arguments", "run", "flag_overrides"]
 
 COMMAND = "train"
-
-#: Upsampler names of :func:`resfu_med.networks.get_upsampler` (docs/contracts.md).
-UPSAMPLERS = ("resfu", "bilinear", "nearest", "deconv", "pixelshuffle", "carafe", "sapa", "dysample")
 
 # flag destination → dotted config key
 _FLAG_KEYS = {
@@ -72,10 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options (absent flags leave the config untouched, hence ``SUPPRESS`` defaults)."""
     s = argparse.SUPPRESS
     g = parser.add_argument_group("data and model")
-    g.add_argument("--dataset", default=s, metavar="NAME", help="synapse | acdc | msd | demo (demo needs nothing else)")
+    g.add_argument("--dataset", default=s, metavar="NAME", help="a dataset of the data registry (docs/datasets.md); demo needs nothing else")
     g.add_argument("--data-root", default=s, metavar="DIR", help="prepared dataset folder (not needed for demo)")
-    g.add_argument("--model", default=s, metavar="NAME", help=f"transunet | unet | unet3d ({_default('model.name')})")
-    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler: {' | '.join(UPSAMPLERS)} ({_default('model.upsampler')})")
+    g.add_argument("--model", default=s, metavar="NAME", help=f"a network of the model registry, docs/networks.md ({_default('model.name')})")
+    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler of the upsampler registry, docs/networks.md ({_default('model.upsampler')})")
     g.add_argument("--class-names", nargs="+", default=s, metavar="NAME",
                    help="names of the foreground classes 1..K-1 in label order, for a copy labelled in another order "
                         "than the dataset's default (stored in the checkpoint; evaluation tables use them)")
@@ -123,12 +120,6 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _check_names(overrides: dict[str, Any]) -> None:
-    up = overrides.get("model", {}).get("upsampler")
-    if up is not None and up not in UPSAMPLERS:
-        raise InputError(f"unknown upsampler {up!r}: choose one of {', '.join(UPSAMPLERS)}")
-
-
 def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Split resume-time flags into allowed runtime changes; any other flag must agree with the saved run."""
     from resfu_med.engine.config import flatten
@@ -158,13 +149,13 @@ def run(args: argparse.Namespace) -> int:
     from resfu_med.engine import distributed as ddp
     from resfu_med.engine.checkpoint import load_checkpoint
     from resfu_med.engine.config import DEFAULTS, merge_config, resolve_config
-    from resfu_med.engine.preparation import complete_config, prepare_run_dir, resolve_device
+    from resfu_med.engine.device import resolve_device
+    from resfu_med.engine.preparation import complete_config, prepare_run_dir
     from resfu_med.engine.trainer import Trainer
 
     args.output = getattr(args, "output", None)
     args.config = getattr(args, "config", None)
     overrides = flag_overrides(args)
-    _check_names(overrides)
     dataset = overrides.get("data", {}).get("dataset")
     if args.output is None and dataset is None:
         raise InputError("--output is required (or --dataset, for the default runs/<dataset>)")
@@ -189,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
                     runtime = _resume_runtime(saved, overrides)
                 else:
                     cfg = complete_config(resolve_config(dataset, args.config, overrides))
-                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True)
+                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True,
+                                    inputs=[cfg["data"].get("root")])
             except Exception as e:  # re-raised below after telling the other ranks
                 err = e
         if dist.enabled:

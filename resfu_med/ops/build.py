@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import logging
-import os
 import sys
 import threading
 import warnings
 from pathlib import Path
 
 import torch
+
+from resfu_med.home import resfu_home
 
 __all__ = ["available", "load", "last_error", "source_files", "build_directory", "reset"]
 
@@ -78,8 +79,7 @@ def build_directory(sources: list[Path], with_cuda: bool) -> Path:
     # build.ninja names the sources by absolute path: two checkouts of the same sources sharing one folder would
     # rewrite it and rebuild each other's library on every start (and could load a half-written .so).
     digest.update(str(_csrc_dir().resolve()).encode())
-    home = Path(os.environ.get("RESFU_MED_HOME") or Path.home() / ".cache" / "resfu-med")
-    return home / "torch_extensions" / f"resfu_med_ops_{digest.hexdigest()[:16]}"
+    return resfu_home() / "torch_extensions" / f"resfu_med_ops_{digest.hexdigest()[:16]}"
 
 
 def _cpp_load(**kwargs):

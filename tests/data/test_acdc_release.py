@@ -104,3 +104,10 @@ def test_raw_testing_patients_without_ground_truth(tmp_path, fake):
     (tmp_path / "s.json").write_text(json.dumps({"train": ["patient001", "patient101"], "test": ["patient002"]}))
     with pytest.raises(InputError, match=r"patient101_frame01_gt.nii.gz: no ground truth for the ED frame, and split 'train' uses patient101"):
         prepare_acdc(db, tmp_path / "out2", split_file=tmp_path / "s.json", progress=False)
+
+
+def test_prepare_on_the_copy_says_it_needs_none(tmp_path):
+    root = tmp_path / "ACDC"
+    _copy(root)
+    with pytest.raises(InputError, match="preprocessed ACDC copy .* needs no prepare"):
+        prepare_acdc(root, tmp_path / "out", progress=False)

@@ -160,3 +160,24 @@ def test_release_orientation_matches_raw_btcv_and_infer_writes_it_back(tmp_path,
     expected = np.zeros_like(lab)
     expected[lab == 6], expected[lab == 1] = SYNAPSE_LABEL_MAP[6], SYNAPSE_LABEL_MAP[1]
     np.testing.assert_array_equal(np.asarray(seg.dataobj), expected)
+
+
+def test_prepare_on_the_download_says_it_needs_none(tmp_path):
+    from resfu_med.cli import main
+
+    root = _release(tmp_path / "Synapse")
+    with pytest.raises(InputError, match="TransUNet's preprocessed release .* needs no prepare"):
+        prepare_synapse(root, tmp_path / "out", progress=False)
+    assert main(["prepare", "--dataset", "synapse", "--data-root", str(root), "--output", str(tmp_path / "o")]) == 2
+
+
+def test_an_interrupted_prepare_is_not_taken_for_the_download(tmp_path, fake):
+    raw = tmp_path / "raw"
+    fake.make_btcv(raw)
+    out = prepare_synapse(raw, tmp_path / "out", progress=False)
+    import shutil
+
+    shutil.rmtree(out / "lists")  # as if stopped before the lists were written
+    (out / "dataset.json").unlink()
+    with pytest.raises(InputError, match="unfinished `resfu-med prepare` output"):
+        get_dataset("synapse", out, "train")
