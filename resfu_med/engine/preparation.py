@@ -84,7 +84,8 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
                          f"{spec.min_img_size}")
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
-                                   model.get("upsampler"), model.get("kwargs"))
+                                   model.get("upsampler"), model.get("kwargs"),
+                                   patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
     return cfg
 
 
