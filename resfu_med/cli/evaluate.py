@@ -27,14 +27,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` flags."""
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
     parser.add_argument("--dataset", default=None, help="synapse, acdc, msd or demo; default: the checkpoint's")
-    parser.add_argument("--data-root", default=None, help="dataset folder; default: the dataset's default location")
+    parser.add_argument("--data-root", default=None,
+                        help="dataset folder; default: the one recorded in the checkpoint (when --dataset is its dataset)")
     parser.add_argument("--split", default="test", help="evaluation split (test or val)")
     parser.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
                         help="foreground class names 1..K-1 in label order for the tables (default: the names the "
                              "checkpoint was trained with via --class-names, else the dataset's)")
     add_output(parser, "folder for metrics.json and the CSVs; default: <checkpoint folder>/eval-<dataset>-<split>",
                old=None)
-    parser.add_argument("--save-predictions", action="store_true", help="also write <case>_pred.nii.gz predictions")
+    parser.add_argument("--save-predictions", action="store_true",
+                        help="also write predictions/<case>_pred.<ext> with the dataset's own label values")
+    parser.add_argument("--output-format", choices=("nii.gz", "mha", "nrrd"), default="nii.gz",
+                        help="format of --save-predictions files")
+    parser.add_argument("--raw-labels", action="store_true",
+                        help="--save-predictions with the raw release's label values (Synapse: BTCV numbering)")
     deprecated_alias(parser, "--save-nifti", "--save-predictions", "save_predictions", flag=True)
     add_sw_batch_size(parser)
     add_device(parser)
@@ -50,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     result, paths = run_evaluation(
         args.checkpoint, args.dataset, args.data_root, args.split, args.output, args.class_names,
         args.save_predictions, args.sw_batch_size, args.device, args.overwrite, progress=not args.no_progress,
+        output_format=args.output_format, raw_labels=args.raw_labels,
     )
     print(format_table(result.transunet))
     print()
