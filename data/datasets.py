@@ -11,6 +11,7 @@ own release has none). Files are read by a deterministic loader transform placed
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,17 +23,23 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, Transform
 
 from resfu_med.errors import InputError, find_user_error
+from resfu_med.safety import check_case_name
 
-from .layout import TRAIN_SPLITS, read_dataset_json
+from .layout import TRAIN_SPLITS, lists_from_files, read_dataset_json
 
 __all__ = ["PreparedDataset", "SynapseDataset", "LoadPrepared", "read_list"]
 
 
 def read_list(path: Path) -> list[str]:
-    """Names listed one per line in ``path`` (blank lines ignored)."""
+    """Names listed one per line in ``path`` (blank lines ignored).
+
+    Raises:
+        InputError: the file is missing, or a name is a path (``..``, separators, control characters).
+    """
     if not path.is_file():
         raise InputError(f"{path}: list file not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    # A listed name becomes a file name under the dataset and the output folders: one plain name, never a path.
+    return [check_case_name(line.strip(), str(path)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _as_label(a: np.ndarray, path: Path) -> np.ndarray:
@@ -56,10 +63,20 @@ def _reading(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: cannot read prepared data ({type(err).__name__}: {err})") from err
 
 
-def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(image float32 (H, W), label uint8 (H, W))`` of one prepared ``.npz`` training slice."""
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(image float32, label uint8)`` of one ``.npz``: keys ``image``/``label`` (TransUNet layout) or ``img``/``label``
+    (the ACDC copy of TransUNet follow-ups)."""
     with _reading(path), np.load(path) as f:
-        return np.asarray(f["image"], dtype=np.float32), _as_label(f["label"], path)
+        key = "img" if "image" not in f.files and "img" in f.files else "image"
+        return np.asarray(f[key], dtype=np.float32), _as_label(f["label"], path)
+
+
+def _read_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(image float32 (H, W), label uint8 (H, W))`` of one ``.npz`` training slice."""
+    image, label = _read_npz(path)
+    if image.ndim != 2 or image.shape != label.shape:
+        raise InputError(f"{path}: a slice must hold 2D image and label arrays of one shape, got {image.shape} and {label.shape}")
+    return image, label
 
 
 def _stack_slices(item: dict[str, Any]) -> dict[str, Any]:
@@ -87,9 +104,15 @@ class LoadPrepared(Transform):
         if item["kind"] == "slice":
             image, label = _read_slice(path)
             return {"image": image[None], "label": label[None], "case": item["case"]}
-        with _reading(path), h5py.File(path, "r") as f:
-            image, label = np.asarray(f["image"][:], dtype=np.float32), f["label"][:]
-        out = {"image": image, "label": _as_label(label, path), "case": item["case"]}
+        if path.suffix == ".npz":  # a volume of the ACDC copy: (Z, H, W), the axis TransUNet's test code slices
+            image, label = _read_npz(path)
+        else:
+            with _reading(path), h5py.File(path, "r") as f:
+                image, label = np.asarray(f["image"][:], dtype=np.float32), _as_label(f["label"][:], path)
+        if image.ndim != 3 or image.shape != label.shape:
+            raise InputError(f"{path}: a volume must hold 3D image and label arrays of one shape, got {image.shape} "
+                             f"and {label.shape}")
+        out = {"image": image, "label": label, "case": item["case"]}
         out["spacing"] = tuple(item["spacing"]) if item.get("spacing") is not None else None
         out["affine"] = np.asarray(item["affine"], dtype=np.float64) if item.get("affine") is not None else None
         return out
@@ -103,6 +126,23 @@ def _flatten(transform: Callable | Sequence[Callable] | None) -> list[Callable]:
     if isinstance(transform, Sequence):
         return list(transform)
     return [transform]
+
+
+_ANNOUNCED: set[Path] = set()
+
+
+def _release_lists(root: Path) -> dict[str, list[str]]:
+    """Lists of a TransUNet-layout folder without ``lists/``, announced in one line once per folder and process."""
+    if (root / "meta").is_dir():  # resfu-med's prepare writes meta/ per case and lists/ at the very end
+        raise InputError(f"{root}: an unfinished `resfu-med prepare` output (meta/ but no lists/); run prepare again "
+                         "to finish it")
+    found = lists_from_files(root)
+    if root.resolve() not in _ANNOUNCED:
+        _ANNOUNCED.add(root.resolve())
+        print(f"resfu-med: {root} has no lists/ folder (TransUNet's download): using its {len(found['train'])} "
+              f"train_npz/ slices as the train split and its {len(found['test_vol'])} test_vol_h5/ volumes as the "
+              "test split, sorted by name", file=sys.stderr)
+    return found
 
 
 class PreparedDataset(CacheDataset):
@@ -138,13 +178,24 @@ class PreparedDataset(CacheDataset):
         self.meta = read_dataset_json(self.root) or {}
         if not self.root.is_dir():
             raise InputError(f"{self.root}: dataset folder not found")
-        lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
-        if split in TRAIN_SPLITS:
-            items = self._slice_items(lists)
-            if volumes:
-                items = self._stack_items(items, lists / f"{split}.txt")
+        self._from_files: dict[str, list[str]] | None = None
+        from .acdc import acdc_copy_items, is_acdc_copy  # (acdc builds on this module)
+
+        if list_dir is None and not self.meta and is_acdc_copy(self.root):  # the follow-ups' ACDC copy, read as is
+            items = acdc_copy_items(self.root, split, volumes)
+            lists = self.root
         else:
-            items = self._volume_items(lists)
+            if list_dir is None and not self.meta.get("list_dir") and not (self.root / "lists").is_dir():
+                self._from_files = _release_lists(self.root)  # TransUNet's download: lists from the files present
+                lists = self.root / "lists"
+            else:
+                lists = self.root / (list_dir or self.meta.get("list_dir") or self._only_list_dir())
+            if split in TRAIN_SPLITS:
+                items = self._slice_items(lists)
+                if volumes:
+                    items = self._stack_items(items, lists / f"{split}.txt")
+            else:
+                items = self._volume_items(lists)
         if not items:
             raise InputError(f"{lists}: split '{split}' is empty")
         self.cases = sorted({it["case"] for it in items})
@@ -173,8 +224,16 @@ class PreparedDataset(CacheDataset):
             raise InputError(f"{self.root / 'lists'}: expected one lists_<Name> folder, found {[p.name for p in found]}")
         return str(found[0].relative_to(self.root))
 
+    def _names(self, lists: Path, stem: str) -> list[str]:
+        if self._from_files is None:
+            return read_list(lists / f"{stem}.txt")
+        if stem not in self._from_files:
+            raise InputError(f"{self.root}: no lists/ folder, so only the TransUNet download's splits exist "
+                             f"(train from train_npz/, test from test_vol_h5/); split '{self.split}' needs a list file")
+        return self._from_files[stem]
+
     def _slice_items(self, lists: Path) -> list[dict[str, Any]]:
-        names = read_list(lists / f"{self.split}.txt")
+        names = self._names(lists, self.split)
         items = []
         for n in names:
             path = self.root / "train_npz" / f"{n}.npz"
@@ -202,7 +261,7 @@ class PreparedDataset(CacheDataset):
         return items
 
     def _volume_items(self, lists: Path) -> list[dict[str, Any]]:
-        names = read_list(lists / f"{self.split}_vol.txt")
+        names = self._names(lists, f"{self.split}_vol")
         cases = self.meta.get("cases", {})
         items = []
         for n in names:

@@ -38,6 +38,7 @@ __all__ = [
     "write_prepared",
     "read_dataset_json",
     "is_prepared_root",
+    "lists_from_files",
     "slice_name",
     "PREPARED_FORMAT",
 ]
@@ -228,6 +229,26 @@ def read_dataset_json(root: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def is_prepared_root(root: str | os.PathLike) -> bool:
-    """True when ``root`` holds the TransUNet layout (a ``lists`` folder beside ``train_npz`` or ``test_vol_h5``)."""
+    """True when ``root`` holds the TransUNet layout: a ``lists`` folder beside ``train_npz`` or ``test_vol_h5``, or
+    both data folders without ``lists`` (TransUNet's Synapse download: its lists live in the code repository)."""
     root = Path(root)
-    return (root / "lists").is_dir() and ((root / "train_npz").is_dir() or (root / "test_vol_h5").is_dir())
+    has_train, has_test = (root / "train_npz").is_dir(), (root / "test_vol_h5").is_dir()
+    return (has_train and has_test) or ((root / "lists").is_dir() and (has_train or has_test))
+
+
+def _slice_key(name: str) -> tuple[str, int, str]:
+    case, sep, z = name.rpartition("_slice")
+    return (case, int(z), name) if sep and z.isdigit() else (name, -1, name)
+
+
+def lists_from_files(root: str | os.PathLike) -> dict[str, list[str]]:
+    """The lists of a TransUNet-layout folder without ``lists/``, built from the files present, sorted.
+
+    Returns:
+        ``{"train": slice names of train_npz/*.npz by case then slice number, "test_vol": case names of
+        test_vol_h5/*.npy.h5}`` (TransUNet's ``train.txt`` / ``test_vol.txt``); hidden ``.``-files are skipped.
+    """
+    root = Path(root)
+    slices = [p.name[: -len(".npz")] for p in (root / "train_npz").glob("*.npz") if not p.name.startswith(".")]
+    volumes = [p.name[: -len(".npy.h5")] for p in (root / "test_vol_h5").glob("*.npy.h5") if not p.name.startswith(".")]
+    return {"train": sorted(slices, key=_slice_key), "test_vol": sorted(volumes)}

@@ -9,8 +9,11 @@ Accepted layouts::
 
 Intensities follow the modality of channel 0: ``CT`` → clip/scale a HU window (default [−125, 275]); anything else
 (MRI, T2, ADC...) → per-volume min–max (or z-score). Labels are renumbered to 0..K−1 in increasing raw value (recorded
-as ``label_map``); names come from ``dataset.json``. Split, first found: ``--split-file``; a ``"split"`` entry in
-``dataset.json``; else a seeded case-level 80/20 train/test split. Only single-channel images are supported.
+as ``label_map``); names come from ``dataset.json``. nnU-Net's ``"ignore"`` label becomes :data:`IGNORE_INDEX`
+(excluded from the loss and the scores, never predicted). Split, first found: ``--split-file``; a ``"split"`` entry in
+``dataset.json``; else a seeded case-level 80/20 train/test split; a MONAI-style ``"validation"`` list is the ``val``
+split. nnU-Net v1 task folders (``dataset.json`` names without ``_0000``) and hidden ``._*`` files are handled as
+nnU-Net does. Only single-channel images are supported.
 """
 
 from __future__ import annotations
@@ -24,14 +27,22 @@ from typing import Any
 import numpy as np
 
 from resfu_med.errors import InputError
+from resfu_med.safety import check_inside
 
+from .cache import prepare_once
 from .datasets import PreparedDataset
-from .intensity import make_intensity_transform
+from .info import DatasetInfo
+from .intensity import CT_SPEC, MRI_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
 from .nifti import spacing_from_affine
 from .synapse import check_pair, map_labels, read_split_file
 
-__all__ = ["read_msd", "msd_info", "msd_split", "prepare_msd", "MSDDataset"]
+__all__ = ["read_msd", "msd_info", "msd_split", "prepare_msd", "MSDDataset", "IGNORE_INDEX"]
+
+
+#: Label value that the prepared layout gives nnU-Net's ``"ignore"`` label: excluded from the loss, never predicted,
+#: not scored (nnU-Net v2 semantics; ``dataset.json`` records it as ``ignore_index``).
+IGNORE_INDEX = 255
 
 
 def _case_name(path: str) -> str:
@@ -42,12 +53,39 @@ def _case_name(path: str) -> str:
     return name
 
 
+def _image_file(root: Path, listed: str) -> Path:
+    """The image of a ``training``/``validation`` entry; nnU-Net v1 task folders list ``case.nii.gz`` while the
+    file on disk is the channel-0 file ``case_0000.nii.gz``."""
+    path = root / listed
+    if path.is_file():
+        return path
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            v1 = path.with_name(f"{name[: -len(suffix)]}_0000{suffix}")
+            if v1.is_file():
+                return v1
+    return path
+
+
+def _entries(meta: dict, key: str, path: Path) -> list[dict]:
+    entries = meta.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "image" in e and "label" in e for e in entries):
+        raise InputError(f"{path}: '{key}' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    for i, entry in enumerate(entries):  # no entry may point outside the dataset folder (../, absolute paths)
+        for field in ("image", "label"):
+            check_inside(str(entry[field]), path.parent, str(path), what=f"entry {key}[{i}].{field}")
+    # MSD archives made on macOS carry AppleDouble "._name" files; nnU-Net skips names starting with "."
+    return [e for e in entries if not Path(str(e["label"])).name.startswith(".")]
+
+
 def read_msd(root: str | os.PathLike) -> dict[str, Any]:
     """Parse an MSD/nnU-Net ``dataset.json``.
 
     Returns:
-        ``{"name", "modality" ("CT"/"MRI"), "raw_modality", "labels" {raw value: name} incl. background,
-        "cases" {case: (image, label)}, "split" or None}``.
+        ``{"name", "modality" ("CT"/"MRI"), "raw_modality", "labels" {raw value: name} incl. background (and
+        ``"ignore"``), "cases" {case: (image, label)} incl. validation cases, "split" or None, "validation" [cases
+        of a MONAI-style ``"validation"`` list], "ignore_label" (raw value of nnU-Net's ``"ignore"``) or None}``.
 
     Raises:
         InputError: missing/invalid ``dataset.json`` or folders, or missing image/label files.
@@ -75,17 +113,26 @@ def read_msd(root: str | os.PathLike) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         raise InputError(f"{path}: 'labels' must map integers to names (region labels are not supported)") from err
     labels.setdefault(0, "background")
+    ignore = [v for v, n in labels.items() if n == "ignore"]
+    if ignore and ignore[0] != max(labels):  # nnU-Net v2 requires it too: the ignore label is the highest value
+        raise InputError(f"{path}: the 'ignore' label ({ignore[0]}) must have the highest label value (nnU-Net rule)")
     cases: dict[str, tuple[Path, Path]] = {}
+    validation: list[str] = []
     if "training" in meta:
-        for entry in meta["training"]:
-            img, lab = root / entry["image"], root / entry["label"]
-            cases[_case_name(entry["label"])] = (img, lab)
+        for entry in _entries(meta, "training", path):
+            cases[_case_name(entry["label"])] = (_image_file(root, entry["image"]), root / entry["label"])
+        for entry in _entries(meta, "validation", path):  # a MONAI datalist's validation cases
+            case = _case_name(entry["label"])
+            cases[case] = (_image_file(root, entry["image"]), root / entry["label"])
+            validation.append(case)
     else:
         ending = meta.get("file_ending", ".nii.gz")
         lab_dir = root / "labelsTr"
         if not lab_dir.is_dir():
             raise InputError(f"{lab_dir}: folder not found")
         for lab in sorted(lab_dir.glob(f"*{ending}")):
+            if lab.name.startswith("."):  # hidden / AppleDouble files: nnU-Net skips names starting with "."
+                continue
             case = lab.name[: -len(ending)]
             cases[case] = (root / "imagesTr" / f"{case}_0000{ending}", lab)
     if not cases:
@@ -97,7 +144,16 @@ def read_msd(root: str | os.PathLike) -> dict[str, Any]:
     split = meta.get("split") if isinstance(meta.get("split"), dict) else None
     return {"name": str(meta.get("name", root.name)), "modality": "CT" if raw_mod.upper() == "CT" else "MRI",
             "raw_modality": raw_mod, "labels": dict(sorted(labels.items())), "cases": dict(sorted(cases.items())),
-            "split": split}  # fmt: skip
+            "split": split, "validation": validation, "ignore_label": ignore[0] if ignore else None}  # fmt: skip
+
+
+def _classes(m: dict[str, Any]) -> tuple[list[int], dict[int, int]]:
+    """Raw label values of the trained classes (background first, ``"ignore"`` left out) and raw → prepared map."""
+    values = [v for v in sorted(m["labels"]) if v != m["ignore_label"]]
+    mapping = {v: i for i, v in enumerate(values)}
+    if m["ignore_label"] is not None:
+        mapping[m["ignore_label"]] = IGNORE_INDEX
+    return values, mapping
 
 
 def msd_split(cases: list[str], seed: int = 1234, test_fraction: float = 0.2) -> dict[str, list[str]]:
@@ -111,12 +167,12 @@ def msd_split(cases: list[str], seed: int = 1234, test_fraction: float = 0.2) ->
 
 
 def msd_info(root: str | os.PathLike):
-    """:class:`~resfu_med.data.registry.DatasetInfo` of a raw MSD/nnU-Net folder (labels and modality)."""
-    from .registry import CT_SPEC, MRI_SPEC, DatasetInfo
-
+    """:class:`~resfu_med.data.info.DatasetInfo` of a raw MSD/nnU-Net folder (labels and modality)."""
     m = read_msd(root)
-    names = [n for v, n in m["labels"].items() if v != 0]
-    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"], None)
+    values, _ = _classes(m)
+    names = [m["labels"][v] for v in values[1:]]
+    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"],
+                       None, IGNORE_INDEX if m["ignore_label"] is not None else None)  # fmt: skip
 
 
 def prepare_msd(
@@ -149,13 +205,17 @@ def prepare_msd(
         InputError: bad folders/files/labels or an empty split, naming the file.
     """
     m = read_msd(data_root)
-    cases = list(m["cases"])
+    cases = [c for c in m["cases"] if c not in m["validation"]]
     if split_file is not None:
         split, origin = read_split_file(split_file), str(split_file)
     elif m["split"] is not None:
         split, origin = {k: list(v) for k, v in m["split"].items()}, str(Path(data_root) / "dataset.json")
     else:
         split, origin = msd_split(cases, seed), f"seeded 80/20 split (seed {seed})"
+    if m["validation"] and "val" not in split:  # a MONAI datalist's "validation" list is the val split
+        split = {**{k: [c for c in v if _case_name(str(c)) not in m["validation"]] for k, v in split.items()},
+                 "val": list(m["validation"])}
+        origin += " + 'validation' list of dataset.json"
     sources = []
     for name, members in split.items():
         if not members:
@@ -170,20 +230,22 @@ def prepare_msd(
     spec = ({"kind": "ct", "a_min": float(ct_window[0]), "a_max": float(ct_window[1])} if m["modality"] == "CT"
             else {"kind": "mri", "mode": mri_mode})  # fmt: skip
     norm = make_intensity_transform(spec)
-    raw_values = sorted(m["labels"])
-    mapping = {v: i for i, v in enumerate(raw_values)}
+    raw_values, mapping = _classes(m)
+    declared = sorted(m["labels"])
 
     def load_case(src: CaseSource) -> PreparedCase:
         image, label, affine = check_pair(src.image, src.label, max_label=255)
-        unknown = sorted(set(np.unique(label).tolist()) - set(raw_values))
+        unknown = sorted(set(np.unique(label).tolist()) - set(declared))
         if unknown:
-            raise InputError(f"{src.label}: label values {unknown[:8]} are not declared in dataset.json labels {raw_values}")
+            raise InputError(f"{src.label}: label values {unknown[:8]} are not declared in dataset.json labels {declared}")
         return PreparedCase(norm(image), map_labels(label, mapping), affine, spacing_from_affine(affine))
 
     info = {"dataset": "msd", "name": m["name"], "modality": m["modality"], "raw_modality": m["raw_modality"],
             "num_classes": len(raw_values), "label_names": [m["labels"][v] for v in raw_values[1:]],
             "intensity": spec, "label_map": {str(k): v for k, v in mapping.items()}, "source": str(data_root),
             "split_origin": origin}  # fmt: skip
+    if m["ignore_label"] is not None:
+        info["ignore_index"] = IGNORE_INDEX
     return write_prepared(out, sources, load_case, info=info, list_name="MSD", overwrite=overwrite, progress=progress)
 
 
@@ -200,6 +262,4 @@ class MSDDataset(PreparedDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
                  progress: bool = True, **kw: Any) -> None:  # fmt: skip
-        from .registry import _prepared_root
-
-        super().__init__(_prepared_root("msd", root, progress), split, transform, **kw)
+        super().__init__(prepare_once("msd", root, prepare_msd, progress), split, transform, **kw)

@@ -8,69 +8,28 @@ Segmentation Decathlon / nnU-Net folder, prepared on first use). Raw folders are
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from resfu_med.errors import InputError
+from resfu_med.home import resfu_home
 
+from .acdc import ACDC_CLASSES, is_acdc_copy, prepare_acdc
+from .cache import locked, prepare_once, prepared_cache_dir
+from .datasets import PreparedDataset, SynapseDataset
+from .info import DatasetInfo
 from .intensity import CT_SPEC, MRI_SPEC
 from .layout import is_prepared_root, read_dataset_json
-from .synapse import SYNAPSE_CLASSES
+from .msd import msd_info, prepare_msd
+from .synapse import SYNAPSE_CLASSES, prepare_synapse
 
 __all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "ensure_demo_data", "resfu_home", "prepared_cache_dir"]
 
-DATASET_NAMES = ("synapse", "acdc", "msd", "demo")
-ACDC_CLASSES = ["RV", "MYO", "LV"]  # also in .acdc (kept here so metadata needs no I/O imports)
-
-
-@dataclass
-class DatasetInfo:
-    """What the engine needs to know about a dataset.
-
-    Attributes:
-        name: ``synapse``, ``acdc``, ``msd`` or ``demo``.
-        num_classes: classes including background.
-        label_names: foreground class names, index 1.. (``label_names[0]`` is class 1).
-        intensity: the intensity spec (see :func:`~resfu_med.data.intensity.make_intensity_transform`).
-        modality: ``"CT"`` or ``"MRI"``.
-        root: the prepared root when known, else ``None``.
-    """
-
-    name: str
-    num_classes: int
-    label_names: list[str]
-    intensity: dict[str, Any] = field(default_factory=dict)
-    modality: str = "CT"
-    root: Path | None = None
-
-
-def resfu_home() -> Path:
-    """``$RESFU_MED_HOME`` or ``~/.cache/resfu-med``: where the demo data and auto-prepared datasets live."""
-    return Path(os.environ.get("RESFU_MED_HOME") or Path.home() / ".cache" / "resfu-med").expanduser()
-
-
-def prepared_cache_dir(name: str, raw_root: str | os.PathLike) -> Path:
-    """Cache folder for the prepared copy of the raw folder ``raw_root``."""
-    digest = hashlib.sha1(str(Path(raw_root).resolve()).encode()).hexdigest()[:10]
-    return resfu_home() / "prepared" / f"{name}-{digest}"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Several processes (parallel tests, DataLoader workers, two trainings) may ask for the demo at once.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+#: dataset name → the function preparing its raw release (the demo's phantoms are a raw BTCV-style release).
+_PREPARE: dict[str, Callable[..., Path]] = {"synapse": prepare_synapse, "acdc": prepare_acdc, "msd": prepare_msd,
+                                            "demo": prepare_synapse}
+DATASET_NAMES = tuple(_PREPARE)
 
 
 def ensure_demo_data(home: str | os.PathLike | None = None, progress: bool = False) -> Path:
@@ -84,12 +43,11 @@ def ensure_demo_data(home: str | os.PathLike | None = None, progress: bool = Fal
         The prepared root (TransUNet layout; ``lists/lists_Synapse``, splits ``train`` and ``test``).
     """
     from .demo import DEMO_SEED, DEMO_VERSION, make_demo_dataset
-    from .synapse import prepare_synapse
 
     base = Path(home).expanduser() if home is not None else resfu_home()
     base = base / f"demo-v{DEMO_VERSION}"
     raw, prepared = base / "raw", base / "prepared"
-    with _locked(base / ".lock"):
+    with locked(base / ".lock"):
         meta = read_dataset_json(prepared) if (prepared / "dataset.json").is_file() else None
         if meta is not None and meta.get("dataset") == "demo":
             return prepared
@@ -105,6 +63,12 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _is_acdc_copy(root: str | os.PathLike) -> bool:
+    from .acdc import is_acdc_copy
+
+    return is_acdc_copy(root)
+
+
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
     """Metadata of dataset ``name``; read from ``root``'s ``dataset.json`` when there is one.
 
@@ -117,7 +81,7 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     """
     _check_name(name)
     meta = None
-    if root is not None and Path(root).is_dir() and not is_prepared_root(root):
+    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not _is_acdc_copy(root):
         cached = prepared_cache_dir(name, root)
         if (cached / "dataset.json").is_file():  # a raw folder prepared earlier: its record says what was done
             root = cached
@@ -125,13 +89,17 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
         meta = read_dataset_json(root)
         if meta is not None and "resfu_med_prepared" not in meta:
             if name == "msd":
-                from .msd import msd_info
-
                 return msd_info(root)
+            names = meta.get("label_names") if is_prepared_root(root) else None
             meta = None  # a raw release's own dataset.json (the demo's split record) is not a prepared record
+            if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+                # a TransUNet-layout copy labelled in another order, described by the user's {"label_names": [...]}
+                base = dataset_info(name)
+                return DatasetInfo(name, len(names) + 1, [str(n) for n in names], base.intensity, base.modality, Path(root))
     if meta is not None:
+        ignore = meta.get("ignore_index")
         return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
-                           meta.get("modality", "CT"), Path(root))  # fmt: skip
+                           meta.get("modality", "CT"), Path(root), None if ignore is None else int(ignore))  # fmt: skip
     if name in ("synapse", "demo"):
         return DatasetInfo(name, len(SYNAPSE_CLASSES) + 1, list(SYNAPSE_CLASSES), dict(CT_SPEC), "CT",
                            Path(root) if root is not None else None)  # fmt: skip
@@ -144,28 +112,7 @@ def _prepared_root(name: str, root: str | os.PathLike | None, progress: bool) ->
     """Resolve ``root`` to a prepared folder, preparing a raw release into the cache on first use."""
     if name == "demo" and root is None:
         return ensure_demo_data(progress=progress)
-    if root is None:
-        raise InputError(f"dataset '{name}' needs a data root (--data-root)")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise InputError(f"{root}: dataset folder not found")
-    if is_prepared_root(root):
-        return root
-    out = prepared_cache_dir(name, root)
-    with _locked(out.parent / f".{out.name}.lock"):
-        if (out / "dataset.json").is_file():  # prepared before (maybe with non-default options by `prepare`): reuse
-            return out
-        if name in ("synapse", "demo"):
-            from .synapse import prepare_synapse
-
-            return prepare_synapse(root, out, progress=progress)
-        if name == "acdc":
-            from .acdc import prepare_acdc
-
-            return prepare_acdc(root, out, progress=progress)
-        from .msd import prepare_msd
-
-        return prepare_msd(root, out, progress=progress)
+    return prepare_once(name, root, _PREPARE[name], progress, read_as_is=is_acdc_copy if name == "acdc" else None)
 
 
 def get_dataset(
@@ -192,8 +139,6 @@ def get_dataset(
     Raises:
         ValueError: unknown name. InputError: missing/invalid data or an empty split.
     """
-    from .datasets import PreparedDataset, SynapseDataset
-
     _check_name(name)
     root = _prepared_root(name, root, progress)
     cls = SynapseDataset if name in ("synapse", "demo") else PreparedDataset

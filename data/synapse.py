@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ __all__ = [
     "read_split_file",
     "map_labels",
     "check_pair",
+    "grid_offset_mm",
+    "GeometryWarning",
 ]
 
 RAW_BTCV_LABELS = {
@@ -63,6 +66,9 @@ def find_btcv_cases(raw_root: str | os.PathLike) -> dict[str, tuple[Path, Path]]
     """
     raw_root = Path(raw_root)
     img_dir, lab_dir = raw_root / "img", raw_root / "label"
+    if not img_dir.is_dir() and (raw_root / "train_npz").is_dir() and (raw_root / "test_vol_h5").is_dir():
+        raise InputError(f"{raw_root}: this is TransUNet's preprocessed release (train_npz/, test_vol_h5/), which needs "
+                         "no prepare: pass it to train/evaluate as --data-root")
     for d in (raw_root, img_dir, lab_dir):
         if not d.is_dir():
             raise InputError(f"{d}: folder not found (expected the BTCV release with img/ and label/)")
@@ -116,11 +122,38 @@ def _assign_splits(cases: list[str], split: dict[str, list[str]] | None, origin:
     return assignment
 
 
+class GeometryWarning(UserWarning):
+    """An image and its label disagree slightly in geometry (header rounding); the image's geometry is used."""
+
+
+def grid_offset_mm(affine: np.ndarray, other: np.ndarray, shape_xyz: tuple[int, ...]) -> float:
+    """Largest distance in mm between the voxel centres that two affines give to the corners of a ``shape_xyz`` grid.
+
+    Both grids are affine, so the largest displacement over the whole volume is reached at one of its 8 corners.
+    """
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape_xyz[0] - 1) for j in (0, shape_xyz[1] - 1)
+                        for k in (0, shape_xyz[2] - 1)]).T  # fmt: skip
+    delta = (np.asarray(affine, np.float64) - np.asarray(other, np.float64)) @ corners
+    return float(np.sqrt((delta[:3] ** 2).sum(axis=0)).max())
+
+
+#: Label grids whose voxel centres lie within this fraction of the smallest voxel size of the image's are the same
+#: grid written with other rounding (nnU-Net warns rather than fails for these); beyond it they disagree.
+GRID_TOLERANCE = 0.5
+#: Below this fraction of a voxel the difference is floating-point noise and not worth a warning.
+GRID_NOISE = 1e-3
+
+
 def check_pair(image_path: Path, label_path: Path, *, max_label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Load an image/label pair and validate it (same shape and affine, integer labels in ``0..max_label``).
+    """Load an image/label pair and validate it (same shape and grid, integer labels in ``0..max_label``).
+
+    Grids are compared by where they put the voxels, relative to the voxel size: a label whose voxel centres lie
+    within ``GRID_TOLERANCE`` (half) of the image's smallest voxel size everywhere in the volume is
+    accepted with a :class:`GeometryWarning` naming the case (differences under ``GRID_NOISE`` of a voxel silently);
+    a larger disagreement, or different shapes, is an error.
 
     Returns:
-        ``(image, label, affine)`` with image float32 and label uint8, both ``(Z, Y, X)``.
+        ``(image, label, affine)`` with image float32 and label uint8, both ``(Z, Y, X)``; ``affine`` is the image's.
 
     Raises:
         InputError: naming the offending file.
@@ -129,8 +162,14 @@ def check_pair(image_path: Path, label_path: Path, *, max_label: int) -> tuple[n
     label, lab_affine, _ = load_nifti(label_path)
     if image.shape != label.shape:
         raise InputError(f"{label_path}: shape {label.shape[::-1]} differs from image {image_path} {image.shape[::-1]} (x, y, z)")
-    if not np.allclose(affine, lab_affine, atol=1e-3, rtol=1e-5):
-        raise InputError(f"{label_path}: affine differs from image {image_path}: {lab_affine.tolist()} vs {affine.tolist()}")
+    voxel = min(spacing_from_affine(affine))
+    offset = grid_offset_mm(affine, lab_affine, image.shape[::-1])
+    if offset > GRID_TOLERANCE * voxel:
+        raise InputError(f"{label_path}: its voxel grid is up to {offset:.3g} mm away from the image's ({image_path}; "
+                         f"voxel size {voxel:.3g} mm): the label does not belong to this image's grid")
+    if offset > GRID_NOISE * voxel:
+        warnings.warn(f"{label_path}: voxel grid differs from the image's by up to {offset:.3g} mm (under half a "
+                      f"voxel of {voxel:.3g} mm); using the image's geometry", GeometryWarning, stacklevel=2)
     values = np.unique(label)
     bad = [v for v in values if v != np.round(v) or v < 0 or v > max_label]
     if bad:

@@ -5,7 +5,7 @@ copy), then segments it in a fresh subprocess with a tiny stand-in network (the 
 is what is measured) and prints peak RSS (``ru_maxrss``) next to the sizes of the volume in float32 and float64.
 
     python scripts/benchmark_infer_memory.py                       # 2D model, 512x512x300
-    python scripts/benchmark_infer_memory.py --dims 3 --roi 96     # 3D model, streamed 3D sliding windows
+    python scripts/benchmark_infer_memory.py --dims 3 --roi-size 96     # 3D model, streamed 3D sliding windows
     python scripts/benchmark_infer_memory.py --dims 3 --net conv1x1 --shape 512 512 100   # peak does not grow with Z
 """
 
@@ -52,7 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 300], help="X Y Z")
     ap.add_argument("--dims", type=int, choices=[2, 3], default=2, help="2D (slice-wise) or 3D model")
-    ap.add_argument("--roi", type=int, default=96, help="3D window size")
+    ap.add_argument("--roi-size", type=int, default=96, help="3D window size (resfu-med infer --roi-size)")
+    ap.add_argument("--roi", dest="roi_size", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the earlier spelling, one release
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--net", choices=["tiny-unet", "conv1x1"], default="tiny-unet",
                     help="stand-in network: a tiny BasicUNet, or a 1x1 convolution (pipeline memory/time only)")
@@ -69,13 +70,13 @@ def main() -> None:
         nib.save(img, str(src))
         del data, img
         t = time.time()
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(src), tmp, str(args.dims), str(args.roi),
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(src), tmp, str(args.dims), str(args.roi_size),
                                str(args.threads), args.net], capture_output=True, text=True)
         if proc.returncode:
             sys.exit(proc.stderr)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
     n = int(np.prod(args.shape))
-    print(f"volume {tuple(args.shape)} ({args.dims}D model, {args.net}, roi {args.roi}): peak RSS {res['peak_rss_mib']:.0f} MiB "
+    print(f"volume {tuple(args.shape)} ({args.dims}D model, {args.net}, roi {args.roi_size}): peak RSS {res['peak_rss_mib']:.0f} MiB "
           f"({res['peak_rss_mib'] - res['base_rss_mib']:.0f} MiB above the {res['base_rss_mib']:.0f} MiB of the "
           f"loaded libraries and model), "
           f"{res['seconds']:.1f} s inference+I/O; float32 volume {n * 4 / 2**20:.0f} MiB, "

@@ -1,9 +1,17 @@
-"""Benchmark TransUNet or BasicUNet with each decoder upsampler: parameters, forward+backward time and peak memory on
-CPU, and (``--infer-shape``) the time of ``resfu-med infer`` on a whole CT volume.
+"""Benchmark TransUNet, BasicUNet or MONAI's DynUNet / SwinUNETR / UNETR with each decoder upsampler: parameters,
+forward+backward time and peak memory on CPU, and (``--infer-shape``) the time of ``resfu-med infer`` on a whole CT
+volume.
 
 Every upsampler is measured in its own fresh subprocess (so peak resident memory is not inherited from the previous
-one); times and memory are reported as ratios to the bilinear (original) network of the same run. The ReSFU goal
-(issue 4) is time ≤ 1.15× bilinear, and a parameter overhead well under 1 % of the ~105 M.
+one); times and memory are reported as ratios to the original network of the same run: bilinear for TransUNet and
+BasicUNet, MONAI's transposed convolution (``deconv``) for DynUNet, SwinUNETR and UNETR. The ReSFU goal (issue 4) is
+time ≤ 1.15× bilinear, and a parameter overhead well under 1 % of the ~105 M.
+
+``--model dynunet|swinunetr|unetr`` measures the 3D network on a ``--size``³ patch (1 input channel, 9 classes):
+DynUNet with nnU-Net's plan for the patch (``resfu_med.networks.dynunet_plan``) and MONAI's default filters,
+SwinUNETR and UNETR with MONAI's defaults (feature size 24 / 16; UNETR's ``img_size`` = the patch); ``--lite`` shrinks
+them to seconds. Their upsamplers default to ``deconv resfu resfu-slim``; ``resfu-slim`` is ReSFU with the demo
+preset's slim widths (embedding 8, PCDC 16, compressor 16).
 
 ``--infer-shape X Y Z`` adds, for ``bilinear`` and ``resfu``, the wall time and peak RSS of ``resfu-med infer`` on a
 synthetic int16 CT volume of that shape (``scripts/measure_infer_memory.py`` writes it): a checkpoint of the network
@@ -17,6 +25,7 @@ Examples:
     python scripts/benchmark_networks.py --model unet --batch 8 --size 96      # BasicUNet with every upsampler
     python scripts/benchmark_networks.py --model unet --unet-widths demo --batch 4 --size 96   # the study's network
     python scripts/benchmark_networks.py --upsamplers bilinear resfu --infer-shape 512 512 100   # + a CT volume
+    python scripts/benchmark_networks.py --model dynunet --batch 1 --size 64   # 3D DynUNet: deconv, resfu, resfu-slim
     python scripts/benchmark_networks.py --lite --iters 2       # small config, seconds (a smoke test)
     python scripts/benchmark_networks.py --output bench.json    # also write the numbers as JSON
 """
@@ -37,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UNET_WIDTHS", "main", "measure", "build", "unet_kwargs", "measure_infer"]
+__all__ = ["UNET_WIDTHS", "MONAI_MODELS", "main", "measure", "build", "unet_kwargs", "monai_kwargs", "measure_infer"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,6 +62,39 @@ def _rss_mib() -> float:
 UNET_WIDTHS = {"monai": (32, 32, 64, 128, 256, 32), "lite": (8, 8, 16, 32, 64, 8)}
 
 
+#: The 3D MONAI networks (``--model``); their reference upsampler is MONAI's transposed convolution.
+MONAI_MODELS = ("dynunet", "swinunetr", "unetr")
+
+
+def _slim_resfu() -> dict:
+    """The demo preset's slim ReSFU widths (one source with the study and the demo runs)."""
+    from resfu_med.engine.config import PRESETS
+
+    return dict(PRESETS["demo"]["model"]["kwargs"]["upsampler_kwargs"])
+
+
+def monai_kwargs(model: str, name: str, size: int, lite: bool) -> dict:
+    """Constructor arguments of the 3D ``model`` (DynUNet, SwinUNETR, UNETR) on a ``size``³ patch with upsampler
+    ``name`` (``resfu-slim``: ReSFU with the demo preset's widths); ``lite`` shrinks the network."""
+    kw: dict[str, Any] = {"in_channels": 1, "out_channels": 9, "upsample": name.split("-")[0]}
+    if name == "resfu-slim":
+        kw["upsampler_kwargs"] = _slim_resfu()
+    if model == "dynunet":
+        from resfu_med.networks import dynunet_plan
+
+        kw.update(spatial_dims=3, **dynunet_plan([size] * 3, max_downsamplings=3 if lite else 5))
+        if lite:
+            kw["filters"] = [8, 16, 32, 64][: len(kw["strides"])]
+    elif model == "swinunetr":
+        kw.update(spatial_dims=3, **({"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)} if lite else {}))
+    elif model == "unetr":
+        kw.update(spatial_dims=3, img_size=size, **({"feature_size": 8, "hidden_size": 24, "mlp_dim": 48, "num_heads": 2}
+                                                   if lite else {}))
+    else:
+        raise ValueError(f"unknown MONAI model {model!r}: choose one of {', '.join(MONAI_MODELS)}")
+    return kw
+
+
 def unet_kwargs(widths: str, name: str) -> dict:
     """BasicUNet ``features`` and ``upsampler_kwargs`` for ``--unet-widths``: MONAI's default widths, ``lite``, or
     ``demo`` — the demo preset's network (also the upsampler study's), slim ReSFU widths included."""
@@ -66,9 +108,15 @@ def unet_kwargs(widths: str, name: str) -> dict:
 
 
 def build(model: str, name: str, size: int, lite: bool, unet_widths: str = "monai") -> tuple[Any, int]:
-    """``(network, input side)``: TransUNet(num_classes=9) or BasicUNet(2D, 9 classes) with upsampler ``name``."""
-    from resfu_med.networks import BasicUNet, TransUNet
+    """``(network, input side)``: TransUNet(num_classes=9), BasicUNet(2D, 9 classes) or a 3D MONAI network
+    (:func:`monai_kwargs`) with upsampler ``name``."""
+    from resfu_med.networks import BasicUNet, DynUNet, SwinUNETR, TransUNet, UNETR
 
+    if model in MONAI_MODELS:
+        cls = {"dynunet": DynUNet, "swinunetr": SwinUNETR, "unetr": UNETR}[model]
+        return cls(**monai_kwargs(model, name, size, lite)), size
+    if name == "resfu-slim":
+        raise ValueError("resfu-slim is a variant of the MONAI networks (--model dynunet|swinunetr|unetr)")
     if model == "unet":
         if name == "resfu-3":
             raise ValueError("resfu-3 is a TransUNet variant")
@@ -91,8 +139,9 @@ def measure(name: str, batch: int, size: int, iters: int, warmup: int, threads: 
     net, side = build(model, name, size, lite, unet_widths)
     net.train()
     params = sum(p.numel() for p in net.parameters())
-    x = torch.rand(batch, 1, side, side)
-    target = torch.randint(0, 9, (batch, side, side))
+    dims = 3 if model in MONAI_MODELS else 2
+    x = torch.rand(batch, 1, *[side] * dims)
+    target = torch.randint(0, 9, (batch, *[side] * dims))
     loss_fn = torch.nn.CrossEntropyLoss()
     base_rss = _rss_mib()  # model and input allocated; the peak above it is the step's working memory
     times = []
@@ -144,7 +193,7 @@ def measure_infer(model: str, name: str, size: int, shape: list[int], threads: i
               "--upsampler", name, "--img-size", str(size), "--batch-size", "2", "--max-iters", "1", "--no-eval",
               "--device", "cpu", "--no-progress", "--overwrite", "--output", str(run)], env)
     res = _run([sys.executable, "-c", CHILD, "infer", "-i", str(vol), "-o", str(work / "out"), "--checkpoint",
-                str(run / "last.pt"), "--device", "cpu", "--overwrite", "--disable-progress-bar"], env)
+                str(run / "last.pt"), "--device", "cpu", "--overwrite", "--no-progress"], env)
     r = json.loads(res.stdout.strip().splitlines()[-1])
     return {"upsampler": name, "seconds": r["seconds"], "peak_rss_mib": r["peak_rss_kb"] / 1024, "rc": r["rc"]}
 
@@ -153,17 +202,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     from resfu_med.networks.upsamplers import upsampler_names
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--upsamplers", nargs="+", default=list(upsampler_names()),
-                   help="registry names, or resfu-3 for ReSFU with final_upsampler='bilinear' (default: all names)")
+    p.add_argument("--upsamplers", nargs="+", default=None,
+                   help="registry names, resfu-3 (TransUNet: ReSFU with final_upsampler='bilinear') or resfu-slim "
+                        "(MONAI networks: ReSFU with the demo widths) (default: all names; MONAI networks: deconv "
+                        "resfu resfu-slim)")
     p.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
-    p.add_argument("--size", type=int, default=224, help="image side (default: 224)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side, or the 3D patch side of the MONAI networks (default: 224; MONAI networks: 64)")
     p.add_argument("--iters", type=int, default=3, help="timed iterations, median reported (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up iterations (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; shared machines)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the whole sweep, interleaved; the fastest round per upsampler is reported (default: 1)")
-    p.add_argument("--model", default="transunet", choices=["transunet", "unet"],
-                   help="TransUNet R50-ViT-B/16 or 2D BasicUNet (MONAI widths 32..256) (default: transunet)")
+    p.add_argument("--model", default="transunet", choices=["transunet", "unet", *MONAI_MODELS],
+                   help="TransUNet R50-ViT-B/16, 2D BasicUNet (MONAI widths 32..256), or a 3D MONAI network "
+                        "(DynUNet, SwinUNETR, UNETR) (default: transunet)")
     p.add_argument("--lite", action="store_true", help="small config instead of R50-ViT-B/16 / MONAI widths")
     p.add_argument("--unet-widths", default="monai", choices=["monai", "demo", "lite"],
                    help="BasicUNet widths: MONAI's 32..256, the demo preset's 16..128 with slim ReSFU (the upsampler "
@@ -173,7 +226,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--infer-threads", type=int, default=2, help="threads of the infer runs (default: 2)")
     p.add_argument("--output", default=None, help="write the results as JSON here (default: none)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    monai = args.model in MONAI_MODELS
+    if args.upsamplers is None:
+        args.upsamplers = ["deconv", "resfu", "resfu-slim"] if monai else list(upsampler_names())
+    if args.size is None:
+        args.size = 64 if monai else 224
+    if monai and args.infer_shape:
+        p.error("--infer-shape times the 2D models; for 3D networks run resfu-med infer on a checkpoint")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from tqdm import tqdm
 
-    names = list(dict.fromkeys(["bilinear", *args.upsamplers]))  # bilinear first: the reference
+    ref = "deconv" if args.model in MONAI_MODELS else "bilinear"  # the original network
+    names = list(dict.fromkeys([ref, *args.upsamplers]))  # the reference first
     best: dict[str, dict] = {}
     jobs = [name for _ in range(args.rounds) for name in names]  # interleaved rounds: load changes hit all alike
     for name in tqdm(jobs, desc="upsampler runs"):
@@ -202,16 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         if name not in best or r["time_s"] < best[name]["time_s"]:
             best[name] = r
     results = [best[n] for n in names if n in best]
-    base = next(r for r in results if r["upsampler"] == "bilinear")
+    base = next(r for r in results if r["upsampler"] == ref)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    if args.model == "unet":
+    if args.model in MONAI_MODELS:
+        net_name = {"dynunet": "DynUNet", "swinunetr": "SwinUNETR", "unetr": "UNETR"}[args.model] + "(3D, 9 classes)"
+        cfg = f"{'lite' if args.lite else 'MONAI defaults'}, {args.size}³ patch"
+    elif args.model == "unet":
         net_name, cfg = "BasicUNet(2D, 9 classes)", f"{'lite' if args.lite else args.unet_widths} widths, {args.size}²"
     else:
         net_name, cfg = "TransUNet(num_classes=9)", "lite" if args.lite else f"R50-ViT-B/16, {args.size}²"
     print(f"\n{net_name}, {cfg}, batch {args.batch}, CPU {platform.processor() or platform.machine()}, "
           f"{args.threads} thread(s), median of {args.iters} fwd+bwd after {args.warmup} warm-up, best of {args.rounds} "
           f"interleaved round(s); FNS backend {base.get('fns_backend')}; {stamp}\n")
-    print("| upsampler | params | Δ params vs bilinear | fwd+bwd (s) | time ratio | peak RSS (MiB) | step peak (MiB) | step-memory ratio |")
+    print(f"| upsampler | params | Δ params vs {ref} | fwd+bwd (s) | time ratio | peak RSS (MiB) | step peak (MiB) | step-memory ratio |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         dp = r["params"] - base["params"]

@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling benchmark_fns.py, also when loaded by path (tests)
 from benchmark_fns import rss_kib  # noqa: E402
 
+from resfu_med.networks.upsamplers import upsampler_names  # noqa: E402
+
 #: name: (N, C, LR side, HR side)
 CASES = {
     "256@28": (8, 256, 28, 56),
@@ -48,7 +50,8 @@ CASES = {
 }
 #: --quick: the same shapes with batch 1 (the load on a shared machine makes the full batches too slow).
 QUICK_CASES = {k: (1,) + v[1:] for k, v in CASES.items()}
-UPSAMPLERS = ("bilinear", "nearest", "deconv", "pixelshuffle", "carafe", "sapa", "dysample", "resfu")
+#: The upsampler registry's names, baselines first and ReSFU last (the order of tables and plots).
+UPSAMPLERS = tuple(sorted(upsampler_names(), key=lambda name: name == "resfu"))
 
 
 def build(name: str, shape: tuple[int, int, int, int], device: str = "cpu"):

@@ -54,7 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 300], metavar=("X", "Y", "Z"))
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
-    parser.add_argument("--batch-size", type=int, default=8, help="infer --batch-size")
+    parser.add_argument("--batch-size", type=int, default=8, help="infer --sw-batch-size")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="resfu-mem-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def main() -> int:
                         "--overwrite"], check=True, env=env)
     out = work / "out"
     cmd = [sys.executable, "-c", CHILD, "infer", "-i", str(vol), "-o", str(out), "--checkpoint", str(ckpt),
-           "--device", "cpu", "--overwrite", "--disable-progress-bar", "--batch-size", str(args.batch_size)]
+           "--device", "cpu", "--overwrite", "--no-progress", "--sw-batch-size", str(args.batch_size)]
     res = subprocess.run(cmd, check=True, env=env, stdout=subprocess.PIPE, text=True)
     result = json.loads(res.stdout.strip().splitlines()[-1])
     n = int(np.prod(args.shape))

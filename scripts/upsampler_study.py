@@ -13,11 +13,11 @@ seeds), ``OUT/dice_curves.png`` and ``OUT/montage.png`` (image, ground truth, bi
 feature, first principal component over channels, like paper Fig. 19).
 
 Examples:
-    python scripts/upsampler_study.py --out runs/study                       # the full study, one process
-    python scripts/upsampler_study.py --out runs/study & \\
-        python scripts/upsampler_study.py --out runs/study; wait   # two processes share the runs (2 cores, ~1 h)
-    python scripts/upsampler_study.py --out runs/study --report-only          # tables and figures only
-    python scripts/upsampler_study.py --out runs/study-r --seeds 0 --groups unet --upsamplers bilinear resfu \\
+    python scripts/upsampler_study.py --output runs/study                       # the full study, one process
+    python scripts/upsampler_study.py --output runs/study & \\
+        python scripts/upsampler_study.py --output runs/study; wait   # two processes share the runs (2 cores, ~1 h)
+    python scripts/upsampler_study.py --output runs/study --report-only          # tables and figures only
+    python scripts/upsampler_study.py --output runs/study-r --seeds 0 --groups unet --upsamplers bilinear resfu \\
         --epochs 3 --train-stride 10 --batch-size 4 --img-size 64
 """
 
@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from resfu_med.engine.config import PRESETS
+from resfu_med.networks import upsampler_names
 
 __all__ = ["UPSAMPLERS", "ABLATIONS", "TRANSUNET_LITE", "plan_runs", "run_one", "summarise", "plot_curves",
            "montage", "main"]
 
-UPSAMPLERS = ("bilinear", "nearest", "deconv", "pixelshuffle", "carafe", "sapa", "dysample", "resfu")
+#: The upsampler registry's names, baselines first and ReSFU last (the order of tables and plots).
+UPSAMPLERS = tuple(sorted(upsampler_names(), key=lambda name: name == "resfu"))
 #: paper §5.3 on the BasicUNet (ReSFU constructor switches)
 ABLATIONS = {
     "no-qGF": {"use_guided_filter": False},
@@ -311,7 +313,8 @@ def _claim(out: Path, run_id: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/upsampler-study", help="study folder (default: runs/upsampler-study)")
+    parser.add_argument("-o", "--output", default="runs/upsampler-study", help="study folder (default: runs/upsampler-study)")
+    parser.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the earlier spelling, kept for one release
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS,
                         help="unet (each upsampler), transunet (lite, bilinear vs resfu), ablation (default: all)")
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from resfu_med.atomic import atomic_write_text
 
-    out = Path(args.out)
+    out = Path(args.output)
     runs = plan_runs(args.seeds, args.groups, args.upsamplers, args.resfu_width)
     if not args.report_only:
         for run in tqdm(runs, desc="study", unit="run", disable=args.no_progress):

@@ -3,8 +3,10 @@
 Every parameter of the encoder (ResNetV2 root and units, patch embedding, position embedding, transformer blocks,
 encoder norm) is listed by its official name; values are converted from the JAX layout (conv kernels HWIO → OIHW,
 dense kernels (in, out) → (out, in), attention kernels (hidden, heads, head_dim) → rows of MONAI's fused qkv
-projection). Keys of the file that the model does not use (classifier head, class token, ...) are reported as skipped.
-A missing key or a shape mismatch raises :class:`resfu_med.errors.InputError` naming the file and the key.
+projection). Keys of the file that the model does not use (classifier head, pre-logits, class token) are reported as
+skipped. GroupNorm and attention arrays are accepted in any layout of the right size, as the official loader
+``.view()``s them (the 2020 release stores GroupNorm vectors as ``(1, 1, 1, C)``). A missing key or a shape mismatch
+raises :class:`resfu_med.errors.InputError` naming the file and the key.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 
 from resfu_med.errors import InputError
 
-__all__ = ["MapEntry", "npz_key_map", "load_npz", "resize_position_embedding"]
+__all__ = ["MapEntry", "npz_key_map", "load_npz", "resize_position_embedding", "CLASSIFIER_KEYS"]
 
 
 @dataclass
@@ -31,6 +33,7 @@ class MapEntry:
     key: str
     shape: tuple[int, ...]
     write: Callable[[torch.Tensor], None]
+    flatten: bool = False  # the official loader reshapes this array with .view(...): any layout of equal size is valid
 
 
 def _copy(param: torch.Tensor, convert: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], None]:
@@ -45,8 +48,8 @@ def _conv(key: str, weight: torch.Tensor) -> MapEntry:
     return MapEntry(key, (kh, kw, i, o), _copy(weight, lambda v: v.permute(3, 2, 0, 1)))  # HWIO → OIHW
 
 
-def _vec(key: str, param: torch.Tensor) -> MapEntry:
-    return MapEntry(key, tuple(param.shape), _copy(param, lambda v: v))
+def _vec(key: str, param: torch.Tensor, flatten: bool = False) -> MapEntry:
+    return MapEntry(key, tuple(param.shape), _copy(param, lambda v: v.reshape(-1)), flatten)
 
 
 def _dense(key: str, weight: torch.Tensor) -> MapEntry:
@@ -54,8 +57,14 @@ def _dense(key: str, weight: torch.Tensor) -> MapEntry:
     return MapEntry(key, (i, o), _copy(weight, lambda v: v.t()))
 
 
-def _norm(prefix: str, module: nn.Module) -> list[MapEntry]:
-    return [_vec(f"{prefix}/scale", module.weight), _vec(f"{prefix}/bias", module.bias)]
+def _norm(prefix: str, module: nn.Module, flatten: bool = False) -> list[MapEntry]:
+    return [_vec(f"{prefix}/scale", module.weight, flatten), _vec(f"{prefix}/bias", module.bias, flatten)]
+
+
+def _group_norm(prefix: str, module: nn.Module) -> list[MapEntry]:
+    # Flax before 0.3.6 (the 2020 ViT/R50 release) stored GroupNorm scale/bias as (1, 1, 1, C); the official
+    # TransUNet loader and timm flatten them with .view(-1) / .flatten().
+    return _norm(prefix, module, flatten=True)
 
 
 def npz_key_map(model: nn.Module) -> list[MapEntry]:
@@ -70,16 +79,16 @@ def npz_key_map(model: nn.Module) -> list[MapEntry]:
     entries: list[MapEntry] = []
     resnet = model.resnet
     entries.append(_conv("conv_root/kernel", resnet.conv_root.weight))
-    entries += _norm("gn_root", resnet.gn_root)
+    entries += _group_norm("gn_root", resnet.gn_root)
     for b, stage in enumerate(resnet.stages):
         for u, unit in enumerate(stage):
             p = f"block{b + 1}/unit{u + 1}"
             for j in (1, 2, 3):
                 entries.append(_conv(f"{p}/conv{j}/kernel", getattr(unit, f"conv{j}").weight))
-                entries += _norm(f"{p}/gn{j}", getattr(unit, f"gn{j}"))
+                entries += _group_norm(f"{p}/gn{j}", getattr(unit, f"gn{j}"))
             if unit.has_proj:
                 entries.append(_conv(f"{p}/conv_proj/kernel", unit.conv_proj.weight))
-                entries += _norm(f"{p}/gn_proj", unit.gn_proj)
+                entries += _group_norm(f"{p}/gn_proj", unit.gn_proj)
     entries.append(_conv("embedding/kernel", model.embeddings.patch.weight))
     entries.append(_vec("embedding/bias", model.embeddings.patch.bias))
     for i, block in enumerate(model.vit.blocks):
@@ -93,13 +102,13 @@ def npz_key_map(model: nn.Module) -> list[MapEntry]:
             # MONAI's fused qkv rows are ordered (q|k|v, head, head_dim): exactly the flattened JAX kernel's columns.
             w, bias = block.attn.qkv.weight[rows], block.attn.qkv.bias[rows]
             entries.append(MapEntry(f"{p}/MultiHeadDotProductAttention_1/{name}/kernel", (hidden, heads, hd),
-                                    _copy(w, lambda v, h=hidden: v.reshape(h, h).t())))
+                                    _copy(w, lambda v, h=hidden: v.reshape(h, h).t()), flatten=True))
             entries.append(MapEntry(f"{p}/MultiHeadDotProductAttention_1/{name}/bias", (heads, hd),
-                                    _copy(bias, lambda v: v.reshape(-1))))
+                                    _copy(bias, lambda v: v.reshape(-1)), flatten=True))
         out = block.attn.out_proj
         entries.append(MapEntry(f"{p}/MultiHeadDotProductAttention_1/out/kernel", (heads, hd, hidden),
-                                _copy(out.weight, lambda v, h=hidden: v.reshape(h, h).t())))
-        entries.append(_vec(f"{p}/MultiHeadDotProductAttention_1/out/bias", out.bias))
+                                _copy(out.weight, lambda v, h=hidden: v.reshape(h, h).t()), flatten=True))
+        entries.append(_vec(f"{p}/MultiHeadDotProductAttention_1/out/bias", out.bias, flatten=True))
         entries += _norm(f"{p}/LayerNorm_2", block.norm2)
         entries.append(_dense(f"{p}/MlpBlock_3/Dense_0/kernel", block.mlp.linear1.weight))
         entries.append(_vec(f"{p}/MlpBlock_3/Dense_0/bias", block.mlp.linear1.bias))
@@ -110,6 +119,27 @@ def npz_key_map(model: nn.Module) -> list[MapEntry]:
 
 
 POSEMB_KEY = "Transformer/posembed_input/pos_embedding"
+#: Arrays of the ImageNet classifier that a segmentation encoder never uses: the class token, the pre-logits layer
+#: and the 21k-class head (their presence is normal in the official file and only reported).
+CLASSIFIER_KEYS = ("cls", "pre_logits/", "head/")
+
+
+def _is_classifier_key(key: str) -> bool:
+    return key == "cls" or key.startswith(CLASSIFIER_KEYS[1:])
+
+
+def _layout_matches(shape: tuple[int, ...], entry: MapEntry) -> bool:
+    """Whether an array of ``shape`` is a valid layout for ``entry`` (see :func:`load_npz`)."""
+    shape = tuple(int(s) for s in shape)
+    if shape == entry.shape:
+        return True
+    if entry.flatten:  # the official loader .view()s it: only the element count matters
+        return int(np.prod(shape)) == int(np.prod(entry.shape))
+    # timm flattens any leading singleton axes, e.g. a (1, 1, 1, C) vector of an old Flax checkpoint
+    squeezed = shape
+    while len(squeezed) > len(entry.shape) and squeezed[0] == 1:
+        squeezed = squeezed[1:]
+    return squeezed == entry.shape
 
 
 def resize_position_embedding(posemb: torch.Tensor, grid: int) -> torch.Tensor:
@@ -134,9 +164,15 @@ def load_npz(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         model: a ``TransUNet``; its decoder and head stay as initialised.
         path: the official npz file.
 
+    Array layouts: the official file (Flax before 0.3.6) stores GroupNorm scale/bias as ``(1, 1, 1, C)``, newer
+    exports as ``(C,)``. Every key that the official TransUNet loader reshapes with ``.view`` (GroupNorm scale/bias,
+    attention query/key/value/out kernels and biases) is accepted in any layout with the expected element count;
+    other vectors also with extra leading singleton axes (as timm flattens them); any other shape is an error.
+
     Returns:
-        ``{"loaded": [keys], "skipped": [file keys not used], "position_embedding": "copied" | "dropped class token"
-        | "resized g→G"}``.
+        ``{"loaded": [keys], "skipped": [file keys not used], "classifier_skipped": [the ImageNet classifier keys
+        among them: cls, pre_logits/*, head/*], "note": one line saying what was ignored ("" if nothing),
+        "position_embedding": "copied" | "dropped class token" | "resized g→G"}``.
 
     Raises:
         InputError: unreadable file, a missing key, or a shape mismatch (the message names the file and the key).
@@ -154,7 +190,7 @@ def load_npz(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
             if e.key not in arrays:
                 raise InputError(f"{path}: missing key {e.key!r} (expected shape {e.shape}).")
             value = arrays[e.key]
-            if tuple(value.shape) != e.shape:
+            if not _layout_matches(value.shape, e):
                 raise InputError(f"{path}: key {e.key!r} has shape {tuple(value.shape)}, the model expects {e.shape}.")
             e.write(torch.from_numpy(np.ascontiguousarray(value)).float())
             loaded.append(e.key)
@@ -182,4 +218,11 @@ def load_npz(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
         target.copy_(posemb)
         loaded.append(POSEMB_KEY)
     used = set(loaded)
-    return {"loaded": loaded, "skipped": sorted(k for k in arrays if k not in used), "position_embedding": how}
+    skipped = sorted(k for k in arrays if k not in used)
+    classifier = [k for k in skipped if _is_classifier_key(k)]
+    other = [k for k in skipped if not _is_classifier_key(k)]
+    note = f"ignored {len(classifier)} ImageNet classifier array(s) ({', '.join(classifier)})" if classifier else ""
+    if other:
+        note += ("; " if note else "") + f"ignored {len(other)} other array(s) ({', '.join(other[:5])}{', ...' if len(other) > 5 else ''})"
+    return {"loaded": loaded, "skipped": skipped, "classifier_skipped": classifier, "note": note,
+            "position_embedding": how}

@@ -8,14 +8,13 @@ offline against the shipped metadata schema (:func:`validate_metadata`), and loa
 from __future__ import annotations
 
 from resfu_med.bundle.checkpoint_io import build_network, default_roi_size, example_input, read_checkpoint
-from resfu_med.bundle.configs import NETWORK_TARGETS, inference_config, intensity_transforms, network_def
+from resfu_med.bundle.configs import inference_config, intensity_transforms, network_def
 from resfu_med.bundle.export import export_model, export_onnx, export_torchscript, onnx_available, run_onnx, script_or_trace
 from resfu_med.bundle.metadata import build_metadata
 from resfu_med.bundle.schema import SCHEMA_URL, load_schema, schema_path, validate_metadata
 from resfu_med.bundle.writer import REQUIRED_FILES, check_bundle, export_bundle, load_bundle_network
 
 __all__ = [
-    "NETWORK_TARGETS",
     "REQUIRED_FILES",
     "SCHEMA_URL",
     "build_metadata",

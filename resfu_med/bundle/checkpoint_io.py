@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from resfu_med.bundle.configs import spatial_dims_of
 from resfu_med.errors import CheckpointError
+from resfu_med.networks.model_registry import get_model_spec, load_state_strict
 
-__all__ = ["read_checkpoint", "build_network", "img_size_of", "default_roi_size", "example_input"]
+__all__ = ["read_checkpoint", "build_network", "network_from_def", "default_roi_size", "example_input"]
 
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile wrappers
 
@@ -49,57 +49,56 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, config, info
 
 
-def build_network(net_def: dict[str, Any], state: dict[str, torch.Tensor] | None = None,
-                  source: str = "checkpoint") -> torch.nn.Module:
-    """Instantiate ``network_def`` with MONAI's ``ConfigParser`` (as the bundle will) and load ``state`` strictly.
+def network_from_def(net_def: Any, source: str = "checkpoint") -> torch.nn.Module:
+    """Instantiate a ``network_def`` item without MONAI's ``ConfigParser``: its ``_target_`` must be the target of a
+    registered model (:mod:`resfu_med.networks.model_registry`) and every other entry plain data its constructor
+    accepts.
+
+    With plain arguments this builds exactly what ``ConfigParser`` would, but nothing in the file is evaluated.
 
     Raises:
-        CheckpointError: the architecture cannot be built, or the weights belong to another architecture (names the
-            missing, unexpected and mis-shaped parameters).
+        CheckpointError: another ``_target_``, an expression, an unknown argument, or a constructor failure.
     """
-    from monai.bundle import ConfigParser
+    from resfu_med.networks.model_registry import MODELS
+    from resfu_med.safety import check_kwargs
 
+    if not isinstance(net_def, dict):
+        raise CheckpointError(f"{source}: network_def must be a mapping, got {type(net_def).__name__}")
     target = net_def.get("_target_")
+    specs = {spec.target: spec for spec in MODELS.values()}
+    if target not in specs:
+        raise CheckpointError(f"{source}: config value network_def._target_ is {target!r}, not a registered "
+                              f"network ({', '.join(sorted(specs))}); refusing")
+    spec = specs[target]
+    kwargs = {k: v for k, v in net_def.items() if k != "_target_"}
+    check_kwargs(kwargs, spec.accepted_keys, target, source, "network_def", error=CheckpointError)
     try:
-        net = ConfigParser({"network_def": net_def}).get_parsed_content("network_def")
-    except Exception as err:  # noqa: BLE001 - any failure to build is the checkpoint's config
-        raise CheckpointError(f"{source}: cannot build {target} from the checkpoint's config: {err}".splitlines()[0]) from None
+        return spec.constructor(**kwargs)
+    except Exception as err:  # noqa: BLE001 - any failure to build is the file's config
+        raise CheckpointError(f"{source}: cannot build {target} from its config: {err}".splitlines()[0]) from None
+
+
+def build_network(net_def: dict[str, Any], state: dict[str, torch.Tensor] | None = None,
+                  source: str = "checkpoint") -> torch.nn.Module:
+    """Instantiate ``network_def`` (:func:`network_from_def`: what the bundle's ``ConfigParser`` builds, from
+    validated values) and load ``state`` strictly.
+
+    Raises:
+        CheckpointError: the architecture cannot be built or is not plain data, or the weights belong to another
+            architecture (names the missing, unexpected and mis-shaped parameters).
+    """
+    target = net_def.get("_target_") if isinstance(net_def, dict) else None
+    net = network_from_def(net_def, source)
     if state is None:
         return net.eval()
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def few(items: list[str]) -> str:
-            return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
-
-        parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
-                 f"{len(shapes)} of another shape ({few(shapes)})" if shapes else ""]
-        raise CheckpointError(
-            f"{source}: weights do not fit {target}: " + "; ".join(p for p in parts if p)
-            + " — the checkpoint is from another architecture or its config.model was edited"
-        )
-    net.load_state_dict(state, strict=True)
+    load_state_strict(net, state, f"{source}: weights do not fit {target}",
+                      hint="the checkpoint is from another architecture or its config.model was edited")
     return net.eval()
 
 
-def img_size_of(config: dict[str, Any]) -> int:
-    """The training slice size (``config.data.img_size``, 224 when absent as in ``resfu-med infer``)."""
-    return int(config["data"].get("img_size") or 224)
-
-
 def default_roi_size(config: dict[str, Any]) -> list[int]:
-    """The window ``resfu-med infer`` uses by default: ``img_size`` squared for 2D models; for 3D models
-    ``data.roi_size``, else ``data.patch_size``, else ``img_size`` cubed."""
-    data = config["data"]
-    if spatial_dims_of(config["model"]) == 2:
-        return [img_size_of(config)] * 2
-    window = data.get("roi_size", data.get("patch_size", img_size_of(config)))
-    window = [int(window)] * 3 if isinstance(window, (int, float)) else [int(w) for w in window]
-    return window * 3 if len(window) == 1 else window
+    """The window ``resfu-med infer`` uses by default (:meth:`resfu_med.networks.ModelSpec.default_roi`)."""
+    return get_model_spec(config["model"].get("name")).default_roi(config["data"])
 
 
 def example_input(config: dict[str, Any], roi_size: list[int] | None = None) -> torch.Tensor:

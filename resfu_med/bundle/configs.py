@@ -13,27 +13,24 @@ metadata untouched, so ``SaveImaged`` writes the labels with the input's affine,
 from __future__ import annotations
 
 import copy
+import re
+from functools import lru_cache
 from typing import Any
 
-from resfu_med.errors import CheckpointError
+from resfu_med.errors import CheckpointError, InputError
+from resfu_med.networks.model_registry import MODELS, get_model_spec
+from resfu_med.safety import check_plain_data
 
 __all__ = [
-    "NETWORK_TARGETS",
     "network_def",
     "intensity_transforms",
-    "spatial_dims_of",
     "inferer_def",
     "inference_config",
     "train_config",
     "evaluate_config",
+    "inferer_problem",
+    "check_standard_config",
 ]
-
-# checkpoint ``config["model"]["name"]`` → the class ``network_def`` instantiates, and its fixed spatial_dims (if any).
-NETWORK_TARGETS: dict[str, tuple[str, int | None]] = {
-    "transunet": ("resfu_med.networks.TransUNet", None),
-    "unet": ("resfu_med.networks.BasicUNet", 2),
-    "unet3d": ("resfu_med.networks.BasicUNet", 3),
-}
 
 # (Z, Y, X) <-> nibabel (X, Y, Z), channel first; the permutation is its own inverse.
 _TO_ZYX = [0, 3, 2, 1]
@@ -43,35 +40,26 @@ def network_def(model_cfg: dict[str, Any], source: str = "checkpoint") -> dict[s
     """The ``network_def`` config item of a checkpoint's ``config["model"]``.
 
     Args:
-        model_cfg: ``{"name": "transunet" | "unet" | "unet3d", "kwargs": {...}}``.
+        model_cfg: ``{"name": <a registered model>, "kwargs": {...}}``.
         source: file name cited in errors.
 
     Returns:
-        ``{"_target_": "resfu_med.networks.<Class>", **kwargs}`` (``spatial_dims`` filled in for the U-Nets).
+        ``{"_target_": <the model registry's target>, **kwargs}`` (with the entry's fixed arguments, e.g. the U-Nets'
+        ``spatial_dims``).
 
     Raises:
         CheckpointError: unknown model name or malformed kwargs.
     """
     name = model_cfg.get("name") if isinstance(model_cfg, dict) else None
-    if name not in NETWORK_TARGETS:
-        raise CheckpointError(
-            f"{source}: config.model.name is {name!r}; exportable architectures are {sorted(NETWORK_TARGETS)}"
-        )
-    kwargs = model_cfg.get("kwargs", {})
+    kwargs = model_cfg.get("kwargs", {}) if isinstance(model_cfg, dict) else None
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{source}: config.model.kwargs must be a dict, got {type(kwargs).__name__}")
-    target, dims = NETWORK_TARGETS[name]
-    out = {"_target_": target, **copy.deepcopy(kwargs)}
-    if dims == 3:
-        out["spatial_dims"] = 3  # as resfu_med.engine.model_factory builds unet3d
-    elif dims is not None:
-        out.setdefault("spatial_dims", dims)
-    return out
-
-
-def spatial_dims_of(model_cfg: dict[str, Any]) -> int:
-    """2 for slice-wise models, 3 for volumetric ones."""
-    return 3 if model_cfg.get("name") == "unet3d" or model_cfg.get("kwargs", {}).get("spatial_dims") == 3 else 2
+    check_plain_data(kwargs, source, "model.kwargs", error=CheckpointError)  # nothing MONAI would evaluate
+    try:
+        spec = get_model_spec(name)
+        return {"_target_": spec.target, **copy.deepcopy(spec.full_kwargs(kwargs))}
+    except InputError as err:
+        raise CheckpointError(f"{source}: config.model: {err}") from None
 
 
 def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str = "checkpoint") -> list[dict[str, Any]]:
@@ -101,12 +89,38 @@ def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str =
     raise CheckpointError(f"{source}: config.data.intensity {spec!r} is not one of ct / mri minmax / mri zscore")
 
 
+def inferer_problem(roi_size: Any, overlap: Any, mode: Any, sw_batch_size: Any) -> tuple[str, str] | None:
+    """``(option, problem)`` for sliding-window settings MONAI's inferers would reject at run time, else ``None``.
+
+    ``roi_size`` positive integers, ``overlap`` in ``[0, 1)``, ``mode`` ``gaussian``/``constant``, ``sw_batch_size`` a
+    positive integer.
+    """
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(roi_size, (list, tuple)) or not roi_size or not all(is_int(r) and r > 0 for r in roi_size):
+        return "roi_size", f"{roi_size!r} must be positive integers"
+    if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap < 1:
+        return "overlap", f"{overlap!r} must be >= 0 and < 1"
+    if mode not in ("gaussian", "constant"):
+        return "mode", f"{mode!r} must be gaussian or constant"
+    if not is_int(sw_batch_size) or sw_batch_size < 1:
+        return "sw_batch_size", f"{sw_batch_size!r} must be an integer >= 1"
+    return None
+
+
 def inferer_def(spatial_dims: int, roi_size: list[int], overlap: float, mode: str, sw_batch_size: int) -> dict:
     """``SliceInferer`` over the Z axis of a ``(1, Z, Y, X)`` volume for 2D models, ``SlidingWindowInferer`` for 3D.
 
     Slices (2D) are cut in Z order and ``sw_batch_size`` of them go through the network per call, the batches
     ``resfu-med infer --batch-size`` forms, so the two give bit-identical network outputs.
+
+    Raises:
+        InputError: settings :func:`inferer_problem` rejects (named as the ``export-bundle`` option).
     """
+    problem = inferer_problem(list(roi_size), overlap, mode, sw_batch_size)
+    if problem is not None:
+        raise InputError(f"--{problem[0].replace('_', '-')} {problem[1]}")
     common = {"roi_size": list(roi_size), "sw_batch_size": sw_batch_size, "overlap": overlap, "mode": mode,
               "padding_mode": "constant", "cval": 0.0, "progress": False}
     if spatial_dims == 2:
@@ -268,7 +282,8 @@ def train_config(
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": net_def,
         "network": "$@network_def.to(@device)",
-        "load_pretrained": "$@network.load_state_dict(torch.load(@model_dir + '/model.pt', map_location=@device))",
+        "load_pretrained": "$@network.load_state_dict(torch.load(@model_dir + '/model.pt', map_location=@device, "
+                           "weights_only=True))",
         "images": "$sorted(glob.glob(os.path.join(@dataset_dir, 'imagesTr', '*.nii*')))",
         "labels": "$sorted(glob.glob(os.path.join(@dataset_dir, 'labelsTr', '*.nii*')))",
         "train_datalist": "$[{'image': i, 'label': l} for i, l in zip(@images, @labels)]",
@@ -341,3 +356,78 @@ def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_cl
     cfg["dataset"]["data"] = "$[{'image': i, 'label': l} for i, l in zip(@images, @labels)]"
     cfg["evaluator"]["key_val_metric"] = "@metrics"
     return cfg
+
+
+# A stand-in zoom size: the generated expressions that contain it become patterns accepting any size.
+_ANY_SIZE = 987654321
+
+
+def _walk(value: Any, where: str = ""):
+    """``(dotted path, key or None, value)`` for every dict entry and list item of a config."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            yield path, key, item
+            yield from _walk(item, path)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            path = f"{where}.{i}" if where else str(i)
+            yield path, None, item
+            yield from _walk(item, path)
+
+
+@lru_cache(maxsize=1)
+def _standard_items() -> tuple[frozenset[str], tuple[re.Pattern, ...], frozenset[str]]:
+    """Every expression/reference string and every MONAI ``_target_`` the configs of this module can contain."""
+    exact: set[str] = set()
+    targets: set[str] = set()
+    intensities = [{"kind": "ct", "a_min": 0.0, "a_max": 1.0}, {"kind": "mri", "mode": "minmax"},
+                   {"kind": "mri", "mode": "zscore"}]
+    for intensity in intensities:
+        for dims in (2, 3):
+            for zoom in (None, _ANY_SIZE):
+                net = {"_target_": get_model_spec("unet").target}
+                inference = inference_config(net, intensity, dims, [16] * dims, img_size=zoom)
+                for cfg in (inference, train_config(net, intensity, dims, [16] * dims, 2),
+                            evaluate_config(inference, intensity, 2, dims, zoom)):
+                    for _, key, item in _walk(cfg):
+                        if key == "_target_" and item != net["_target_"]:
+                            targets.add(item)
+                        elif isinstance(item, str) and item[:1] in "$@%":
+                            exact.add(item)
+    patterns = tuple(re.compile(re.escape(e).replace(str(_ANY_SIZE), r"\d+")) for e in exact if str(_ANY_SIZE) in e)
+    return frozenset(e for e in exact if str(_ANY_SIZE) not in e), patterns, frozenset(targets)
+
+
+def check_standard_config(config: Any, source: str) -> None:
+    """Check, without evaluating anything, that a bundle config holds only what resfu-med writes.
+
+    Every ``$`` expression and ``@``/``%`` reference must be one of the standard strings :func:`inference_config`,
+    :func:`train_config` and :func:`evaluate_config` generate (docs/bundle.md lists them), every ``_target_`` one of
+    their components or a resfu-med network, no other ``_..._`` directive key, and the inferer's settings valid.
+
+    Raises:
+        InputError: the message names the file, the dotted path and the value.
+    """
+    exact, patterns, targets = _standard_items()
+    targets = targets | {spec.target for spec in MODELS.values()}
+    if not isinstance(config, dict):
+        raise InputError(f"{source}: expected a JSON object at the top level, got {type(config).__name__}")
+    for path, key, item in _walk(config):
+        if key is not None and (not isinstance(key, str) or key[:1] in "$@%"
+                                or (key != "_target_" and len(key) > 1 and key[0] == "_" and key[-1] == "_")):
+            raise InputError(f"{source}: config key {path} is not one resfu-med bundles contain; refusing")
+        if key == "_target_":
+            if item not in targets:
+                raise InputError(f"{source}: config value {path} is {item!r}, not a component resfu-med bundles "
+                                 "use; refusing")
+        elif isinstance(item, str) and item[:1] in "$@%":
+            if item not in exact and not any(p.fullmatch(item) for p in patterns):
+                raise InputError(f"{source}: config value {path} is an expression resfu-med bundles do not contain "
+                                 f"({item[:60]!r}); refusing")
+    inferer = config.get("inferer")
+    if isinstance(inferer, dict):
+        problem = inferer_problem(inferer.get("roi_size"), inferer.get("overlap"), inferer.get("mode"),
+                                  inferer.get("sw_batch_size"))
+        if problem is not None:
+            raise InputError(f"{source}: config value inferer.{problem[0]} {problem[1]}")

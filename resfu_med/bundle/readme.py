@@ -76,7 +76,7 @@ import torch
 
 parser = ConfigParser(); parser.read_config("<bundle>/configs/inference.json")
 net = parser.get_parsed_content("network_def")
-net.load_state_dict(torch.load("<bundle>/models/model.pt", map_location="cpu"))
+net.load_state_dict(torch.load("<bundle>/models/model.pt", map_location="cpu", weights_only=True))
 ```
 
 `configs/train.json` fine-tunes from these weights on `<dataset_dir>/imagesTr` + `labelsTr`;

@@ -21,22 +21,26 @@ import torch
 from resfu_med.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from resfu_med.bundle.checkpoint_io import (
     build_network,
+    network_from_def,
     default_roi_size,
     example_input,
-    img_size_of,
     read_checkpoint,
 )
 from resfu_med.bundle.configs import (
+    check_standard_config,
     evaluate_config,
     inference_config,
+    inferer_def,
     network_def,
-    spatial_dims_of,
     train_config,
 )
 from resfu_med.bundle.metadata import build_metadata
 from resfu_med.bundle.readme import render_license, render_readme
 from resfu_med.bundle.schema import validate_metadata
-from resfu_med.errors import InputError
+from resfu_med.errors import CheckpointError, InputError
+from resfu_med.networks.model_registry import img_size_of, spatial_dims_of
+from resfu_med.outputs import claim_output, output_folder
+from resfu_med.safety import check_plain_data
 
 __all__ = [
     "REQUIRED_FILES",
@@ -91,44 +95,52 @@ def export_bundle(
     source = str(checkpoint)
     if (out / "configs" / "metadata.json").exists() and not overwrite:
         raise InputError(f"{out}: already holds a bundle (configs/metadata.json); pass overwrite/--overwrite")
+    claim_output(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part)
     state, config, info = read_checkpoint(checkpoint)
     net_def = network_def(config["model"], source)
     dims = spatial_dims_of(config["model"])
     net = build_network(net_def, state, source)  # fails before anything is written
     roi = list(roi_size) if roi_size else default_roi_size(config)
     if len(roi) != dims:
-        raise ValueError(f"roi_size {roi} has {len(roi)} entries for a {dims}D model")
+        raise InputError(f"--roi-size {' '.join(map(str, roi))} has {len(roi)} entries for a {dims}D model")
+    inferer_def(dims, roi, overlap, mode, sw_batch_size)  # InputError naming the option, before anything is written
     data = config["data"]
     if metrics is None and isinstance(info.get("best_metric"), (int, float)):
         metrics = {"val_mean_dice": float(info["best_metric"])}
     metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
                               spatial_dims=dims)
     validate_metadata(metadata, source=str(out / "configs" / "metadata.json"))
-    img_size = img_size_of(config) if dims == 2 and resample else None
+    img_size = img_size_of(config["data"]) if dims == 2 and resample else None
     inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size)
-    train_patch = [img_size_of(config)] * 2 if dims == 2 else roi
+    train_patch = [img_size_of(config["data"])] * 2 if dims == 2 else roi
     configs = {
         "metadata.json": metadata,
         "inference.json": inference,
         "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
         "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size),
     }
-    for fname, content in configs.items():
-        atomic_write_json(out / "configs" / fname, content)
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
-    atomic_write_bytes(out / "models" / "model.pt", buffer.getvalue())
-    example = example_input(config, roi)
-    if torchscript:
-        _optional_export("TorchScript", out / "models" / "model.ts", lambda p: _ts(net, p, example, metadata, inference))
-    if onnx:
-        from resfu_med.bundle.export import export_onnx
+    with output_folder(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part):
+        for fname, content in configs.items():
+            atomic_write_json(out / "configs" / fname, content)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
+        atomic_write_bytes(out / "models" / "model.pt", buffer.getvalue())
+        example = example_input(config, roi)
+        if torchscript:
+            _optional_export("TorchScript", out / "models" / "model.ts", lambda p: _ts(net, p, example, metadata, inference))
+        if onnx:
+            from resfu_med.bundle.export import export_onnx
 
-        _optional_export("ONNX", out / "models" / "model.onnx", lambda p: export_onnx(net, p, example))
-    atomic_write_text(out / "docs" / "README.md", render_readme(metadata, config, net_def, inference, info))
-    atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
-    check_bundle(out)
+            _optional_export("ONNX", out / "models" / "model.onnx", lambda p: export_onnx(net, p, example))
+        atomic_write_text(out / "docs" / "README.md", render_readme(metadata, config, net_def, inference, info))
+        atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
+        check_bundle(out)
     return out
+
+
+def _is_bundle_part(path: Path) -> bool:
+    """What :func:`export_bundle` writes at the top of a bundle (a bundle folder carries no marker file)."""
+    return path.name in ("configs", "models", "docs", "LICENSE")
 
 
 def _ts(net, path, example, metadata, inference):
@@ -152,11 +164,15 @@ def _optional_export(kind: str, path: Path, fn) -> None:
 def check_bundle(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     """Check that a folder is a complete bundle and its metadata is valid.
 
+    Static: nothing in the configs is evaluated. Every expression and ``_target_`` must be one that resfu-med
+    bundles contain (:func:`~resfu_med.bundle.configs.check_standard_config`), metadata is plain data.
+
     Returns:
         The metadata dict.
 
     Raises:
-        InputError: a required file is missing (names it) or the metadata is invalid (names the field).
+        InputError: a required file is missing (names it), the metadata is invalid (names the field), or a config
+            holds an expression, component or inferer setting resfu-med does not write (names the value).
     """
     root = Path(bundle_dir)
     if not root.is_dir():
@@ -164,25 +180,43 @@ def check_bundle(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     for rel in REQUIRED_FILES:
         if not (root / rel).is_file():
             raise InputError(f"{root / rel}: required bundle file is missing")
+    for name in ("inference.json", "train.json", "evaluate.json"):
+        if (root / "configs" / name).is_file():
+            check_standard_config(_read_json(root / "configs" / name), str(root / "configs" / name))
+    metadata = validate_metadata(root / "configs" / "metadata.json")
+    check_plain_data(metadata, str(root / "configs" / "metadata.json"))
+    return metadata
+
+
+def _read_json(path: Path) -> Any:
     try:
-        json.loads((root / "configs" / "inference.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{root / 'configs' / 'inference.json'}: not valid JSON ({err})") from None
-    return validate_metadata(root / "configs" / "metadata.json")
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def load_bundle_network(bundle_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The network of a bundle with its weights, in eval mode (``ConfigParser`` + ``models/model.pt``).
+    """The network of a bundle with its weights, in eval mode (``network_def`` + ``models/model.pt``).
+
+    ``network_def`` is read as JSON and built from validated plain values (:func:`network_from_def`); nothing in the
+    bundle is evaluated.
 
     Raises:
-        InputError: incomplete bundle.
-        CheckpointError: the weights do not fit ``network_def``.
+        InputError: incomplete bundle or a config resfu-med did not write.
+        CheckpointError: ``network_def`` is not a resfu-med network of plain arguments, or the weights do not fit it.
     """
-    from monai.bundle import ConfigParser
-
     root = Path(bundle_dir)
     check_bundle(root)
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
-    state = torch.load(root / "models" / "model.pt", map_location=device, weights_only=True)
-    return build_network(parser.get("network_def"), state, str(root / "models" / "model.pt")).to(device)
+    config = root / "configs" / "inference.json"
+    net_def = _read_json(config).get("network_def")
+    network_from_def(net_def, str(config))  # refused before the weights file is even opened
+    weights = root / "models" / "model.pt"
+    try:
+        state = torch.load(weights, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a bad file, whatever pickle says (never suggest weights_only=False)
+        raise CheckpointError(f"{weights}: not a readable state dict ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{weights}: not a state dict of tensors")
+    return build_network(net_def, state, str(weights)).to(device)

@@ -28,8 +28,27 @@ EPILOG = """examples:
 """
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps the examples in descriptions as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it has one and keeps the examples in descriptions as written.
+
+    No ``(default: None)`` on required options, ``(default: False)`` on flags, or a second default where the help text
+    already states one.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.required
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or action.nargs == 0
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -37,6 +56,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401  (argparse's hook; never returns)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102  (adds the check of aliased required options)
+        from resfu_med.cli._options import check_required_aliases
+
+        namespace, extras = super().parse_known_args(args, namespace)
+        check_required_aliases(self, namespace)
+        return namespace, extras
 
 
 def _command_modules() -> list:

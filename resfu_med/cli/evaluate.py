@@ -8,7 +8,7 @@ A volume that fails is reported in one line and the others still run; the exit s
 
 examples:
   resfu-med evaluate --checkpoint runs/demo/best.pt --dataset demo
-  resfu-med evaluate --checkpoint runs/synapse/best.pt --dataset synapse --data-root data/Synapse --save-nifti
+  resfu-med evaluate --checkpoint runs/synapse/best.pt --dataset synapse --data-root data/Synapse --save-predictions
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from resfu_med.cli.infer import _positive
+from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias
 from resfu_med.errors import CheckpointError, InputError
+from resfu_med.outputs import output_folder
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -31,23 +32,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="synapse, acdc, msd or demo; default: the checkpoint's")
     parser.add_argument("--data-root", default=None, help="dataset folder; default: the dataset's default location")
     parser.add_argument("--split", default="test", help="evaluation split (test or val)")
-    parser.add_argument("--output", default=None,
-                        help="folder for metrics.json and the CSVs; default: <checkpoint folder>/eval-<dataset>-<split>")
-    parser.add_argument("--save-nifti", action="store_true", help="also write <case>_pred.nii.gz predictions")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="slices (2D) or windows (3D) per forward")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    parser.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
+                        help="foreground class names 1..K-1 in label order for the tables (default: the names the "
+                             "checkpoint was trained with via --class-names, else the dataset's)")
+    add_output(parser, "folder for metrics.json and the CSVs; default: <checkpoint folder>/eval-<dataset>-<split>",
+               old=None)
+    parser.add_argument("--save-predictions", action="store_true", help="also write <case>_pred.nii.gz predictions")
+    deprecated_alias(parser, "--save-nifti", "--save-predictions", "save_predictions", flag=True)
+    add_sw_batch_size(parser)
+    add_device(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
-    parser.add_argument("--disable-progress-bar", action="store_true", help="no progress bar")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med evaluate``; returns 0 when every volume was evaluated, 1 if any failed."""
     from resfu_med.data import dataset_info, get_dataset  # heavy imports only when the command runs
     from resfu_med.engine import inferer
+    from resfu_med.engine.device import resolve_device
     from resfu_med.engine.evaluator import evaluate_model
     from resfu_med.metrics import format_table, report_paths, write_reports
 
-    device = inferer.resolve_device(args.device)
+    device = resolve_device(args.device)
     model, config = inferer.load_for_inference(args.checkpoint, device)
     data_cfg = dict(config.get("data") or {})
     name = args.dataset or data_cfg.get("dataset")
@@ -64,26 +70,33 @@ def run(args: argparse.Namespace) -> int:
             f"checkpoint {args.checkpoint}: trained for {data_cfg['num_classes']} classes, "
             f"dataset {name!r} has {info.num_classes}"
         )
-    data_cfg["label_names"] = list(info.label_names)
+    # names given at training (--class-names, a copy labelled in another order) stay unless overridden here
+    names = args.class_names or data_cfg.get("class_names") or list(info.label_names)
+    if len(names) != int(data_cfg["num_classes"]) - 1:
+        raise InputError(f"--class-names: {len(names)} name(s) given, the checkpoint has "
+                         f"{int(data_cfg['num_classes']) - 1} foreground classes")
+    data_cfg["label_names"] = list(names)
+    if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore" voxels are not scored
+        data_cfg.setdefault("ignore_index", int(info.ignore_index))
     config = {**config, "data": data_cfg}
     out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / f"eval-{name}-{args.split}"
     existing = [p for p in report_paths(out).values() if p.exists()]
     if existing and not args.overwrite:
         raise InputError(f"{existing[0]} exists; pass --overwrite to replace it or choose another --output")
-    inferer.check_output_dir(out)
-    dataset = get_dataset(name, args.data_root, args.split)
-    if len(dataset) == 0:
-        raise InputError(f"dataset {name!r} split {args.split!r}: no volumes found")
-    result = evaluate_model(
-        model, dataset, config, device=device, batch_size=args.batch_size,
-        save_dir=(out / "predictions") if args.save_nifti else None, progress=not args.disable_progress_bar,
-    )
-    meta = {
-        "checkpoint": str(args.checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,
-        "split": args.split, "img_size": data_cfg.get("img_size"), "model": config.get("model"),
-        "failures": [{"case": c, "error": m} for c, m in result.failures], "no_spacing": result.no_spacing,
-    }
-    paths = write_reports(out, [result.transunet, result.spacing], meta)
+    with output_folder(out, COMMAND, inputs=[info.root or args.data_root], overwrite=args.overwrite):
+        dataset = get_dataset(name, args.data_root, args.split)
+        if len(dataset) == 0:
+            raise InputError(f"dataset {name!r} split {args.split!r}: no volumes found")
+        result = evaluate_model(
+            model, dataset, config, device=device, batch_size=args.sw_batch_size,
+            save_dir=(out / "predictions") if args.save_predictions else None, progress=not args.no_progress,
+        )
+        meta = {
+            "checkpoint": str(args.checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,
+            "split": args.split, "img_size": data_cfg.get("img_size"), "model": config.get("model"),
+            "failures": [{"case": c, "error": m} for c, m in result.failures], "no_spacing": result.no_spacing,
+        }
+        paths = write_reports(out, [result.transunet, result.spacing], meta)
     print(format_table(result.transunet))
     print()
     if result.spacing.cases:

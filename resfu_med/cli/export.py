@@ -5,15 +5,17 @@ difference is printed. TorchScript is scripted (any input size) or, if the netwo
 patch size; ONNX has a fixed patch size and a dynamic batch axis and needs `pip install resfu-med[onnx]`.
 
 examples:
-  resfu-med export --checkpoint runs/demo/best.pt --format torchscript --out model.ts
-  resfu-med export --checkpoint runs/demo/best.pt --format onnx --out model.onnx --roi-size 224 224
+  resfu-med export --checkpoint runs/demo/best.pt --format torchscript --output model.ts
+  resfu-med export --checkpoint runs/demo/best.pt --format onnx --output model.onnx --roi-size 224 224
 """
 
 from __future__ import annotations
 
 import argparse
 
+from resfu_med.cli._options import add_output
 from resfu_med.errors import InputError
+from resfu_med.outputs import claim_output_file
 
 COMMAND = "export"
 
@@ -25,9 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by resfu-med train")
     parser.add_argument("--format", dest="fmt", choices=("torchscript", "onnx"), default="torchscript",
                         help="export format")
-    parser.add_argument("--out", required=True, help="file to write")
+    add_output(parser, "file to write", required=True, old="--out")
     parser.add_argument("--roi-size", type=int, nargs="+", default=None,
-                        help="spatial size of the test input and ONNX graph; None: the training img_size")
+                        help="spatial size of the test input and ONNX graph; default: the training img_size")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fmt == "onnx" and not onnx_available():
         raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
-    info = export_model(args.checkpoint, args.out, args.fmt, args.roi_size)
+    claim_output_file(args.output, inputs=[args.checkpoint], overwrite=args.overwrite)
+    info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size)
     print(f"{args.fmt} ({info['method']}) written to {info['path']}; max |exported - pytorch| = {info['max_abs_diff']:.3g}")
     return 0

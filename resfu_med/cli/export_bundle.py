@@ -6,8 +6,8 @@ The bundle runs with MONAI's own tools, no resfu-med command needed (resfu-med m
       --dataset_dir scans/ --output_dir segs/
 
 examples:
-  resfu-med export-bundle --checkpoint runs/demo/best.pt --out bundles/demo_transunet
-  resfu-med export-bundle --checkpoint runs/demo/best.pt --out bundles/demo --onnx --metrics report.json
+  resfu-med export-bundle --checkpoint runs/demo/best.pt --output bundles/demo_transunet
+  resfu-med export-bundle --checkpoint runs/demo/best.pt --output bundles/demo --onnx --metrics report.json
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from resfu_med.cli._options import add_output, add_sw_batch_size, deprecated_alias
 from resfu_med.errors import InputError
 
 COMMAND = "export-bundle"
@@ -26,24 +27,24 @@ __all__ = ["COMMAND", "add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``resfu-med export-bundle``."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by resfu-med train")
-    parser.add_argument("--out", required=True, help="bundle folder to write")
-    parser.add_argument("--name", default=None, help="bundle name; None: the folder's name")
-    parser.add_argument("--version", dest="bundle_version", default="0.1.0", help="bundle version in metadata.json")
+    add_output(parser, "bundle folder to write", required=True, old="--out")
+    parser.add_argument("--name", default=None, help="bundle name; default: the folder's name")
+    parser.add_argument("--bundle-version", default="0.1.0", help="bundle version in metadata.json")
+    deprecated_alias(parser, "--version", "--bundle-version", "bundle_version")
     parser.add_argument("--roi-size", type=int, nargs="+", default=None,
-                        help="sliding-window size; None: as resfu-med infer (img_size for 2D, data.roi_size for 3D)")
+                        help="sliding-window size; default: as resfu-med infer (img_size for 2D, data.roi_size for 3D)")
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (as resfu-med infer)")
     parser.add_argument("--mode", choices=("gaussian", "constant"), default="gaussian", help="window blending")
-    parser.add_argument("--sw-batch-size", type=int, default=8,
-                        help="slices (2D) or windows (3D) per network call (as resfu-med infer --batch-size)")
+    add_sw_batch_size(parser, old_batch_size=False)
     parser.add_argument("--no-resample", action="store_true",
                         help="2D models: run windows on the native slice grid (as resfu-med infer --no-resample) "
                              "instead of zooming slices to the training size")
     parser.add_argument("--metrics", default=None,
                         help="JSON file of evaluation metrics (top-level numbers) for metadata and README; "
-                             "None: the checkpoint's best validation metric")
+                             "default: the checkpoint's best validation metric")
     parser.add_argument("--no-torchscript", action="store_true", help="do not write models/model.ts")
     parser.add_argument("--onnx", action="store_true", help="also write models/model.onnx (needs onnx, onnxruntime)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
 
 
 def _read_metrics(path: str | None) -> dict[str, float] | None:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = export_bundle(
         args.checkpoint,
-        args.out,
+        args.output,
         name=args.name,
         version=args.bundle_version,
         roi_size=args.roi_size,

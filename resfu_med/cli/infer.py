@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias, fraction, positive
 from resfu_med.errors import InputError
+from resfu_med.outputs import claim_output, output_folder
 
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -24,31 +27,18 @@ __all__ = ["COMMAND", "add_arguments", "run"]
 COMMAND = "infer"
 
 
-def _fraction(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return v
-
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``infer`` flags (nnU-Net-like names)."""
     parser.add_argument("-i", "--input", required=True, help="a .nii/.nii.gz file or a folder of them")
-    parser.add_argument("-o", "--output", required=True, help="output folder (created)")
+    add_output(parser, "output folder (created)", required=True, old=None)
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
-    parser.add_argument("--roi", type=_positive, nargs="+", default=None,
+    parser.add_argument("--roi-size", type=positive, nargs="+", default=None, metavar="N",
                         help="sliding-window size (1 value, or 2 for 2D / 3 for 3D models); "
                              "default: the checkpoint's img_size (2D) or roi_size (3D)")
-    parser.add_argument("--overlap", type=_fraction, default=0.25, help="window overlap fraction in [0, 1)")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="slices (2D) or windows (3D) per forward")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    deprecated_alias(parser, "--roi", "--roi-size", "roi_size", type=positive, nargs="+")
+    parser.add_argument("--overlap", type=fraction, default=0.25, help="window overlap fraction in [0, 1)")
+    add_sw_batch_size(parser)
+    add_device(parser)
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4 flips 2D, 8 flips 3D)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <name>_prob.nii.gz (float32, classes on the 4th axis)")
@@ -56,29 +46,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--continue-prediction", action="store_true", help="skip inputs whose outputs exist")
     parser.add_argument("--no-resample", action="store_true",
                         help="2D models: run windows on the native slice grid instead of zooming slices to img_size")
-    parser.add_argument("--disable-progress-bar", action="store_true", help="no progress bars")
+    add_no_progress(parser)
+
+
+def _is_infer_output(path: Path) -> bool:
+    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
+    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
     from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
-    from resfu_med.engine.predictor import model_spatial_dims
+    from resfu_med.engine.device import resolve_device
+    from resfu_med.networks.model_registry import spatial_dims_of
 
-    device = inferer.resolve_device(args.device)
+    device = resolve_device(args.device)
     files = inferer.collect_inputs(args.input)  # fail early, before loading the model
-    inferer.check_output_dir(args.output)
+    claim_output(args.output, COMMAND, inputs=[args.input], overwrite=args.overwrite or args.continue_prediction,
+                 owned=_is_infer_output)
     model, config = inferer.load_for_inference(args.checkpoint, device)
-    dims = model_spatial_dims(config)
-    if args.roi is not None and len(args.roi) not in (1, dims):
-        raise InputError(f"--roi: give 1 or {dims} sizes for this {dims}D model, got {len(args.roi)} ({args.roi})")
-    roi = None if args.roi is None else (args.roi[0] if len(args.roi) == 1 else tuple(args.roi))
+    dims = spatial_dims_of(config["model"])
+    size = args.roi_size
+    if size is not None and len(size) not in (1, dims):
+        raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(size)} ({size})")
+    roi = None if size is None else (size[0] if len(size) == 1 else tuple(size))
     opts = inferer.InferOptions(
-        roi=roi, overlap=args.overlap, batch_size=args.batch_size, device=device, tta=args.tta,
+        roi=roi, overlap=args.overlap, batch_size=args.sw_batch_size, device=device, tta=args.tta,
         save_probabilities=args.save_probabilities, overwrite=args.overwrite,
         continue_prediction=args.continue_prediction, resample=not args.no_resample,
-        progress=not args.disable_progress_bar,
+        progress=not args.no_progress,
     )
-    summary = inferer.infer_paths(args.input, args.output, model, config, opts)
+    with output_folder(args.output, COMMAND, inputs=[args.input],
+                       overwrite=args.overwrite or args.continue_prediction, owned=_is_infer_output):
+        summary = inferer.infer_paths(args.input, args.output, model, config, opts)
     print(f"resfu-med infer: {len(files)} input(s): {len(files) - len(summary.failed) - len(summary.skipped)} "
           f"segmented, {len(summary.skipped)} skipped, {len(summary.failed)} failed -> {args.output}",
           file=sys.stderr)

@@ -25,14 +25,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from resfu_med.cli._options import add_no_progress
 from resfu_med.errors import InputError
 
-__all__ = ["COMMAND", "add_arguments", "run", "flag_overrides", "UPSAMPLERS"]
+__all__ = ["COMMAND", "add_arguments", "run", "flag_overrides"]
 
 COMMAND = "train"
-
-#: Upsampler names of :func:`resfu_med.networks.get_upsampler` (docs/contracts.md).
-UPSAMPLERS = ("resfu", "bilinear", "nearest", "deconv", "pixelshuffle", "carafe", "sapa", "dysample")
 
 # flag destination → dotted config key
 _FLAG_KEYS = {
@@ -53,6 +51,7 @@ _FLAG_KEYS = {
     "seed": "seed",
     "deterministic": "deterministic",
     "num_workers": "data.num_workers",
+    "class_names": "data.class_names",
     "checkpoint_every": "train.checkpoint_every",
     "no_eval": "train.eval",
 }
@@ -70,16 +69,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options (absent flags leave the config untouched, hence ``SUPPRESS`` defaults)."""
     s = argparse.SUPPRESS
     g = parser.add_argument_group("data and model")
-    g.add_argument("--dataset", default=s, metavar="NAME", help="synapse | acdc | msd | demo (demo needs nothing else)")
+    g.add_argument("--dataset", default=s, metavar="NAME", help="a dataset of the data registry (docs/datasets.md); demo needs nothing else")
     g.add_argument("--data-root", default=s, metavar="DIR", help="prepared dataset folder (not needed for demo)")
-    g.add_argument("--model", default=s, metavar="NAME", help=f"transunet | unet | unet3d ({_default('model.name')})")
-    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler: {' | '.join(UPSAMPLERS)} ({_default('model.upsampler')})")
+    g.add_argument("--model", default=s, metavar="NAME", help=f"a network of the model registry, docs/networks.md ({_default('model.name')})")
+    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler of the upsampler registry, docs/networks.md ({_default('model.upsampler')})")
+    g.add_argument("--class-names", nargs="+", default=s, metavar="NAME",
+                   help="names of the foreground classes 1..K-1 in label order, for a copy labelled in another order "
+                        "than the dataset's default (stored in the checkpoint; evaluation tables use them)")
     g.add_argument("--pretrained", default=s, metavar="NPZ", help="R50+ViT-B_16.npz ImageNet-21k weights for transunet")
     g.add_argument("--img-size", type=int, default=s, metavar="N", help=f"slice size ({_default('data.img_size')})")
     g.add_argument("--patch-size", type=int, nargs=3, default=s, metavar=("Z", "Y", "X"),
-                   help=f"unet3d: training patch and inference window, multiples of 16 ({_default('data.patch_size')})")
+                   help=f"3D models: training patch and inference window, multiples of 16 (swinunetr: 32) ({_default('data.patch_size')})")
     g.add_argument("--patches-per-volume", type=int, default=s, metavar="N",
-                   help=f"unet3d: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
+                   help=f"3D models: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")
@@ -95,13 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=s, metavar="N",
                    help=f"also save last.pt every N iterations, 0: at epoch ends only ({_default('train.checkpoint_every')})")
     g = parser.add_argument_group("run")
-    g.add_argument("--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
+    g.add_argument("-o", "--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run files of an existing --output folder")
     g.add_argument("--amp", default=s, metavar="MODE", help=f"mixed precision: none | bf16 | fp16 ({_default('amp')})")
     g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda ({_default('device')})")
     g.add_argument("--num-workers", type=int, default=s, metavar="N", help=f"data loader workers ({_default('data.num_workers')})")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(g)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,12 +118,6 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         section, _, leaf = key.rpartition(".")
         (out.setdefault(section, {}) if section else out)[leaf] = value
     return out
-
-
-def _check_names(overrides: dict[str, Any]) -> None:
-    up = overrides.get("model", {}).get("upsampler")
-    if up is not None and up not in UPSAMPLERS:
-        raise InputError(f"unknown upsampler {up!r}: choose one of {', '.join(UPSAMPLERS)}")
 
 
 def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -141,9 +137,9 @@ def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[st
 
 
 def _unit(cfg: dict[str, Any]) -> str:
-    from resfu_med.engine.predictor import model_spatial_dims
+    from resfu_med.networks.model_registry import spatial_dims_of
 
-    return "volumes" if model_spatial_dims(cfg) == 3 else "slices"
+    return "volumes" if spatial_dims_of(cfg["model"]) == 3 else "slices"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,13 +149,13 @@ def run(args: argparse.Namespace) -> int:
     from resfu_med.engine import distributed as ddp
     from resfu_med.engine.checkpoint import load_checkpoint
     from resfu_med.engine.config import DEFAULTS, merge_config, resolve_config
-    from resfu_med.engine.preparation import complete_config, prepare_run_dir, resolve_device
+    from resfu_med.engine.device import resolve_device
+    from resfu_med.engine.preparation import complete_config, prepare_run_dir
     from resfu_med.engine.trainer import Trainer
 
     args.output = getattr(args, "output", None)
     args.config = getattr(args, "config", None)
     overrides = flag_overrides(args)
-    _check_names(overrides)
     dataset = overrides.get("data", {}).get("dataset")
     if args.output is None and dataset is None:
         raise InputError("--output is required (or --dataset, for the default runs/<dataset>)")
@@ -184,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
                     runtime = _resume_runtime(saved, overrides)
                 else:
                     cfg = complete_config(resolve_config(dataset, args.config, overrides))
-                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True)
+                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True,
+                                    inputs=[cfg["data"].get("root")])
             except Exception as e:  # re-raised below after telling the other ranks
                 err = e
         if dist.enabled:

@@ -3,7 +3,6 @@
 Modules (imported directly; nothing heavy is imported here so ``resfu-med --help`` stays fast):
 
 - :mod:`resfu_med.engine.config` — run configuration: paper defaults, dataset presets, config files, validation.
-- :mod:`resfu_med.engine.model_factory` — ``build_model(model_cfg)`` for ``transunet`` / ``unet`` / ``unet3d``.
 - :mod:`resfu_med.engine.checkpoint` — ``save_checkpoint`` (atomic), ``load_checkpoint``, ``load_model``.
 - :mod:`resfu_med.engine.trainer` — the resumable training loop (TensorBoard, AMP, DDP).
 - :mod:`resfu_med.engine.predictor` — slice-wise (2D) and sliding-window (3D) volume prediction.

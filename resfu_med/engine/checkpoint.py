@@ -12,6 +12,7 @@ the file loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from resfu_med.atomic import atomic_torch_save
-from resfu_med.errors import CheckpointError
+from resfu_med.errors import CheckpointError, InputError
+from resfu_med.safety import check_kwargs, check_plain_data
 
 __all__ = [
     "FORMAT",
@@ -31,6 +33,7 @@ __all__ = [
     "load_model",
     "capture_rng",
     "restore_rng",
+    "check_model_config",
 ]
 
 FORMAT = "resfu-med-checkpoint"
@@ -107,8 +110,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle/zip errors of all kinds mean the same thing to the user
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({detail[:200]})") from err
+        raise CheckpointError(f"checkpoint {path} {_unreadable_reason(path, err)}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a resfu-med checkpoint (no format tag {FORMAT!r})")
     if int(ckpt.get("version", 0)) > VERSION:
@@ -121,23 +123,53 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     cfg = ckpt["config"]
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
         raise CheckpointError(f"checkpoint {path} has no model description (config['model'])")
+    # A shared checkpoint is data: its config reaches constructors and MONAI bundle configs only as plain values and
+    # the model's own arguments.
+    check_plain_data(cfg, str(path), error=CheckpointError)
+    check_model_config(cfg["model"], str(path), error=CheckpointError)
     return ckpt
 
 
-def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing weights (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])}; checkpoint vs model)")
-    return ", ".join(parts) or None
+def check_model_config(model_cfg: Any, source: str = "model config", error: type[Exception] = InputError) -> None:
+    """Check a ``{"name", "kwargs"}`` model description read from a file before anything is built from it.
+
+    The name must be registered (:mod:`resfu_med.networks.model_registry`), ``kwargs`` plain data
+    (:func:`resfu_med.safety.check_plain_data`) whose keys the model's constructor accepts.
+
+    Raises:
+        error: the message names ``source`` and the offending value (``model.kwargs.in_channels``).
+    """
+    from resfu_med.networks.model_registry import MODELS, model_names
+
+    if not isinstance(model_cfg, dict):
+        raise error(f"{source}: config value model must be a mapping, got {type(model_cfg).__name__}")
+    check_plain_data(model_cfg, source, "model", error=error)
+    spec = MODELS.get(model_cfg.get("name"))
+    if spec is None:
+        raise error(f"{source}: config value model.name is {model_cfg.get('name')!r}; known models: "
+                    f"{', '.join(model_names())}")
+    check_kwargs(model_cfg.get("kwargs") or {}, spec.accepted_keys, getattr(spec.constructor, "__name__", spec.name),
+                 source, error=error)
+
+
+def _unreadable_reason(path: Path, err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in the user's terms.
+
+    torch's own message advises re-loading with ``weights_only=False``, which would run any code in the file; it is
+    never passed on.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(352)
+    if head[:2] == b"\x1f\x8b" or head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00":
+        return "is a NIfTI image (or another gzip file), not a checkpoint"
+    text = str(err)
+    if not zipfile.is_zipfile(path):
+        return "is corrupt or not a checkpoint (not a complete PyTorch archive: truncated, damaged or another format)"
+    if "weights_only" in text.lower() or "weights only" in text.lower():
+        return ("holds Python objects other than tensors and plain values; resfu-med reads checkpoints as data only "
+                "and refuses it")
+    detail = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"is corrupt or not a checkpoint ({detail[:200]})"
 
 
 def load_model(
@@ -163,8 +195,7 @@ def load_model(
         CheckpointError: unreadable checkpoint, or a mismatch between the checkpoint's weights and its recorded
             architecture, or with the expected ``num_classes``/``model_name``; the message names the mismatch.
     """
-    from resfu_med.engine.model_factory import build_model, num_classes_of
-    from resfu_med.errors import InputError
+    from resfu_med.networks.model_registry import build_model, load_state_strict, num_classes_of
 
     ckpt = load_checkpoint(checkpoint_path)
     config = ckpt["config"]
@@ -190,11 +221,6 @@ def load_model(
         model = build_model(mcfg)
     except InputError as err:
         raise CheckpointError(f"checkpoint {checkpoint_path}: cannot rebuild its model: {err}") from err
-    problem = _describe_mismatch(model, ckpt["model"])
-    if problem:
-        raise CheckpointError(
-            f"checkpoint {checkpoint_path} does not match its {mcfg['name']!r} architecture: {problem}"
-        )
-    model.load_state_dict(ckpt["model"])
+    load_state_strict(model, ckpt["model"], f"checkpoint {checkpoint_path} does not match its {mcfg['name']!r} architecture")
     model.to(device).eval()
     return model, config

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,8 @@ from resfu_med.errors import InputError
 __all__ = [
     "DEFAULTS",
     "PRESETS",
-    "DATASETS",
-    "MODELS",
     "CHOICES",
+    "registry_choices",
     "default_config",
     "load_config_file",
     "merge_config",
@@ -39,14 +39,12 @@ __all__ = [
     "flatten",
 ]
 
-DATASETS = ("synapse", "acdc", "msd", "demo")
-MODELS = ("transunet", "unet", "unet3d")
 
 #: The paper's protocol (TransUNet R50-ViT-B/16 on Synapse; SPEC §4).
 DEFAULTS: dict[str, Any] = {
     "seed": 1234,
     "deterministic": False,
-    "device": "auto",  # auto | cpu | cuda
+    "device": "auto",  # auto | cpu | cuda | cuda:N
     "amp": "none",  # none | bf16 | fp16
     "threads": 0,  # torch intra-op CPU threads; 0 = torch's default
     "model": {
@@ -63,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
         "cache_rate": 0.0,  # fraction of loaded training slices kept in memory (MONAI CacheDataset)
         "val_split": "val",  # split used for best.pt selection; falls back to none when the dataset has no such split
         "val_cases": 0,  # 0 = every case of the validation split
+        # foreground class names 1..K-1 replacing the dataset's (a copy labelled in another order); None = dataset's
+        "class_names": None,
         # 3D models (unet3d): training patch (Z, Y, X) in voxels, also the inference window; patches per volume draw
         "patch_size": [96, 96, 96],
         "patches_per_volume": 2,
@@ -92,17 +92,36 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data.dataset": (str, type(None)),
     "data.root": (str, type(None)),
     "train.max_iters": (int, type(None)),
+    "data.class_names": (list, type(None)),
     "model.kwargs": (dict,),
 }
 
-#: Keys restricted to a set of values.
+#: Keys restricted to a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16", "fp16"),
     "train.optimizer": ("sgd", "adamw"),
-    "model.name": MODELS,
-    "data.dataset": DATASETS,
 }
+
+
+def registry_choices(key: str) -> tuple[str, ...] | None:
+    """The names a registry accepts for ``key``: ``model.name`` (the model registry), ``model.upsampler`` (the
+    upsampler registry), ``data.dataset`` (the data registry); ``None`` for other keys.
+
+    Imported on use: the registries need torch and MONAI, ``resfu-med --help`` does not.
+    """
+    if key == "model.name":
+        from resfu_med.networks.model_registry import model_names
+
+        return model_names()
+    if key == "model.upsampler":
+        from resfu_med.networks.upsamplers import upsampler_names
+
+        return upsampler_names()
+    if key == "data.dataset":
+        from resfu_med.data.registry import DATASET_NAMES
+
+        return tuple(DATASET_NAMES)
+    return None
 
 _POSITIVE = {"data.img_size", "data.patches_per_volume", "train.epochs", "train.batch_size", "train.lr", "train.val_every", "train.log_every"}
 _NON_NEGATIVE = {
@@ -111,12 +130,9 @@ _NON_NEGATIVE = {
     "train.ce_weight", "train.dice_weight", "train.checkpoint_every", "train.num_images", "train.max_iters",
 }
 
-#: Per-dataset presets applied on top of the defaults.
+#: Per-dataset presets applied on top of the defaults (a dataset without one uses the defaults: the Synapse protocol,
+#: which TransUNet's follow-ups also apply to ACDC; the paper gives no other schedule).
 PRESETS: dict[str, dict[str, Any]] = {
-    "synapse": {},  # the defaults are the Synapse protocol
-    # ACDC: same recipe as Synapse in TransUNet's follow-ups; the paper gives no schedule ("as configured").
-    "acdc": {},
-    "msd": {},
     # The demo: a small ReSFU U-Net and a short schedule so train + evaluate finish in minutes on 2 CPU cores.
     "demo": {
         "model": {
@@ -175,13 +191,13 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
         raise InputError(f"{source}: {key} must be {names}, got {type(value).__name__} {value!r}")
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
         value = float(value)
-    choices = CHOICES.get(key)
-    if key == "model.name":  # registered custom models count too
-        from resfu_med.engine.model_factory import model_names
-
-        choices = model_names()
+    choices = CHOICES.get(key) or registry_choices(key)
     if choices is not None and value is not None and value not in choices:
-        raise InputError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
+        registry = {"model.name": "model", "model.upsampler": "upsampler", "data.dataset": "dataset"}.get(key)
+        what = f"unknown {registry} {value!r}: " if registry else ""
+        raise InputError(f"{source}: {what}{key} must be one of {', '.join(choices)}, got {value!r}")
+    if key == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise InputError(f"{source}: device must be auto, cpu, cuda or cuda:N, got {value!r}")
     if key in _POSITIVE and value is not None and value <= 0:
         raise InputError(f"{source}: {key} must be > 0, got {value!r}")
     if key in _NON_NEGATIVE and value is not None and value < 0:
@@ -258,9 +274,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _family(model: str) -> str:
-    """Models taking the same constructor arguments: ``unet`` and ``unet3d`` are both BasicUNet."""
-    return "unet" if model in ("unet", "unet3d") else model
+def _family(model: str) -> object:
+    """Models taking the same constructor arguments (``unet`` and ``unet3d`` are both BasicUNet) share a family."""
+    from resfu_med.networks.model_registry import get_model_spec
+
+    return get_model_spec(model).constructor
 
 
 def resolve_config(
@@ -291,10 +309,9 @@ def resolve_config(
     merge_config(DEFAULTS, overrides, source="flags")
     name = dataset or overrides.get("data", {}).get("dataset") or file_cfg.get("data", {}).get("dataset")
     if name is None:
-        raise InputError(f"no dataset given: pass --dataset ({', '.join(DATASETS)})")
-    if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    cfg = merge_config(default_config(), PRESETS[name], source=f"preset {name}")
+        raise InputError(f"no dataset given: pass --dataset ({', '.join(registry_choices('data.dataset'))})")
+    _check_value("data.dataset", name, None, "--dataset")
+    cfg = merge_config(default_config(), PRESETS.get(name, {}), source=f"preset {name}")
     preset_model, preset_upsampler = cfg["model"]["name"], cfg["model"]["upsampler"]
     cfg = merge_config(cfg, file_cfg, source=f"config file {config_file}")
     cfg = merge_config(cfg, overrides, source="flags")

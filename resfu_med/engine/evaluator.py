@@ -1,9 +1,9 @@
-"""Volumetric evaluation of a trained model on an evaluation split (SPEC §5).
+"""Volumetric evaluation of a trained model on an evaluation split (docs/evaluation.md).
 
 Per test volume: predict slice by slice at ``img_size`` and zoom back (:func:`resfu_med.engine.predictor.predict_volume`),
 then score every foreground class with medpy in two reports — the TransUNet protocol (voxel units, comparable with
-the paper) and the spacing-aware one (HD95 in mm, NaN for empty masks). :func:`validation_dice` is the cheap variant
-the trainer calls for model selection (Dice only).
+the paper) and the spacing-aware one (HD95 in mm, NaN for empty masks). Training's validation
+(:func:`resfu_med.engine.validation.validate`) scores the same predictions with the Dice half of the same metrics.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from medpy.metric import binary as medpy_binary
 from tqdm.auto import tqdm
 
 from resfu_med.atomic import atomic_path
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
-from resfu_med.metrics import Report, build_report, spacing_metrics, transunet_metrics
+from resfu_med.safety import check_case_name, check_inside
+from resfu_med.metrics import Report, build_report, drop_ignored, spacing_metrics, transunet_metrics
 
-__all__ = ["EvaluationResult", "evaluate_model", "validation_dice", "save_prediction_nifti"]
+__all__ = ["EvaluationResult", "evaluate_model", "save_prediction_nifti"]
 
 
 @dataclass
@@ -129,6 +129,7 @@ def evaluate_model(
             bar.set_postfix_str(name)
             image, label = _as_volume(item, name)
             pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size)
+            saved, (pred, label) = pred, drop_ignored(pred, label, data.get("ignore_index"))
             tu[name] = transunet_metrics(pred, label, num_classes)
             spacing = item.get("spacing")
             if spacing is not None:
@@ -137,7 +138,9 @@ def evaluate_model(
                 result.no_spacing.append(name)
             if save_dir is not None:
                 result.predictions.append(
-                    save_prediction_nifti(Path(save_dir) / f"{name}_pred.nii.gz", pred, item.get("affine"), spacing)
+                    save_prediction_nifti(check_inside(f"{check_case_name(name, 'case')}_pred.nii.gz", save_dir,
+                                                       f"case {name!r}", "prediction"),
+                                          saved, item.get("affine"), spacing)
                 )
         except CheckpointError:  # the model itself is wrong: every case would fail the same way
             raise
@@ -148,42 +151,3 @@ def evaluate_model(
     result.transunet = build_report("transunet", names, tu)
     result.spacing = build_report("spacing", names, sp)
     return result
-
-
-@torch.no_grad()
-def validation_dice(
-    model: torch.nn.Module,
-    dataset: Sequence[Mapping[str, Any]],
-    config: Mapping[str, Any],
-    device: str | torch.device = "cpu",
-    batch_size: int = 8,
-    max_cases: int | None = None,
-) -> np.ndarray:
-    """Mean Dice per foreground class over validation volumes, by the TransUNet protocol's rules (no HD95).
-
-    For the trainer's model selection: same slice-wise prediction as :func:`evaluate_model`, Dice only (HD95 is the
-    slow part). The model is left in eval mode; the caller switches it back to training.
-
-    Args:
-        model: the network.
-        dataset: evaluation split of volume dicts (see :func:`evaluate_model`).
-        config: run config with ``config["data"]["num_classes"]`` and ``img_size``.
-        device: where the network runs.
-        batch_size: slices per network call.
-        max_cases: evaluate only the first ``max_cases`` volumes.
-
-    Returns:
-        ``(num_classes - 1,)`` float64 array of mean Dice in [0, 1].
-    """
-    num_classes = int(config["data"]["num_classes"])
-    model.eval()
-    n = len(dataset) if max_cases is None else min(len(dataset), int(max_cases))
-    scores = np.zeros((n, num_classes - 1))
-    for i in range(n):
-        item = dataset[i]
-        image, label = _as_volume(item, str(item.get("case", i)))
-        pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size)
-        for c in range(1, num_classes):
-            p, g = pred == c, label == c
-            scores[i, c - 1] = medpy_binary.dc(p, g) if p.any() and g.any() else float(p.any())
-    return scores.mean(0) if n else np.zeros(num_classes - 1)

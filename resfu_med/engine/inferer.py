@@ -34,7 +34,6 @@ __all__ = [
     "write_like",
     "infer_file",
     "infer_paths",
-    "resolve_device",
     "load_for_inference",
 ]
 
@@ -309,23 +308,6 @@ def infer_paths(
             summary.failed.append((f, msg))
             log(f"resfu-med infer: error: {msg}")
     return summary
-
-
-def resolve_device(name: str | None) -> str:
-    """``"auto"``/``None`` → ``"cuda"`` if available else ``"cpu"``; otherwise validated as a torch device.
-
-    Raises:
-        InputError: not a device torch knows, or CUDA asked for but unavailable.
-    """
-    if name in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name!r}: not a device (use cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name!r}: CUDA is not available on this machine")
-    return str(dev)
 
 
 def load_for_inference(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -25,17 +25,9 @@ from monai.inferers import sliding_window_inference
 from scipy.ndimage import zoom
 
 from resfu_med.errors import CheckpointError
+from resfu_med.networks.model_registry import DEFAULT_IMG_SIZE, get_model_spec
 
-__all__ = ["model_spatial_dims", "make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
-
-
-def model_spatial_dims(config: Mapping[str, Any]) -> int:
-    """2 or 3: the spatial dimensionality of the model described by a checkpoint's config (``config["model"]``)."""
-    model_cfg = config.get("model", {}) or {}
-    kwargs = model_cfg.get("kwargs", {}) or {}
-    if model_cfg.get("name") == "unet3d" or int(kwargs.get("spatial_dims", 2)) == 3:
-        return 3
-    return 2
+__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
 
 
 def _pair(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -239,15 +231,14 @@ def predict_volume(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a ``(Z, Y, X)`` normalised volume with the model a checkpoint ``config`` describes (2D or 3D).
 
-    ``config["data"]`` gives ``img_size`` and ``num_classes``; 3D models use ``roi`` or ``config["data"]["roi_size"]``
-    (or ``patch_size``, else ``img_size``) as the window.
+    ``config["data"]`` gives ``img_size`` and ``num_classes``; the window is ``roi`` or the model's default
+    (:meth:`resfu_med.networks.ModelSpec.default_roi`).
     """
     data = config.get("data", {}) or {}
-    num_classes = data.get("num_classes")
-    img_size = data.get("img_size", 224)
-    if model_spatial_dims(config) == 3:
-        window = roi if roi is not None else data.get("roi_size", data.get("patch_size", img_size))
-        return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, num_classes,
+    spec = get_model_spec((config.get("model") or {}).get("name"))
+    window = roi if roi is not None else spec.default_roi(data)
+    if spec.spatial_dims == 3:
+        return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),
                                  probabilities, progress=progress)
-    return predict_slices(model, image, img_size, device, batch_size, roi, overlap, tta, num_classes,
-                          resample, probabilities, progress)
+    return predict_slices(model, image, data.get("img_size") or DEFAULT_IMG_SIZE, device, batch_size, window, overlap, tta,
+                          data.get("num_classes"), resample, probabilities, progress)

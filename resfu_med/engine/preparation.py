@@ -1,4 +1,4 @@
-"""Preparing a training run: complete the config from the dataset, check the run folder, pick the device.
+"""Preparing a training run: complete the config from the dataset, check the run folder.
 
 Kept apart from the loop (:mod:`resfu_med.engine.trainer`) so the command line can fail fast, with one clear line,
 before any model is built.
@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from resfu_med.engine.model_factory import model_kwargs
+from resfu_med import __version__
+from resfu_med.atomic import atomic_write_json
 from resfu_med.errors import InputError
+from resfu_med.outputs import MARKER, claim_output
+from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
-__all__ = ["complete_config", "prepare_run_dir", "resolve_device", "RUN_FILES", "RUNTIME_KEYS"]
+__all__ = ["complete_config", "prepare_run_dir", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
@@ -38,11 +40,12 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     data = cfg["data"]
     name = data["dataset"]
-    if cfg["model"]["name"] == "unet3d":
+    spec = get_model_spec(cfg["model"]["name"])
+    if spec.spatial_dims == 3:
         from resfu_med.data import check_patch_size
 
-        try:  # BasicUNet halves its input 4 times
-            data["patch_size"] = list(check_patch_size(data.get("patch_size") or (), divisor=16))
+        try:  # the network's total downsampling
+            data["patch_size"] = list(check_patch_size(data.get("patch_size") or (), divisor=spec.patch_divisor))
         except ValueError as err:
             raise InputError(f"--patch-size: {err}") from None
     if "num_classes" not in data:
@@ -65,32 +68,46 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+        if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
+            data["ignore_index"] = int(info.ignore_index)
+    names = data.get("class_names")
+    if names is not None:
+        if len(names) != int(data["num_classes"]) - 1 or not all(isinstance(n, str) and n for n in names):
+            raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
+                             f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
+        data["label_names"] = list(names)
     model = cfg["model"]
-    if model["name"] == "unet" and int(data["img_size"]) < 32:
-        # BasicUNet halves a slice 4 times: below 32 its deepest feature is 1x1, which instance norm cannot train on
-        raise InputError(f"--img-size {data['img_size']} is too small for model 'unet': it must be at least 32")
+    if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
+        raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
+                         f"{spec.min_img_size}")
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
-                                   model.get("upsampler"), model.get("kwargs"))
+                                   model.get("upsampler"), model.get("kwargs"),
+                                   patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
     return cfg
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True,
+                    inputs: Iterable[str | Path | None] = ()) -> None:
     """Check the run folder and, with ``create``, clear its old run files (``overwrite``) and create it.
 
     Call it once with ``create=False`` before any slow work (it has no side effects then) and once with
     ``create=True`` when the config is known to be good, so a bad config never costs the previous run.
 
+    ``inputs`` (the data root) may not be, contain or hold the run folder (:func:`resfu_med.outputs.claim_output`).
+
     Raises:
         InputError: the folder holds a previous run and neither ``resume`` nor ``overwrite`` is set; ``resume`` with
-            no ``last.pt``; the folder cannot be created or written.
+            no ``last.pt``; the folder cannot be created or written; it is, is inside or contains an input folder.
     """
+    # Inputs and writability; whether an existing folder may be used is decided by --resume / --overwrite below.
+    claim_output(run_dir, "train", inputs=inputs, reuse=True)
     if resume:
         if not (run_dir / "last.pt").is_file():
             raise InputError(f"nothing to resume: {run_dir / 'last.pt'} not found")
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"output {run_dir} exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != MARKER for p in run_dir.iterdir()):
         if not overwrite:
             raise InputError(
                 f"output folder {run_dir} already exists and is not empty; pass --resume to continue its run or "
@@ -110,21 +127,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool =
                 p.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        atomic_write_json(run_dir / MARKER, {"command": "train", "version": __version__})
     except OSError as err:
         raise InputError(f"output folder {run_dir} is not writable: {err.strerror or err}") from err
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda`` without a GPU raises InputError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise InputError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device("cpu")

@@ -29,10 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 from resfu_med.atomic import atomic_write_json
 from resfu_med.engine import distributed as ddp
 from resfu_med.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from resfu_med.engine.model_factory import build_model
 from resfu_med.engine.sampling import ResumableSampler, SeededDataset
 from resfu_med.engine.validation import validate
 from resfu_med.errors import InputError, ResfuMedError
+from resfu_med.networks.model_registry import build_model, get_model_spec, model_names, spatial_dims_of
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "AMP_DTYPES"]
 
@@ -131,11 +131,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.max_iterations,
                                                                power=t["poly_power"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["amp"] == "fp16")
-        from monai.losses import DiceCELoss
+        from resfu_med.engine.loss import segmentation_loss
 
-        # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does.
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, batch=True,
-                                  lambda_ce=t["ce_weight"], lambda_dice=t["dice_weight"])
+        # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does; an ignore label is left out.
+        self.loss_fn = segmentation_loss(t["ce_weight"], t["dice_weight"], d.get("ignore_index"))
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.best_metric: float | None = None
         self.history: list[dict[str, Any]] = []
@@ -157,10 +156,8 @@ class Trainer:
 
     def _default_train_data(self) -> Any:
         from resfu_med.data import get_dataset, get_patch_transforms, get_transforms
-        from resfu_med.engine.predictor import model_spatial_dims
-
         d = self.cfg["data"]
-        if model_spatial_dims(self.cfg) == 3:  # whole training volumes, random patches drawn per item
+        if spatial_dims_of(self.cfg["model"]) == 3:  # whole training volumes, random patches drawn per item
             xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"])
             return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform,
                                volumes=True)
@@ -185,10 +182,14 @@ class Trainer:
     def _load_pretrained(self, path: str) -> None:
         if not Path(path).is_file():
             raise InputError(f"--pretrained {path} not found")
-        if not hasattr(self.model, "load_pretrained"):
-            raise InputError(f"--pretrained: model {self.cfg['model']['name']!r} has no pretrained weights loader "
-                             "(only transunet loads R50+ViT-B_16.npz)")
-        self.model.load_pretrained(path)
+        spec = get_model_spec(self.cfg["model"]["name"])
+        if spec.pretrained is None:
+            with_loader = [n for n in model_names() if get_model_spec(n).pretrained is not None]
+            raise InputError(f"--pretrained: model {spec.name!r} has no pretrained weights loader "
+                             f"(models with one: {', '.join(with_loader) or 'none'})")
+        report = spec.pretrained(self.model, path)
+        if self.dist.is_main and isinstance(report, dict) and report.get("note"):
+            print(f"resfu-med train: --pretrained {Path(path).name}: {report['note']}", file=sys.stderr)
 
     # -- state -----------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:

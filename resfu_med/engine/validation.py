@@ -1,10 +1,9 @@
 """Validation during training: volume-wise Dice per class (to pick ``best.pt``) and TensorBoard overlays.
 
-Volumes are predicted slice by slice as in the TransUNet protocol (SPEC §5: resize each slice to the training size,
-predict, argmax, resize the labels back with nearest neighbour) and scored with Dice per foreground class with
-TransUNet's empty-mask rules (prediction and truth non-empty: Dice; prediction non-empty, truth empty: 1; otherwise
-0), averaged over volumes. HD95 is left to ``resfu-med evaluate`` (it is slow and does not change which checkpoint is
-best). The slice-wise prediction is the evaluation engine's own
+Volumes are predicted as ``resfu-med evaluate`` predicts them (2D models slice by slice: resize each slice to the
+training size, predict, argmax, resize the labels back with nearest neighbour; docs/evaluation.md) and scored with
+:func:`resfu_med.metrics.transunet_dice` — the Dice half of the evaluation's TransUNet-protocol metrics — averaged
+over volumes. HD95 is left to ``resfu-med evaluate`` (it is slow and does not change which checkpoint is best). The slice-wise prediction is the evaluation engine's own
 (:func:`resfu_med.engine.predictor.predict_volume`), so validation and ``resfu-med evaluate`` cannot disagree.
 """
 
@@ -18,27 +17,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["dice_scores", "validate", "overlay"]
+from resfu_med.metrics import drop_ignored, transunet_dice
+
+__all__ = ["validate", "overlay"]
 
 # Label colours for overlays (RGB in [0, 1]); class 0 is transparent.
 _PALETTE = np.array(
     [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0.5, 0], [0.5, 0, 1],
      [0.5, 1, 0], [0, 0.5, 1], [1, 0, 0.5], [0.5, 0.5, 0.5], [0.6, 0.3, 0.1]], dtype=np.float32)
-
-
-def dice_scores(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> list[float]:
-    """Dice of each foreground class (1..num_classes-1) with TransUNet's empty-mask rules."""
-    scores = []
-    for c in range(1, num_classes):
-        p, g = pred == c, gt == c
-        ps, gs = int(p.sum()), int(g.sum())
-        if ps > 0 and gs > 0:
-            scores.append(2.0 * float(np.logical_and(p, g).sum()) / (ps + gs))
-        elif ps > 0:
-            scores.append(1.0)
-        else:
-            scores.append(0.0)
-    return scores
 
 
 def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -94,7 +80,7 @@ def validate(model: nn.Module, cases: Iterable[dict[str, Any]], config: dict[str
             image, label = image[0], label.reshape(image.shape[-3:]) if label.ndim == 4 else label
         with autocast:
             pred, _ = predict_volume(model, image, config, device=device, batch_size=16)
-        per_case.append(dice_scores(pred, label, num_classes))
+        per_case.append(transunet_dice(*drop_ignored(pred, label, config["data"].get("ignore_index")), num_classes))
         if len(images) < num_images:
             z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
             images.append((str(item.get("case", len(per_case))), overlay(image[z], label[z], pred[z])))

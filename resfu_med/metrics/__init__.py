@@ -15,11 +15,20 @@ from resfu_med.metrics.report import (
     report_to_dict,
     write_reports,
 )
-from resfu_med.metrics.volume import EMPTY_KINDS, ClassMetric, spacing_metrics, transunet_metrics
+from resfu_med.metrics.volume import (
+    EMPTY_KINDS,
+    ClassMetric,
+    drop_ignored,
+    spacing_metrics,
+    transunet_dice,
+    transunet_metrics,
+)
 
 __all__ = [
     "transunet_metrics",
+    "transunet_dice",
     "spacing_metrics",
+    "drop_ignored",
     "ClassMetric",
     "EMPTY_KINDS",
     "PROTOCOLS",

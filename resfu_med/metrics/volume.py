@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from medpy.metric import binary as medpy_binary
 
-__all__ = ["ClassMetric", "transunet_metrics", "spacing_metrics", "EMPTY_KINDS"]
+__all__ = ["ClassMetric", "transunet_metrics", "transunet_dice", "spacing_metrics", "EMPTY_KINDS", "drop_ignored"]
 
 #: Values of :attr:`ClassMetric.empty`: "" (both masks present), "gt" (class absent from the ground truth, predicted
 #: anyway), "pred" (class present but not predicted), "both" (absent and not predicted).
@@ -40,6 +40,17 @@ class ClassMetric(NamedTuple):
     empty: str
 
 
+def drop_ignored(pred: np.ndarray, gt: np.ndarray, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Leave the voxels labelled ``ignore_index`` out of scoring (nnU-Net's ``"ignore"`` label): both volumes get
+    background there, so no class gains or loses a voxel from them. ``None`` returns the inputs unchanged."""
+    if ignore_index is None:
+        return pred, gt
+    ignored = np.asarray(gt) == int(ignore_index)
+    if not ignored.any():
+        return pred, gt
+    return np.where(ignored, 0, pred).astype(np.asarray(pred).dtype), np.where(ignored, 0, gt).astype(np.asarray(gt).dtype)
+
+
 def _check(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
@@ -51,7 +62,8 @@ def _check(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarr
     return pred, gt
 
 
-def transunet_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> list[tuple[float, float]]:
+def transunet_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int,
+                      hd95: bool = True) -> list[tuple[float, float]]:
     """Dice and HD95 per foreground class by TransUNet's rules (distances in voxels).
 
     For each class ``c`` in ``1 .. num_classes - 1`` with ``p = pred == c`` and ``g = gt == c``: both non-empty →
@@ -62,6 +74,8 @@ def transunet_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> lis
         pred: predicted integer label volume, e.g. ``(Z, H, W)``.
         gt: ground-truth label volume of the same shape.
         num_classes: number of classes including background.
+        hd95: ``False`` skips the slow surface distance (NaN where it would be computed), as
+            :func:`transunet_dice` does for validation during training.
 
     Returns:
         ``[(dice, hd95), ...]`` of length ``num_classes - 1`` as Python floats.
@@ -79,12 +93,17 @@ def transunet_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> lis
     for c in range(1, int(num_classes)):
         p, g = pred == c, gt == c
         if p.any() and g.any():
-            out.append((float(medpy_binary.dc(p, g)), float(medpy_binary.hd95(p, g))))
+            out.append((float(medpy_binary.dc(p, g)), float(medpy_binary.hd95(p, g)) if hd95 else float("nan")))
         elif p.any():
             out.append((1.0, 0.0))
         else:
             out.append((0.0, 0.0))
     return out
+
+
+def transunet_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> list[float]:
+    """The Dice half of :func:`transunet_metrics` (same rules, no HD95): training's validation score."""
+    return [dice for dice, _ in transunet_metrics(pred, gt, num_classes, hd95=False)]
 
 
 def spacing_metrics(

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from resfu_med.home import resfu_home
+
 __all__ = ["available", "load", "load_testing", "last_error", "build_log", "source_files", "build_directory", "reset", "ENV_REQUIRE"]
 
 logger = logging.getLogger(__name__)
@@ -119,8 +121,7 @@ def build_directory(sources: list[Path], kind: str = "cpu", extra_key: str = "")
     # build.ninja names the sources by absolute path: two checkouts of the same sources sharing one folder would
     # rewrite it and rebuild each other's library on every start (and could load a half-written .so).
     digest.update(str(_csrc_dir().resolve()).encode())
-    home = Path(os.environ.get("RESFU_MED_HOME") or Path.home() / ".cache" / "resfu-med")
-    return home / "torch_extensions" / f"resfu_med_{kind}_{digest.hexdigest()[:16]}"
+    return resfu_home() / "torch_extensions" / f"resfu_med_{kind}_{digest.hexdigest()[:16]}"
 
 
 def _cpp_load(**kwargs):

@@ -17,6 +17,18 @@ DATA_CFG = {
 }
 
 
+def use_stand_in(monkeypatch) -> None:
+    """Point the ``unet`` / ``unet3d`` entries of the model registry at MONAI's BasicUNet (``STAND_IN``)."""
+    import dataclasses
+
+    from monai.networks.nets import BasicUNet
+
+    from resfu_med.networks.model_registry import MODELS
+
+    for name in ("unet", "unet3d"):
+        monkeypatch.setitem(MODELS, name, dataclasses.replace(MODELS[name], constructor=BasicUNet, target=STAND_IN))
+
+
 def make_checkpoint(path, spatial_dims: int = 2, kwargs: dict | None = None, data: dict | None = None,
                     state: dict | None = None) -> tuple:
     """Write a checkpoint with ``resfu_med.engine.checkpoint.save_checkpoint``; returns ``(path, network)``."""

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import STAND_IN, make_checkpoint
-
-import resfu_med.bundle.configs as bundle_configs
+from bundle_helpers import make_checkpoint, use_stand_in
 
 
 @pytest.fixture(autouse=True)
@@ -22,8 +20,7 @@ def _one_thread():
 @pytest.fixture
 def stand_in_targets(monkeypatch):
     """Point the ``unet`` / ``unet3d`` model names at MONAI's BasicUNet."""
-    monkeypatch.setitem(bundle_configs.NETWORK_TARGETS, "unet", (STAND_IN, 2))
-    monkeypatch.setitem(bundle_configs.NETWORK_TARGETS, "unet3d", (STAND_IN, 3))
+    use_stand_in(monkeypatch)
 
 
 @pytest.fixture

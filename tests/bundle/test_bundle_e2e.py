@@ -65,7 +65,7 @@ def test_exported_bundle_runs_with_monai_and_matches_infer(tmp_path, trained):
     from monai.bundle import verify_metadata
 
     bundle = tmp_path / "demo_bundle"
-    assert main(["export-bundle", "--checkpoint", str(trained), "--out", str(bundle), "--no-torchscript"]) == 0
+    assert main(["export-bundle", "--checkpoint", str(trained), "--output", str(bundle), "--no-torchscript"]) == 0
     scan = _demo_scan(tmp_path / "scans")
 
     # MONAI's own tools only: its verifier with the shipped schema (raises if invalid; in-process to spare a
@@ -75,7 +75,7 @@ def test_exported_bundle_runs_with_monai_and_matches_infer(tmp_path, trained):
                str(tmp_path / "scans"), "--output_dir", str(tmp_path / "bundle_out")], cwd=bundle)
 
     assert main(["infer", "-i", str(tmp_path / "scans"), "-o", str(tmp_path / "infer_out"), "--checkpoint",
-                 str(trained), "--device", "cpu", "--disable-progress-bar"]) == 0
+                 str(trained), "--device", "cpu", "--no-progress"]) == 0
 
     name = scan.name.replace(".nii.gz", "_seg.nii.gz")
     ours, theirs, source = (nib.load(p) for p in (tmp_path / "bundle_out" / name, tmp_path / "infer_out" / name, scan))

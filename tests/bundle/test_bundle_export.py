@@ -100,7 +100,7 @@ def test_onnx_matches(tmp_path, name, net, shape):
 
 def test_cli_export_torchscript(tmp_path, checkpoint, capsys):
     path, net = checkpoint
-    assert main(["export", "--checkpoint", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 0
+    assert main(["export", "--checkpoint", str(path), "--format", "torchscript", "--output", str(tmp_path / "m.ts")]) == 0
     assert "max |exported - pytorch| = 0" in capsys.readouterr().out
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
@@ -110,7 +110,7 @@ def test_cli_export_torchscript(tmp_path, checkpoint, capsys):
 @pytest.mark.skipif(not onnx_available(), reason="onnx / onnxruntime not installed")
 def test_cli_export_onnx(tmp_path, checkpoint):
     path, net = checkpoint
-    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(run_onnx(tmp_path / "m.onnx", x), net(x), atol=1e-4, rtol=0)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import DATA_CFG, STAND_IN, TINY_UNET, make_checkpoint
+from bundle_helpers import DATA_CFG, STAND_IN, TINY_UNET, make_checkpoint, use_stand_in
 
 from resfu_med.bundle import check_bundle, export_bundle, intensity_transforms, load_bundle_network, schema_path
 from resfu_med.cli import main
@@ -22,11 +22,9 @@ EXPECTED_FILES = {
 
 @pytest.fixture(scope="module")
 def _exported(tmp_path_factory):
-    import resfu_med.bundle.configs as bundle_configs
-
     root = tmp_path_factory.mktemp("export")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(bundle_configs.NETWORK_TARGETS, "unet", (STAND_IN, 2))
+        use_stand_in(mp)
         path, net = make_checkpoint(root / "ckpt.pt")
         return export_bundle(path, root / "demo_bundle"), net
 
@@ -150,8 +148,8 @@ def test_refuses_to_overwrite(bundle):
 def test_cli_errors_are_one_line(tmp_path, capsys, stand_in_targets):
     _, wide = make_checkpoint(tmp_path / "wide.pt", kwargs={**TINY_UNET, "features": [8, 8, 16, 16, 32, 8]})
     path, _ = make_checkpoint(tmp_path / "mixed.pt", state=wide.state_dict())
-    for argv in (["export-bundle", "--checkpoint", str(path), "--out", str(tmp_path / "b")],
-                 ["export", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "m.ts")]):
+    for argv in (["export-bundle", "--checkpoint", str(path), "--output", str(tmp_path / "b")],
+                 ["export", "--checkpoint", str(tmp_path / "absent.pt"), "--output", str(tmp_path / "m.ts")]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith(f"resfu-med {argv[0]}: error: ") and str(tmp_path) in err
@@ -160,7 +158,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, stand_in_targets):
 def test_cli_export_bundle(tmp_path, checkpoint, capsys):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"mean_dice": 0.7, "mean_hd95": 12.5, "per_class": {"liver": 0.9}}))
-    assert main(["export-bundle", "--checkpoint", str(checkpoint[0]), "--out", str(tmp_path / "b"),
+    assert main(["export-bundle", "--checkpoint", str(checkpoint[0]), "--output", str(tmp_path / "b"),
                  "--no-torchscript", "--metrics", str(metrics), "--name", "demo"]) == 0
     assert "bundle written to" in capsys.readouterr().out
     meta = check_bundle(tmp_path / "b")
@@ -209,7 +207,7 @@ def test_help_mentions_examples(cmd, capsys):
 def test_transunet_bundle_loads_with_configparser(tmp_path):
     # The real resfu-med TransUNet (tiny): network_def targets resfu_med.networks.TransUNet with the checkpoint's kwargs.
     from resfu_med.engine.checkpoint import capture_rng, save_checkpoint
-    from resfu_med.engine.model_factory import build_model
+    from resfu_med.networks import build_model
 
     kwargs = {"num_classes": 3, "img_size": 32, "vit_depth": 1, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2,
               "resnet_layers": [1, 1, 1], "resnet_width": 32, "head_channels": 32, "decoder_channels": [16, 16, 16, 16],

@@ -39,8 +39,8 @@ def test_acdc_split_and_minmax(tmp_path, fake):
 def test_acdc_zscore_cli_cache_and_settings_change(tmp_path, fake, monkeypatch):
     cases = fake.make_acdc(tmp_path / "db")
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
-    # No --out: prepared into the cache, which the dataset and dataset_info then reuse for the raw folder.
-    assert main(["prepare", "--dataset", "acdc", "--raw-root", str(tmp_path / "db"), "--mri-norm", "zscore", "--no-progress"]) == 0
+    # No --output: prepared into the cache, which the dataset and dataset_info then reuse for the raw folder.
+    assert main(["prepare", "--dataset", "acdc", "--data-root", str(tmp_path / "db"), "--mri-norm", "zscore", "--no-progress"]) == 0
     img = cases["patient002_frame01"][0]
     zscore = ((img - img.mean()) / img.std()).transpose(2, 1, 0)
     vol = ACDCDataset(tmp_path / "db", "test", progress=False)[0]

@@ -51,7 +51,7 @@ def test_shape_mismatch(raw, tmp_path, fake):
 
 def test_affine_mismatch(raw, tmp_path, fake):
     fake.write_nifti(raw / "label" / "label0005.nii.gz", np.zeros((6, 5, 4), np.uint8), fake.odd_affine(40))
-    with pytest.raises(InputError, match=r"label0005.nii.gz: affine differs from image"):
+    with pytest.raises(InputError, match=r"label0005.nii.gz: its voxel grid is up to .* mm away from the image"):
         _prep(raw, tmp_path)
 
 
@@ -104,13 +104,13 @@ def test_empty_split(raw, tmp_path):
 
 def test_cli_one_line_and_prepared_cases_kept(raw, tmp_path, fake, capsys):
     out = tmp_path / "out"
-    assert main(["prepare", "--dataset", "synapse", "--raw-root", str(raw), "--out", str(out), "--no-progress"]) == 0
+    assert main(["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(out), "--no-progress"]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parent.name != "lists"}
     # A new, broken case (sorted after the good ones) appears; the rerun fails on it.
     fake.make_btcv(raw, ids=(6,))
     (raw / "img" / "img0006.nii.gz").write_bytes(b"garbage")
     capsys.readouterr()
-    assert main(["prepare", "--dataset", "synapse", "--raw-root", str(raw), "--out", str(out), "--no-progress"]) == 2
+    assert main(["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "img0006.nii.gz" in err and err.startswith("resfu-med prepare: error:")
     for p, data in before.items():

@@ -102,7 +102,7 @@ def test_split_file_and_cli(btcv, tmp_path, capsys):
     raw, _ = btcv
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["case0001"], "test": ["0005", "case0006"]}))
-    rc = main(["prepare", "--dataset", "synapse", "--raw-root", str(raw), "--out", str(tmp_path / "o"),
+    rc = main(["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(tmp_path / "o"),
                "--split-file", str(split), "--no-progress"])  # fmt: skip
     assert rc == 0
     lists = tmp_path / "o" / "lists" / "lists_Synapse"

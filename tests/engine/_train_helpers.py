@@ -24,9 +24,9 @@ NUM_CLASSES = 3
 def _register() -> None:
     from monai.networks.nets import BasicUNet
 
-    from resfu_med.engine.model_factory import MODEL_BUILDERS, register_model
+    from resfu_med.networks.model_registry import MODELS, register_model
 
-    if TINY in MODEL_BUILDERS:
+    if TINY in MODELS:
         return
 
     def build(out_channels: int, dropout: float = 0.1, nan_after: int = 0, **_: Any) -> nn.Module:

@@ -17,7 +17,7 @@ from resfu_med.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from resfu_med.engine.model_factory import build_model
+from resfu_med.networks import build_model
 from resfu_med.errors import CheckpointError
 
 

@@ -14,7 +14,8 @@ from scipy.ndimage import zoom
 import resfu_med.data
 from resfu_med.cli import main
 from resfu_med.engine import inferer
-from resfu_med.engine.evaluator import evaluate_model, save_prediction_nifti, validation_dice
+from resfu_med.engine.evaluator import evaluate_model, save_prediction_nifti
+from resfu_med.engine.validation import validate
 from resfu_med.engine.predictor import predict_slices
 
 
@@ -86,9 +87,10 @@ def test_evaluate_model_missed_class_and_failed_case():
     assert res.transunet.dice[0, 2] == pytest.approx(dice3)
 
 
-def test_validation_dice():
+def test_validation_dice_equals_evaluation_dice():
+    # training's model selection (validate) and resfu-med evaluate score the same predictions the same way
     cases = [make_case("a", 1), make_case("m", 3, missing_class=3)]
-    d = validation_dice(BinModel(4).eval(), cases, config(4))
+    d = validate(BinModel(4).eval(), cases, config(4))["dice"]
     res = evaluate_model(BinModel(4).eval(), cases, config(4), progress=False)
     np.testing.assert_allclose(d, res.transunet.dice.mean(0))
 
@@ -119,7 +121,7 @@ def fake_layers(monkeypatch):
 
 def test_cli_evaluate_writes_json_csv_nifti(fake_layers, tmp_path, capsys):
     out = tmp_path / "ev"
-    rc = main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--save-nifti", "--disable-progress-bar"])
+    rc = main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--save-predictions", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "TransUNet protocol (voxel units)" in printed and "spacing-aware (mm)" in printed and "liver" in printed
@@ -131,10 +133,10 @@ def test_cli_evaluate_writes_json_csv_nifti(fake_layers, tmp_path, capsys):
     assert (out / "metrics_transunet_voxel.csv").read_text().count("\n") == 1 + 2 * 3 + 3 + 1
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["case1_pred.nii.gz", "case2_pred.nii.gz"]
     # a second run refuses to overwrite the results
-    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--disable-progress-bar"]) == 2
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--no-progress"]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(out), "--overwrite",
-                 "--disable-progress-bar"]) == 0
+                 "--no-progress"]) == 0
 
 
 def test_cli_evaluate_class_count_mismatch(fake_layers, monkeypatch, tmp_path, capsys):
@@ -149,3 +151,17 @@ def test_cli_evaluate_unknown_dataset(monkeypatch, tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", "x.pt", "--dataset", "nope", "--output", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nope" in err[0] and "synapse" in err[0]
+
+
+def test_cli_evaluate_keeps_the_trained_class_names_or_takes_new_ones(fake_layers, monkeypatch, tmp_path):
+    # a checkpoint trained with --class-names (a copy labelled in another order) keeps its names in the tables
+    monkeypatch.setattr(inferer, "load_for_inference",
+                        lambda path, device="cpu": (BinModel(4).eval(), config(4, class_names=["a", "b", "c"])))
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e1"), "--no-progress"]) == 0
+    names = [c["name"] for c in json.loads((tmp_path / "e1" / "metrics.json").read_text())["reports"]["transunet"]["classes"]]
+    assert names == ["a", "b", "c"]
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e2"), "--no-progress",
+                 "--class-names", "x", "y", "z"]) == 0
+    names = [c["name"] for c in json.loads((tmp_path / "e2" / "metrics.json").read_text())["reports"]["transunet"]["classes"]]
+    assert names == ["x", "y", "z"]
+    assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e3"), "--class-names", "x"]) == 2

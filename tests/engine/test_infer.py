@@ -36,7 +36,7 @@ def test_oblique_non_ras_volume_keeps_grid_affine_header(tmp_path, monkeypatch, 
     src = save_nifti(tmp_path / "ct_scan.nii.gz", data)
     use_model(monkeypatch, BinModel(4), config(4, img_size=[16, 20]))
     rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "out"), "--checkpoint", "x.pt",
-               "--disable-progress-bar"])
+               "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     seg = nib.load(str(tmp_path / "out" / "ct_scan_seg.nii.gz"))
     assert_same_grid(seg, nib.load(str(src)))
@@ -49,7 +49,7 @@ def test_zoomed_slices_and_probabilities(tmp_path, monkeypatch):
     src = save_nifti(tmp_path / "a.nii", data)
     use_model(monkeypatch, BinModel(3), config(3, img_size=16))
     rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "o"), "--checkpoint", "x.pt", "--save-probabilities",
-               "--tta", "--disable-progress-bar"])
+               "--tta", "--no-progress"])
     assert rc == 0
     seg = nib.load(str(tmp_path / "o" / "a_seg.nii.gz"))
     prob = nib.load(str(tmp_path / "o" / "a_prob.nii.gz"))
@@ -78,7 +78,7 @@ def test_3d_model_cli_with_real_tiny_unet(tmp_path, monkeypatch):
     data = np.random.default_rng(0).random((24, 18, 20)).astype(np.float32)
     src = save_nifti(tmp_path / "vol.nii.gz", data)
     use_model(monkeypatch, net, config(3, name="unet3d", roi_size=[32, 32, 32]))
-    rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "o"), "--checkpoint", "x.pt", "--disable-progress-bar"])
+    rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "o"), "--checkpoint", "x.pt", "--no-progress"])
     assert rc == 0
     seg = nib.load(str(tmp_path / "o" / "vol_seg.nii.gz"))
     assert_same_grid(seg, nib.load(str(src)))

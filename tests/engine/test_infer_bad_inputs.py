@@ -80,7 +80,7 @@ def test_bad_file_in_folder_is_reported_and_others_processed(make, words, tmp_pa
     bad = make(src / "b_bad.nii.gz")
     good(src / "c_good.nii.gz")
     rc, errors = run(["infer", "-i", str(src), "-o", str(tmp_path / "out"), "--checkpoint", "x.pt",
-                      "--disable-progress-bar"], capsys)
+                      "--no-progress"], capsys)
     assert rc == 1
     assert len(errors) == 1 and str(bad) in errors[0] and words in errors[0], errors
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good_seg.nii.gz", "c_good_seg.nii.gz"]
@@ -100,7 +100,7 @@ def test_whole_command_errors(argv_of, words, tmp_path, model, capsys):
     (tmp_path / "in").mkdir()
     good(tmp_path / "in" / "x.nii.gz")
     (tmp_path / "blocker").write_text("a file where a folder is needed")
-    rc, errors = run(["infer", *argv_of(tmp_path), "--checkpoint", "x.pt", "--disable-progress-bar"], capsys)
+    rc, errors = run(["infer", *argv_of(tmp_path), "--checkpoint", "x.pt", "--no-progress"], capsys)
     assert rc == 2 and len(errors) == 1 and words in errors[0], errors
 
 
@@ -110,7 +110,7 @@ def test_existing_output_needs_overwrite(tmp_path, model, capsys):
     out.mkdir()
     seg = out / "x_seg.nii.gz"
     seg.write_bytes(b"precious")
-    argv = ["infer", "-i", str(src), "-o", str(out), "--checkpoint", "x.pt", "--disable-progress-bar"]
+    argv = ["infer", "-i", str(src), "-o", str(out), "--checkpoint", "x.pt", "--no-progress"]
     rc, errors = run(argv, capsys)
     assert rc == 1 and len(errors) == 1 and "--overwrite" in errors[0] and str(seg) in errors[0]
     assert seg.read_bytes() == b"precious"
@@ -129,7 +129,7 @@ def test_checkpoint_class_count_mismatch(tmp_path, monkeypatch, capsys):
     good(src / "a.nii.gz")
     good(src / "b.nii.gz")
     rc, errors = run(["infer", "-i", str(src), "-o", str(tmp_path / "o"), "--checkpoint", "x.pt",
-                      "--disable-progress-bar"], capsys)
+                      "--no-progress"], capsys)
     assert rc == 2 and len(errors) == 1 and "outputs 5 classes" in errors[0] and "num_classes=3" in errors[0]
     assert not list((tmp_path / "o").glob("*.nii.gz"))
 
@@ -150,5 +150,5 @@ def test_bad_overlap_is_an_argument_error(tmp_path, capsys):
 def test_roi_of_wrong_rank(tmp_path, model, capsys):
     src = good(tmp_path / "x.nii.gz")
     rc, errors = run(["infer", "-i", str(src), "-o", str(tmp_path / "o"), "--checkpoint", "x.pt",
-                      "--roi", "8", "8", "8"], capsys)
-    assert rc == 2 and len(errors) == 1 and "--roi" in errors[0] and "2D" in errors[0]
+                      "--roi-size", "8", "8", "8"], capsys)
+    assert rc == 2 and len(errors) == 1 and "--roi-size" in errors[0] and "2D" in errors[0]

@@ -12,7 +12,7 @@ from eval_standins import BinModel, expected_labels, save_nifti, smooth_volume
 from resfu_med.cli import main
 
 checkpoint = pytest.importorskip("resfu_med.engine.checkpoint")
-factory = pytest.importorskip("resfu_med.engine.model_factory")
+registry = pytest.importorskip("resfu_med.networks.model_registry")
 
 
 class BinConvModel(BinModel):
@@ -25,10 +25,8 @@ class BinConvModel(BinModel):
 
 @pytest.fixture(autouse=True)
 def registered(monkeypatch):
-    monkeypatch.setitem(factory.MODEL_BUILDERS, "eval_bin", lambda **kw: BinModel(**kw))
-    monkeypatch.setitem(factory.MODEL_BUILDERS, "eval_binconv", lambda **kw: BinConvModel(**kw))
-    monkeypatch.setattr(factory, "_CLASSES_KEY", {**factory._CLASSES_KEY, "eval_bin": "num_classes",
-                                                  "eval_binconv": "num_classes"})
+    for name, cls in (("eval_bin", BinModel), ("eval_binconv", BinConvModel)):
+        monkeypatch.setitem(registry.MODELS, name, registry.ModelSpec(name, cls, classes_key="num_classes"))
 
 
 def write_ckpt(path, model, name="eval_bin", num_classes=3, data_classes=None):
@@ -44,7 +42,7 @@ def run_infer(tmp_path, ckpt, capsys):
     data = np.transpose(smooth_volume((3, 16, 16), seed=9), (2, 1, 0))
     src = save_nifti(tmp_path / "scan.nii.gz", data)
     rc = main(["infer", "-i", str(src), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt),
-               "--disable-progress-bar"])
+               "--no-progress"])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     return rc, errors, data
 

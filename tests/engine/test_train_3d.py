@@ -59,7 +59,7 @@ def test_unet3d_checkpoint_infers_a_nifti_keeping_its_affine(tmp_path, capsys):
     src = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(hu, affine), str(src))
     assert main(["infer", "-i", str(src), "-o", str(tmp_path / "seg"), "--checkpoint", str(run / "last.pt"),
-                 "--device", "cpu", "--disable-progress-bar"]) == 0
+                 "--device", "cpu", "--no-progress"]) == 0
     seg = nib.load(str(tmp_path / "seg" / "scan_seg.nii.gz"))
     assert seg.shape == hu.shape and np.allclose(seg.affine, affine)
     labels = np.asarray(seg.dataobj)

@@ -114,7 +114,7 @@ def test_cli_train_stop_resume_and_finish(capsys, tmp_path, standin_data):
     from resfu_med.engine.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
-    run = tmp_path / "run"
+    run = tmp_path.with_name(tmp_path.name + "-run")  # outside the data root: no command writes into an input folder
     base = ["--dataset", "synapse", "--data-root", str(tmp_path), "--model", TINY, "--img-size", "32",
             "--batch-size", "4", "--epochs", "2", "--output", str(run), "--no-progress"]
     assert main(["train", *base, "--max-iters", "4"]) == 0

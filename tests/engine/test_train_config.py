@@ -7,7 +7,7 @@ import json
 import pytest
 
 from resfu_med.engine.config import load_config_file, merge_config, resolve_config
-from resfu_med.engine.model_factory import model_kwargs
+from resfu_med.networks.model_registry import model_kwargs
 from resfu_med.errors import InputError
 
 

@@ -179,3 +179,72 @@ def test_unreadable_file_is_named(tmp_path):
         TransUNet(9, **LITE).load_pretrained(bad)
     with pytest.raises(InputError, match="missing.npz"):
         TransUNet(9, **LITE).load_pretrained(tmp_path / "missing.npz")
+
+
+# The 2020 ViT/R50 release was written by Flax before 0.3.6, which stored GroupNorm scale/bias as (1, 1, 1, C); the
+# official loader (vit_seg_modeling_resnet_skip.py) and timm's _load_weights flatten them. The real file also holds
+# the ImageNet classifier: the class token "cls", "pre_logits/{kernel,bias}" and "head/{kernel,bias}".
+CLASSIFIER = {"cls": (1, 1, 64), "pre_logits/kernel": (64, 64), "pre_logits/bias": (64,),
+              "head/kernel": (64, 21843), "head/bias": (21843,)}
+
+
+def _gn_as_old_flax(shapes):
+    return {k: ((1, 1, 1, *s) if k.split("/")[-2].startswith("gn") else s) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("layout", ["flax<0.3.6 (1,1,1,C)", "(C,)"])
+@pytest.mark.parametrize("classifier", [True, False])
+def test_both_groupnorm_layouts_with_or_without_classifier_load_identical_weights(tmp_path, layout, classifier):
+    shapes = _lite_layout()
+    rng = np.random.default_rng(7)
+    flat = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    file_shapes = _gn_as_old_flax(shapes) if layout.startswith("flax") else shapes
+    arrays = {k: flat[k].reshape(file_shapes[k]) for k in shapes}
+    assert arrays["gn_root/scale"].shape == ((1, 1, 1, 32) if layout.startswith("flax") else (32,))
+    if classifier:
+        arrays |= {k: np.zeros(s, np.float32) for k, s in CLASSIFIER.items()}
+    np.savez(tmp_path / "w.npz", **arrays)
+    net = TransUNet(9, **LITE)
+    report = net.load_pretrained(tmp_path / "w.npz")
+    ref = TransUNet(9, **LITE)
+    np.savez(tmp_path / "ref.npz", **flat)
+    ref.load_pretrained(tmp_path / "ref.npz")
+    enc = [k for k in ref.state_dict() if not k.startswith(("decoder", "head", "segmentation"))]
+    for k in enc:
+        if k in {e for e in ref.state_dict() if "num_batches" in e}:
+            continue
+        torch.testing.assert_close(net.state_dict()[k], ref.state_dict()[k], rtol=0, atol=0, msg=k)
+    torch.testing.assert_close(net.resnet.gn_root.weight, torch.from_numpy(flat["gn_root/scale"]), rtol=0, atol=0)
+    assert report["classifier_skipped"] == (sorted(CLASSIFIER) if classifier else [])
+    assert ("classifier" in report["note"]) == classifier and ("head/kernel" in report["note"]) == classifier
+
+
+def test_official_view_layouts_of_attention_arrays_are_accepted(tmp_path):
+    # vit_seg_modeling.Block.load_from: query/key/value/out kernels .view(hidden, hidden), biases .view(-1)
+    shapes = _lite_layout()
+    a = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1"
+    rng = np.random.default_rng(5)
+    arrays = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    np.savez(tmp_path / "ref.npz", **arrays)
+    other = dict(arrays)
+    other[f"{a}/query/kernel"] = arrays[f"{a}/query/kernel"].reshape(64, 64)
+    other[f"{a}/value/bias"] = arrays[f"{a}/value/bias"].reshape(-1)
+    other["Transformer/encoderblock_1/LayerNorm_0/scale"] = arrays["Transformer/encoderblock_1/LayerNorm_0/scale"][None]
+    np.savez(tmp_path / "w.npz", **other)
+    net, ref = TransUNet(9, **LITE), TransUNet(9, **LITE)
+    net.load_pretrained(tmp_path / "w.npz")
+    ref.load_pretrained(tmp_path / "ref.npz")
+    torch.testing.assert_close(net.vit.blocks[0].attn.qkv.weight, ref.vit.blocks[0].attn.qkv.weight, rtol=0, atol=0)
+    torch.testing.assert_close(net.vit.blocks[0].attn.qkv.bias, ref.vit.blocks[0].attn.qkv.bias, rtol=0, atol=0)
+    torch.testing.assert_close(net.vit.blocks[1].norm1.weight, ref.vit.blocks[1].norm1.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("key,shape", [("gn_root/scale", (1, 1, 1, 16)), ("gn_root/scale", (64,)),
+                                       ("Transformer/encoderblock_0/LayerNorm_0/scale", (2, 32)),
+                                       ("block1/unit1/conv2/kernel", (3, 3, 32 * 32, 1))])
+def test_genuinely_wrong_shapes_still_fail(tmp_path, key, shape):
+    shapes = _lite_layout()
+    shapes[key] = shape
+    _write(tmp_path / "w.npz", shapes)
+    with pytest.raises(InputError, match=key.replace("/", ".")):
+        TransUNet(9, **LITE).load_pretrained(tmp_path / "w.npz")

@@ -19,7 +19,7 @@ from resfu_med.engine.checkpoint import load_checkpoint, save_checkpoint
 
 def _infer(src, out, ckpt, *extra):
     return ["infer", "-i", str(src), "-o", str(out), "--checkpoint", str(ckpt), "--device", "cpu",
-            "--disable-progress-bar", *extra]
+            "--no-progress", *extra]
 
 
 # -- infer: a folder of good and bad files ---------------------------------------------------------------------------
@@ -141,12 +141,12 @@ CASES = {
     "train-bad-number": (lambda t, c: _train(t, "--dataset", "demo", "--batch-size", "0"), "train", ["batch_size"]),
     "train-unet3d-bad-patch": (lambda t, c: _train(t, "--dataset", "demo", "--model", "unet3d", "--patch-size", "20",
                                                    "32", "32"), "train", ["--patch-size", "[20, 32, 32]", "of 16"]),
-    "prepare-unknown-dataset": (lambda t, c: ["prepare", "--dataset", "kits", "--raw-root", str(t)], "prepare",
+    "prepare-unknown-dataset": (lambda t, c: ["prepare", "--dataset", "kits", "--data-root", str(t)], "prepare",
                                 ["kits", "synapse"]),
-    "prepare-missing-path": (lambda t, c: ["prepare", "--dataset", "synapse", "--raw-root", str(t / "btcv"),
-                                           "--out", str(t / "p"), "--no-progress"], "prepare", ["btcv"]),
+    "prepare-missing-path": (lambda t, c: ["prepare", "--dataset", "synapse", "--data-root", str(t / "btcv"),
+                                           "--output", str(t / "p"), "--no-progress"], "prepare", ["btcv"]),
     "prepare-empty-folder": (lambda t, c: ((t / "btcv" / "img").mkdir(parents=True), (t / "btcv" / "label").mkdir())
-                             and ["prepare", "--dataset", "synapse", "--raw-root", str(t / "btcv"), "--out",
+                             and ["prepare", "--dataset", "synapse", "--data-root", str(t / "btcv"), "--output",
                                   str(t / "p"), "--no-progress"], "prepare", ["img", "no imgXXXX"]),
 }
 
@@ -203,7 +203,7 @@ def _nan_image(raw):
 
 @pytest.mark.parametrize("damage,file,words", [
     (_bad_label_shape, "label0005.nii.gz", "shape"),
-    (_bad_label_affine, "label0005.nii.gz", "affine differs"),
+    (_bad_label_affine, "label0005.nii.gz", "does not belong to this image"),
     (_bad_label_values, "label0005.nii.gz", "outside 0..13"),
     (_nan_image, "img0005.nii.gz", "NaN"),
 ])
@@ -211,7 +211,7 @@ def test_prepare_bad_pair_named_and_other_cases_prepared(damage, file, words, tm
     raw = make_btcv(tmp_path / "raw", ids=(1, 5, 6))
     damage(raw)
     out = tmp_path / "prep"
-    rc, err = run_cli(["prepare", "--dataset", "synapse", "--raw-root", str(raw), "--out", str(out), "--no-progress"],
+    rc, err = run_cli(["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(out), "--no-progress"],
                       capsys)
     assert_one_line_error(rc, err, "prepare", file, words)
     # the cases before and after the bad one are prepared (a rerun after fixing the file only redoes that one)
@@ -224,6 +224,6 @@ def test_prepare_affine_within_tolerance_is_accepted(tmp_path, capsys):
     raw = make_btcv(tmp_path / "raw", ids=(1, 5))
     lab = nib.load(str(raw / "label" / "label0005.nii.gz"))
     write_nifti(raw / "label" / "label0005.nii.gz", np.asarray(lab.dataobj), AFF + 1e-6)
-    rc, err = run_cli(["prepare", "--dataset", "synapse", "--raw-root", str(raw), "--out", str(tmp_path / "p"),
+    rc, err = run_cli(["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(tmp_path / "p"),
                        "--no-progress"], capsys)
     assert rc == 0, err

@@ -37,7 +37,7 @@ def test_diverging_loss_stops_naming_the_iteration_and_keeps_last_good(tiny_conf
 def test_nan_voxels_in_prepared_training_data_stop_the_run(tmp_path, capsys):
     raw = make_btcv(tmp_path / "raw")
     prep = tmp_path / "prep"
-    rc, err = run_cli(["prepare", "--dataset", "synapse", "--raw-root", str(raw), "--out", str(prep),
+    rc, err = run_cli(["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(prep),
                        "--no-progress"], capsys)
     assert rc == 0, err
     # a prepared slice damaged afterwards (by another tool, a disk): prepare's own NaN check cannot see it

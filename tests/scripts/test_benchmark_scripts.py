@@ -97,7 +97,7 @@ def test_study_claim_is_exclusive(study, tmp_path):
 
 
 def test_study_smallest_mode_and_resume(study, tmp_path):
-    args = ["--out", str(tmp_path), "--seeds", "0", "--groups", "unet", "--upsamplers", "bilinear", "--epochs", "1",
+    args = ["--output", str(tmp_path), "--seeds", "0", "--groups", "unet", "--upsamplers", "bilinear", "--epochs", "1",
             "--train-stride", "80", "--batch-size", "4", "--img-size", "32", "--threads", "1", "--no-progress"]
     assert study.main(args + ["--no-figures"]) == 0
     result_file = tmp_path / "results" / "unet-bilinear-s0.json"
@@ -163,3 +163,17 @@ def test_networks_benchmark_demo_widths_are_the_studys_network(study):
                                upsample="nontrainable")
     assert side == 32
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize("model", ["dynunet", "swinunetr", "unetr"])
+def test_networks_benchmark_monai_models_at_deconv_are_monais(model):
+    from monai.networks import nets
+
+    networks = _load("benchmark_networks")
+    net, side = networks.build(model, "deconv", 64, True)
+    kwargs = networks.monai_kwargs(model, "deconv", 64, True)
+    assert kwargs.pop("upsample") == "deconv" and side == 64
+    reference = {"dynunet": nets.DynUNet, "swinunetr": nets.SwinUNETR, "unetr": nets.UNETR}[model](**kwargs)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
+    slim = networks.monai_kwargs(model, "resfu-slim", 64, True)
+    assert slim["upsample"] == "resfu" and slim["upsampler_kwargs"]["embed_dim"] == 8

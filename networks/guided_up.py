@@ -1,0 +1,130 @@
+"""The decoder step shared by resfu-med's DynUNet, SwinUNETR and UNETR: MONAI's up block with its transposed
+convolution replaced by a registry upsampler.
+
+MONAI's ``UnetUpBlock`` (DynUNet) and ``UnetrUpBlock`` (SwinUNETR, UNETR) both run
+``transp_conv(inp) → cat(·, skip) → conv_block``. :func:`guided_up_block` keeps the block's own ``conv_block`` and
+swaps ``transp_conv`` for:
+
+- ``deconv``: nothing is swapped — MONAI's block is returned unchanged (the network is then exactly MONAI's);
+- ``pixelshuffle``: the registry's sub-pixel convolution, mapping ``in → out`` channels itself;
+- every other name: a 1×1 convolution ``in → out`` (with the transposed convolution's bias setting and dropout), then
+  the parameter-light registry upsampler on ``out`` channels, as BasicUNet's non-trainable mode.
+
+The upsampler's output size is the skip feature's size (so odd sizes and anisotropic steps need no padding), and its
+guide is chosen per name: ReSFU gets C1, the network's highest-resolution encoder feature, which
+:class:`~resfu_med.networks.upsamplers.ReSFUUpsampler` area-pools to the step's size (TransUNet's and BasicUNet's
+wiring); SAPA gets the skip feature (iterative guidance); the rest get none.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, List, Optional
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import Convolution
+from monai.utils import look_up_option
+
+from .upsamplers import UpsamplerName, get_upsampler
+
+__all__ = ["GuidedUpBlock", "guided_up_block", "up_step", "guide_source", "with_upsample_signature"]
+
+
+def guide_source(upsample: str) -> str:
+    """Which feature guides a decoder step for registry name ``upsample``: ``"c1"`` (ReSFU), ``"skip"`` (SAPA) or
+    ``"none"`` (unguided upsamplers)."""
+    name = str(look_up_option(upsample, UpsamplerName))
+    return "c1" if name == "resfu" else ("skip" if name == "sapa" else "none")
+
+
+class GuidedUpBlock(nn.Module):
+    """Registry upsampler → concatenate the skip feature → MONAI's conv block (same concatenation order as MONAI).
+
+    Args:
+        upsample: the registry module (``forward(x, guide, size)``), producing ``out`` channels from its input.
+        conv_block: MONAI's conv block of the replaced up block (``2·out → out`` channels).
+        guide: ``"c1"``, ``"skip"`` or ``"none"`` (see :func:`guide_source`).
+        pre_conv: optional ``in → out`` channel map applied before ``upsample``.
+    """
+
+    def __init__(self, upsample: nn.Module, conv_block: nn.Module, guide: str, pre_conv: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.guide = str(look_up_option(guide, ("c1", "skip", "none")))
+        self.pre_conv = pre_conv
+        self.upsample = upsample
+        self.conv_block = conv_block
+
+    def forward(self, inp: torch.Tensor, skip: torch.Tensor, c1: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args: inp the deeper feature; skip the encoder feature (sets the output size); c1 the network's
+        highest-resolution encoder feature (used by ReSFU only)."""
+        pre = self.pre_conv
+        if pre is not None:
+            inp = pre(inp)
+        guide: Optional[torch.Tensor] = None
+        if self.guide == "c1":
+            guide = c1
+        elif self.guide == "skip":
+            guide = skip
+        size: List[int] = [int(s) for s in skip.shape[2:]]
+        out = self.upsample(inp, guide, size)
+        return self.conv_block(torch.cat((out, skip), dim=1))
+
+
+def guided_up_block(block: nn.Module, upsample: str, c1_channels: int,
+                    upsampler_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """MONAI's ``UnetUpBlock``/``UnetrUpBlock`` ``block`` with its transposed convolution replaced by ``upsample``.
+
+    Args:
+        block: a MONAI up block (``transp_conv``: a MONAI ``Convolution`` around ``ConvTranspose{2,3}d``;
+            ``conv_block``).
+        upsample: registry name; ``deconv`` returns ``block`` itself.
+        c1_channels: channels of the network's C1 (ReSFU's guide).
+        upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``).
+
+    Returns:
+        ``block`` (``deconv``) or a :class:`GuidedUpBlock` reusing ``block.conv_block``.
+
+    Raises:
+        ValueError: unknown name, a 2D-only upsampler in 3D, a fixed-ratio upsampler at an anisotropic step, or an
+            option the upsampler does not take.
+    """
+    name = str(look_up_option(upsample, UpsamplerName))
+    if name == "deconv":
+        return block
+    transp: nn.Module = block.transp_conv
+    conv = transp.conv
+    spatial_dims = conv.weight.dim() - 2
+    in_chns, out_chns = int(conv.in_channels), int(conv.out_channels)
+    scale = [int(s) for s in conv.stride]  # MONAI: stride = upsample kernel size
+    kw = dict(upsampler_kwargs or {})
+    source = guide_source(name)
+    pre_conv: Optional[nn.Module] = None
+    if name == "pixelshuffle":
+        kw.pop("out_channels", None)
+        up = get_upsampler(name, in_chns, None, scale, spatial_dims, out_channels=out_chns, **kw)
+    else:
+        pre_conv = Convolution(spatial_dims, in_chns, out_chns, kernel_size=1, bias=conv.bias is not None, conv_only=True)
+        if "adn" in transp._modules:  # DynUNet's dropout after the transposed convolution
+            pre_conv.add_module("adn", copy.deepcopy(transp.adn))
+        guide_chns = {"c1": c1_channels, "skip": out_chns, "none": None}[source]
+        up = get_upsampler(name, out_chns, guide_chns, scale, spatial_dims, **kw)
+    return GuidedUpBlock(up, block.conv_block, source, pre_conv)
+
+
+def up_step(block: nn.Module, inp: torch.Tensor, skip: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
+    """One decoder step with either block kind: MONAI's own (``deconv``) or a :class:`GuidedUpBlock`."""
+    if isinstance(block, GuidedUpBlock):
+        return block(inp, skip, c1)
+    return block(inp, skip)
+
+
+def with_upsample_signature(cls: type, monai_cls: type) -> type:
+    """Give ``cls`` (a subclass taking ``*args, upsample, upsampler_kwargs, **kwargs``) the signature of
+    ``monai_cls.__init__`` plus ``upsample`` and ``upsampler_kwargs``, so ``inspect.signature`` and ``help`` list the
+    real arguments of the installed MONAI version."""
+    monai_params = list(inspect.signature(monai_cls.__init__).parameters.values())[1:]
+    own = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    cls.__signature__ = inspect.Signature(monai_params + own)  # type: ignore[attr-defined]
+    return cls
