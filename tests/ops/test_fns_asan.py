@@ -3,7 +3,8 @@
 Issue 16's K >= 5 bug wrote past the end of heap tables; without a sanitizer such a write may corrupt the heap silently
 (or abort much later, elsewhere). This test compiles the production CPU sources once more with ``-fsanitize=address``
 (its own build folder, cached like the normal build) and runs, in a subprocess with the ASan runtime preloaded, the
-one-axis sweep for K = 5 and 7 plus random 2D/3D shapes through the compiled op. ~1 min on 2 cores for the first build.
+one-axis sweep for K = 5 and 7 (non-integer ratios, in <= 20) plus random 2D/3D shapes through the compiled op.
+About 2 min on 2 idle cores, most of it the sanitized build.
 Linux + GCC/Clang only (skipped where the ASan runtime is not found).
 """
 
@@ -46,12 +47,12 @@ SCRIPT = textwrap.dedent(
     count = 0
     for k in (5, 7):
         for index, (n_in, n_out) in enumerate(sweep.PAIRS):
-            if n_out % n_in == 0:
-                continue  # integer ratios never span K + 2 taps
+            if n_out % n_in == 0 or n_in > 20:
+                continue  # integer ratios never span K + 2 taps; in <= 20 holds most failing pairs of the issue
             attn, x, grad, want = sweep._problem(n_in, n_out, k, index % 2, 2, gen)
             sweep._check(sweep.run_backend("cpp", attn, x, grad), want, f"asan K={{k}} {{n_in}}->{{n_out}}")
             count += 1
-    for spatial, n in ((2, 24), (3, 12)):
+    for spatial, n in ((2, 12), (3, 6)):
         for k, lr, hr in sweep._random_shapes(spatial, n, seed=spatial + 7):
             attn = torch.randn(2, k ** spatial, *hr, dtype=torch.float64)
             x = torch.randn(2, 3, *lr, dtype=torch.float64)
