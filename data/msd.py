@@ -34,7 +34,7 @@ from .datasets import PreparedDataset
 from .info import DatasetInfo
 from .intensity import CT_SPEC, MRI_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
-from .nifti import spacing_from_affine
+from .io import image_stem, spacing_from_affine
 from .synapse import check_pair, map_labels, read_split_file
 
 __all__ = ["read_msd", "msd_info", "msd_split", "prepare_msd", "MSDDataset", "IGNORE_INDEX"]
@@ -46,11 +46,7 @@ IGNORE_INDEX = 255
 
 
 def _case_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return image_stem(path)
 
 
 def _image_file(root: Path, listed: str) -> Path:
@@ -172,7 +168,8 @@ def msd_info(root: str | os.PathLike):
     values, _ = _classes(m)
     names = [m["labels"][v] for v in values[1:]]
     return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"],
-                       None, IGNORE_INDEX if m["ignore_label"] is not None else None)  # fmt: skip
+                       None, IGNORE_INDEX if m["ignore_label"] is not None else None,
+                       label_values=list(values), raw_label_values=list(values))  # fmt: skip
 
 
 def prepare_msd(

@@ -22,7 +22,7 @@ from .info import DatasetInfo
 from .intensity import CT_SPEC, MRI_SPEC
 from .layout import is_prepared_root, read_dataset_json
 from .msd import msd_info, prepare_msd
-from .synapse import SYNAPSE_CLASSES, prepare_synapse
+from .synapse import SYNAPSE_CLASSES, SYNAPSE_LABEL_MAP, prepare_synapse
 
 __all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "ensure_demo_data", "resfu_home", "prepared_cache_dir"]
 
@@ -30,6 +30,16 @@ __all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "ensur
 _PREPARE: dict[str, Callable[..., Path]] = {"synapse": prepare_synapse, "acdc": prepare_acdc, "msd": prepare_msd,
                                             "demo": prepare_synapse}
 DATASET_NAMES = tuple(_PREPARE)
+
+
+def _label_values(name: str, label_map: dict | None, num_classes: int) -> dict[str, list[int] | None]:
+    """``label_values``/``raw_label_values`` of :class:`DatasetInfo` from a prepared record's ``label_map``."""
+    from .labels import label_values_from_map
+
+    raw = label_values_from_map(label_map, num_classes) if label_map else None
+    if raw is None and name in ("synapse", "demo"):
+        raw = label_values_from_map(SYNAPSE_LABEL_MAP, num_classes)
+    return {"label_values": raw if name == "msd" else None, "raw_label_values": raw}
 
 
 def ensure_demo_data(home: str | os.PathLike | None = None, progress: bool = False) -> Path:
@@ -99,10 +109,12 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     if meta is not None:
         ignore = meta.get("ignore_index")
         return DatasetInfo(name, int(meta["num_classes"]), list(meta["label_names"]), dict(meta["intensity"]),
-                           meta.get("modality", "CT"), Path(root), None if ignore is None else int(ignore))  # fmt: skip
+                           meta.get("modality", "CT"), Path(root), None if ignore is None else int(ignore),
+                           **_label_values(name, meta.get("label_map"), int(meta["num_classes"])))  # fmt: skip
     if name in ("synapse", "demo"):
         return DatasetInfo(name, len(SYNAPSE_CLASSES) + 1, list(SYNAPSE_CLASSES), dict(CT_SPEC), "CT",
-                           Path(root) if root is not None else None)  # fmt: skip
+                           Path(root) if root is not None else None,
+                           **_label_values(name, None, len(SYNAPSE_CLASSES) + 1))  # fmt: skip
     if name == "acdc":
         return DatasetInfo(name, 4, list(ACDC_CLASSES), dict(MRI_SPEC), "MRI", Path(root) if root is not None else None)
     raise InputError(f"{root}: msd needs a folder with a dataset.json (got {root})")

@@ -37,6 +37,7 @@ from resfu_med.bundle.configs import (
 from resfu_med.bundle.metadata import build_metadata
 from resfu_med.bundle.readme import render_license, render_readme
 from resfu_med.bundle.schema import validate_metadata
+from resfu_med.data.labels import output_values
 from resfu_med.errors import CheckpointError, InputError
 from resfu_med.networks.model_registry import img_size_of, spatial_dims_of
 from resfu_med.outputs import claim_output, output_folder
@@ -65,6 +66,7 @@ def export_bundle(
     torchscript: bool = True,
     onnx: bool = False,
     overwrite: bool = False,
+    raw_labels: bool = False,
 ) -> Path:
     """Export a checkpoint as a MONAI bundle folder.
 
@@ -83,6 +85,7 @@ def export_bundle(
         torchscript: also write ``models/model.ts`` (skipped with a warning if the network cannot be compiled).
         onnx: also write ``models/model.onnx`` (needs ``onnx`` and ``onnxruntime``).
         overwrite: replace an existing bundle in ``out``.
+        raw_labels: write the raw release's label values (Synapse: BTCV numbering) instead of the dataset's default.
 
     Returns:
         The bundle folder.
@@ -108,16 +111,20 @@ def export_bundle(
     if metrics is None and isinstance(info.get("best_metric"), (int, float)):
         metrics = {"val_mean_dice": float(info["best_metric"])}
     metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
-                              spatial_dims=dims)
+                              spatial_dims=dims, raw_labels=raw_labels)
     validate_metadata(metadata, source=str(out / "configs" / "metadata.json"))
     img_size = img_size_of(config["data"]) if dims == 2 and resample else None
-    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size)
+    try:
+        values = output_values(data, raw=raw_labels)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size, values)
     train_patch = [img_size_of(config["data"])] * 2 if dims == 2 else roi
     configs = {
         "metadata.json": metadata,
         "inference.json": inference,
         "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
-        "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size),
+        "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size, values),
     }
     with output_folder(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part):
         for fname, content in configs.items():

@@ -30,14 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` flags."""
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
     parser.add_argument("--dataset", default=None, help="synapse, acdc, msd or demo; default: the checkpoint's")
-    parser.add_argument("--data-root", default=None, help="dataset folder; default: the dataset's default location")
+    parser.add_argument("--data-root", default=None,
+                        help="dataset folder; default: the one recorded in the checkpoint (when --dataset is its dataset)")
     parser.add_argument("--split", default="test", help="evaluation split (test or val)")
     parser.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
                         help="foreground class names 1..K-1 in label order for the tables (default: the names the "
                              "checkpoint was trained with via --class-names, else the dataset's)")
     add_output(parser, "folder for metrics.json and the CSVs; default: <checkpoint folder>/eval-<dataset>-<split>",
                old=None)
-    parser.add_argument("--save-predictions", action="store_true", help="also write <case>_pred.nii.gz predictions")
+    parser.add_argument("--save-predictions", action="store_true",
+                        help="also write predictions/<case>_pred.<ext> with the dataset's own label values")
+    parser.add_argument("--output-format", choices=("nii.gz", "mha", "nrrd"), default="nii.gz",
+                        help="format of --save-predictions files")
+    parser.add_argument("--raw-labels", action="store_true",
+                        help="--save-predictions with the raw release's label values (Synapse: BTCV numbering)")
     deprecated_alias(parser, "--save-nifti", "--save-predictions", "save_predictions", flag=True)
     add_sw_batch_size(parser)
     add_device(parser)
@@ -59,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     name = args.dataset or data_cfg.get("dataset")
     if not name:
         raise InputError("--dataset: not given and the checkpoint's config names no dataset")
+    if args.data_root is None and name == data_cfg.get("dataset") and data_cfg.get("root") and name != "demo":
+        args.data_root = str(data_cfg["root"])
+        if not Path(args.data_root).exists():
+            raise InputError(f"the checkpoint's data root {args.data_root} does not exist (moved or deleted?); "
+                             "pass --data-root")
+        print(f"resfu-med evaluate: --data-root not given; using the checkpoint's {args.data_root}", file=sys.stderr)
     try:
         info = dataset_info(name, args.data_root)
     except InputError:
@@ -90,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_model(
             model, dataset, config, device=device, batch_size=args.sw_batch_size,
             save_dir=(out / "predictions") if args.save_predictions else None, progress=not args.no_progress,
+            save_suffix=f".{args.output_format}", raw_labels=args.raw_labels,
         )
         meta = {
             "checkpoint": str(args.checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,

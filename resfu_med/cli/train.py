@@ -79,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", default=s, metavar="NPZ", help="R50+ViT-B_16.npz ImageNet-21k weights for transunet")
     g.add_argument("--img-size", type=int, default=s, metavar="N", help=f"slice size ({_default('data.img_size')})")
     g.add_argument("--patch-size", type=int, nargs=3, default=s, metavar=("Z", "Y", "X"),
-                   help=f"unet3d: training patch and inference window, multiples of 16 ({_default('data.patch_size')})")
+                   help=f"3D models: training patch and inference window, multiples of 16 (swinunetr: 32) ({_default('data.patch_size')})")
     g.add_argument("--patches-per-volume", type=int, default=s, metavar="N",
-                   help=f"unet3d: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
+                   help=f"3D models: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")

@@ -18,13 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from resfu_med.atomic import atomic_path
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
 from resfu_med.safety import check_case_name, check_inside
 from resfu_med.metrics import Report, build_report, drop_ignored, spacing_metrics, transunet_metrics
 
-__all__ = ["EvaluationResult", "evaluate_model", "save_prediction_nifti"]
+__all__ = ["EvaluationResult", "evaluate_model", "save_prediction"]
 
 
 @dataclass
@@ -36,7 +35,7 @@ class EvaluationResult:
         spacing: the spacing-aware report (mm); cases without a known spacing are not in it.
         failures: ``(case, message)`` for every volume that could not be loaded or evaluated.
         no_spacing: cases left out of the spacing-aware report because their voxel spacing is unknown.
-        predictions: NIfTI files written (``save_dir``).
+        predictions: prediction files written (``save_dir``).
     """
 
     transunet: Report
@@ -46,31 +45,33 @@ class EvaluationResult:
     predictions: list[Path] = field(default_factory=list)
 
 
-def save_prediction_nifti(
-    path: str | Path, labels: np.ndarray, affine: np.ndarray | None = None, spacing: Sequence[float] | None = None
+def save_prediction(
+    path: str | Path, labels: np.ndarray, affine: np.ndarray | None = None, spacing: Sequence[float] | None = None,
+    values: list[int] | None = None,
 ) -> Path:
-    """Write a ``(Z, Y, X)`` label volume as NIfTI (voxel order X, Y, Z) atomically.
+    """Write a ``(Z, Y, X)`` label volume with the case's geometry through :func:`resfu_med.data.io.write_image`.
 
     Args:
-        path: output file (``.nii.gz``).
-        labels: integer labels in the evaluation datasets' ``(Z, Y, X)`` layout.
+        path: output file; its suffix picks the format (``.nii.gz``, ``.mha``, ``.nrrd``).
+        labels: class indices in the evaluation datasets' ``(Z, Y, X)`` layout.
         affine: the case's 4×4 NIfTI affine (for its X, Y, Z voxel axes); default a diagonal of ``spacing``.
         spacing: ``(sz, sy, sx)`` in mm, used when ``affine`` is missing.
+        values: the label value written for each class (:func:`resfu_med.data.labels.output_values`); default the
+            class indices.
 
     Returns:
         The path written.
     """
-    import nibabel as nib
+    from resfu_med.data.io import Geometry, write_image
+    from resfu_med.data.labels import apply_label_values
 
+    labels = np.asarray(labels)
     if affine is None:
         sz, sy, sx = spacing if spacing is not None else (1.0, 1.0, 1.0)
         affine = np.diag([float(sx), float(sy), float(sz), 1.0])
-    data = np.ascontiguousarray(np.asarray(labels).transpose(2, 1, 0)).astype(np.uint8)
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-    img.set_data_dtype(np.uint8)
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, str(tmp))
-    return Path(path)
+    num_classes = int(labels.max()) + 1 if values is None else len(values)
+    return write_image(path, apply_label_values(labels, values, max(num_classes, 1)),
+                       Geometry.from_affine(np.asarray(affine, dtype=np.float64), labels.shape))
 
 
 def _as_volume(item: Mapping[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +94,8 @@ def evaluate_model(
     save_dir: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    save_suffix: str = ".nii.gz",
+    raw_labels: bool = False,
 ) -> EvaluationResult:
     """Evaluate ``model`` on every volume of ``dataset`` in both reports.
 
@@ -103,9 +106,12 @@ def evaluate_model(
         config: the checkpoint's config; ``config["data"]`` gives ``num_classes``, ``label_names``, ``img_size``.
         device: where the network runs.
         batch_size: slices (2D) or windows (3D) per network call.
-        save_dir: if given, each prediction is written there as ``<case>_pred.nii.gz``.
+        save_dir: if given, each prediction is written there as ``<case>_pred<save_suffix>`` with the dataset's own
+            label values (:mod:`resfu_med.data.labels`).
         progress: show a tqdm bar over volumes.
         log: where per-case failure lines go (default: stderr).
+        save_suffix: ``.nii.gz``, ``.mha`` or ``.nrrd``.
+        raw_labels: write the raw release's label values (Synapse: BTCV numbering).
 
     Returns:
         An :class:`EvaluationResult`; a case that fails is recorded in ``failures`` and the others still run.
@@ -116,6 +122,9 @@ def evaluate_model(
     if len(names) != num_classes - 1:
         raise ValueError(f"config data.label_names has {len(names)} names for num_classes={num_classes}")
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    from resfu_med.data.labels import output_values
+
+    values = output_values(data, raw=raw_labels)
     model.eval()
     tu: dict[str, list] = {}
     sp: dict[str, list] = {}
@@ -138,9 +147,9 @@ def evaluate_model(
                 result.no_spacing.append(name)
             if save_dir is not None:
                 result.predictions.append(
-                    save_prediction_nifti(check_inside(f"{check_case_name(name, 'case')}_pred.nii.gz", save_dir,
-                                                       f"case {name!r}", "prediction"),
-                                          saved, item.get("affine"), spacing)
+                    save_prediction(check_inside(f"{check_case_name(name, 'case')}_pred{save_suffix}", save_dir,
+                                                 f"case {name!r}", "prediction"),
+                                    saved, item.get("affine"), spacing, values)
                 )
         except CheckpointError:  # the model itself is wrong: every case would fail the same way
             raise

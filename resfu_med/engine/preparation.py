@@ -21,7 +21,7 @@ from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 __all__ = ["complete_config", "prepare_run_dir", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
-RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
+RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "train.log", "progress.png", "tb")
 
 #: Config keys that may change when a run is resumed (they change where or how fast it runs, not its result).
 RUNTIME_KEYS = ("device", "data.num_workers", "train.max_iters", "data.root", "threads")
@@ -68,6 +68,9 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+        for key in ("label_values", "raw_label_values"):  # the user's label values travel with the checkpoint
+            if getattr(info, key, None) is not None:
+                data[key] = [int(v) for v in getattr(info, key)]
         if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
             data["ignore_index"] = int(info.ignore_index)
     names = data.get("class_names")
@@ -81,7 +84,8 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
                          f"{spec.min_img_size}")
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
-                                   model.get("upsampler"), model.get("kwargs"))
+                                   model.get("upsampler"), model.get("kwargs"),
+                                   patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
     return cfg
 
 
