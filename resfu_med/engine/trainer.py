@@ -147,6 +147,13 @@ class Trainer:
 
         # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does; an ignore label is left out.
         self.loss_fn = segmentation_loss(t["ce_weight"], t["dice_weight"], d.get("ignore_index"))
+        # DynUNet's deep supervision: in training the final map and its heads come stacked on dim 1; MONAI's
+        # DeepSupervisionLoss weighs their losses 1, 1/2, 1/4, ... (nnU-Net's halving).
+        self.deep_supervision = bool(getattr(self.model, "deep_supervision", False))
+        if self.deep_supervision:
+            from monai.losses import DeepSupervisionLoss
+
+            self.loss_fn = DeepSupervisionLoss(self.loss_fn, weight_mode="exp")
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.best_metric: float | None = None
         self.history: list[dict[str, Any]] = []
@@ -290,7 +297,8 @@ class Trainer:
         if finite:
             with self._autocast():
                 logits = self.net(image)
-            loss = self.loss_fn(logits.float(), label)
+            outputs = list(torch.unbind(logits.float(), dim=1)) if self.deep_supervision else logits.float()
+            loss = self.loss_fn(outputs, label)
             finite = bool(torch.isfinite(loss.detach()))
         if not ddp.all_true(finite, self.dist, self.device):
             what = "a training batch contains NaN/inf voxels" if loss is None else "the loss is not finite"
