@@ -1,8 +1,8 @@
 """Datasets and transforms of resfu-med (installed as ``resfu_med.data``): Synapse, ACDC, MSD and the demo phantoms.
 
-Public API (see ``docs/contracts.md`` and ``docs/datasets.md``): :class:`DatasetInfo`, :func:`dataset_info`,
+Public API (see ``docs/api.md`` and ``docs/datasets.md``): :class:`DatasetInfo`, :func:`dataset_info`,
 :func:`get_dataset`, :func:`get_transforms`, :func:`get_patch_transforms`, :func:`make_intensity_transform`, :func:`ensure_demo_data`,
-:func:`load_nifti` (+ :func:`from_nifti_array` / :func:`to_nifti_array`, the exact orientation convention),
+:func:`read_image` / :func:`write_image` (every format; :mod:`.io`, with the exact orientation convention),
 :func:`make_demo_dataset`, the ``prepare_*`` converters and the dataset classes.
 """
 
@@ -14,13 +14,14 @@ from .demo import make_demo_dataset
 from .intensity import RobustZScored, make_intensity_transform
 from .msd import MSDDataset, msd_info, prepare_msd
 from .patch_transforms import check_patch_size, get_patch_transforms
-from .nifti import from_nifti_array, load_nifti, save_nifti, spacing_from_affine, to_nifti_array
+from .io import Geometry, from_nifti_array, read_image, spacing_from_affine, to_nifti_array, write_image
 from .registry import (
     DATASET_NAMES,
     DatasetInfo,
     dataset_info,
     ensure_demo_data,
     get_dataset,
+    prepare_dataset,
     prepared_cache_dir,
     resfu_home,
 )
@@ -29,6 +30,7 @@ from .transforms import get_transforms
 
 __all__ = [
     "ACDC_CLASSES",
+    "Geometry",
     "ACDCDataset",
     "MSDDataset",
     "DATASET_NAMES",
@@ -43,9 +45,10 @@ __all__ = [
     "ensure_demo_data",
     "from_nifti_array",
     "get_dataset",
+    "prepare_dataset",
     "get_patch_transforms",
     "get_transforms",
-    "load_nifti",
+    "read_image",
     "make_demo_dataset",
     "make_intensity_transform",
     "RobustZScored",
@@ -55,7 +58,7 @@ __all__ = [
     "prepared_cache_dir",
     "prepare_synapse",
     "resfu_home",
-    "save_nifti",
+    "write_image",
     "spacing_from_affine",
     "to_nifti_array",
 ]

@@ -26,7 +26,7 @@ from .cache import prepare_once
 from .datasets import PreparedDataset
 from .intensity import make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
-from .nifti import spacing_from_affine
+from .io import spacing_from_affine
 from .synapse import check_pair, read_split_file
 
 __all__ = ["ACDC_CLASSES", "ACDC_VAL", "ACDC_TEST", "find_acdc_cases", "find_acdc_patients", "patient_frames",

@@ -23,6 +23,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, Transform
 
 from resfu_med.errors import InputError, find_user_error
+from resfu_med.safety import check_case_name
 
 from .layout import TRAIN_SPLITS, lists_from_files, read_dataset_json
 
@@ -30,10 +31,15 @@ __all__ = ["PreparedDataset", "SynapseDataset", "LoadPrepared", "read_list"]
 
 
 def read_list(path: Path) -> list[str]:
-    """Names listed one per line in ``path`` (blank lines ignored)."""
+    """Names listed one per line in ``path`` (blank lines ignored).
+
+    Raises:
+        InputError: the file is missing, or a name is a path (``..``, separators, control characters).
+    """
     if not path.is_file():
         raise InputError(f"{path}: list file not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    # A listed name becomes a file name under the dataset and the output folders: one plain name, never a path.
+    return [check_case_name(line.strip(), str(path)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _as_label(a: np.ndarray, path: Path) -> np.ndarray:

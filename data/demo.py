@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from resfu_med.atomic import atomic_write_json
 
-from .nifti import save_nifti
+from .io import Geometry, write_image
 from .synapse import RAW_BTCV_LABELS, SYNAPSE_TEST_CASES
 
 __all__ = ["make_demo_dataset", "demo_case_names", "DEMO_VERSION", "DEMO_SEED"]
@@ -226,8 +226,9 @@ def make_demo_dataset(
     for i, case in enumerate(sorted(train + test)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, int(case[4:])]))
         image, label, affine = _make_case(rng, tuple(int(s) for s in shape))
-        save_nifti(out_dir / "img" / f"img{case[4:]}.nii.gz", image, affine)
-        save_nifti(out_dir / "label" / f"label{case[4:]}.nii.gz", label, affine)
+        geometry = Geometry.from_affine(affine, image.shape)
+        write_image(out_dir / "img" / f"img{case[4:]}.nii.gz", image, geometry)
+        write_image(out_dir / "label" / f"label{case[4:]}.nii.gz", label, geometry)
     atomic_write_json(
         out_dir / "dataset.json",
         {

@@ -21,6 +21,9 @@ class DatasetInfo:
         modality: ``"CT"`` or ``"MRI"``.
         root: the prepared root when known, else ``None``.
         ignore_index: label value excluded from the loss and the scores (nnU-Net's ``"ignore"`` label), or ``None``.
+        label_values: the label value written for each class 0..K-1 by ``infer``/``evaluate`` (MSD: the dataset's
+            raw values); ``None``: the class indices (Synapse's TransUNet numbering, ACDC). See :mod:`.labels`.
+        raw_label_values: the raw release's value of each class (``--raw-labels``), when known.
     """
 
     name: str
@@ -30,3 +33,5 @@ class DatasetInfo:
     modality: str = "CT"
     root: Path | None = None
     ignore_index: int | None = None
+    label_values: list[int] | None = None
+    raw_label_values: list[int] | None = None

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 
 from resfu_med.errors import InputError
+from resfu_med.safety import check_inside
 
 from .cache import prepare_once
 from .datasets import PreparedDataset
 from .info import DatasetInfo
 from .intensity import CT_SPEC, MRI_ROBUST_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
-from .nifti import spacing_from_affine
+from .io import image_stem, spacing_from_affine
 from .synapse import check_pair, map_labels, read_split_file
 
 __all__ = ["read_msd", "msd_info", "msd_split", "prepare_msd", "MSDDataset", "IGNORE_INDEX"]
@@ -46,11 +47,7 @@ IGNORE_INDEX = 255
 
 
 def _case_name(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return image_stem(path)
 
 
 def _image_file(root: Path, listed: str) -> Path:
@@ -72,6 +69,9 @@ def _entries(meta: dict, key: str, path: Path) -> list[dict]:
     entries = meta.get(key) or []
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "image" in e and "label" in e for e in entries):
         raise InputError(f"{path}: '{key}' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    for i, entry in enumerate(entries):  # no entry may point outside the dataset folder (../, absolute paths)
+        for field in ("image", "label"):
+            check_inside(str(entry[field]), path.parent, str(path), what=f"entry {key}[{i}].{field}")
     # MSD archives made on macOS carry AppleDouble "._name" files; nnU-Net skips names starting with "."
     return [e for e in entries if not Path(str(e["label"])).name.startswith(".")]
 
@@ -169,7 +169,8 @@ def msd_info(root: str | os.PathLike):
     values, _ = _classes(m)
     names = [m["labels"][v] for v in values[1:]]
     return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_ROBUST_SPEC), m["modality"],
-                       None, IGNORE_INDEX if m["ignore_label"] is not None else None)  # fmt: skip
+                       None, IGNORE_INDEX if m["ignore_label"] is not None else None,
+                       label_values=list(values), raw_label_values=list(values))  # fmt: skip
 
 
 def prepare_msd(

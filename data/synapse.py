@@ -24,7 +24,7 @@ from resfu_med.errors import InputError
 
 from .intensity import CT_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
-from .nifti import load_nifti, spacing_from_affine
+from .io import read_image, spacing_from_affine
 
 __all__ = [
     "RAW_BTCV_LABELS",
@@ -145,7 +145,7 @@ GRID_NOISE = 1e-3
 
 
 def check_pair(image_path: Path, label_path: Path, *, max_label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Load an image/label pair and validate it (same shape and grid, integer labels in ``0..max_label``).
+    """Load an image/label pair (any format of :mod:`.io`) and validate it (same shape and grid, integer labels in ``0..max_label``).
 
     Grids are compared by where they put the voxels, relative to the voxel size: a label whose voxel centres lie
     within ``GRID_TOLERANCE`` (half) of the image's smallest voxel size everywhere in the volume is
@@ -158,8 +158,9 @@ def check_pair(image_path: Path, label_path: Path, *, max_label: int) -> tuple[n
     Raises:
         InputError: naming the offending file.
     """
-    image, affine, _ = load_nifti(image_path)
-    label, lab_affine, _ = load_nifti(label_path)
+    image, geometry = read_image(image_path)
+    label, lab_geometry = read_image(label_path)
+    affine, lab_affine = geometry.affine, lab_geometry.affine
     if image.shape != label.shape:
         raise InputError(f"{label_path}: shape {label.shape[::-1]} differs from image {image_path} {image.shape[::-1]} (x, y, z)")
     voxel = min(spacing_from_affine(affine))

@@ -11,7 +11,8 @@ that name says everything the rest of resfu-med needs to know about the network:
 - the smallest input it trains on and the multiple a 3D patch must be of; its pretrained-weights loader, if any.
 
 Built-in names: ``transunet`` (:class:`~resfu_med.networks.TransUNet`), ``unet`` and ``unet3d``
-(:class:`~resfu_med.networks.BasicUNet`, 2D / 3D). Add a network with :func:`register_model`; it then trains,
+(:class:`~resfu_med.networks.BasicUNet`, 2D / 3D), and the 3D ``dynunet``, ``swinunetr``, ``unetr`` (MONAI's networks
+with registry upsamplers: :class:`~resfu_med.networks.DynUNet`, ...). Add a network with :func:`register_model`; it then trains,
 evaluates, infers and exports as a bundle with no other change (the constructor must be importable by its
 ``target`` path for the bundle).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -70,6 +71,8 @@ class ModelSpec:
         pretrained: ``loader(model, path)`` loading published weights (``--pretrained``), or ``None``.
         patch_divisor: 3D models: each patch side must be a multiple of it (the network's total downsampling).
         min_img_size: 2D models: the smallest training slice size.
+        patch_kwargs: 3D models: ``f(patch_size) -> kwargs``, constructor arguments derived from the training patch
+            (UNETR's ``img_size``, DynUNet's kernel sizes and strides); the config's own ``kwargs`` win over them.
     """
 
     name: str
@@ -84,6 +87,7 @@ class ModelSpec:
     pretrained: Callable[[nn.Module, str], Any] | None = None
     patch_divisor: int = 1
     min_img_size: int = 1
+    patch_kwargs: Callable[[list[int]], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -167,7 +171,7 @@ def get_model_spec(name: Any) -> ModelSpec:
 
 
 def model_kwargs(name: str, num_classes: int, img_size: int, upsampler: str | None,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 extra: Mapping[str, Any] | None = None, patch_size: Sequence[int] | None = None) -> dict[str, Any]:
     """The constructor arguments of model ``name`` for a dataset with ``num_classes`` classes (incl. background).
 
     Args:
@@ -177,6 +181,7 @@ def model_kwargs(name: str, num_classes: int, img_size: int, upsampler: str | No
         upsampler: upsampler name (``resfu``, ``bilinear``, ...) or ``None`` for the network's default.
         extra: further constructor arguments from the config (``model.kwargs``); they win over the derived ones
             except the class count.
+        patch_size: 3D models: the training patch, for the network's ``patch_kwargs``.
 
     Raises:
         InputError: unknown model name (the valid names are listed).
@@ -189,6 +194,8 @@ def model_kwargs(name: str, num_classes: int, img_size: int, upsampler: str | No
         kwargs[spec.in_channels_key] = 1  # 1-channel images (TransUNet repeats them to 3 inside)
     if upsampler is not None and spec.upsampler_key:
         kwargs[spec.upsampler_key] = upsampler
+    if spec.patch_kwargs is not None and patch_size is not None:
+        kwargs.update(spec.patch_kwargs([int(s) for s in patch_size]))
     kwargs.update(extra or {})
     kwargs[spec.classes_key] = num_classes
     return kwargs
@@ -273,6 +280,10 @@ def _transunet_pretrained(model: nn.Module, path: str) -> Any:
     return model.load_pretrained(path)
 
 
+def _img_size_is_patch(patch_size: list[int]) -> dict[str, Any]:
+    return {"img_size": list(patch_size)}  # UNETR's position embedding is fixed to the training patch
+
+
 def _register_builtins() -> None:
     from resfu_med.networks.basic_unet import BasicUNet
     from resfu_med.networks.transunet import TransUNet
@@ -286,6 +297,19 @@ def _register_builtins() -> None:
             "target": "resfu_med.networks.BasicUNet"}
     register_model("unet", BasicUNet, spatial_dims=2, fixed={"spatial_dims": 2}, min_img_size=32, **unet)
     register_model("unet3d", BasicUNet, spatial_dims=3, fixed={"spatial_dims": 3}, patch_divisor=16, **unet)
+    # MONAI's 3D networks with registry upsamplers (docs/networks.md). DynUNet's kernels and strides default to
+    # nnU-Net's plan for the patch; SwinUNETR halves 5 times, UNETR's ViT takes 16-voxel patches.
+    from resfu_med.networks.dynunet import DynUNet, dynunet_plan
+    from resfu_med.networks.swin_unetr import SwinUNETR
+    from resfu_med.networks.unetr import UNETR
+
+    monai3d = {"classes_key": "out_channels", "upsampler_key": "upsample", "in_channels_key": "in_channels",
+               "spatial_dims": 3, "fixed": {"spatial_dims": 3}}
+    register_model("dynunet", DynUNet, target="resfu_med.networks.DynUNet", patch_divisor=16,
+                   patch_kwargs=dynunet_plan, **monai3d)
+    register_model("swinunetr", SwinUNETR, target="resfu_med.networks.SwinUNETR", patch_divisor=32, **monai3d)
+    register_model("unetr", UNETR, target="resfu_med.networks.UNETR", patch_divisor=16,
+                   patch_kwargs=_img_size_is_patch, **monai3d)
 
 
 _register_builtins()

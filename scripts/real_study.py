@@ -63,7 +63,7 @@ def _prepare(out: Path, log: Path) -> Path:
         if not (bench / "dataset.json").is_file():
             _run([sys.executable, str(HERE / "build_real_benchmark.py"), "--out", str(bench), "--overwrite"], log)
         if not (prepared / "dataset.json").is_file():
-            _run(["resfu-med", "prepare", "--dataset", "msd", "--raw-root", str(bench), "--out", str(prepared),
+            _run(["resfu-med", "prepare", "--dataset", "msd", "--data-root", str(bench), "--output", str(prepared),
                   "--overwrite", "--no-progress"], log)
     return prepared
 
@@ -89,7 +89,7 @@ def _one(out: Path, prepared: Path, upsampler: str, seed: int, log: Path) -> Non
         record["train_wall_s"] = round(time.time() - t0, 1)
         t1 = time.time()
         _run(["resfu-med", "evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", "msd", "--data-root",
-              str(prepared), "--output", str(ev), "--save-nifti", "--overwrite", "--no-progress"], log)
+              str(prepared), "--output", str(ev), "--save-predictions", "--overwrite", "--no-progress"], log)
         record["eval_wall_s"] = round(time.time() - t1, 1)
         record["metrics"] = json.loads((ev / "metrics.json").read_text())
         from resfu_med.atomic import atomic_write_json

@@ -4,7 +4,7 @@ They are plain MONAI: ``LoadImaged``/``EnsureChannelFirstd``, the checkpoint's i
 transforms, ``SliceInferer`` (2D models, slice by slice) or ``SlidingWindowInferer`` (3D models), ``AsDiscreted`` and
 ``SaveImaged`` — the only resfu-med name in them is ``network_def``'s ``_target_``.
 
-Axis convention. ``resfu-med`` works on arrays in ``(Z, Y, X)`` order (``resfu_med.data.load_nifti``), so a 2D model
+Axis convention. ``resfu-med`` works on arrays in ``(Z, Y, X)`` order (``resfu_med.data.read_image``), so a 2D model
 sees ``(Y, X)`` slices; MONAI's NIfTI reader yields ``(X, Y, Z)``. The configs transpose the loaded image to
 ``(1, Z, Y, X)`` before the network and the prediction back before saving; ``Transposed`` leaves the affine in the
 metadata untouched, so ``SaveImaged`` writes the labels with the input's affine, shape and orientation.
@@ -178,6 +178,33 @@ def _label_transforms(zoomed: bool) -> list[dict]:
     return out
 
 
+def label_value_transforms(key: str, label_values: list[int] | None, to_values: bool) -> list[dict[str, Any]]:
+    """MONAI ``MapLabelValued`` between class indices and the dataset's own label values (:mod:`resfu_med.data.labels`).
+
+    ``to_values``: class → value (predictions written); otherwise value → class (labels read for training/scoring).
+    Nothing when the values are the class indices. The values are validated integers, never expressions.
+    """
+    if label_values is None or list(label_values) == list(range(len(label_values))):
+        return []
+    values, classes = [int(v) for v in label_values], list(range(len(label_values)))
+    orig, target = (classes, values) if to_values else (values, classes)
+    dtype = "uint8" if max(target) <= 255 else "uint16"
+    return [{"_target_": "MapLabelValued", "keys": key, "orig_labels": orig, "target_labels": target, "dtype": dtype}]
+
+
+def _header(net_def: dict[str, Any], extra_import: str, output: str) -> dict[str, Any]:
+    """The items every config starts with: imports, the bundle's folders, the device, ``network_def``."""
+    return {
+        "imports": ["$import glob", "$import os", extra_import],
+        "bundle_root": ".",
+        "model_dir": "$@bundle_root + '/models'",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "output_dir": f"$@bundle_root + '/{output}'",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": net_def,
+    }
+
+
 def inference_config(
     net_def: dict[str, Any],
     intensity: dict[str, Any],
@@ -187,6 +214,7 @@ def inference_config(
     mode: str = "gaussian",
     sw_batch_size: int = 8,
     img_size: int | None = None,
+    label_values: list[int] | None = None,
 ) -> dict[str, Any]:
     """``configs/inference.json``: segment every ``*.nii``/``*.nii.gz`` of ``dataset_dir`` into ``output_dir``.
 
@@ -206,16 +234,12 @@ def inference_config(
         sw_batch_size: slices (2D) or windows (3D) per network call.
         img_size: 2D only: the size slices are zoomed to (the training size); ``None`` runs on the native grid
             (``resfu-med infer --no-resample``).
+        label_values: the value written for each class (the dataset's own labels); ``None``: the class indices.
     """
     zoom = img_size if spatial_dims == 2 else None
+    out_dtype = "$numpy.uint16" if label_values and max(label_values) > 255 else "$numpy.uint8"
     return {
-        "imports": ["$import glob", "$import os", "$from scipy.ndimage import zoom as ndi_zoom"],
-        "bundle_root": ".",
-        "model_dir": "$@bundle_root + '/models'",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "output_dir": "$@bundle_root + '/eval'",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": net_def,
+        **_header(net_def, "$from scipy.ndimage import zoom as ndi_zoom", "eval"),
         "network": "$@network_def.to(@device)",
         # resfu-med blends softmax probabilities (not logits) across windows: the evaluator runs network + softmax.
         "predictor": "$torch.nn.Sequential(@network, torch.nn.Softmax(dim=1)).eval()",
@@ -227,10 +251,10 @@ def inference_config(
         "inferer": inferer_def(spatial_dims, roi_size, overlap, mode, sw_batch_size),
         "postprocessing": {
             "_target_": "Compose",
-            "transforms": _label_transforms(zoom is not None) + [
+            "transforms": _label_transforms(zoom is not None) + label_value_transforms("pred", label_values, True) + [
                 {"_target_": "Transposed", "keys": "pred", "indices": _TO_ZYX},
                 {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-                 "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False,
+                 "output_dtype": out_dtype, "resample": False, "separate_folder": False,
                  "squeeze_end_dims": True, "print_log": False},
             ],
         },
@@ -283,13 +307,7 @@ def train_config(
             {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": list(roi_size), "random_size": False},
         ]
     return {
-        "imports": ["$import glob", "$import os", "$import torch"],
-        "bundle_root": ".",
-        "model_dir": "$@bundle_root + '/models'",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "output_dir": "$@bundle_root + '/train_out'",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": net_def,
+        **_header(net_def, "$import torch", "train_out"),
         "network": "$@network_def.to(@device)",
         "load_pretrained": "$@network.load_state_dict(torch.load(@model_dir + '/model.pt', map_location=@device, "
                            "weights_only=True))",
@@ -336,7 +354,7 @@ def train_config(
 
 
 def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_classes: int, spatial_dims: int,
-                    img_size: int | None = None) -> dict[str, Any]:
+                    img_size: int | None = None, label_values: list[int] | None = None) -> dict[str, Any]:
     """``configs/evaluate.json``: ``inference.json``'s predictions scored by mean foreground Dice, nothing written.
 
     A complete config (not an overlay): ``python -m monai.bundle run --config_file configs/evaluate.json
@@ -353,7 +371,7 @@ def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_cl
         "preprocessing": _preprocessing(intensity, keys, zoom),
         "postprocessing": {
             "_target_": "Compose",
-            "transforms": _label_transforms(zoom is not None) + [
+            "transforms": _label_transforms(zoom is not None) + label_value_transforms("label", label_values, False) + [
                 {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": ["@num_classes", "@num_classes"]},
             ],
         },
@@ -397,8 +415,11 @@ def _standard_items() -> tuple[frozenset[str], tuple[re.Pattern, ...], frozenset
             for zoom in (None, _ANY_SIZE):
                 net = {"_target_": get_model_spec("unet").target}
                 inference = inference_config(net, intensity, dims, [16] * dims, img_size=zoom)
-                for cfg in (inference, train_config(net, intensity, dims, [16] * dims, 2),
-                            evaluate_config(inference, intensity, 2, dims, zoom)):
+                # the dataset's own label values: MapLabelValued, and uint16 outputs for values above 255
+                valued = inference_config(net, intensity, dims, [16] * dims, img_size=zoom, label_values=[0, 1, 300])
+                for cfg in (inference, valued, train_config(net, intensity, dims, [16] * dims, 2),
+                            evaluate_config(inference, intensity, 2, dims, zoom),
+                            evaluate_config(valued, intensity, 3, dims, zoom, [0, 1, 300])):
                     for _, key, item in _walk(cfg):
                         if key == "_target_" and item != net["_target_"]:
                             targets.add(item)

@@ -32,6 +32,32 @@ def channel_names(num_classes: int, label_names: list[str] | None) -> dict[str, 
             for i in range(num_classes)}
 
 
+def eval_metrics_from(doc: dict[str, Any]) -> dict[str, float]:
+    """``eval_metrics`` from a metrics file: ``resfu-med evaluate``'s ``metrics.json`` or a flat ``{name: number}``.
+
+    From ``metrics.json`` every report gives ``<protocol>_mean_dice``, ``<protocol>_mean_hd95`` and
+    ``<protocol>_dice_<class name>`` (protocols ``transunet`` (voxel units) and ``spacing`` (mm)); Dice as a fraction.
+    Non-numeric entries are left out.
+    """
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    out = {k: float(v) for k, v in doc.items() if number(v)}
+    reports = doc.get("reports")
+    if isinstance(reports, dict):
+        for protocol, rep in reports.items():
+            if not isinstance(rep, dict):
+                continue
+            mean = rep.get("mean") if isinstance(rep.get("mean"), dict) else {}
+            for key in ("dice", "hd95"):
+                if number(mean.get(key)):
+                    out[f"{protocol}_mean_{key}"] = float(mean[key])
+            for c in rep.get("classes") or []:
+                if isinstance(c, dict) and number(c.get("dice")):
+                    out[f"{protocol}_dice_{c.get('name', c.get('index'))}"] = float(c["dice"])
+    return out
+
+
 def _value_range(intensity: dict[str, Any]) -> list[float]:
     if intensity.get("kind") == "ct" or intensity.get("mode", "minmax") == "minmax":
         return [0.0, 1.0]
@@ -49,11 +75,12 @@ def build_metadata(
     copyright: str = "Copyright (c) the resfu-med authors",  # noqa: A002 - the specification's field name
     metrics: dict[str, float] | None = None,
     spatial_dims: int = 2,
+    raw_labels: bool = False,
 ) -> dict[str, Any]:
     """Metadata of the bundle of one checkpoint.
 
     Args:
-        config: the checkpoint's run config (``config["model"]``, ``config["data"]``, see docs/contracts.md).
+        config: the checkpoint's run config (``config["model"]``, ``config["data"]``, see docs/api.md).
         roi_size: the patch the network sees (``network_data_format`` spatial shape).
         name: bundle name.
         version: bundle version.
@@ -62,6 +89,7 @@ def build_metadata(
         copyright: copyright line.
         metrics: evaluation metrics (``eval_metrics``); non-finite values are left out.
         spatial_dims: 2 (slice-wise model) or 3.
+        raw_labels: the bundle writes the raw release's label values (Synapse: BTCV numbering).
 
     Returns:
         A dict valid against :func:`resfu_med.bundle.schema.load_schema`.
@@ -85,6 +113,10 @@ def build_metadata(
         )
     metrics = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
     value_range = _value_range(data.get("intensity", {}))
+    from resfu_med.data.labels import output_values
+
+    values = output_values(data, raw=raw_labels) or list(range(num_classes))
+    names = channel_names(num_classes, data.get("label_names"))
     return {
         "schema": SCHEMA_URL,
         "version": version,
@@ -133,8 +165,10 @@ def build_metadata(
                     "dtype": "float32",
                     "value_range": [],
                     "is_patch_data": True,
-                    "channel_def": channel_names(num_classes, data.get("label_names")),
+                    "channel_def": names,
                 }
             },
         },
+        # the label value the bundle's inference writes for each class: the dataset's own values, not the indices
+        "label_values": {str(c): {"name": names[str(c)], "value": int(values[c])} for c in range(num_classes)},
     }

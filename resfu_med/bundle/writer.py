@@ -34,11 +34,13 @@ from resfu_med.bundle.configs import (
     network_def,
     train_config,
 )
-from resfu_med.bundle.metadata import build_metadata
+from resfu_med.bundle.metadata import build_metadata, eval_metrics_from
 from resfu_med.bundle.readme import render_license, render_readme
 from resfu_med.bundle.schema import validate_metadata
+from resfu_med.data.labels import output_values
 from resfu_med.errors import CheckpointError, InputError
 from resfu_med.networks.model_registry import img_size_of, spatial_dims_of
+from resfu_med.outputs import claim_output, output_folder
 from resfu_med.safety import check_plain_data
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "export_bundle",
     "check_bundle",
     "load_bundle_network",
+    "read_metrics_file",
+    "verify_bundle",
 ]
 
 REQUIRED_FILES = ("configs/metadata.json", "configs/inference.json", "models/model.pt")
@@ -60,10 +64,11 @@ def export_bundle(
     mode: str = "gaussian",
     sw_batch_size: int = 8,
     resample: bool = True,
-    metrics: dict[str, float] | None = None,
+    metrics: dict[str, float] | str | os.PathLike | None = None,
     torchscript: bool = True,
     onnx: bool = False,
     overwrite: bool = False,
+    raw_labels: bool = False,
 ) -> Path:
     """Export a checkpoint as a MONAI bundle folder.
 
@@ -78,10 +83,12 @@ def export_bundle(
         sw_batch_size: slices (2D) or windows (3D) per network call.
         resample: 2D models: zoom slices to the training size (as ``resfu-med infer``); ``False`` = native grid
             (as ``resfu-med infer --no-resample``).
-        metrics: evaluation metrics for ``eval_metrics`` and the README (default: the checkpoint's best metric).
+        metrics: evaluation metrics for ``eval_metrics`` and the README, or a JSON file of them (its top-level numbers;
+            ``resfu-med evaluate``'s ``metrics.json`` works); default: the checkpoint's best metric.
         torchscript: also write ``models/model.ts`` (skipped with a warning if the network cannot be compiled).
         onnx: also write ``models/model.onnx`` (needs ``onnx`` and ``onnxruntime``).
         overwrite: replace an existing bundle in ``out``.
+        raw_labels: write the raw release's label values (Synapse: BTCV numbering) instead of the dataset's default.
 
     Returns:
         The bundle folder.
@@ -94,6 +101,7 @@ def export_bundle(
     source = str(checkpoint)
     if (out / "configs" / "metadata.json").exists() and not overwrite:
         raise InputError(f"{out}: already holds a bundle (configs/metadata.json); pass overwrite/--overwrite")
+    claim_output(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part)
     state, config, info = read_checkpoint(checkpoint)
     net_def = network_def(config["model"], source)
     dims = spatial_dims_of(config["model"])
@@ -103,36 +111,65 @@ def export_bundle(
         raise InputError(f"--roi-size {' '.join(map(str, roi))} has {len(roi)} entries for a {dims}D model")
     inferer_def(dims, roi, overlap, mode, sw_batch_size)  # InputError naming the option, before anything is written
     data = config["data"]
+    if isinstance(metrics, (str, os.PathLike)):
+        metrics = read_metrics_file(metrics)
     if metrics is None and isinstance(info.get("best_metric"), (int, float)):
         metrics = {"val_mean_dice": float(info["best_metric"])}
     metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
-                              spatial_dims=dims)
+                              spatial_dims=dims, raw_labels=raw_labels)
     validate_metadata(metadata, source=str(out / "configs" / "metadata.json"))
     img_size = img_size_of(config["data"]) if dims == 2 and resample else None
-    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size)
+    try:
+        values = output_values(data, raw=raw_labels)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size, values)
     train_patch = [img_size_of(config["data"])] * 2 if dims == 2 else roi
     configs = {
         "metadata.json": metadata,
         "inference.json": inference,
         "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
-        "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size),
+        "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size, values),
     }
-    for fname, content in configs.items():
-        atomic_write_json(out / "configs" / fname, content)
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
-    atomic_write_bytes(out / "models" / "model.pt", buffer.getvalue())
-    example = example_input(config, roi)
-    if torchscript:
-        _optional_export("TorchScript", out / "models" / "model.ts", lambda p: _ts(net, p, example, metadata, inference))
-    if onnx:
-        from resfu_med.bundle.export import export_onnx
+    with output_folder(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part):
+        for fname, content in configs.items():
+            atomic_write_json(out / "configs" / fname, content)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buffer)
+        atomic_write_bytes(out / "models" / "model.pt", buffer.getvalue())
+        example = example_input(config, roi)
+        if torchscript:
+            _optional_export("TorchScript", out / "models" / "model.ts", lambda p: _ts(net, p, example, metadata, inference))
+        if onnx:
+            from resfu_med.bundle.export import export_onnx
 
-        _optional_export("ONNX", out / "models" / "model.onnx", lambda p: export_onnx(net, p, example))
-    atomic_write_text(out / "docs" / "README.md", render_readme(metadata, config, net_def, inference, info))
-    atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
-    check_bundle(out)
+            _optional_export("ONNX", out / "models" / "model.onnx", lambda p: export_onnx(net, p, example))
+        atomic_write_text(out / "docs" / "README.md", render_readme(metadata, config, net_def, inference, info))
+        atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
+        check_bundle(out)
     return out
+
+
+def read_metrics_file(path: str | os.PathLike) -> dict[str, float]:
+    """``eval_metrics`` from a JSON metrics file (:func:`resfu_med.bundle.metadata.eval_metrics_from`).
+
+    Raises:
+        InputError: the file is missing, not JSON, or not a JSON object.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: metrics file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: metrics file is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: metrics file must hold a JSON object (resfu-med evaluate's metrics.json, or name: number)")
+    return eval_metrics_from(data)
+
+
+def _is_bundle_part(path: Path) -> bool:
+    """What :func:`export_bundle` writes at the top of a bundle (a bundle folder carries no marker file)."""
+    return path.name in ("configs", "models", "docs", "LICENSE")
 
 
 def _ts(net, path, example, metadata, inference):
@@ -212,3 +249,18 @@ def load_bundle_network(bundle_dir: str | os.PathLike, device: str | torch.devic
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{weights}: not a state dict of tensors")
     return build_network(net_def, state, str(weights)).to(device)
+
+
+def verify_bundle(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+    """``resfu-med verify-bundle``: check the files and metadata, rebuild the network and load its weights.
+
+    Returns:
+        ``{"name", "version", "network" (class name), "parameters"}``.
+
+    Raises:
+        InputError: incomplete bundle or invalid metadata. CheckpointError: weights that do not fit ``network_def``.
+    """
+    meta = check_bundle(bundle_dir)
+    net = load_bundle_network(bundle_dir)
+    return {"name": meta.get("name", "?"), "version": meta["version"], "network": type(net).__name__,
+            "parameters": sum(p.numel() for p in net.parameters())}

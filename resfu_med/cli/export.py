@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 from resfu_med.cli._options import add_output
-from resfu_med.errors import InputError
 
 COMMAND = "export"
 
@@ -29,14 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output(parser, "file to write", required=True, old="--out")
     parser.add_argument("--roi-size", type=int, nargs="+", default=None,
                         help="spatial size of the test input and ONNX graph; default: the training img_size")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run(args: argparse.Namespace) -> int:
     """Export, verify and report."""
-    from resfu_med.bundle.export import export_model, onnx_available
-
-    if args.fmt == "onnx" and not onnx_available():
-        raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
-    info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size)
+    from resfu_med.bundle.export import export_model
+    info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size, overwrite=args.overwrite)
     print(f"{args.fmt} ({info['method']}) written to {info['path']}; max |exported - pytorch| = {info['max_abs_diff']:.3g}")
     return 0

@@ -13,11 +13,8 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from resfu_med.cli._options import add_output, add_sw_batch_size, deprecated_alias
-from resfu_med.errors import InputError
 
 COMMAND = "export-bundle"
 
@@ -40,25 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="2D models: run windows on the native slice grid (as resfu-med infer --no-resample) "
                              "instead of zooming slices to the training size")
     parser.add_argument("--metrics", default=None,
-                        help="JSON file of evaluation metrics (top-level numbers) for metadata and README; "
+                        help="metrics.json of resfu-med evaluate (or a JSON object of name: number) for the "
+                             "metadata's eval_metrics and the README; "
                              "default: the checkpoint's best validation metric")
     parser.add_argument("--no-torchscript", action="store_true", help="do not write models/model.ts")
     parser.add_argument("--onnx", action="store_true", help="also write models/model.onnx (needs onnx, onnxruntime)")
     parser.add_argument("--overwrite", action="store_true", help="replace a bundle already in --output")
-
-
-def _read_metrics(path: str | None) -> dict[str, float] | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: metrics file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: metrics file is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: metrics file must hold a JSON object of name: number")
-    return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    parser.add_argument("--raw-labels", action="store_true",
+                        help="the bundle writes the raw release's label values (Synapse: BTCV numbering), as "
+                             "resfu-med infer --raw-labels")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         sw_batch_size=args.sw_batch_size,
         resample=not args.no_resample,
-        metrics=_read_metrics(args.metrics),
+        metrics=args.metrics,
         torchscript=not args.no_torchscript,
         onnx=args.onnx,
         overwrite=args.overwrite,
+        raw_labels=args.raw_labels,
     )
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     print(f"bundle written to {out}: {', '.join(files)}")

@@ -1,13 +1,16 @@
-"""Segment NIfTI volumes with a trained checkpoint (file or folder in, folder out).
+"""Segment images (NIfTI, MetaImage, NRRD, DICOM series) with a trained checkpoint (file or folder in, folder out).
 
-Every input gets <name>_seg.nii.gz in the output folder: integer labels in the input's voxel grid, with its affine
-and header. 2D models run slice by slice at their training size (zoomed, as trained, then zoomed back); 3D models
+Every input gets <name>_seg.<ext> in the output folder, in the input's format (a DICOM series: .nii.gz) unless
+--output-format says otherwise: the dataset's own label values (see docs/evaluation.md) in the input's voxel grid and
+geometry (NIfTI: affine, qform/sform codes, header). Entries of an input folder that are not an image are reported,
+one line each, and counted. 2D models run slice by slice at their training size (zoomed, as trained, then zoomed back); 3D models
 run Gaussian-blended 3D sliding windows. A file that fails is reported in one line and the others still run; the
 exit status is 1 if any failed.
 
 examples:
   resfu-med infer -i scans/ -o segs/ --checkpoint runs/demo/best.pt
   resfu-med infer -i case01.nii.gz -o segs/ --checkpoint best.pt --tta --save-probabilities
+  resfu-med infer -i dicom/series1/ -o segs/ --checkpoint best.pt --output-format nrrd
   resfu-med infer -i scans/ -o segs/ --checkpoint best.pt --continue-prediction   # resume a folder
 """
 
@@ -17,7 +20,6 @@ import argparse
 import sys
 
 from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias, fraction, positive
-from resfu_med.errors import InputError
 
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -27,7 +29,14 @@ COMMAND = "infer"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``infer`` flags (nnU-Net-like names)."""
-    parser.add_argument("-i", "--input", required=True, help="a .nii/.nii.gz file or a folder of them")
+    parser.add_argument("-i", "--input", required=True,
+                        help="an image (.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr), a folder of them, or a folder of "
+                             "one DICOM series")
+    parser.add_argument("--output-format", choices=("nii.gz", "mha", "nrrd"), default=None,
+                        help="format of the outputs; default: the input's (a DICOM series: nii.gz)")
+    parser.add_argument("--raw-labels", action="store_true",
+                        help="write the raw release's label values (Synapse: BTCV numbering) instead of the "
+                             "dataset's default (Synapse: TransUNet's 0..8; MSD: its own values already)")
     add_output(parser, "output folder (created)", required=True, old=None)
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
     parser.add_argument("--roi-size", type=positive, nargs="+", default=None, metavar="N",
@@ -39,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device(parser)
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4 flips 2D, 8 flips 3D)")
     parser.add_argument("--save-probabilities", action="store_true",
-                        help="also write <name>_prob.nii.gz (float32, classes on the 4th axis)")
+                        help="also write <name>_prob.<ext> (float32, one value per class)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--continue-prediction", action="store_true", help="skip inputs whose outputs exist")
     parser.add_argument("--no-resample", action="store_true",
@@ -49,27 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
-    from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
-    from resfu_med.engine.device import resolve_device
-    from resfu_med.networks.model_registry import spatial_dims_of
+    from resfu_med.engine.inferer import run_inference  # heavy (torch, MONAI): imported only when the command runs
 
-    device = resolve_device(args.device)
-    files = inferer.collect_inputs(args.input)  # fail early, before loading the model
-    model, config = inferer.load_for_inference(args.checkpoint, device)  # a refused checkpoint leaves no folder
-    inferer.check_output_dir(args.output)
-    dims = spatial_dims_of(config["model"])
-    size = args.roi_size
-    if size is not None and len(size) not in (1, dims):
-        raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(size)} ({size})")
-    roi = None if size is None else (size[0] if len(size) == 1 else tuple(size))
-    opts = inferer.InferOptions(
-        roi=roi, overlap=args.overlap, batch_size=args.sw_batch_size, device=device, tta=args.tta,
-        save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-        continue_prediction=args.continue_prediction, resample=not args.no_resample,
-        progress=not args.no_progress,
+    files, summary = run_inference(
+        args.input, args.output, args.checkpoint, args.roi_size, args.device, overlap=args.overlap,
+        batch_size=args.sw_batch_size, tta=args.tta, save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite, continue_prediction=args.continue_prediction, resample=not args.no_resample,
+        progress=not args.no_progress, output_format=args.output_format, raw_labels=args.raw_labels,
     )
-    summary = inferer.infer_paths(args.input, args.output, model, config, opts)
     print(f"resfu-med infer: {len(files)} input(s): {len(files) - len(summary.failed) - len(summary.skipped)} "
-          f"segmented, {len(summary.skipped)} skipped, {len(summary.failed)} failed -> {args.output}",
-          file=sys.stderr)
+          f"segmented, {len(summary.skipped)} skipped, {len(summary.failed)} failed, "
+          f"{len(summary.unsupported)} unsupported file(s) -> {args.output}", file=sys.stderr)
     return 1 if summary.failed else 0

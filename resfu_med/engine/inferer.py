@@ -1,17 +1,18 @@
-"""``resfu-med infer``: segment NIfTI files with a trained checkpoint, folder in → folder out (SPEC §6).
+"""``resfu-med infer``: segment images with a trained checkpoint, folder in → folder out (docs/evaluation.md).
 
-Each input is read slab by slab into a float32 ``(Z, Y, X)`` array (the NIfTI voxel axes reversed, the layout the
-datasets use; no reorientation, so nothing has to be undone), normalised with the checkpoint's intensity transform,
-predicted by :func:`resfu_med.engine.predictor.predict_volume` (2D: slice-wise at the training size and zoomed back;
-3D: streamed sliding windows), and written as ``<name>_seg.nii.gz`` in the input's voxel grid with its affine and
-header (qform/sform and their codes, pixdim, units, description) and integer labels. ``--save-probabilities`` also
-writes ``<name>_prob.nii.gz`` (float32, classes on the 4th axis).
+Each input (NIfTI, MetaImage, NRRD or a DICOM series folder) is read by :func:`resfu_med.data.io.read_image` into a
+float32 ``(Z, Y, X)`` array (NIfTI streamed slab by slab; no reorientation, so nothing has to be undone), normalised
+with the checkpoint's intensity transform, predicted by :func:`resfu_med.engine.predictor.predict_volume` (2D:
+slice-wise at the training size and zoomed back; 3D: streamed sliding windows), and written by
+:func:`resfu_med.data.io.write_image` as ``<name>_seg<suffix>`` in the input's voxel grid, geometry and format (or
+``output_format``), with the dataset's own label values (:mod:`resfu_med.data.labels`). ``--save-probabilities`` also
+writes ``<name>_prob<suffix>`` (float32, classes on the 4th axis / as vector components).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,26 +21,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from resfu_med.atomic import atomic_path
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
+from resfu_med.outputs import claim_output, output_folder
 
 __all__ = [
     "InferOptions",
+    "run_inference",
     "InferSummary",
     "collect_inputs",
     "check_output_dir",
     "output_paths",
-    "read_nifti_volume",
-    "write_like",
     "infer_file",
     "infer_paths",
     "load_for_inference",
 ]
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-#: slices read (and scaled to float32) at a time: never a full-volume float64 copy
-READ_SLAB = 32
 
 
 @dataclass
@@ -57,6 +54,8 @@ class InferOptions:
         continue_prediction: skip inputs whose outputs exist.
         resample: 2D models: zoom slices to the training size (as trained); ``False`` = native-grid windows.
         progress: show progress bars.
+        output_format: ``nii.gz``, ``mha`` or ``nrrd``; ``None``: the input's format.
+        raw_labels: write the raw release's label values (Synapse: BTCV numbering) instead of the dataset's default.
     """
 
     roi: int | tuple[int, ...] | None = None
@@ -69,38 +68,43 @@ class InferOptions:
     continue_prediction: bool = False
     resample: bool = True
     progress: bool = True
+    output_format: str | None = None
+    raw_labels: bool = False
 
 
 @dataclass
 class InferSummary:
-    """What :func:`infer_paths` did: outputs written, inputs skipped, and ``(input, message)`` failures."""
+    """What :func:`infer_paths` did: outputs written, inputs skipped, ``(input, message)`` failures, and the entries
+    of an input folder that are not a supported image (each reported in one line)."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    unsupported: list[Path] = field(default_factory=list)
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in NIFTI_SUFFIXES:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
+def collect_inputs(path: str | Path, unsupported: list[Path] | None = None) -> list[Path]:
+    """The images to process: ``path`` itself, or the images in folder ``path`` (see :func:`~resfu_med.data.io.find_images`).
 
-
-def collect_inputs(path: str | Path) -> list[Path]:
-    """The NIfTI files to process: ``path`` itself, or the ``.nii``/``.nii.gz`` files in folder ``path`` (sorted).
+    Args:
+        path: an image file, a folder of images, or a folder of one DICOM series.
+        unsupported: if given, the folder's entries that are not a supported image are appended to it.
 
     Raises:
-        InputError: the path does not exist, or the folder holds no NIfTI file.
+        InputError: the path does not exist, or the folder holds no supported image.
     """
+    from resfu_med.data.io import IMAGE_SUFFIXES, find_images
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"input {p}: no such file or folder")
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(NIFTI_SUFFIXES))
+        files, other = find_images(p)
+        if unsupported is not None:
+            unsupported.extend(other)
         if not files:
-            raise InputError(f"input folder {p}: contains no .nii or .nii.gz file")
+            raise InputError(f"input folder {p}: contains no {', '.join(IMAGE_SUFFIXES)} image or DICOM series"
+                             + (f"; {len(other)} unsupported entr{'y' if len(other) == 1 else 'ies'}" if other else ""))
         return files
     return [p]
 
@@ -122,88 +126,13 @@ def check_output_dir(path: str | Path) -> Path:
     return out
 
 
-def output_paths(input_path: Path, out_dir: Path) -> dict[str, Path]:
-    """``{"seg": <out>/<name>_seg.nii.gz, "prob": <out>/<name>_prob.nii.gz}`` for one input."""
-    name = _stem(input_path)
-    return {"seg": out_dir / f"{name}_seg.nii.gz", "prob": out_dir / f"{name}_prob.nii.gz"}
+def output_paths(input_path: Path, out_dir: Path, output_format: str | None = None) -> dict[str, Path]:
+    """``{"seg": <out>/<name>_seg<suffix>, "prob": <out>/<name>_prob<suffix>}`` for one input (suffix: the input's
+    format, or ``output_format``'s; see :func:`~resfu_med.data.io.output_suffix`)."""
+    from resfu_med.data.io import image_stem, output_suffix
 
-
-def read_nifti_volume(path: str | Path, intensity: Callable[[np.ndarray], np.ndarray] | None = None,
-                      pointwise: bool = False) -> tuple[np.ndarray, Any]:
-    """Read a 3D NIfTI as float32 ``(Z, Y, X)`` (voxel axes reversed), optionally normalised, without float64 copies.
-
-    Args:
-        path: ``.nii`` or ``.nii.gz`` file.
-        intensity: intensity transform (from the checkpoint's spec) to apply.
-        pointwise: the transform acts voxel by voxel (CT windowing) and may be applied per slab while reading;
-            otherwise (per-volume statistics, MRI) it is applied to the whole volume afterwards.
-
-    Returns:
-        ``(volume, nibabel image)``.
-
-    Raises:
-        InputError: missing, not NIfTI, truncated/corrupt, not 3D (a 4th axis of size 1 is accepted), an empty
-            axis, or non-finite voxels — the message names the file.
-    """
-    import nibabel as nib
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    try:
-        # keep the (gzip) file open between slab reads: reopening would decompress from the start every time
-        img = nib.load(str(p), keep_file_open=True)
-    except Exception as err:  # nibabel raises several types for non-NIfTI input
-        raise InputError(f"{p}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(f"{p}: not a NIfTI image (got {type(img).__name__})")
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise InputError(f"{p}: expected a 3D image, got shape {tuple(img.shape)}")
-    if min(shape) == 0:
-        raise InputError(f"{p}: image has an empty axis, shape {shape}")
-    vol = np.empty(shape[::-1], dtype=np.float32)
-    try:
-        for k0 in range(0, shape[2], READ_SLAB):
-            k1 = min(shape[2], k0 + READ_SLAB)
-            slab = np.asarray(img.dataobj[:, :, k0:k1] if len(img.shape) == 3 else img.dataobj[:, :, k0:k1, 0])
-            slab = slab.astype(np.float32).transpose(2, 1, 0)
-            if intensity is not None and pointwise:
-                slab = np.asarray(intensity(slab), dtype=np.float32)
-            vol[k0:k1] = slab
-    except InputError:
-        raise
-    except Exception as err:  # truncated gzip, short file, ...
-        raise InputError(f"{p}: corrupt or truncated NIfTI data ({type(err).__name__}: {err})") from None
-    if not np.isfinite(vol).all():
-        raise InputError(f"{p}: image contains NaN or infinite voxels")
-    if intensity is not None and not pointwise:
-        vol = np.asarray(intensity(vol), dtype=np.float32)
-    return vol, img
-
-
-def write_like(path: str | Path, data_zyx: np.ndarray, ref: Any, dtype: np.dtype | type | None = None) -> Path:
-    """Write ``data_zyx`` (``(Z, Y, X)`` or ``(C, Z, Y, X)``) in ``ref``'s voxel grid, affine and header, atomically.
-
-    The header is ``ref``'s with only the data type, dimensions and scaling changed; qform and sform keep their
-    matrices and codes. A ``(C, Z, Y, X)`` array becomes a 4D image ``(X, Y, Z, C)``.
-    """
-    import nibabel as nib
-
-    arr = np.asarray(data_zyx)
-    arr = arr.transpose(2, 1, 0) if arr.ndim == 3 else arr.transpose(3, 2, 1, 0)
-    header = ref.header.copy()
-    header["cal_min"], header["cal_max"] = 0, 0  # the input's display window (e.g. HU) means nothing for labels
-    out = nib.Nifti1Image(np.ascontiguousarray(arr, dtype=dtype) if dtype is not None else arr, ref.affine, header)
-    out.set_data_dtype(dtype if dtype is not None else arr.dtype)
-    out.header.set_slope_inter(1.0, 0.0)
-    out.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
-    out.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(out, str(tmp))
-    return Path(path)
+    name, suffix = image_stem(input_path), output_suffix(input_path, output_format)
+    return {"seg": out_dir / f"{name}_seg{suffix}", "prob": out_dir / f"{name}_prob{suffix}"}
 
 
 def _intensity(config: Mapping[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray] | None, bool]:
@@ -219,7 +148,7 @@ def infer_file(
     input_path: str | Path, out_dir: str | Path, model: torch.nn.Module, config: Mapping[str, Any],
     opts: InferOptions | None = None,
 ) -> list[Path]:
-    """Segment one NIfTI file and write ``<name>_seg.nii.gz`` (and ``<name>_prob.nii.gz`` if asked).
+    """Segment one image and write ``<name>_seg<suffix>`` (and ``<name>_prob<suffix>`` if asked).
 
     Args:
         input_path: the image.
@@ -237,14 +166,22 @@ def infer_file(
     """
     opts = opts or InferOptions()
     src = Path(input_path)
-    outs = output_paths(src, Path(out_dir))
+    outs = output_paths(src, Path(out_dir), opts.output_format)
     wanted = [outs["seg"]] + ([outs["prob"]] if opts.save_probabilities else [])
     existing = [o for o in wanted if o.exists()]
     if existing and not opts.overwrite:
         raise InputError(f"{existing[0]} exists; pass --overwrite to replace it or --continue-prediction to skip it")
     fn, pointwise = _intensity(config)
-    vol, img = read_nifti_volume(src, fn, pointwise)
-    num_classes = int((config.get("data", {}) or {}).get("num_classes", 256))
+    from resfu_med.data.io import read_image, write_image
+    from resfu_med.data.labels import apply_label_values, output_values
+
+    vol, geometry = read_image(src, intensity=fn, pointwise=pointwise)
+    data_cfg = config.get("data", {}) or {}
+    num_classes = int(data_cfg.get("num_classes", 256))
+    try:
+        values = output_values(data_cfg, raw=opts.raw_labels)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint config: {err}") from None
     bar = tqdm(total=vol.shape[0], desc=src.name, unit="slice", leave=False, disable=not opts.progress)
     try:
         labels, probs = predict_volume(
@@ -254,10 +191,9 @@ def infer_file(
     finally:
         bar.close()
     del vol
-    label_dtype = np.uint8 if num_classes <= 256 else np.int16
-    written = [write_like(outs["seg"], labels, img, label_dtype)]
+    written = [write_image(outs["seg"], apply_label_values(labels, values, num_classes), geometry)]
     if probs is not None:
-        written.append(write_like(outs["prob"], probs, img, np.float32))
+        written.append(write_image(outs["prob"], probs, geometry, dtype=np.float32))
     return written
 
 
@@ -265,10 +201,11 @@ def infer_paths(
     input_path: str | Path, out_dir: str | Path, model: torch.nn.Module, config: Mapping[str, Any],
     opts: InferOptions | None = None, log: Callable[[str], None] | None = None,
 ) -> InferSummary:
-    """Segment a file or every NIfTI file of a folder; a file that fails is reported in one line and skipped.
+    """Segment an image or every image of a folder; a file that fails is reported in one line and skipped, and so is
+    every entry of the folder that is not a supported image (counted in ``unsupported``).
 
     Args:
-        input_path: a ``.nii``/``.nii.gz`` file or a folder of them.
+        input_path: an image file, a folder of them, or a folder of one DICOM series.
         out_dir: output folder (created; must be writable).
         model: network in eval mode.
         config: the checkpoint's config.
@@ -284,12 +221,15 @@ def infer_paths(
     """
     opts = opts or InferOptions()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    files = collect_inputs(input_path)
-    out = check_output_dir(out_dir)
     summary = InferSummary()
+    files = collect_inputs(input_path, summary.unsupported)
+    out = check_output_dir(out_dir)
+    for f in summary.unsupported:
+        log(f"resfu-med infer: {f.name}: not a supported image (.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr or a DICOM "
+            "series folder), skipped")
     model.eval()
     for f in tqdm(files, desc="infer", unit="file", disable=not opts.progress or len(files) < 2):
-        outs = output_paths(f, out)
+        outs = output_paths(f, out, opts.output_format)
         wanted = [outs["seg"]] + ([outs["prob"]] if opts.save_probabilities else [])
         if opts.continue_prediction and not opts.overwrite and all(o.exists() for o in wanted):
             summary.skipped.append(f)
@@ -325,3 +265,52 @@ def load_for_inference(checkpoint: str | Path, device: str = "cpu") -> tuple[tor
     if not isinstance(config, Mapping) or "data" not in config or "num_classes" not in (config["data"] or {}):
         raise CheckpointError(f"checkpoint {path}: its config has no data.num_classes")
     return model.eval(), dict(config)
+
+
+def run_inference(
+    input: str | Path,
+    output: str | Path,
+    checkpoint: str | Path,
+    roi_size: Sequence[int] | None = None,
+    device: str | None = "auto",
+    **options: Any,
+) -> tuple[list[Path], InferSummary]:
+    """``resfu-med infer``: segment a NIfTI file or folder with a checkpoint.
+
+    Args:
+        input: a ``.nii``/``.nii.gz`` file or a folder of them.
+        output: the output folder.
+        checkpoint: a ``resfu-med train`` checkpoint.
+        roi_size: window size: one value, or one per spatial axis of the model; default the model's
+            (:meth:`resfu_med.networks.ModelSpec.default_roi`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        options: the other :class:`InferOptions` fields (``overlap``, ``batch_size``, ``tta``, ...).
+
+    Returns:
+        ``(inputs, summary)``.
+
+    Raises:
+        InputError: no input, an unwritable output, a window of the wrong length.
+        CheckpointError: an unusable checkpoint (before any output is created).
+    """
+    from resfu_med.engine.device import resolve_device
+    from resfu_med.networks.model_registry import spatial_dims_of
+
+    dev = resolve_device(device)
+    files = collect_inputs(input)  # fail early, before loading the model
+    keep = bool(options.get("overwrite") or options.get("continue_prediction"))
+    claim_output(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output)
+    model, config = load_for_inference(checkpoint, dev)  # a refused checkpoint leaves no folder
+    dims = spatial_dims_of(config["model"])
+    if roi_size is not None and len(roi_size) not in (1, dims):
+        raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(roi_size)} "
+                         f"({list(roi_size)})")
+    roi = None if roi_size is None else (roi_size[0] if len(roi_size) == 1 else tuple(roi_size))
+    with output_folder(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output):
+        summary = infer_paths(input, output, model, config, InferOptions(roi=roi, device=dev, **options))
+    return files, summary
+
+
+def _is_infer_output(path: Path) -> bool:
+    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
+    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))

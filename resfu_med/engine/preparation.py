@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from resfu_med import __version__
+from resfu_med.atomic import atomic_write_json
 from resfu_med.errors import InputError
+from resfu_med.outputs import MARKER, claim_output
 from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
-__all__ = ["native_img_size", "complete_config", "prepare_run_dir", "RUN_FILES", "RUNTIME_KEYS"]
+__all__ = ["native_img_size", "complete_config", "prepare_run_dir", "resume_runtime", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
-RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "tb")
+RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "train.log", "progress.png", "tb")
 
 #: Config keys that may change when a run is resumed (they change where or how fast it runs, not its result).
 RUNTIME_KEYS = ("device", "data.num_workers", "train.max_iters", "data.root", "threads")
@@ -66,6 +70,9 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             intensity=info.intensity,
             modality=info.modality,
         )
+        for key in ("label_values", "raw_label_values"):  # the user's label values travel with the checkpoint
+            if getattr(info, key, None) is not None:
+                data[key] = [int(v) for v in getattr(info, key)]
         if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
             data["ignore_index"] = int(info.ignore_index)
     names = data.get("class_names")
@@ -81,7 +88,8 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
                          f"{spec.min_img_size}")
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
-                                   model.get("upsampler"), model.get("kwargs"))
+                                   model.get("upsampler"), model.get("kwargs"),
+                                   patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
     return cfg
 
 
@@ -97,23 +105,28 @@ def native_img_size(dataset: str, root: str | None, cap: int = 128) -> int:
     return int(min(cap, max(32, -(-int(side) // 16) * 16)))  # BasicUNet needs at least 32 (4 halvings)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True,
+                    inputs: Iterable[str | Path | None] = ()) -> None:
     """Check the run folder and, with ``create``, clear its old run files (``overwrite``) and create it.
 
     Call it once with ``create=False`` before any slow work (it has no side effects then) and once with
     ``create=True`` when the config is known to be good, so a bad config never costs the previous run.
 
+    ``inputs`` (the data root) may not be, contain or hold the run folder (:func:`resfu_med.outputs.claim_output`).
+
     Raises:
         InputError: the folder holds a previous run and neither ``resume`` nor ``overwrite`` is set; ``resume`` with
-            no ``last.pt``; the folder cannot be created or written.
+            no ``last.pt``; the folder cannot be created or written; it is, is inside or contains an input folder.
     """
+    # Inputs and writability; whether an existing folder may be used is decided by --resume / --overwrite below.
+    claim_output(run_dir, "train", inputs=inputs, reuse=True)
     if resume:
         if not (run_dir / "last.pt").is_file():
             raise InputError(f"nothing to resume: {run_dir / 'last.pt'} not found")
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"output {run_dir} exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != MARKER for p in run_dir.iterdir()):
         if not overwrite:
             raise InputError(
                 f"output folder {run_dir} already exists and is not empty; pass --resume to continue its run or "
@@ -133,8 +146,33 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool =
                 p.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        atomic_write_json(run_dir / MARKER, {"command": "train", "version": __version__})
     except OSError as err:
         raise InputError(f"output folder {run_dir} is not writable: {err.strerror or err}") from err
+
+
+def resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The resume policy: settings given when resuming may change only :data:`RUNTIME_KEYS`; any other must agree
+    with the saved run's config.
+
+    Args:
+        saved: the run's config (from its ``last.pt``).
+        overrides: the nested settings given now (the flags).
+
+    Returns:
+        The runtime changes (dotted keys); ``train.max_iters`` is reset (the old stop point no longer applies).
+
+    Raises:
+        InputError: a non-runtime setting differs from the saved run (names it and both values).
+    """
+    from resfu_med.engine.config import flatten
+
+    runtime: dict[str, Any] = {"train.max_iters": None}
+    flat_saved = flatten(saved)
+    for key, value in flatten(overrides).items():
+        if key in RUNTIME_KEYS:
+            runtime[key] = value
+        elif flat_saved.get(key) != value:
+            raise InputError(f"{key} cannot change when resuming (the run used {flat_saved.get(key)!r}, got "
+                             f"{value!r}); start a new run with --overwrite instead")
+    return runtime

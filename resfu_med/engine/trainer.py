@@ -1,12 +1,15 @@
-"""The training loop (TransUNet protocol, SPEC §4): SGD + poly decay, 0.5·CE + 0.5·Dice, resumable and DDP-ready.
+"""The training loop (TransUNet protocol, docs/datasets.md): SGD + poly decay, 0.5·CE + 0.5·Dice, resumable and DDP-ready.
 
 :class:`Trainer` owns one run folder::
 
     runs/demo/
       config.json    the resolved config (also inside every checkpoint)
       last.pt        latest state: model, optimizer, scheduler, scaler, position, RNG states, config
-      best.pt        the state with the best validation mean Dice (or the last epoch without validation)
-      history.json   validation results per epoch
+      best.pt        the state with the best validation mean Dice (or the final model without validation, or of a
+                     run stopped by max_iters before any validation)
+      history.json   validation results per epoch (``[]`` while there are none; written every epoch)
+      train.log      one line per epoch (loss, lr, seconds) and per validation (Dice per class, seconds)
+      progress.png   loss/lr curves and validation Dice per class, redrawn every epoch (needs matplotlib)
       tb/            TensorBoard events: train/loss, train/lr, val/dice/<class>, val/mean_dice, val/overlay
 
 Resuming restores everything in ``last.pt`` and continues from the recorded position (epoch, batch in epoch); with
@@ -19,6 +22,7 @@ import contextlib
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,10 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resfu_med.atomic import atomic_write_json
+from resfu_med.atomic import atomic_write_bytes, atomic_write_json
 from resfu_med.engine import distributed as ddp
 from resfu_med.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from resfu_med.engine.progress_log import write_progress
 from resfu_med.engine.sampling import ResumableSampler, SeededDataset, foreground_index, item_labels
 from resfu_med.engine.validation import validate
 from resfu_med.errors import InputError, ResfuMedError
@@ -55,7 +60,14 @@ class TrainingDiverged(ResfuMedError):
 
 
 class TrainingInterrupted(ResfuMedError):
-    """SIGINT/SIGTERM: ``last.pt`` was saved at the current iteration; ``--resume`` continues."""
+    """SIGINT/SIGTERM: ``last.pt`` was saved at the current iteration; ``--resume`` continues.
+
+    ``exit_code`` is the shell convention for the signal: 130 (SIGINT), 143 (SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class Trainer:
@@ -139,9 +151,19 @@ class Trainer:
 
         # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does; an ignore label is left out.
         self.loss_fn = segmentation_loss(t["ce_weight"], t["dice_weight"], d.get("ignore_index"))
+        # DynUNet's deep supervision: in training the final map and its heads come stacked on dim 1; MONAI's
+        # DeepSupervisionLoss weighs their losses 1, 1/2, 1/4, ... (nnU-Net's halving).
+        self.deep_supervision = bool(getattr(self.model, "deep_supervision", False))
+        if self.deep_supervision:
+            from monai.losses import DeepSupervisionLoss
+
+            self.loss_fn = DeepSupervisionLoss(self.loss_fn, weight_mode="exp")
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.best_metric: float | None = None
         self.history: list[dict[str, Any]] = []
+        self.epoch_log: list[dict[str, Any]] = []  # train.log / progress.png records, one per finished epoch
+        self._epoch_loss = [0.0, 0]  # running sum and count of the current epoch's losses
+        self._epoch_start = time.perf_counter()
         self._stop_signal: int | None = None
         if self.ckpt is not None:
             self._restore(self.ckpt)
@@ -232,6 +254,8 @@ class Trainer:
             "rng_ranks": rng,
             "best_metric": self.best_metric,
             "history": self.history,
+            "epoch_log": self.epoch_log,
+            "epoch_loss": list(self._epoch_loss),
             "config": self.cfg,
         }
 
@@ -249,6 +273,8 @@ class Trainer:
                              f"with the same number (got {self.dist.world_size})")
         self.best_metric = ckpt["best_metric"]
         self.history = list(ckpt.get("history", []))
+        self.epoch_log = list(ckpt.get("epoch_log", []))
+        self._epoch_loss = [float(v) for v in ckpt.get("epoch_loss", (0.0, 0))]
         ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
         restore_rng(ranks[self.dist.rank] if self.dist.rank < len(ranks) else ckpt["rng"])
 
@@ -269,6 +295,20 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           generator=torch.Generator().manual_seed(self.cfg["seed"]))
 
+    def _batches(self) -> Any:
+        """An iterator over this epoch's remaining batches whose DataLoader workers never see SIGINT/SIGTERM.
+
+        ``timeout``, SLURM and Ctrl-C signal the whole process group. Workers started with the two signals blocked
+        (a forked or spawned process inherits the signal mask) keep running, so the main process stops at the end of
+        its iteration, saves it and shuts them down, instead of failing on a worker killed mid-batch.
+        """
+        stop = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        try:
+            return iter(self._loader())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal that came meanwhile is delivered now
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -282,7 +322,8 @@ class Trainer:
         if finite:
             with self._autocast():
                 logits = self.net(image)
-            loss = self.loss_fn(logits.float(), label)
+            outputs = list(torch.unbind(logits.float(), dim=1)) if self.deep_supervision else logits.float()
+            loss = self.loss_fn(outputs, label)
             finite = bool(torch.isfinite(loss.detach()))
         if not ddp.all_true(finite, self.dist, self.device):
             what = "a training batch contains NaN/inf voxels" if loss is None else "the loss is not finite"
@@ -317,7 +358,6 @@ class Trainer:
                     writer.add_scalar(f"val/dice/{name}", value, self.iteration)
                 for case, img in result["images"]:
                     writer.add_image(f"val/overlay/{case}", img, self.iteration)
-            atomic_write_json(self.run_dir / "history.json", self.history)
         ddp.barrier(self.dist)
         return metric
 
@@ -326,7 +366,18 @@ class Trainer:
         self.batch_in_epoch = 0
         t = self.cfg["train"]
         due = t["eval"] and (self.epoch % t["val_every"] == 0 or self.epoch == t["epochs"])
+        total, count = self._epoch_loss
+        record = {"epoch": self.epoch, "iteration": self.iteration, "loss": total / max(count, 1),
+                  "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - self._epoch_start}
+        t0 = time.perf_counter()
         metric = self._validate(writer) if due else None
+        if metric is not None:
+            record["val_seconds"] = time.perf_counter() - t0
+        self.epoch_log.append(record)
+        self._epoch_loss, self._epoch_start = [0.0, 0], time.perf_counter()
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "history.json", self.history)  # also when nothing was validated
+            write_progress(self.run_dir, self.epoch_log, self.history, t["epochs"])
         best = False
         if self.val_data is None or not t["eval"]:
             best = self.epoch == t["epochs"]  # no validation: best.pt is the final model
@@ -351,6 +402,8 @@ class Trainer:
             for stale in self.run_dir.glob(".*.tmp*"):
                 stale.unlink(missing_ok=True)
             atomic_write_json(self.run_dir / "config.json", self.cfg)
+            atomic_write_json(self.run_dir / "history.json", self.history)
+            write_progress(self.run_dir, self.epoch_log, self.history, t["epochs"])
         writer = None
         if self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -375,9 +428,11 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch)
                 self.sampler.set_start(self.batch_in_epoch * self.batch_size)
                 if self.batch_in_epoch < self.iters_per_epoch:
-                    for batch in self._loader():
+                    for batch in self._batches():
                         lr = self.optimizer.param_groups[0]["lr"]
                         loss = self._step(batch)
+                        self._epoch_loss[0] += loss
+                        self._epoch_loss[1] += 1
                         self.iteration += 1
                         self.batch_in_epoch += 1
                         bar.update(1)
@@ -405,8 +460,13 @@ class Trainer:
                 writer.close()
             for sig, old in handlers.items():
                 signal.signal(sig, old)
+        best = self.run_dir / "best.pt"
+        if stopped != "signal" and self.dist.is_main and not best.exists() and (self.run_dir / "last.pt").exists():
+            # stopped by max_iters before any validation: the documented `--checkpoint runs/x/best.pt` still works
+            atomic_write_bytes(best, (self.run_dir / "last.pt").read_bytes())
         if stopped == "signal":
-            raise TrainingInterrupted(f"interrupted at iteration {self.iteration}; {self.run_dir / 'last.pt'} saved, "
-                                      "continue with --resume")
+            signum = self._stop_signal or signal.SIGTERM  # under DDP another rank may have received it
+            raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at iteration {self.iteration}; "
+                                      f"{self.run_dir / 'last.pt'} saved, continue with --resume", signum)
         return {"epoch": self.epoch, "iteration": self.iteration, "best_metric": self.best_metric,
                 "finished": self.epoch >= t["epochs"], "history": self.history}

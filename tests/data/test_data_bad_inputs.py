@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from resfu_med.cli import main
-from resfu_med.data import load_nifti, prepare_synapse
+from resfu_med.data import prepare_synapse, read_image
 from resfu_med.errors import InputError
 
 
@@ -78,18 +78,18 @@ def test_truncated_and_non_nifti(raw, tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"img0005.nii.gz: (truncated|not a readable)"):
-        load_nifti(path)
+        read_image(path)
     path.write_bytes(gzip.compress(b"this is not an image" * 30))
     with pytest.raises(InputError, match=r"img0005.nii.gz: not a (readable )?NIfTI"):
-        load_nifti(path)
-    with pytest.raises(InputError, match="file not found"):
-        load_nifti(raw / "img" / "img0099.nii.gz")
+        read_image(path)
+    with pytest.raises(InputError, match="no such file"):
+        read_image(raw / "img" / "img0099.nii.gz")
 
 
 def test_wrong_rank(tmp_path, fake):
     path = fake.write_nifti(tmp_path / "flat.nii.gz", np.zeros((4, 5), np.float32), np.eye(4))
-    with pytest.raises(InputError, match=r"flat.nii.gz: expected a 3D volume"):
-        load_nifti(path)
+    with pytest.raises(InputError, match=r"flat.nii.gz: expected a 3D image"):
+        read_image(path)
 
 
 def test_empty_split(raw, tmp_path):

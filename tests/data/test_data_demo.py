@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from resfu_med.data import ensure_demo_data, get_dataset, load_nifti, make_demo_dataset
+from resfu_med.data import ensure_demo_data, get_dataset, make_demo_dataset, read_image
 from resfu_med.data.demo import demo_case_names
 
 SMALL = dict(n_cases=3, n_test=1, shape=(40, 40, 10))
@@ -37,13 +37,14 @@ def test_split_names_use_synapse_ids():
 
 def test_default_size_case_is_btcv_like(tmp_path):
     root = make_demo_dataset(tmp_path / "d", n_cases=2, n_test=1)
-    img, aff, hdr = load_nifti(root / "img" / "img0001.nii.gz")
-    lab, _, _ = load_nifti(root / "label" / "label0001.nii.gz")
-    assert img.shape == (40, 128, 128) and hdr.get_data_dtype() == np.int16
+    img, geo = read_image(root / "img" / "img0001.nii.gz")
+    lab, _ = read_image(root / "label" / "label0001.nii.gz")
+    aff = geo.affine
+    assert img.shape == (40, 128, 128) and geo.nifti_header.get_data_dtype() == np.int16
     assert img.min() >= -1024 and img.max() > 500  # air outside, bone inside
     assert not np.allclose(aff[:3, :3], np.diag(np.diag(aff[:3, :3])))  # rotated
     assert aff[0, 0] < 0 and aff[1, 1] < 0 and aff[2, 2] > 0  # BTCV-like axis flips
-    zooms = hdr.get_zooms()
+    zooms = geo.nifti_header.get_zooms()
     assert zooms[2] > 1.4 * zooms[0]  # anisotropic
     assert set(np.unique(lab).astype(int)) == set(range(14))  # all 13 raw organs
     # Organ HU is realistic: liver ~60, aorta ~200 with contrast, fat ~-100.

@@ -14,7 +14,7 @@ from scipy.ndimage import zoom
 import resfu_med.data
 from resfu_med.cli import main
 from resfu_med.engine import inferer
-from resfu_med.engine.evaluator import evaluate_model, save_prediction_nifti
+from resfu_med.engine.evaluator import evaluate_model, save_prediction
 from resfu_med.engine.validation import validate
 from resfu_med.engine.predictor import predict_slices
 
@@ -95,10 +95,10 @@ def test_validation_dice_equals_evaluation_dice():
     np.testing.assert_allclose(d, res.transunet.dice.mean(0))
 
 
-def test_save_prediction_nifti(tmp_path):
+def test_save_prediction(tmp_path):
     labels = np.zeros((3, 4, 5), np.uint8)
     labels[1, 2, 3] = 7
-    p = save_prediction_nifti(tmp_path / "x_pred.nii.gz", labels, spacing=(2.5, 0.5, 0.75))
+    p = save_prediction(tmp_path / "x_pred.nii.gz", labels, spacing=(2.5, 0.5, 0.75))
     img = nib.load(str(p))
     assert img.shape == (5, 4, 3) and img.get_data_dtype() == np.uint8
     assert np.asarray(img.dataobj)[3, 2, 1] == 7

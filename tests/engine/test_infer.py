@@ -12,7 +12,8 @@ from monai.networks.nets import BasicUNet
 import resfu_med.data
 from resfu_med.cli import main
 from resfu_med.engine import inferer
-from resfu_med.engine.inferer import InferOptions, infer_file, read_nifti_volume
+from resfu_med.data.io import read_image
+from resfu_med.engine.inferer import InferOptions, infer_file
 from resfu_med.engine.predictor import predict_volume_3d
 
 
@@ -110,7 +111,7 @@ def test_scaled_int16_read_as_float32(tmp_path):
     img.set_data_dtype(np.int16)
     img.header.set_slope_inter(0.5, -10.0)
     nib.save(img, str(tmp_path / "s.nii.gz"))
-    vol, _ = read_nifti_volume(tmp_path / "s.nii.gz")
+    vol, _ = read_image(tmp_path / "s.nii.gz")
     assert vol.dtype == np.float32 and vol.shape == (40, 5, 4)
     ref = np.asarray(nib.load(str(tmp_path / "s.nii.gz")).get_fdata()).transpose(2, 1, 0)
     np.testing.assert_allclose(vol, ref, rtol=1e-6)

@@ -91,7 +91,7 @@ def test_normalisation_round_trip_through_checkpoint_and_bundle(tmp_path, monkey
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
     raw = tmp_path / "raw"
     _write_msd_mri(raw)
-    assert main(["prepare", "--dataset", "msd", "--raw-root", str(raw), "--out", str(tmp_path / "prep"),
+    assert main(["prepare", "--dataset", "msd", "--data-root", str(raw), "--output", str(tmp_path / "prep"),
                  "--no-progress"]) == 0
     assert json.loads((tmp_path / "prep" / "dataset.json").read_text())["intensity"] == MRI_ROBUST_SPEC
     run = tmp_path / "run"
@@ -103,7 +103,7 @@ def test_normalisation_round_trip_through_checkpoint_and_bundle(tmp_path, monkey
     vol = nib.load(str(raw / "imagesTr" / "c2.nii.gz")).get_fdata()
     expect = robust_zscore(vol)
     np.testing.assert_allclose(_intensity(cfg)[0](vol), expect, atol=1e-6)  # what `resfu-med infer` applies
-    assert main(["export-bundle", "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "b"),
+    assert main(["export-bundle", "--checkpoint", str(run / "last.pt"), "--output", str(tmp_path / "b"),
                  "--no-torchscript"]) == 0
     inference = json.loads((tmp_path / "b" / "configs" / "inference.json").read_text())
     steps = [t for t in json.dumps(inference).split('"_target_": ')[1:] if "RobustZScored" in t]

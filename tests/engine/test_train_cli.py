@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 
@@ -114,7 +115,7 @@ def test_cli_train_stop_resume_and_finish(capsys, tmp_path, standin_data):
     from resfu_med.engine.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
-    run = tmp_path / "run"
+    run = tmp_path.with_name(tmp_path.name + "-run")  # outside the data root: no command writes into an input folder
     base = ["--dataset", "synapse", "--data-root", str(tmp_path), "--model", TINY, "--img-size", "32",
             "--batch-size", "4", "--epochs", "2", "--output", str(run), "--no-progress"]
     assert main(["train", *base, "--max-iters", "4"]) == 0
@@ -131,4 +132,6 @@ def test_cli_train_stop_resume_and_finish(capsys, tmp_path, standin_data):
     # the same run again without --resume/--overwrite is refused, with --overwrite it starts over
     _fails(capsys, base, r"already exists")
     assert main(["train", *base, "--max-iters", "1", "--overwrite"]) == 0
-    assert load_checkpoint(run / "last.pt")["iteration"] == 1 and not (run / "best.pt").exists()
+    # a run stopped by --max-iters before any validation still leaves best.pt: the final model, not the old run's
+    assert load_checkpoint(run / "last.pt")["iteration"] == 1 and load_checkpoint(run / "best.pt")["iteration"] == 1
+    assert json.loads((run / "history.json").read_text()) == [] and (run / "train.log").is_file()
