@@ -5,7 +5,7 @@ network does); a network that cannot be scripted (those with ReSFU) is traced on
 is then specific to that input size — the size the bundle's sliding-window inferer feeds). ONNX: the TorchScript-based
 exporter (``torch.onnx.export(..., dynamo=False)``) at a fixed spatial size with a dynamic batch axis.
 
-Both trace the FNS gather through its pure-PyTorch reference (``RESFU_MED_BACKEND=reference``): plain torch / ONNX
+Both trace the FNS gather through its pure-PyTorch reference (``resfu_med.ops.use_backend("reference")``): plain torch / ONNX
 ops, so the files load without resfu-med's compiled extension, and the custom op needs no ONNX symbolic. The check
 against the eager model runs with the same backend, so a traced file equals the model exactly on the example.
 """
@@ -16,29 +16,20 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from resfu_med.atomic import atomic_path, atomic_write_bytes
+from resfu_med.ops import use_backend
 
 __all__ = ["script_or_trace", "export_torchscript", "export_onnx", "onnx_available", "run_onnx"]
 
 
-@contextlib.contextmanager
-def _reference_backend() -> Iterator[None]:
+def _reference_backend() -> contextlib.AbstractContextManager[None]:
     """Force the pure-PyTorch FNS reference (plain torch ops, exportable) for the duration of an export."""
-    old = os.environ.get("RESFU_MED_BACKEND")
-    os.environ["RESFU_MED_BACKEND"] = "reference"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("RESFU_MED_BACKEND", None)
-        else:
-            os.environ["RESFU_MED_BACKEND"] = old
+    return use_backend("reference")
 
 
 def script_or_trace(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
