@@ -21,6 +21,7 @@ from .registry import (
     dataset_info,
     ensure_demo_data,
     get_dataset,
+    prepare_dataset,
     prepared_cache_dir,
     resfu_home,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "ensure_demo_data",
     "from_nifti_array",
     "get_dataset",
+    "prepare_dataset",
     "get_patch_transforms",
     "get_transforms",
     "read_image",

@@ -29,7 +29,7 @@ from monai.utils import look_up_option
 
 from .upsamplers import UpsamplerName, get_upsampler
 
-__all__ = ["GuidedUpBlock", "guided_up_block", "up_step", "guide_source", "with_upsample_signature"]
+__all__ = ["GuidedUpBlock", "UNETRDecoderMixin", "guided_up_block", "up_step", "guide_source", "with_upsample_signature"]
 
 
 def guide_source(upsample: str) -> str:
@@ -111,6 +111,22 @@ def guided_up_block(block: nn.Module, upsample: str, c1_channels: int,
         guide_chns = {"c1": c1_channels, "skip": out_chns, "none": None}[source]
         up = get_upsampler(name, out_chns, guide_chns, scale, spatial_dims, **kw)
     return GuidedUpBlock(up, block.conv_block, source, pre_conv)
+
+
+class UNETRDecoderMixin:
+    """Constructor of SwinUNETR and UNETR (mixed in before the MONAI class): MONAI's constructor with all its
+    arguments, then each up block named in ``decoder_names`` swapped by :func:`guided_up_block`. C1 is ``encoder1``'s
+    output, ``feature_size`` channels: the width the output block takes."""
+
+    decoder_names: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, upsample: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.upsample = str(look_up_option(upsample, UpsamplerName))
+        c1_channels = int(self.out.conv.conv.in_channels)  # type: ignore[attr-defined]
+        for name in self.decoder_names:
+            setattr(self, name, guided_up_block(getattr(self, name), self.upsample, c1_channels, upsampler_kwargs))
 
 
 def up_step(block: nn.Module, inp: torch.Tensor, skip: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:

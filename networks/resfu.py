@@ -42,15 +42,22 @@ def upsampling_dilation(hr_size: Sequence[int], lr_size: Sequence[int]) -> tuple
 
 
 def _prescale(t: torch.Tensor) -> torch.Tensor:
-    """``t`` scaled per sample by a power of two bringing its largest magnitude under 2**16; unchanged (bit for bit)
-    below that.
+    """``t`` scaled per sample by a power of two bringing its largest magnitude under 2**16; ``t`` itself (no copy) when
+    no sample needs it.
 
     GroupNorm sums squares: in float32 it overflows (NaN output) from magnitudes ~1e19 and in bfloat16 near its maximum.
     It is scale invariant (up to its eps, negligible at such magnitudes), and a power of two only changes exponents, so
-    the normalised result is the same while huge inputs stay finite.
+    the normalised result is the same while huge inputs stay finite. One pass finds the extremes (``aminmax``: no
+    ``abs`` copy); on CPU the common case (nothing to scale) then returns ``t`` unchanged, skipping a guide-sized copy
+    that autograd would also keep. Elsewhere (and while compiling) the multiply stays, so there is no host sync and no
+    data-dependent branch.
     """
-    amax = t.detach().abs().flatten(1).amax(dim=1).float().clamp_min(1.0)
+    lo, hi = t.detach().flatten(1).aminmax(dim=1)
+    amax = torch.maximum(hi, -lo).float().clamp_min(1.0)
     shift = torch.clamp(torch.ceil(torch.log2(amax)) - 16, min=0)
+    if t.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        if not bool(shift.any()):
+            return t
     return t * torch.exp2(-shift).to(t.dtype).view((-1,) + (1,) * (t.dim() - 1))
 
 

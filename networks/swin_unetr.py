@@ -9,21 +9,15 @@ module for module (same ``state_dict`` keys, so MONAI checkpoints and ``load_fro
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
-from monai.utils import look_up_option
 
-from .guided_up import guided_up_block, up_step, with_upsample_signature
-from .upsamplers import UpsamplerName
+from .guided_up import UNETRDecoderMixin, up_step, with_upsample_signature
 
 __all__ = ["SwinUNETR"]
 
-_DECODERS = ("decoder5", "decoder4", "decoder3", "decoder2", "decoder1")
 
-
-class SwinUNETR(MonaiSwinUNETR):
+class SwinUNETR(UNETRDecoderMixin, MonaiSwinUNETR):
     """``monai.networks.nets.SwinUNETR`` whose decoder upsamplers are chosen by registry name.
 
     Args:
@@ -37,17 +31,12 @@ class SwinUNETR(MonaiSwinUNETR):
     Example::
 
         >>> net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), upsample="resfu")
-        >>> net(torch.rand(1, 1, 32, 32, 32)).shape
-        torch.Size([1, 3, 32, 32, 32])
+        >>> net(torch.rand(1, 1, 64, 32, 32)).shape  # sides: multiples of 32 (one of 64 to train: instance norm)
+        torch.Size([1, 3, 64, 32, 32])
     """
 
-    def __init__(self, *args: Any, upsample: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.upsample = str(look_up_option(upsample, UpsamplerName))
-        c1_channels = int(self.out.conv.conv.in_channels)  # encoder1's output: feature_size
-        for name in _DECODERS:
-            setattr(self, name, guided_up_block(getattr(self, name), self.upsample, c1_channels, upsampler_kwargs))
+    #: the decoder up blocks whose transposed convolution is replaced
+    decoder_names = ("decoder5", "decoder4", "decoder3", "decoder2", "decoder1")
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         """MONAI ``SwinUNETR.forward`` with C1 (``encoder1(x_in)``) passed to every decoder step.

@@ -10,21 +10,15 @@ decoder (``decoder5`` … ``decoder2``) changes: the transposed convolutions ins
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from monai.networks.nets import UNETR as MonaiUNETR
-from monai.utils import look_up_option
 
-from .guided_up import guided_up_block, up_step, with_upsample_signature
-from .upsamplers import UpsamplerName
+from .guided_up import UNETRDecoderMixin, up_step, with_upsample_signature
 
 __all__ = ["UNETR"]
 
-_DECODERS = ("decoder5", "decoder4", "decoder3", "decoder2")
 
-
-class UNETR(MonaiUNETR):
+class UNETR(UNETRDecoderMixin, MonaiUNETR):
     """``monai.networks.nets.UNETR`` whose decoder upsamplers are chosen by registry name.
 
     Args:
@@ -44,13 +38,8 @@ class UNETR(MonaiUNETR):
         torch.Size([1, 3, 32, 32, 32])
     """
 
-    def __init__(self, *args: Any, upsample: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.upsample = str(look_up_option(upsample, UpsamplerName))
-        c1_channels = int(self.out.conv.conv.in_channels)  # encoder1's output: feature_size
-        for name in _DECODERS:
-            setattr(self, name, guided_up_block(getattr(self, name), self.upsample, c1_channels, upsampler_kwargs))
+    #: the decoder up blocks whose transposed convolution is replaced
+    decoder_names = ("decoder5", "decoder4", "decoder3", "decoder2")
 
     def forward(self, x_in: torch.Tensor) -> torch.Tensor:
         """MONAI ``UNETR.forward`` with C1 (``encoder1(x_in)``) passed to every decoder step.

@@ -11,7 +11,11 @@ __all__ = ["ResfuMedError", "InputError", "CheckpointError", "find_user_error"]
 
 
 class ResfuMedError(Exception):
-    """Base class of errors that are the user's to fix; the CLI prints ``str(err)`` without a traceback."""
+    """Base class of errors that are the user's to fix; the CLI prints ``str(err)`` without a traceback and exits
+    with :attr:`exit_code`."""
+
+    #: the process exit status the command line returns for this error (a stop by signal N uses 128 + N).
+    exit_code: int = 2
 
 
 class InputError(ResfuMedError, ValueError):

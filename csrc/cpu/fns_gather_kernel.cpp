@@ -1,13 +1,13 @@
 // CPU kernels of the FNS gather (forward and backward), fp64/fp32 and bf16/fp16 inputs with fp32 accumulation.
 //
-// Per-axis separability: for one HR pixel, the K offsets of one axis touch at most K + 1 consecutive LR indices (a
-// "window"), with a K x (K + 1) matrix of linear weights (AxisTable, computed once per call from the shared
+// Per-axis separability: for one HR pixel, the K offsets of one axis touch a few consecutive LR indices (a "window":
+// K + 1, or K + 2 where float64 rounding of the coordinate crosses an integer), with a K x window matrix of linear weights (AxisTable, computed once per call from the shared
 // fns_gather_common.h geometry). Contracting the pixel's attn (Kd x K x K) with the three axis matrices gives ONE weight
 // per LR tap of the window ((Kd+1)(K+1)^2 taps instead of Kd K^2 * 8), so the per-channel work is a short dot
 // product; the backward reuses the windows: grad_attn contracts the per-tap dot products back through the same
-// matrices, grad_x scatters grad_out * weight into the window. Work is split over HR rows (forward, grad_attn) and over
-// (sample, channel block) for grad_x so no two threads write one element: every CPU result is deterministic and
-// independent of the thread count.
+// matrices, grad_x scatters grad_out * weight into the window. Work is split over HR rows (forward) and over bands of LR
+// rows (backward) so no two threads write one element and every element is summed in one fixed order: every CPU result
+// is deterministic and bit-identical for any thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -27,23 +27,37 @@ namespace {
 template <typename acc_t>
 struct AxisTable {
   int64_t k = 1;
-  int64_t slots = 2;  // window length K + 1
+  int64_t slots = 2;  // window length: the widest span of LR taps of one HR index (K + 1, sometimes K + 2)
   std::vector<int64_t> start, count;
   std::vector<acc_t> mat;  // [hr index][offset][slot]
 
-  AxisTable(int64_t in, int64_t out, int64_t k_, double scale)
-      : k(k_), slots(k_ + 1), start(out), count(out), mat(out * k_ * (k_ + 1), acc_t(0)) {
+  AxisTable(int64_t in, int64_t out, int64_t k_, double scale) : k(k_), start(out), count(out) {
     const int64_t r = (k - 1) / 2;
-    std::vector<double> m(k * slots);
+    // The window of HR index i spans the LR taps of all K offsets. It is measured, not assumed: u = x + a is rounded
+    // in float64, so for |a| >= 2 the taps of the extreme offsets can lie K + 1 (not K) apart, and a window K + 2
+    // long. Tables are sized by the widest window, so no index can leave them.
+    std::vector<AxisTap> taps(out * k);
+    slots = 1;
     for (int64_t i = 0; i < out; ++i) {
-      const int64_t first = axis_tap(i, -r, in, scale).lo;
-      start[i] = first;
-      count[i] = axis_tap(i, r, in, scale).hi - first + 1;
-      std::fill(m.begin(), m.end(), 0.0);
+      int64_t first = in, last = 0;
       for (int64_t a = 0; a < k; ++a) {
         const AxisTap t = axis_tap(i, a - r, in, scale);
-        m[a * slots + (t.lo - first)] += 1.0 - t.frac;
-        m[a * slots + (t.hi - first)] += t.frac;
+        taps[i * k + a] = t;
+        first = std::min(first, t.lo);
+        last = std::max(last, t.hi);
+      }
+      start[i] = first;
+      count[i] = last - first + 1;
+      slots = std::max(slots, count[i]);
+    }
+    mat.assign(out * k * slots, acc_t(0));
+    std::vector<double> m(k * slots);
+    for (int64_t i = 0; i < out; ++i) {
+      std::fill(m.begin(), m.end(), 0.0);
+      for (int64_t a = 0; a < k; ++a) {
+        const AxisTap& t = taps[i * k + a];
+        m[a * slots + (t.lo - start[i])] += 1.0 - t.frac;
+        m[a * slots + (t.hi - start[i])] += t.frac;
       }
       for (int64_t e = 0; e < k * slots; ++e) mat[i * k * slots + e] = static_cast<acc_t>(m[e]);
     }
@@ -116,6 +130,15 @@ struct RowWindows {
   }
 };
 
+// Rows per parallel task so a task holds at least ~32k multiply-adds (torch's own grain size): small problems run on the
+// calling thread instead of paying for a parallel region (and for waiting on busy cores of a shared machine).
+constexpr int64_t kGrain = 32768;  // at::internal::GRAIN_SIZE
+
+inline int64_t grain_rows(const Geometry& g, int64_t rows) {
+  const int64_t work = std::max<int64_t>(1, g.N * g.hr_plane() * g.C * g.taps() * 2);
+  return std::max<int64_t>(1, kGrain * rows / work);
+}
+
 // Dot product of two contiguous vectors with independent partial sums, so the compiler vectorises it without
 // -ffast-math (a single float accumulator is a serial chain it may not reorder).
 template <typename acc_t>
@@ -148,7 +171,7 @@ void forward_impl(const Geometry& g, const scalar_t* attn, const at::opmath_type
   using acc_t = at::opmath_type<scalar_t>;
   const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
   const int64_t P = g.hr_plane(), Q = g.lr_plane(), C = g.C;
-  at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.N * g.D * g.H, grain_rows(g, g.N * g.D * g.H), [&](int64_t begin, int64_t end) {
     RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
     std::vector<acc_t> buf(g.W * C);
     for (int64_t row = begin; row < end; ++row) {
@@ -221,84 +244,34 @@ inline void contract_to_grad_attn(const Geometry& g, const AxisTable<acc_t>& tz,
     }
 }
 
+// Both gradients in one pass, in parallel without atomics. A task owns a band [begin, end) of LR rows (n, lz, ly): it
+// zeroes and accumulates grad_x of those rows only, visiting every HR row whose window touches them in the serial order
+// (n, z, y, pixel, tap), so each grad_x element sums its terms in one fixed order whatever the split (bit-identical for
+// any thread count). grad_attn of an HR row is computed by the one task owning the first LR row of the row's window.
+// Only rows whose window straddles a band boundary have their windows computed twice. `ga` / `gx_cl` may be null
+// (gradient not needed).
 template <typename scalar_t>
-void grad_attn_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, const at::opmath_type<scalar_t>* x_cl,
-                    scalar_t* ga) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
-  const int64_t P = g.hr_plane(), Q = g.lr_plane(), K = g.k, KD = g.kd, C = g.C;
-  at::parallel_for(0, g.N * g.D * g.H, 1, [&](int64_t begin, int64_t end) {
-    RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
-    std::vector<acc_t> gbuf(g.W * C), dots(rw.max_win), s1(tz.slots * ty.slots * K), s2(tz.slots * K * K);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / (g.D * g.H), z = (row / g.H) % g.D, y = row % g.H;
-      const int64_t pix = (z * g.H + y) * g.W;
-      rw.compute(attn + n * g.taps() * P + pix, z, y);  // only the window indices are needed here
-      row_to_channels_last(g, go, n, pix, 0, C, gbuf.data());
-      for (int64_t j = 0; j < g.W; ++j) {
-        // dots[e] = sum_c grad_out[c, pixel j] * x[c, tap e]
-        const int64_t* id = rw.idx.data() + j * rw.max_win;
-        for (int64_t e = 0; e < rw.cnt[j]; ++e) dots[e] = dot(gbuf.data() + j * C, x_cl + (n * Q + id[e]) * C, C);
-        contract_to_grad_attn(g, tz, ty, tx, z, y, j, dots.data(), s1.data(), s2.data(), ga + n * g.taps() * P + pix + j);
-      }
-    }
-  });
-}
-
-// grad_x[n, l, c] (channels last) = sum over HR pixels p of grad_out[n, c, p] * window weight of p on l. Each task owns
-// a channel block of one sample and visits the pixels in a fixed order: no races, and a summation order independent of
-// the split (so results do not depend on the thread count).
-template <typename scalar_t>
-void grad_x_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, at::opmath_type<scalar_t>* gx_cl) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
-  const int64_t P = g.hr_plane(), Q = g.lr_plane(), C = g.C;
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t blocks = std::min<int64_t>(C, (threads + g.N - 1) / g.N);
-  const int64_t per_block = (C + blocks - 1) / blocks;
-  at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
-    RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
-    std::vector<acc_t> gbuf(g.W * per_block);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, c0 = std::min(C, (task % blocks) * per_block), c1 = std::min(C, c0 + per_block);
-      const int64_t cb = c1 - c0;
-      if (cb <= 0) continue;
-      for (int64_t l = 0; l < Q; ++l) std::fill(gx_cl + (n * Q + l) * C + c0, gx_cl + (n * Q + l) * C + c1, acc_t(0));
-      for (int64_t z = 0; z < g.D; ++z)
-        for (int64_t y = 0; y < g.H; ++y) {
-          const int64_t pix = (z * g.H + y) * g.W;
-          rw.compute(attn + n * g.taps() * P + pix, z, y);
-          row_to_channels_last(g, go, n, pix, c0, c1, gbuf.data());
-          for (int64_t j = 0; j < g.W; ++j) {
-            const acc_t* gj = gbuf.data() + j * cb;
-            const acc_t* w = rw.wgt.data() + j * rw.max_win;
-            const int64_t* id = rw.idx.data() + j * rw.max_win;
-            for (int64_t e = 0; e < rw.cnt[j]; ++e) {
-              const acc_t we = w[e];
-              acc_t* dst = gx_cl + (n * Q + id[e]) * C + c0;
-              for (int64_t c = 0; c < cb; ++c) dst[c] += we * gj[c];
-            }
-          }
-        }
-    }
-  });
-}
-
-// Both gradients in one pass when every sample is one task (N >= threads): windows and the grad_out row transpose are
-// computed once. Same per-element summation order as the split path, hence bit-identical results.
-template <typename scalar_t>
-void backward_fused_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, const at::opmath_type<scalar_t>* x_cl,
-                         scalar_t* ga, at::opmath_type<scalar_t>* gx_cl) {
+void backward_impl(const Geometry& g, const scalar_t* go, const scalar_t* attn, const at::opmath_type<scalar_t>* x_cl,
+                   scalar_t* ga, at::opmath_type<scalar_t>* gx_cl) {
   using acc_t = at::opmath_type<scalar_t>;
   const AxisTable<acc_t> tz(g.d, g.D, g.kd, g.sd), ty(g.h, g.H, g.k, g.sh), tx(g.w, g.W, g.k, g.sw);
   const int64_t P = g.hr_plane(), Q = g.lr_plane(), K = g.k, C = g.C;
-  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.N * g.d * g.h, grain_rows(g, g.N * g.d * g.h), [&](int64_t begin, int64_t end) {
     RowWindows<scalar_t, acc_t> rw(g, tz, ty, tx);
     std::vector<acc_t> gbuf(g.W * C), dots(rw.max_win), s1(tz.slots * ty.slots * K), s2(tz.slots * K * K);
-    for (int64_t n = begin; n < end; ++n) {
-      std::fill(gx_cl + n * Q * C, gx_cl + (n + 1) * Q * C, acc_t(0));
+    const int64_t band_lo = begin * g.w, band_hi = end * g.w;  // LR elements (n * Q + l) of this task's rows
+    if (gx_cl != nullptr) std::fill(gx_cl + band_lo * C, gx_cl + band_hi * C, acc_t(0));
+    for (int64_t n = begin / (g.d * g.h); n <= (end - 1) / (g.d * g.h); ++n) {
       for (int64_t z = 0; z < g.D; ++z)
         for (int64_t y = 0; y < g.H; ++y) {
+          const int64_t first_row = (n * g.d + tz.start[z]) * g.h + ty.start[y];
+          const bool owner = ga != nullptr && first_row >= begin && first_row < end;
+          bool touches = false;
+          for (int64_t q = 0; gx_cl != nullptr && q < tz.count[z]; ++q) {
+            const int64_t row = first_row + q * g.h;
+            touches = touches || (row < end && row + ty.count[y] > begin);
+          }
+          if (!owner && !touches) continue;
           const int64_t pix = (z * g.H + y) * g.W;
           rw.compute(attn + n * g.taps() * P + pix, z, y);
           row_to_channels_last(g, go, n, pix, 0, C, gbuf.data());
@@ -307,13 +280,16 @@ void backward_fused_impl(const Geometry& g, const scalar_t* go, const scalar_t* 
             const acc_t* w = rw.wgt.data() + j * rw.max_win;
             const int64_t* id = rw.idx.data() + j * rw.max_win;
             for (int64_t e = 0; e < rw.cnt[j]; ++e) {
-              const acc_t* xs = x_cl + (n * Q + id[e]) * C;
-              acc_t* dst = gx_cl + (n * Q + id[e]) * C;
-              const acc_t we = w[e];
-              dots[e] = dot(gj, xs, C);
-              for (int64_t c = 0; c < C; ++c) dst[c] += we * gj[c];
+              const int64_t l = n * Q + id[e];
+              if (owner) dots[e] = dot(gj, x_cl + l * C, C);
+              if (touches && l >= band_lo && l < band_hi) {
+                acc_t* dst = gx_cl + l * C;
+                const acc_t we = w[e];
+                for (int64_t c = 0; c < C; ++c) dst[c] += we * gj[c];
+              }
             }
-            contract_to_grad_attn(g, tz, ty, tx, z, y, j, dots.data(), s1.data(), s2.data(), ga + n * g.taps() * P + pix + j);
+            if (owner)
+              contract_to_grad_attn(g, tz, ty, tx, z, y, j, dots.data(), s1.data(), s2.data(), ga + n * g.taps() * P + pix + j);
           }
         }
     }
@@ -338,54 +314,25 @@ at::Tensor forward_cpu(const at::Tensor& attn_in, const at::Tensor& x_in, int64_
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const at::Tensor& attn_in, const at::Tensor& x_in,
-                                                int64_t kernel_depth, bool /*deterministic: always*/) {
+                                                int64_t kernel_depth, bool /*deterministic: always*/, bool need_attn,
+                                                bool need_x) {
   const Geometry g = make_geometry(attn_in, x_in, kernel_depth);
   TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({g.N, g.C, g.D, g.H, g.W}), "fns_gather: grad_out has shape ", grad_in.sizes());
   const at::Tensor attn = attn_in.contiguous(), x_cl = channels_last_acc(x_in);
   const at::Tensor go = grad_in.to(x_in.scalar_type()).contiguous();
-  at::Tensor grad_attn = at::empty(attn.sizes(), attn.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor gx_cl = at::empty_like(x_cl);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "fns_gather_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (g.N >= at::get_num_threads()) {
-      backward_fused_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), x_cl.data_ptr<acc_t>(),
-                                    grad_attn.data_ptr<scalar_t>(), gx_cl.data_ptr<acc_t>());
-    } else {  // few samples: rows in parallel for grad_attn, channel blocks for grad_x
-      grad_attn_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), x_cl.data_ptr<acc_t>(),
-                               grad_attn.data_ptr<scalar_t>());
-      grad_x_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), gx_cl.data_ptr<acc_t>());
-    }
-  });
-  at::Tensor grad_x = gx_cl.permute({0, 4, 1, 2, 3}).to(x_in.scalar_type()).contiguous();
+  // A gradient that is not needed is returned empty (numel 0) and never computed.
+  at::Tensor grad_attn = need_attn ? at::empty(attn.sizes(), attn.options().memory_format(at::MemoryFormat::Contiguous))
+                                   : at::empty({0}, attn.options());
+  at::Tensor gx_cl = need_x ? at::empty_like(x_cl) : at::empty({0}, x_cl.options());
+  if (need_attn || need_x) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_in.scalar_type(), "fns_gather_backward_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      backward_impl<scalar_t>(g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), x_cl.data_ptr<acc_t>(),
+                              need_attn ? grad_attn.data_ptr<scalar_t>() : nullptr, need_x ? gx_cl.data_ptr<acc_t>() : nullptr);
+    });
+  }
+  at::Tensor grad_x = need_x ? gx_cl.permute({0, 4, 1, 2, 3}).to(x_in.scalar_type()).contiguous() : at::empty({0}, x_in.options());
   return {grad_attn, grad_x};
-}
-
-// Test-only: the CUDA kernels' per-element formulas (fns_gather_common.h) run serially on CPU, so the CUDA maths,
-// including the deterministic gather backward and its HR ranges, is checked against the reference without a GPU.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> elementwise_cpu(const at::Tensor& grad_in, const at::Tensor& attn_in,
-                                                               const at::Tensor& x_in, int64_t kernel_depth) {
-  const Geometry g = make_geometry(attn_in, x_in, kernel_depth);
-  const at::Tensor attn = attn_in.contiguous(), x = x_in.contiguous(), go = grad_in.to(x.scalar_type()).contiguous();
-  at::Tensor out = at::empty({g.N, g.C, g.D, g.H, g.W}, x.options());
-  at::Tensor grad_attn = at::empty_like(attn), grad_x = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fns_gather_elementwise_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *a = attn.data_ptr<scalar_t>(), *xv = x.data_ptr<scalar_t>(), *gv = go.data_ptr<scalar_t>();
-    scalar_t *o = out.data_ptr<scalar_t>(), *ga = grad_attn.data_ptr<scalar_t>(), *gx = grad_x.data_ptr<scalar_t>();
-    const int64_t P = g.hr_plane(), Q = g.lr_plane(), T = g.taps();
-    for (int64_t n = 0; n < g.N; ++n) {
-      for (int64_t c = 0; c < g.C; ++c) {
-        for (int64_t p = 0; p < P; ++p)
-          o[(n * g.C + c) * P + p] = static_cast<scalar_t>(forward_element<scalar_t, acc_t>(g, xv + (n * g.C + c) * Q, a + n * T * P, p));
-        for (int64_t l = 0; l < Q; ++l)
-          gx[(n * g.C + c) * Q + l] = static_cast<scalar_t>(grad_x_gather_element<scalar_t, acc_t>(g, gv + (n * g.C + c) * P, a + n * T * P, l));
-      }
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t p = 0; p < P; ++p)
-          ga[(n * T + t) * P + p] = static_cast<scalar_t>(grad_attn_element<scalar_t, acc_t>(g, gv + n * g.C * P, xv + n * g.C * Q, t, p));
-    }
-  });
-  return {out, grad_attn, grad_x};
 }
 
 }  // namespace
@@ -393,7 +340,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> elementwise_cpu(const at::Tensor&
 TORCH_LIBRARY_IMPL(resfu_med, CPU, m) {
   m.impl("fns_gather_forward", &forward_cpu);
   m.impl("fns_gather_backward", &backward_cpu);
-  m.impl("fns_gather_elementwise", &elementwise_cpu);
 }
 
 }  // namespace fns

@@ -119,20 +119,21 @@ at::Tensor forward_cuda(const at::Tensor& attn_in, const at::Tensor& x_in, int64
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_in, const at::Tensor& attn_in, const at::Tensor& x_in,
-                                                 int64_t kernel_depth, bool deterministic) {
+                                                 int64_t kernel_depth, bool deterministic, bool need_attn, bool need_x) {
   const Geometry g = make_geometry(attn_in, x_in, kernel_depth);
   TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({g.N, g.C, g.D, g.H, g.W}), "fns_gather: grad_out has shape ", grad_in.sizes());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor attn = attn_in.contiguous(), x = x_in.contiguous(), go = grad_in.to(x.scalar_type()).contiguous();
-  at::Tensor grad_attn = at::empty_like(attn);
-  at::Tensor grad_x;
+  at::Tensor grad_attn = need_attn ? at::empty_like(attn, at::MemoryFormat::Contiguous) : at::empty({0}, attn.options());
+  at::Tensor grad_x = at::empty({0}, x.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fns_gather_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t ga_total = grad_attn.numel();
-    grad_attn_kernel<scalar_t><<<grid_for(ga_total), kThreads, 0, stream>>>(
+    if (ga_total > 0) grad_attn_kernel<scalar_t><<<grid_for(ga_total), kThreads, 0, stream>>>(
         g, go.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(), ga_total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!need_x) return;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     at::Tensor acc;
     if (deterministic) {

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``resfu-med``; returns the process exit status.
 
-    User errors (:class:`~resfu_med.errors.ResfuMedError`) print one line ``resfu-med: error: ...`` and return 2.
+    User errors (:class:`~resfu_med.errors.ResfuMedError`) print one line ``resfu-med: error: ...`` and return 2
+    (130 / 143 for a training run stopped by SIGINT / SIGTERM after saving).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"resfu-med {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"resfu-med {args.command}: interrupted", file=sys.stderr)
         return 130

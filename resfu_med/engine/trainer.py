@@ -60,7 +60,14 @@ class TrainingDiverged(ResfuMedError):
 
 
 class TrainingInterrupted(ResfuMedError):
-    """SIGINT/SIGTERM: ``last.pt`` was saved at the current iteration; ``--resume`` continues."""
+    """SIGINT/SIGTERM: ``last.pt`` was saved at the current iteration; ``--resume`` continues.
+
+    ``exit_code`` is the shell convention for the signal: 130 (SIGINT), 143 (SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class Trainer:
@@ -140,6 +147,13 @@ class Trainer:
 
         # batch=True: Dice over the whole batch per class, as TransUNet's DiceLoss does; an ignore label is left out.
         self.loss_fn = segmentation_loss(t["ce_weight"], t["dice_weight"], d.get("ignore_index"))
+        # DynUNet's deep supervision: in training the final map and its heads come stacked on dim 1; MONAI's
+        # DeepSupervisionLoss weighs their losses 1, 1/2, 1/4, ... (nnU-Net's halving).
+        self.deep_supervision = bool(getattr(self.model, "deep_supervision", False))
+        if self.deep_supervision:
+            from monai.losses import DeepSupervisionLoss
+
+            self.loss_fn = DeepSupervisionLoss(self.loss_fn, weight_mode="exp")
         self.epoch, self.iteration, self.batch_in_epoch = 0, 0, 0
         self.best_metric: float | None = None
         self.history: list[dict[str, Any]] = []
@@ -256,6 +270,20 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           generator=torch.Generator().manual_seed(self.cfg["seed"]))
 
+    def _batches(self) -> Any:
+        """An iterator over this epoch's remaining batches whose DataLoader workers never see SIGINT/SIGTERM.
+
+        ``timeout``, SLURM and Ctrl-C signal the whole process group. Workers started with the two signals blocked
+        (a forked or spawned process inherits the signal mask) keep running, so the main process stops at the end of
+        its iteration, saves it and shuts them down, instead of failing on a worker killed mid-batch.
+        """
+        stop = {signal.SIGINT, signal.SIGTERM}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        try:
+            return iter(self._loader())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal that came meanwhile is delivered now
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -269,7 +297,8 @@ class Trainer:
         if finite:
             with self._autocast():
                 logits = self.net(image)
-            loss = self.loss_fn(logits.float(), label)
+            outputs = list(torch.unbind(logits.float(), dim=1)) if self.deep_supervision else logits.float()
+            loss = self.loss_fn(outputs, label)
             finite = bool(torch.isfinite(loss.detach()))
         if not ddp.all_true(finite, self.dist, self.device):
             what = "a training batch contains NaN/inf voxels" if loss is None else "the loss is not finite"
@@ -374,7 +403,7 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch)
                 self.sampler.set_start(self.batch_in_epoch * self.batch_size)
                 if self.batch_in_epoch < self.iters_per_epoch:
-                    for batch in self._loader():
+                    for batch in self._batches():
                         lr = self.optimizer.param_groups[0]["lr"]
                         loss = self._step(batch)
                         self._epoch_loss[0] += loss
@@ -411,7 +440,8 @@ class Trainer:
             # stopped by max_iters before any validation: the documented `--checkpoint runs/x/best.pt` still works
             atomic_write_bytes(best, (self.run_dir / "last.pt").read_bytes())
         if stopped == "signal":
-            raise TrainingInterrupted(f"interrupted at iteration {self.iteration}; {self.run_dir / 'last.pt'} saved, "
-                                      "continue with --resume")
+            signum = self._stop_signal or signal.SIGTERM  # under DDP another rank may have received it
+            raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at iteration {self.iteration}; "
+                                      f"{self.run_dir / 'last.pt'} saved, continue with --resume", signum)
         return {"epoch": self.epoch, "iteration": self.iteration, "best_metric": self.best_metric,
                 "finished": self.epoch >= t["epochs"], "history": self.history}

@@ -8,34 +8,82 @@ slice, one neighbour offset in depth), so both share every line of kernel code.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
+from collections.abc import Iterator
 
 import torch
 
 from resfu_med.ops import build
 from resfu_med.ops.reference import fns_gather_reference
 
-__all__ = ["fns_gather", "backend", "BACKENDS", "ENV_BACKEND"]
+__all__ = ["fns_gather", "backend", "use_backend", "BACKENDS", "ENV_BACKEND"]
 
 BACKENDS = ("reference", "cpp", "cuda")
 ENV_BACKEND = "RESFU_MED_BACKEND"
 
+# Per context (thread / task) override set by use_backend(); the environment is read once per process, not per call.
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("resfu_med_fns_backend", default=None)
+_environment: list[str | None] = []  # [value] once read
 
-def _forced_backend() -> str | None:
-    value = os.environ.get(ENV_BACKEND, "").strip().lower()
-    if not value:
-        return None
+
+def _check_name(value: str, source: str) -> str:
     if value not in BACKENDS:
-        raise ValueError(f"{ENV_BACKEND}={value!r} is not one of {', '.join(BACKENDS)}")
+        raise ValueError(f"{source}={value!r} is not one of {', '.join(BACKENDS)}")
     return value
+
+
+def _env_backend() -> str | None:
+    if not _environment:
+        value = os.environ.get(ENV_BACKEND, "").strip().lower()
+        _environment.append(_check_name(value, ENV_BACKEND) if value else None)
+    return _environment[0]
+
+
+def _reread_environment() -> None:
+    """Read ``RESFU_MED_BACKEND`` again at the next call (tests that change the environment)."""
+    _environment.clear()
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run ``fns_gather`` with backend ``name`` inside the ``with`` block (this thread / task only).
+
+    Takes precedence over ``RESFU_MED_BACKEND``. Forcing a compiled backend that cannot serve the tensors raises at the
+    call instead of falling back.
+
+    Args:
+        name: ``"reference"``, ``"cpp"`` or ``"cuda"``.
+
+    Raises:
+        ValueError: if ``name`` is not a backend.
+
+    Example:
+        >>> with use_backend("reference"):  # e.g. to export plain torch ops
+        ...     traced = torch.jit.trace(model, example)
+    """
+    token = _override.set(_check_name(str(name).strip().lower(), "use_backend"))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _forced_backend() -> tuple[str | None, str]:
+    forced = _override.get()
+    if forced is not None:
+        return forced, "use_backend"
+    return _env_backend(), ENV_BACKEND
 
 
 def backend(device: str | torch.device = "cpu") -> str:
     """Name of the backend that ``fns_gather`` runs for tensors on ``device``.
 
     ``"cpp"`` (C++ CPU kernel) or ``"cuda"`` (CUDA kernel) when the extension built (compiled on first call), else
-    ``"reference"``. The environment variable ``RESFU_MED_BACKEND=reference|cpp|cuda`` forces one.
+    ``"reference"``. :func:`use_backend` forces one within a block; the environment variable
+    ``RESFU_MED_BACKEND=reference|cpp|cuda`` (read once, at the first call) forces one for the process.
 
     Args:
         device: the device of the tensors (default CPU).
@@ -44,24 +92,31 @@ def backend(device: str | torch.device = "cpu") -> str:
         ``"reference"``, ``"cpp"`` or ``"cuda"``.
 
     Raises:
-        ValueError: if ``RESFU_MED_BACKEND`` names an unknown backend, or a compiled backend that does not serve
+        ValueError: if ``RESFU_MED_BACKEND`` names an unknown backend, or a forced compiled backend does not serve
             ``device`` (``cpp`` for CUDA tensors, ``cuda`` for CPU tensors).
-        RuntimeError: if ``RESFU_MED_BACKEND`` forces a compiled backend and the extension could not be built.
+        RuntimeError: if a compiled backend is forced and the extension could not be built, or the build failed and
+            ``RESFU_MED_REQUIRE_KERNEL=1`` is set.
     """
     device = torch.device(device)
     native = "cuda" if device.type == "cuda" else "cpp" if device.type == "cpu" else None
-    forced = _forced_backend()
+    forced, source = _forced_backend()
     if forced == "reference":
         return "reference"
     if forced is not None:
         if forced != native:
-            raise ValueError(f"{ENV_BACKEND}={forced} cannot run tensors on device {device}")
+            raise ValueError(f"{source}={forced} cannot run tensors on device {device}")
         if not build.available(device, warn=False):
-            raise RuntimeError(f"{ENV_BACKEND}={forced} but the resfu_med C++ extension is not available: {build.last_error()}")
+            raise RuntimeError(f"{source}={forced} but the resfu_med kernel is not available: {build.last_error()} (build log: {build.build_log()})")
         return forced
     if native is not None and build.available(device):
         return native
     return "reference"
+
+
+@torch.compiler.assume_constant_result
+def _backend_for(device_type: str, index: int | None) -> str:
+    # torch.compile evaluates this once while tracing and keeps the answer as a constant: no graph break.
+    return backend(torch.device(device_type, index) if index is not None else torch.device(device_type))
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -144,7 +199,7 @@ def fns_gather(attn: torch.Tensor, x: torch.Tensor, *, deterministic: bool = Fal
         with torch.autocast(device_type, enabled=False):
             return fns_gather(attn.float(), x.float(), deterministic=deterministic)
     # ONNX export has no symbolic for the compiled op; the reference is made of standard ops.
-    if torch.onnx.is_in_onnx_export() or backend(x.device) == "reference":
+    if torch.onnx.is_in_onnx_export() or _backend_for(x.device.type, x.device.index) == "reference":
         return fns_gather_reference(attn, x)
     if spatial == 2:
         # 2D = 3D with one slice in depth and one depth offset (kernel_depth = 1).

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import pytest
 import torch
 from bundle_helpers import TINY_UNET
 
 from resfu_med.bundle import export_onnx, export_torchscript, onnx_available, run_onnx
 from resfu_med.cli import main
+from resfu_med.ops import use_backend
 
 
 def _nets():
@@ -84,14 +82,8 @@ def test_resfu_network_onnx(tmp_path):
         torch.testing.assert_close(run_onnx(tmp_path / "model.onnx", x), net(x), atol=1e-4, rtol=0)
 
 
-@contextlib.contextmanager
 def _reference():
-    old = os.environ.get("RESFU_MED_BACKEND")
-    os.environ["RESFU_MED_BACKEND"] = "reference"
-    try:
-        yield
-    finally:
-        os.environ.pop("RESFU_MED_BACKEND") if old is None else os.environ.__setitem__("RESFU_MED_BACKEND", old)
+    return use_backend("reference")
 
 
 @pytest.mark.skipif(not onnx_available(), reason="onnx / onnxruntime not installed")

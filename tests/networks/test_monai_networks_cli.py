@@ -16,7 +16,8 @@ from resfu_med.networks.model_registry import build_model, get_model_spec, model
 
 SLIM = {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}
 CASES = {
-    "dynunet": (DynUNet, ["16", "32", "32"], {"filters": [8, 8, 16, 16]}),
+    # with deep supervision: the trainer weighs the stacked heads' losses (MONAI DeepSupervisionLoss)
+    "dynunet": (DynUNet, ["16", "32", "32"], {"filters": [8, 8, 16, 16], "deep_supervision": True, "deep_supr_num": 2}),
     # one side of 64: SwinUNETR's 1/32 bottleneck keeps more than one voxel, which instance norm needs to train
     "swinunetr": (SwinUNETR, ["32", "32", "64"], {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}),
     "unetr": (UNETR, ["16", "32", "32"], {"feature_size": 8, "hidden_size": 24, "mlp_dim": 48, "num_heads": 2}),
@@ -48,6 +49,7 @@ def test_cli_train_infer_export(name, tmp_path, capsys):
     model, cfg = load_model(run / "last.pt")
     assert type(model) is cls and cfg["model"]["name"] == name
     assert any(type(m).__name__ == "ReSFU" for m in model.modules())
+    assert getattr(model, "deep_supervision", False) == kwargs.get("deep_supervision", False)
 
     affine = np.diag([1.5, 1.5, 3.0, 1.0])
     z, y, x = (int(p) for p in patch)

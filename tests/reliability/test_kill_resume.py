@@ -3,6 +3,7 @@ a checkpoint, and ``--resume`` ending bit-identical to the uninterrupted run (CP
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -128,25 +129,86 @@ def test_leftover_temp_files_and_torn_last_pt_on_resume(reference_run, tmp_path,
     assert_one_line_error(rc, err, "train", str(run / "last.pt"), "corrupt")
 
 
-def test_sigterm_saves_the_current_iteration_and_resumes(reference_run, tiny_config, tmp_path, capsys):
-    """A polite stop (scheduler pre-emption, ``kill``): last.pt at the current iteration, one line, exit 2."""
-    run = tmp_path / "run"
-    # Saving every iteration makes the first last.pt the sign that training is under way (its handlers are
-    # installed) while the tiny run is still far from its end; a fixed sleep raced the whole run on an idle machine.
-    proc = _start(train_argv(run, tiny_config, "--checkpoint-every", "1"))
+def _wait_for_first_save(proc: subprocess.Popen, run: Path) -> None:
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and not (run / "last.pt").exists():
         time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read().decode()
-    proc.send_signal(signal.SIGTERM)
+
+
+def _stopped_at(proc: subprocess.Popen, signum: int) -> int:
+    """The one clear line of a stopped run, its conventional status (128 + signal) and the saved iteration."""
     _, err = proc.communicate(timeout=120)
     err = err.decode()
-    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert proc.returncode == 128 + signum and "Traceback" not in err and "DataLoader worker" not in err, err
     line = [ln for ln in err.splitlines() if ": error:" in ln]
-    assert len(line) == 1 and "interrupted at iteration" in line[0] and "--resume" in line[0], err
-    stopped = int(line[0].split("interrupted at iteration ")[1].split(";")[0])
+    assert len(line) == 1 and f"interrupted by {signal.Signals(signum).name} at iteration" in line[0], err
+    assert "--resume" in line[0]
+    return int(line[0].split(" at iteration ")[1].split(";")[0])
+
+
+# SIGTERM / SIGINT, to the process alone or to its whole group (``timeout``, SLURM, Ctrl-C), with 0, 1, 2 DataLoader
+# workers: the current iteration is saved, one line, exit 143 / 130, and --resume ends bit-identical.
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, workers, group", [
+    (signal.SIGTERM, 2, True), (signal.SIGINT, 1, True), (signal.SIGTERM, 0, False),
+], ids=["term-2workers-group", "int-1worker-group", "term-0workers-process"])
+def test_signal_saves_the_current_iteration_and_resumes(signum, workers, group, reference_run, tiny_config,
+                                                        tmp_path, capsys):
+    run = tmp_path / "run"
+    # Saving every iteration makes the first last.pt the sign that training is under way (its handlers are
+    # installed) while the tiny run is still far from its end; a fixed sleep raced the whole run on an idle machine.
+    proc = subprocess.Popen([sys.executable, "-m", "resfu_med",
+                             *train_argv(run, tiny_config, "--checkpoint-every", "1", "--num-workers", str(workers))],
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    _wait_for_first_save(proc, run)
+    if group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    stopped = _stopped_at(proc, signum)
     assert 0 < stopped < ITERS and load_checkpoint(run / "last.pt")["iteration"] == stopped
-    rc, err = run_cli(["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress"],
-                      capsys)
+    rc, err = run_cli(["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress",
+                       "--num-workers", str(workers)], capsys)
     assert rc == 0, err
     assert_same_run(reference_run / "last.pt", run / "last.pt")
+
+
+def _ddp(run: Path, argv: list[str], port: int) -> list[subprocess.Popen]:
+    """Two gloo processes of ``resfu-med train`` in one new process group (as torchrun's workers under SLURM)."""
+    procs = []
+    for rank in range(2):
+        env = {**subprocess_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        group = {"process_group": 0 if rank == 0 else procs[0].pid}  # rank 0 leads a new group, rank 1 joins it
+        procs.append(subprocess.Popen([sys.executable, "-m", "resfu_med", *argv], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **group))
+    return procs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_gloo_sigterm_to_the_group_saves_and_resumes_bit_identical(tiny_config, tmp_path):
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    for proc in _ddp(reference, train_argv(reference, tiny_config, "--num-workers", "1"), _free_port()):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    procs = _ddp(run, train_argv(run, tiny_config, "--checkpoint-every", "1", "--num-workers", "1"), _free_port())
+    _wait_for_first_save(procs[0], run)
+    os.killpg(procs[0].pid, signal.SIGTERM)
+    stopped = {_stopped_at(p, signal.SIGTERM) for p in procs}
+    assert len(stopped) == 1, "both ranks stop at the same iteration"
+    assert load_checkpoint(run / "last.pt")["iteration"] == stopped.pop()
+    resume = ["train", "--output", str(run), "--resume", "--max-iters", str(ITERS), "--no-progress"]
+    for proc in _ddp(run, resume, _free_port()):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    assert_same_run(reference / "last.pt", run / "last.pt")
