@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on a dataset split: Dice and HD95 per class, TransUNet protocol and spacing-aware.
 
-Each test volume is predicted slice by slice at the training size and zoomed back (SPEC 5), then scored per
+Each test volume is predicted slice by slice at the training size and zoomed back (docs/evaluation.md), then scored per
 foreground class with medpy in two reports: "TransUNet protocol (voxel units)" (comparable with the paper: HD95
 without spacing, empty-mask rules (1, 0) / (0, 0)) and "spacing-aware (mm)" (HD95 in mm, empty-mask cases NaN and
 counted). Both tables are printed and saved as metrics.json, metrics_transunet_voxel.csv and metrics_spacing_mm.csv.
@@ -26,7 +26,8 @@ COMMAND = "evaluate"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` flags."""
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
-    parser.add_argument("--dataset", default=None, help="synapse, acdc, msd or demo; default: the checkpoint's")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="a dataset of the data registry (docs/datasets.md); default: the checkpoint's")
     parser.add_argument("--data-root", default=None,
                         help="dataset folder; default: the one recorded in the checkpoint (when --dataset is its dataset)")
     parser.add_argument("--split", default="test", help="evaluation split (test or val)")

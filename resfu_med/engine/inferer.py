@@ -1,4 +1,4 @@
-"""``resfu-med infer``: segment images with a trained checkpoint, folder in → folder out (SPEC §6).
+"""``resfu-med infer``: segment images with a trained checkpoint, folder in → folder out (docs/evaluation.md).
 
 Each input (NIfTI, MetaImage, NRRD or a DICOM series folder) is read by :func:`resfu_med.data.io.read_image` into a
 float32 ``(Z, Y, X)`` array (NIfTI streamed slab by slab; no reorientation, so nothing has to be undone), normalised
