@@ -1,6 +1,6 @@
 """Datasets and transforms of resfu-med (installed as ``resfu_med.data``): Synapse, ACDC, MSD and the demo phantoms.
 
-Public API (see ``docs/contracts.md`` and ``docs/datasets.md``): :class:`DatasetInfo`, :func:`dataset_info`,
+Public API (see ``docs/api.md`` and ``docs/datasets.md``): :class:`DatasetInfo`, :func:`dataset_info`,
 :func:`get_dataset`, :func:`get_transforms`, :func:`get_patch_transforms`, :func:`make_intensity_transform`, :func:`ensure_demo_data`,
 :func:`read_image` / :func:`write_image` (every format; :mod:`.io`, with the exact orientation convention),
 :func:`make_demo_dataset`, the ``prepare_*`` converters and the dataset classes.
@@ -21,6 +21,7 @@ from .registry import (
     dataset_info,
     ensure_demo_data,
     get_dataset,
+    prepare_dataset,
     prepared_cache_dir,
     resfu_home,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "ensure_demo_data",
     "from_nifti_array",
     "get_dataset",
+    "prepare_dataset",
     "get_patch_transforms",
     "get_transforms",
     "read_image",

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from resfu_med.errors import InputError
 from resfu_med.home import resfu_home
+from resfu_med.outputs import output_folder
 
-from .acdc import ACDC_CLASSES, is_acdc_copy, prepare_acdc
+from .acdc import ACDC_CLASSES, ACDCDataset, is_acdc_copy, prepare_acdc
 from .cache import locked, prepare_once, prepared_cache_dir
 from .datasets import PreparedDataset, SynapseDataset
 from .info import DatasetInfo
@@ -24,7 +25,8 @@ from .layout import is_prepared_root, read_dataset_json
 from .msd import msd_info, prepare_msd
 from .synapse import SYNAPSE_CLASSES, SYNAPSE_LABEL_MAP, prepare_synapse
 
-__all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "ensure_demo_data", "resfu_home", "prepared_cache_dir"]
+__all__ = ["DatasetInfo", "DATASET_NAMES", "dataset_info", "get_dataset", "prepare_dataset", "ensure_demo_data", "resfu_home",
+           "prepared_cache_dir"]
 
 #: dataset name → the function preparing its raw release (the demo's phantoms are a raw BTCV-style release).
 _PREPARE: dict[str, Callable[..., Path]] = {"synapse": prepare_synapse, "acdc": prepare_acdc, "msd": prepare_msd,
@@ -73,12 +75,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _is_acdc_copy(root: str | os.PathLike) -> bool:
-    from .acdc import is_acdc_copy
-
-    return is_acdc_copy(root)
-
-
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
     """Metadata of dataset ``name``; read from ``root``'s ``dataset.json`` when there is one.
 
@@ -91,7 +87,7 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     """
     _check_name(name)
     meta = None
-    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not _is_acdc_copy(root):
+    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not is_acdc_copy(root):
         cached = prepared_cache_dir(name, root)
         if (cached / "dataset.json").is_file():  # a raw folder prepared earlier: its record says what was done
             root = cached
@@ -153,5 +149,71 @@ def get_dataset(
     """
     _check_name(name)
     root = _prepared_root(name, root, progress)
-    cls = SynapseDataset if name in ("synapse", "demo") else PreparedDataset
+    cls = {"synapse": SynapseDataset, "demo": SynapseDataset, "acdc": ACDCDataset}.get(name, PreparedDataset)
     return cls(root, split, transform, cache_rate=cache_rate, volumes=volumes)
+
+
+def prepare_dataset(
+    name: str,
+    data_root: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    *,
+    split_file: str | os.PathLike | None = None,
+    seed: int | None = None,
+    ct_window: tuple[float, float] = (-125.0, 275.0),
+    mri_norm: str = "minmax",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """``resfu-med prepare``: convert a raw release (or the demo phantoms) into the TransUNet training layout.
+
+    Args:
+        name: a dataset name (:data:`DATASET_NAMES`).
+        data_root: the raw release (not for ``demo``).
+        output: the prepared folder; default the cache (:func:`prepared_cache_dir`), which ``get_dataset`` on the
+            raw folder reuses; for ``demo`` the default is the demo cache, else ``<output>/raw`` + ``prepared``.
+        split_file: JSON ``{"train": [cases], "test": [cases], ...}`` overriding the default split.
+        seed: ``demo``: the phantom seed (default the fixed demo seed); ``msd``: the split seed (default 1234).
+        ct_window: CT HU window clipped and scaled to [0, 1] (synapse, MSD CT).
+        mri_norm: per-volume MRI normalisation, ``minmax`` or ``zscore`` (acdc, MSD MRI).
+        overwrite: redo cases that are already prepared.
+        progress: show a progress bar.
+
+    Returns:
+        The prepared folder.
+
+    Raises:
+        InputError: unknown name, a bad window, a missing ``data_root``/``output``, or bad data (names the file).
+    """
+    if name not in DATASET_NAMES:
+        raise InputError(f"--dataset must be one of {', '.join(DATASET_NAMES)}, got {name!r}")
+    if ct_window[1] <= ct_window[0]:
+        raise InputError(f"--ct-window: A_MAX must exceed A_MIN, got {list(ct_window)}")
+    if name == "demo":
+        if output is None and seed is None:
+            return ensure_demo_data(progress=progress)
+        if output is None:
+            raise InputError("--output is required with --seed for the demo")
+        from .demo import DEMO_SEED, make_demo_dataset
+
+        with output_folder(output, "prepare", overwrite=overwrite):
+            raw = Path(output) / "raw"
+            if overwrite or not (raw / "dataset.json").is_file():
+                make_demo_dataset(raw, seed=DEMO_SEED if seed is None else seed)
+            return prepare_synapse(raw, Path(output) / "prepared", name="demo", overwrite=overwrite, progress=progress)
+    if data_root is None:
+        raise InputError(f"--data-root is required for --dataset {name}")
+    if not Path(data_root).is_dir():
+        raise InputError(f"--data-root {data_root}: folder not found")
+    out = output if output is not None else prepared_cache_dir(name, data_root)
+    common = {"split_file": split_file, "overwrite": overwrite, "progress": progress}
+    # The raw release is read-only to us: the output never is, lies inside or contains it (a dataset.json there would
+    # be overwritten); a foreign non-empty folder needs --overwrite; the cache folder is ours.
+    with output_folder(out, "prepare", inputs=[data_root], overwrite=overwrite, reuse=output is None):
+        if name == "synapse":
+            ct = {"kind": "ct", "a_min": ct_window[0], "a_max": ct_window[1]}
+            return prepare_synapse(data_root, out, intensity=ct, **common)
+        if name == "acdc":
+            return prepare_acdc(data_root, out, mode=mri_norm, **common)
+        return prepare_msd(data_root, out, seed=1234 if seed is None else seed, ct_window=tuple(ct_window),
+                           mri_mode=mri_norm, **common)

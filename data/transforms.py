@@ -1,4 +1,4 @@
-"""The TransUNet 2D training pipeline (SPEC §4) as MONAI dictionary transforms.
+"""The TransUNet 2D training pipeline (docs/datasets.md) as MONAI dictionary transforms.
 
 Train: with probability 0.5 a random multiple of 90° rotation (k ∈ {0, 1, 2, 3} uniformly) followed by a flip of a
 random in-plane axis, otherwise with probability 0.5 a random rotation in [−20°, 20°] (bilinear image, nearest label,

@@ -1,9 +1,9 @@
 """resfu-med: ReSFU feature upsampling for MONAI medical image segmentation.
 
-Subpackages, in the one direction data flows through them:
-``resfu_med.ops`` (the fused FNS operator) → ``resfu_med.networks`` (upsamplers, ReSFU, TransUNet, U-Nets)
-→ ``resfu_med.data`` (datasets, transforms) → ``resfu_med.engine`` (train / evaluate / infer loops)
-→ ``resfu_med.cli`` (argument parsing) → ``resfu_med.bundle`` (MONAI bundle export).
+Subpackages, each importing only those below it (docs/design.md, kept true by tests/test_layers.py):
+``resfu_med.cli`` (argument parsing) → ``resfu_med.bundle`` (MONAI bundle export) → ``resfu_med.engine`` (train /
+evaluate / infer) → ``resfu_med.metrics``, ``resfu_med.data``, ``resfu_med.networks`` (models, upsamplers, ReSFU)
+→ ``resfu_med.ops`` (the fused FNS operator).
 """
 
 from __future__ import annotations

@@ -12,7 +12,13 @@ from resfu_med.bundle.configs import inference_config, intensity_transforms, net
 from resfu_med.bundle.export import export_model, export_onnx, export_torchscript, onnx_available, run_onnx, script_or_trace
 from resfu_med.bundle.metadata import build_metadata
 from resfu_med.bundle.schema import SCHEMA_URL, load_schema, schema_path, validate_metadata
-from resfu_med.bundle.writer import REQUIRED_FILES, check_bundle, export_bundle, load_bundle_network
+from resfu_med.bundle.writer import (
+    REQUIRED_FILES,
+    check_bundle,
+    export_bundle,
+    load_bundle_network,
+    verify_bundle,
+)
 
 __all__ = [
     "REQUIRED_FILES",
@@ -37,4 +43,5 @@ __all__ = [
     "schema_path",
     "script_or_trace",
     "validate_metadata",
+    "verify_bundle",
 ]

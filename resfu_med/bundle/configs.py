@@ -183,6 +183,19 @@ def label_value_transforms(key: str, label_values: list[int] | None, to_values: 
     return [{"_target_": "MapLabelValued", "keys": key, "orig_labels": orig, "target_labels": target, "dtype": dtype}]
 
 
+def _header(net_def: dict[str, Any], extra_import: str, output: str) -> dict[str, Any]:
+    """The items every config starts with: imports, the bundle's folders, the device, ``network_def``."""
+    return {
+        "imports": ["$import glob", "$import os", extra_import],
+        "bundle_root": ".",
+        "model_dir": "$@bundle_root + '/models'",
+        "dataset_dir": "$@bundle_root + '/data'",
+        "output_dir": f"$@bundle_root + '/{output}'",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": net_def,
+    }
+
+
 def inference_config(
     net_def: dict[str, Any],
     intensity: dict[str, Any],
@@ -217,13 +230,7 @@ def inference_config(
     zoom = img_size if spatial_dims == 2 else None
     out_dtype = "$numpy.uint16" if label_values and max(label_values) > 255 else "$numpy.uint8"
     return {
-        "imports": ["$import glob", "$import os", "$from scipy.ndimage import zoom as ndi_zoom"],
-        "bundle_root": ".",
-        "model_dir": "$@bundle_root + '/models'",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "output_dir": "$@bundle_root + '/eval'",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": net_def,
+        **_header(net_def, "$from scipy.ndimage import zoom as ndi_zoom", "eval"),
         "network": "$@network_def.to(@device)",
         # resfu-med blends softmax probabilities (not logits) across windows: the evaluator runs network + softmax.
         "predictor": "$torch.nn.Sequential(@network, torch.nn.Softmax(dim=1)).eval()",
@@ -291,13 +298,7 @@ def train_config(
             {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": list(roi_size), "random_size": False},
         ]
     return {
-        "imports": ["$import glob", "$import os", "$import torch"],
-        "bundle_root": ".",
-        "model_dir": "$@bundle_root + '/models'",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "output_dir": "$@bundle_root + '/train_out'",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": net_def,
+        **_header(net_def, "$import torch", "train_out"),
         "network": "$@network_def.to(@device)",
         "load_pretrained": "$@network.load_state_dict(torch.load(@model_dir + '/model.pt', map_location=@device, "
                            "weights_only=True))",
@@ -338,8 +339,10 @@ def train_config(
             },
         },
         "num_classes": num_classes,
-        "initialize": ["$monai.utils.set_determinism(seed=0)", "@load_pretrained"],
-        "run": ["$@train#trainer.run()"],
+        # the weights are loaded when the workflow runs, not when it is initialised: monai.bundle.load(name,
+        # bundle_dir=...) initialises train.json only for network_def (and loads model.pt itself) from any directory
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["@load_pretrained", "$@train#trainer.run()"],
     }
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from resfu_med.atomic import atomic_path, atomic_write_bytes
+from resfu_med.errors import InputError
+from resfu_med.outputs import claim_output_file
 from resfu_med.ops import use_backend
 
 __all__ = ["script_or_trace", "export_torchscript", "export_onnx", "onnx_available", "run_onnx"]
@@ -153,7 +155,8 @@ def export_onnx(
 
 
 def export_model(
-    checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "torchscript", roi_size: list[int] | None = None
+    checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "torchscript", roi_size: list[int] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export the network of a ``resfu-med train`` checkpoint to TorchScript or ONNX and check it.
 
@@ -162,12 +165,14 @@ def export_model(
         out: destination file.
         fmt: ``"torchscript"`` or ``"onnx"``.
         roi_size: spatial size of the check input (and of the ONNX graph); default the inferer's patch.
+        overwrite: replace an existing ``out`` (the output policy, :func:`resfu_med.outputs.claim_output_file`).
 
     Returns:
         ``{"path", "method", "max_abs_diff"}`` (see :func:`export_torchscript` / :func:`export_onnx`).
 
     Raises:
         ValueError: unknown ``fmt``.
+        InputError: ONNX asked for without ``onnx``/``onnxruntime``.
         CheckpointError: unreadable checkpoint or weights of another architecture.
     """
     from resfu_med.bundle.checkpoint_io import build_network, example_input, read_checkpoint
@@ -175,6 +180,9 @@ def export_model(
 
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"fmt must be 'torchscript' or 'onnx', got {fmt!r}")
+    if fmt == "onnx" and not onnx_available():
+        raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
+    claim_output_file(out, inputs=[checkpoint], overwrite=overwrite)
     state, config, _ = read_checkpoint(checkpoint)
     net = build_network(network_def(config["model"], str(checkpoint)), state, str(checkpoint))
     example = example_input(config, roi_size)

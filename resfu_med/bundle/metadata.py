@@ -80,7 +80,7 @@ def build_metadata(
     """Metadata of the bundle of one checkpoint.
 
     Args:
-        config: the checkpoint's run config (``config["model"]``, ``config["data"]``, see docs/contracts.md).
+        config: the checkpoint's run config (``config["model"]``, ``config["data"]``, see docs/api.md).
         roi_size: the patch the network sees (``network_data_format`` spatial shape).
         name: bundle name.
         version: bundle version.

@@ -34,7 +34,7 @@ from resfu_med.bundle.configs import (
     network_def,
     train_config,
 )
-from resfu_med.bundle.metadata import build_metadata
+from resfu_med.bundle.metadata import build_metadata, eval_metrics_from
 from resfu_med.bundle.readme import render_license, render_readme
 from resfu_med.bundle.schema import validate_metadata
 from resfu_med.data.labels import output_values
@@ -48,6 +48,8 @@ __all__ = [
     "export_bundle",
     "check_bundle",
     "load_bundle_network",
+    "read_metrics_file",
+    "verify_bundle",
 ]
 
 REQUIRED_FILES = ("configs/metadata.json", "configs/inference.json", "models/model.pt")
@@ -62,7 +64,7 @@ def export_bundle(
     mode: str = "gaussian",
     sw_batch_size: int = 8,
     resample: bool = True,
-    metrics: dict[str, float] | None = None,
+    metrics: dict[str, float] | str | os.PathLike | None = None,
     torchscript: bool = True,
     onnx: bool = False,
     overwrite: bool = False,
@@ -81,7 +83,8 @@ def export_bundle(
         sw_batch_size: slices (2D) or windows (3D) per network call.
         resample: 2D models: zoom slices to the training size (as ``resfu-med infer``); ``False`` = native grid
             (as ``resfu-med infer --no-resample``).
-        metrics: evaluation metrics for ``eval_metrics`` and the README (default: the checkpoint's best metric).
+        metrics: evaluation metrics for ``eval_metrics`` and the README, or a JSON file of them (its top-level numbers;
+            ``resfu-med evaluate``'s ``metrics.json`` works); default: the checkpoint's best metric.
         torchscript: also write ``models/model.ts`` (skipped with a warning if the network cannot be compiled).
         onnx: also write ``models/model.onnx`` (needs ``onnx`` and ``onnxruntime``).
         overwrite: replace an existing bundle in ``out``.
@@ -108,6 +111,8 @@ def export_bundle(
         raise InputError(f"--roi-size {' '.join(map(str, roi))} has {len(roi)} entries for a {dims}D model")
     inferer_def(dims, roi, overlap, mode, sw_batch_size)  # InputError naming the option, before anything is written
     data = config["data"]
+    if isinstance(metrics, (str, os.PathLike)):
+        metrics = read_metrics_file(metrics)
     if metrics is None and isinstance(info.get("best_metric"), (int, float)):
         metrics = {"val_mean_dice": float(info["best_metric"])}
     metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
@@ -143,6 +148,23 @@ def export_bundle(
         atomic_write_text(out / "LICENSE", render_license(metadata["copyright"]))
         check_bundle(out)
     return out
+
+
+def read_metrics_file(path: str | os.PathLike) -> dict[str, float]:
+    """``eval_metrics`` from a JSON metrics file (:func:`resfu_med.bundle.metadata.eval_metrics_from`).
+
+    Raises:
+        InputError: the file is missing, not JSON, or not a JSON object.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: metrics file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: metrics file is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: metrics file must hold a JSON object (resfu-med evaluate's metrics.json, or name: number)")
+    return eval_metrics_from(data)
 
 
 def _is_bundle_part(path: Path) -> bool:
@@ -227,3 +249,18 @@ def load_bundle_network(bundle_dir: str | os.PathLike, device: str | torch.devic
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{weights}: not a state dict of tensors")
     return build_network(net_def, state, str(weights)).to(device)
+
+
+def verify_bundle(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+    """``resfu-med verify-bundle``: check the files and metadata, rebuild the network and load its weights.
+
+    Returns:
+        ``{"name", "version", "network" (class name), "parameters"}``.
+
+    Raises:
+        InputError: incomplete bundle or invalid metadata. CheckpointError: weights that do not fit ``network_def``.
+    """
+    meta = check_bundle(bundle_dir)
+    net = load_bundle_network(bundle_dir)
+    return {"name": meta.get("name", "?"), "version": meta["version"], "network": type(net).__name__,
+            "parameters": sum(p.numel() for p in net.parameters())}

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 
 from resfu_med.cli._options import add_output
-from resfu_med.errors import InputError
-from resfu_med.outputs import claim_output_file
 
 COMMAND = "export"
 
@@ -35,11 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, verify and report."""
-    from resfu_med.bundle.export import export_model, onnx_available
-
-    if args.fmt == "onnx" and not onnx_available():
-        raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
-    claim_output_file(args.output, inputs=[args.checkpoint], overwrite=args.overwrite)
-    info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size)
+    from resfu_med.bundle.export import export_model
+    info = export_model(args.checkpoint, args.output, args.fmt, args.roi_size, overwrite=args.overwrite)
     print(f"{args.fmt} ({info['method']}) written to {info['path']}; max |exported - pytorch| = {info['max_abs_diff']:.3g}")
     return 0

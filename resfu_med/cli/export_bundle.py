@@ -13,11 +13,8 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from resfu_med.cli._options import add_output, add_sw_batch_size, deprecated_alias
-from resfu_med.errors import InputError
 
 COMMAND = "export-bundle"
 
@@ -51,22 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "resfu-med infer --raw-labels")
 
 
-def _read_metrics(path: str | None) -> dict[str, float] | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: metrics file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: metrics file is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: metrics file must hold a JSON object (resfu-med evaluate's metrics.json, or name: number)")
-    from resfu_med.bundle.metadata import eval_metrics_from
-
-    return eval_metrics_from(data)
-
-
 def run(args: argparse.Namespace) -> int:
     """Write the bundle and print its folder."""
     from resfu_med.bundle import export_bundle
@@ -81,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode,
         sw_batch_size=args.sw_batch_size,
         resample=not args.no_resample,
-        metrics=_read_metrics(args.metrics),
+        metrics=args.metrics,
         torchscript=not args.no_torchscript,
         onnx=args.onnx,
         overwrite=args.overwrite,

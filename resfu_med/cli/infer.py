@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias, fraction, positive
-from resfu_med.errors import InputError
-from resfu_med.outputs import claim_output, output_folder
 
 
 __all__ = ["COMMAND", "add_arguments", "run"]
@@ -59,36 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_no_progress(parser)
 
 
-def _is_infer_output(path: Path) -> bool:
-    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
-    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
-    from resfu_med.engine import inferer  # heavy (torch, MONAI): imported only when the command runs
-    from resfu_med.engine.device import resolve_device
-    from resfu_med.networks.model_registry import spatial_dims_of
+    from resfu_med.engine.inferer import run_inference  # heavy (torch, MONAI): imported only when the command runs
 
-    device = resolve_device(args.device)
-    files = inferer.collect_inputs(args.input)  # fail early, before loading the model
-    claim_output(args.output, COMMAND, inputs=[args.input], overwrite=args.overwrite or args.continue_prediction,
-                 owned=_is_infer_output)
-    model, config = inferer.load_for_inference(args.checkpoint, device)
-    dims = spatial_dims_of(config["model"])
-    size = args.roi_size
-    if size is not None and len(size) not in (1, dims):
-        raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(size)} ({size})")
-    roi = None if size is None else (size[0] if len(size) == 1 else tuple(size))
-    opts = inferer.InferOptions(
-        roi=roi, overlap=args.overlap, batch_size=args.sw_batch_size, device=device, tta=args.tta,
-        save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-        continue_prediction=args.continue_prediction, resample=not args.no_resample,
+    files, summary = run_inference(
+        args.input, args.output, args.checkpoint, args.roi_size, args.device, overlap=args.overlap,
+        batch_size=args.sw_batch_size, tta=args.tta, save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite, continue_prediction=args.continue_prediction, resample=not args.no_resample,
         progress=not args.no_progress, output_format=args.output_format, raw_labels=args.raw_labels,
     )
-    with output_folder(args.output, COMMAND, inputs=[args.input],
-                       overwrite=args.overwrite or args.continue_prediction, owned=_is_infer_output):
-        summary = inferer.infer_paths(args.input, args.output, model, config, opts)
     print(f"resfu-med infer: {len(files)} input(s): {len(files) - len(summary.failed) - len(summary.skipped)} "
           f"segmented, {len(summary.skipped)} skipped, {len(summary.failed)} failed, "
           f"{len(summary.unsupported)} unsupported file(s) -> {args.output}", file=sys.stderr)

@@ -18,8 +18,6 @@ import argparse
 from pathlib import Path
 
 from resfu_med.cli._options import add_no_progress, add_output, deprecated_alias
-from resfu_med.errors import InputError
-from resfu_med.outputs import output_folder
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -28,7 +26,8 @@ COMMAND = "prepare"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``prepare`` options."""
-    parser.add_argument("--dataset", required=True, choices=["synapse", "acdc", "msd", "demo"], help="dataset kind")
+    parser.add_argument("--dataset", required=True, metavar="NAME",
+                        help="a dataset of the data registry (docs/datasets.md)")
     parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                         help="raw release folder (BTCV with img/ and label/; ACDC database; MSD folder with dataset.json)")
     deprecated_alias(parser, "--raw-root", "--data-root", "data_root", type=Path)
@@ -46,49 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``prepare``; returns 0. Raises :class:`InputError` for user problems (printed as one line)."""
-    from resfu_med import data
+    from resfu_med.data import prepare_dataset
 
-    progress = not args.no_progress
-    ct = {"kind": "ct", "a_min": args.ct_window[0], "a_max": args.ct_window[1]}
-    if args.ct_window[1] <= args.ct_window[0]:
-        raise InputError(f"--ct-window: A_MAX must exceed A_MIN, got {args.ct_window}")
-    if args.dataset == "demo":
-        if args.output is None and args.seed is None:
-            out = data.ensure_demo_data(progress=progress)
-        else:
-            if args.output is None:
-                raise InputError("--output is required with --seed for the demo")
-            with output_folder(args.output, COMMAND, overwrite=args.overwrite):
-                raw = args.output / "raw"
-                seed = data.demo.DEMO_SEED if args.seed is None else args.seed
-                if args.overwrite or not (raw / "dataset.json").is_file():
-                    data.make_demo_dataset(raw, seed=seed)
-                out = data.prepare_synapse(raw, args.output / "prepared", name="demo", overwrite=args.overwrite,
-                                           progress=progress)
-        print(f"demo dataset ready: {out}")
-        return 0
-    if args.data_root is None:
-        raise InputError(f"--data-root is required for --dataset {args.dataset}")
-    if not Path(args.data_root).is_dir():
-        raise InputError(f"--data-root {args.data_root}: folder not found")
-    out = args.output if args.output is not None else data.prepared_cache_dir(args.dataset, args.data_root)
-    # The raw release is read-only to us: --output never is, lies inside or contains it (a dataset.json there would
-    # be overwritten); a foreign non-empty folder needs --overwrite; the cache folder is ours.
-    with output_folder(out, COMMAND, inputs=[args.data_root], overwrite=args.overwrite, reuse=args.output is None):
-        out = _prepare(args, data, out, ct, progress)
-    print(f"prepared {args.dataset}: {out}")
+    out = prepare_dataset(args.dataset, args.data_root, args.output, split_file=args.split_file, seed=args.seed,
+                          ct_window=tuple(args.ct_window), mri_norm=args.mri_norm, overwrite=args.overwrite,
+                          progress=not args.no_progress)
+    print(f"demo dataset ready: {out}" if args.dataset == "demo" else f"prepared {args.dataset}: {out}")
     return 0
-
-
-def _prepare(args: argparse.Namespace, data, out: Path, ct: dict, progress: bool) -> Path:
-    if args.dataset == "synapse":
-        out = data.prepare_synapse(args.data_root, out, split_file=args.split_file, intensity=ct,
-                                   overwrite=args.overwrite, progress=progress)  # fmt: skip
-    elif args.dataset == "acdc":
-        out = data.prepare_acdc(args.data_root, out, split_file=args.split_file, mode=args.mri_norm,
-                                overwrite=args.overwrite, progress=progress)  # fmt: skip
-    else:
-        out = data.prepare_msd(args.data_root, out, split_file=args.split_file, seed=1234 if args.seed is None else args.seed,
-                               ct_window=tuple(args.ct_window), mri_mode=args.mri_norm, overwrite=args.overwrite,
-                               progress=progress)  # fmt: skip
-    return out

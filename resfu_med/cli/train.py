@@ -21,12 +21,10 @@ examples:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from resfu_med.cli._options import add_no_progress
-from resfu_med.errors import InputError
 
 __all__ = ["COMMAND", "add_arguments", "run", "flag_overrides"]
 
@@ -101,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run files of an existing --output folder")
     g.add_argument("--amp", default=s, metavar="MODE", help=f"mixed precision: none | bf16 | fp16 ({_default('amp')})")
-    g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda ({_default('device')})")
+    g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda | cuda:N ({_default('device')})")
     g.add_argument("--num-workers", type=int, default=s, metavar="N", help=f"data loader workers ({_default('data.num_workers')})")
     add_no_progress(g)
 
@@ -120,96 +118,14 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Split resume-time flags into allowed runtime changes; any other flag must agree with the saved run."""
-    from resfu_med.engine.config import flatten
-    from resfu_med.engine.preparation import RUNTIME_KEYS
-
-    runtime: dict[str, Any] = {"train.max_iters": None}  # a new invocation: the old stop point no longer applies
-    flat_saved = flatten(saved)
-    for key, value in flatten(overrides).items():
-        if key in RUNTIME_KEYS:
-            runtime[key] = value
-        elif flat_saved.get(key) != value:
-            raise InputError(f"{key} cannot change when resuming (the run used {flat_saved.get(key)!r}, got "
-                             f"{value!r}); start a new run with --overwrite instead")
-    return runtime
-
-
-def _unit(cfg: dict[str, Any]) -> str:
-    from resfu_med.networks.model_registry import spatial_dims_of
-
-    return "volumes" if spatial_dims_of(cfg["model"]) == 3 else "slices"
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med train``; returns the exit status (errors are raised as ``ResfuMedError``)."""
-    import torch
+    from resfu_med.engine.train_run import run_training
 
-    from resfu_med.engine import distributed as ddp
-    from resfu_med.engine.checkpoint import load_checkpoint
-    from resfu_med.engine.config import DEFAULTS, merge_config, resolve_config
-    from resfu_med.engine.device import resolve_device
-    from resfu_med.engine.preparation import complete_config, prepare_run_dir
-    from resfu_med.engine.trainer import Trainer
-
-    args.output = getattr(args, "output", None)
-    args.config = getattr(args, "config", None)
-    overrides = flag_overrides(args)
-    dataset = overrides.get("data", {}).get("dataset")
-    if args.output is None and dataset is None:
-        raise InputError("--output is required (or --dataset, for the default runs/<dataset>)")
-    run_dir = Path(args.output if args.output is not None else f"runs/{dataset}")
-    if args.resume and args.overwrite:
-        raise InputError("--resume and --overwrite contradict each other; pick one")
-    if args.resume and args.config:
-        raise InputError("--config cannot be combined with --resume (the run's config is fixed)")
-    merge_config(DEFAULTS, overrides, source="flags")  # fail fast on bad flag values
-
-    device = resolve_device(overrides.get("device", "auto"), local_rank=0)
-    dist = ddp.init_distributed(device.type)
-    try:
-        if dist.enabled and device.type == "cuda":
-            device = torch.device("cuda", dist.local_rank)
-        cfg, runtime, err = None, None, None
-        if dist.is_main:
-            try:
-                prepare_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite, create=False)
-                if args.resume:
-                    saved = load_checkpoint(run_dir / "last.pt")["config"]
-                    runtime = _resume_runtime(saved, overrides)
-                else:
-                    cfg = complete_config(resolve_config(dataset, args.config, overrides))
-                    prepare_run_dir(run_dir, resume=False, overwrite=args.overwrite, create=True,
-                                    inputs=[cfg["data"].get("root")])
-            except Exception as e:  # re-raised below after telling the other ranks
-                err = e
-        if dist.enabled:
-            import torch.distributed as tdist
-
-            box = [None if err else (cfg, runtime)]
-            tdist.broadcast_object_list(box, src=0)
-            if box[0] is None:
-                if err is not None:
-                    raise err
-                raise InputError("rank 0 failed to set up the run (see its message)")
-            cfg, runtime = box[0]
-        elif err is not None:
-            raise err
-        trainer = Trainer(cfg, run_dir, resume=args.resume, runtime=runtime, device=device, dist=dist,
-                          progress=not args.no_progress)
-        if dist.is_main:
-            what = "resuming" if args.resume else "training"
-            c = trainer.cfg
-            print(f"resfu-med train: {what} {c['model']['name']} ({c['model'].get('upsampler')}) on "
-                  f"{c['data']['dataset']} ({len(trainer.train_data)} {_unit(c)}, {c['data']['num_classes']} classes), "
-                  f"{c['train']['epochs']} epochs x {trainer.iters_per_epoch} iterations, device {device}, "
-                  f"{dist.world_size} process(es) -> {run_dir}", file=sys.stderr)
-        summary = trainer.fit()
-        if dist.is_main:
-            _report(summary, trainer.cfg, run_dir)
-    finally:
-        ddp.destroy_distributed()
+    done = run_training(flag_overrides(args), getattr(args, "output", None), getattr(args, "config", None),
+                        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if done is not None:  # the main process reports
+        _report(*done)
     return 0
 
 

@@ -23,11 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Verify and report."""
-    from resfu_med.bundle import check_bundle, load_bundle_network
+    from resfu_med.bundle import verify_bundle
 
-    meta = check_bundle(args.bundle)
-    net = load_bundle_network(args.bundle)
-    params = sum(p.numel() for p in net.parameters())
-    print(f"{args.bundle}: valid bundle '{meta.get('name', '?')}' {meta['version']} "
-          f"({type(net).__name__}, {params} parameters)")
+    v = verify_bundle(args.bundle)
+    print(f"{args.bundle}: valid bundle '{v['name']}' {v['version']} ({v['network']}, {v['parameters']} parameters)")
     return 0

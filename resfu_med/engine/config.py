@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-#: The paper's protocol (TransUNet R50-ViT-B/16 on Synapse; SPEC §4).
+#: The paper's protocol (TransUNet R50-ViT-B/16 on Synapse; docs/datasets.md).
 DEFAULTS: dict[str, Any] = {
     "seed": 1234,
     "deterministic": False,

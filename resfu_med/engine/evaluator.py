@@ -20,10 +20,19 @@ from tqdm.auto import tqdm
 
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
+from resfu_med.metrics import (
+    Report,
+    build_report,
+    drop_ignored,
+    report_paths,
+    spacing_metrics,
+    transunet_metrics,
+    write_reports,
+)
+from resfu_med.outputs import output_folder
 from resfu_med.safety import check_case_name, check_inside
-from resfu_med.metrics import Report, build_report, drop_ignored, spacing_metrics, transunet_metrics
 
-__all__ = ["EvaluationResult", "evaluate_model", "save_prediction"]
+__all__ = ["EvaluationResult", "evaluate_model", "run_evaluation", "save_prediction"]
 
 
 @dataclass
@@ -160,3 +169,100 @@ def evaluate_model(
     result.transunet = build_report("transunet", names, tu)
     result.spacing = build_report("spacing", names, sp)
     return result
+
+
+def run_evaluation(
+    checkpoint: str | Path,
+    dataset: str | None = None,
+    data_root: str | Path | None = None,
+    split: str = "test",
+    output: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    save_predictions: bool = False,
+    sw_batch_size: int = 8,
+    device: str | None = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    output_format: str = "nii.gz",
+    raw_labels: bool = False,
+) -> tuple[EvaluationResult, dict[str, Path]]:
+    """``resfu-med evaluate``: score a checkpoint on a dataset split and write the reports.
+
+    Args:
+        checkpoint: a ``resfu-med train`` checkpoint.
+        dataset: a data registry name; default the checkpoint's.
+        data_root: the dataset folder; default the checkpoint's data root when evaluating its own dataset, else the
+            dataset's default location.
+        split: the evaluation split.
+        output: folder for ``metrics.json`` and the CSVs; default ``<checkpoint folder>/eval-<dataset>-<split>``.
+        class_names: foreground class names for the tables; default those the checkpoint was trained with
+            (``--class-names``), else the dataset's.
+        save_predictions: also write ``<case>_pred.nii.gz`` into ``<output>/predictions``.
+        sw_batch_size: slices (2D) or windows (3D) per network call.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        overwrite: replace the reports of an earlier evaluation.
+        progress: show a progress bar.
+        output_format: file format of saved predictions: ``nii.gz``, ``mha`` or ``nrrd``.
+        raw_labels: saved predictions use the raw release's label values (Synapse: BTCV numbering).
+
+    Returns:
+        ``(result, report files)``.
+
+    Raises:
+        CheckpointError: the checkpoint is unusable or trained for another class count.
+        InputError: unknown dataset, bad class names, existing reports without ``overwrite``, an empty split.
+    """
+    from resfu_med.data import dataset_info, get_dataset
+    from resfu_med.engine.device import resolve_device
+    from resfu_med.engine.inferer import load_for_inference
+
+    dev = resolve_device(device)
+    model, config = load_for_inference(checkpoint, dev)
+    data_cfg = dict(config.get("data") or {})
+    name = dataset or data_cfg.get("dataset")
+    if not name:
+        raise InputError("--dataset: not given and the checkpoint's config names no dataset")
+    if data_root is None and name == data_cfg.get("dataset") and data_cfg.get("root") and name != "demo":
+        data_root = str(data_cfg["root"])
+        if not Path(data_root).exists():
+            raise InputError(f"the checkpoint's data root {data_root} does not exist (moved or deleted?); "
+                             "pass --data-root")
+        print(f"resfu-med evaluate: --data-root not given; using the checkpoint's {data_root}", file=sys.stderr)
+    try:
+        info = dataset_info(name, data_root)
+    except InputError:
+        raise
+    except ValueError as err:  # unknown dataset name: the message lists the valid ones
+        raise InputError(f"--dataset: {err}") from None
+    if int(info.num_classes) != int(data_cfg["num_classes"]):
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: trained for {data_cfg['num_classes']} classes, "
+            f"dataset {name!r} has {info.num_classes}"
+        )
+    # names given at training (--class-names, a copy labelled in another order) stay unless overridden here
+    names = class_names or data_cfg.get("class_names") or list(info.label_names)
+    if len(names) != int(data_cfg["num_classes"]) - 1:
+        raise InputError(f"--class-names: {len(names)} name(s) given, the checkpoint has "
+                         f"{int(data_cfg['num_classes']) - 1} foreground classes")
+    data_cfg["label_names"] = list(names)
+    if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore" voxels are not scored
+        data_cfg.setdefault("ignore_index", int(info.ignore_index))
+    config = {**config, "data": data_cfg}
+    out = Path(output) if output else Path(checkpoint).resolve().parent / f"eval-{name}-{split}"
+    existing = [p for p in report_paths(out).values() if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} exists; pass --overwrite to replace it or choose another --output")
+    with output_folder(out, "evaluate", inputs=[info.root or data_root], overwrite=overwrite):
+        cases = get_dataset(name, data_root, split)
+        if len(cases) == 0:
+            raise InputError(f"dataset {name!r} split {split!r}: no volumes found")
+        result = evaluate_model(model, cases, config, device=dev, batch_size=sw_batch_size,
+                                save_dir=(out / "predictions") if save_predictions else None, progress=progress,
+                                save_suffix=f".{output_format}", raw_labels=raw_labels)
+        meta = {
+            "checkpoint": str(checkpoint), "dataset": name, "data_root": str(info.root) if info.root else None,
+            "split": split, "img_size": data_cfg.get("img_size"), "model": config.get("model"),
+            "failures": [{"case": c, "error": m} for c, m in result.failures], "no_spacing": result.no_spacing,
+        }
+        paths = write_reports(out, [result.transunet, result.spacing], meta)
+    return result, paths

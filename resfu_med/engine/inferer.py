@@ -1,4 +1,4 @@
-"""``resfu-med infer``: segment images with a trained checkpoint, folder in → folder out (SPEC §6).
+"""``resfu-med infer``: segment images with a trained checkpoint, folder in → folder out (docs/evaluation.md).
 
 Each input (NIfTI, MetaImage, NRRD or a DICOM series folder) is read by :func:`resfu_med.data.io.read_image` into a
 float32 ``(Z, Y, X)`` array (NIfTI streamed slab by slab; no reorientation, so nothing has to be undone), normalised
@@ -12,7 +12,7 @@ writes ``<name>_prob<suffix>`` (float32, classes on the 4th axis / as vector com
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 
 from resfu_med.engine.predictor import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
+from resfu_med.outputs import claim_output, output_folder
 
 __all__ = [
     "InferOptions",
+    "run_inference",
     "InferSummary",
     "collect_inputs",
     "check_output_dir",
@@ -263,3 +265,52 @@ def load_for_inference(checkpoint: str | Path, device: str = "cpu") -> tuple[tor
     if not isinstance(config, Mapping) or "data" not in config or "num_classes" not in (config["data"] or {}):
         raise CheckpointError(f"checkpoint {path}: its config has no data.num_classes")
     return model.eval(), dict(config)
+
+
+def run_inference(
+    input: str | Path,
+    output: str | Path,
+    checkpoint: str | Path,
+    roi_size: Sequence[int] | None = None,
+    device: str | None = "auto",
+    **options: Any,
+) -> tuple[list[Path], InferSummary]:
+    """``resfu-med infer``: segment a NIfTI file or folder with a checkpoint.
+
+    Args:
+        input: a ``.nii``/``.nii.gz`` file or a folder of them.
+        output: the output folder.
+        checkpoint: a ``resfu-med train`` checkpoint.
+        roi_size: window size: one value, or one per spatial axis of the model; default the model's
+            (:meth:`resfu_med.networks.ModelSpec.default_roi`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        options: the other :class:`InferOptions` fields (``overlap``, ``batch_size``, ``tta``, ...).
+
+    Returns:
+        ``(inputs, summary)``.
+
+    Raises:
+        InputError: no input, an unwritable output, a window of the wrong length.
+        CheckpointError: an unusable checkpoint (before any output is created).
+    """
+    from resfu_med.engine.device import resolve_device
+    from resfu_med.networks.model_registry import spatial_dims_of
+
+    dev = resolve_device(device)
+    files = collect_inputs(input)  # fail early, before loading the model
+    keep = bool(options.get("overwrite") or options.get("continue_prediction"))
+    claim_output(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output)
+    model, config = load_for_inference(checkpoint, dev)  # a refused checkpoint leaves no folder
+    dims = spatial_dims_of(config["model"])
+    if roi_size is not None and len(roi_size) not in (1, dims):
+        raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(roi_size)} "
+                         f"({list(roi_size)})")
+    roi = None if roi_size is None else (roi_size[0] if len(roi_size) == 1 else tuple(roi_size))
+    with output_folder(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output):
+        summary = infer_paths(input, output, model, config, InferOptions(roi=roi, device=dev, **options))
+    return files, summary
+
+
+def _is_infer_output(path: Path) -> bool:
+    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
+    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))

@@ -1,7 +1,7 @@
 """Whole-volume prediction with a trained model: slice-wise for 2D models, 3D sliding windows for 3D ones.
 
-2D models are trained on whole axial slices zoomed to ``img_size`` (SPEC §4), so they are run the same way
-(SPEC §5, TransUNet's ``test_single_volume``): each slice is zoomed to ``img_size`` (cubic, ``scipy.ndimage.zoom``
+2D models are trained on whole axial slices zoomed to ``img_size`` (docs/datasets.md), so they are run the same way
+(docs/evaluation.md, TransUNet's ``test_single_volume``): each slice is zoomed to ``img_size`` (cubic, ``scipy.ndimage.zoom``
 order 3), predicted, and the argmax zoomed back to the slice's size (nearest, order 0). Slices are batched for speed.
 The network call goes through MONAI ``sliding_window_inference`` with Gaussian blending, so a ``roi`` smaller than
 ``img_size`` tiles the zoomed slice; with ``roi == img_size`` it is one window and exactly the evaluation protocol.
@@ -103,7 +103,7 @@ def predict_slices(
     probabilities: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predict a ``(Z, H, W)`` volume with a 2D model, slice by slice (SPEC §5).
+    """Predict a ``(Z, H, W)`` volume with a 2D model, slice by slice (docs/evaluation.md).
 
     Args:
         model: 2D network in eval mode, input ``(B, 1, h, w)``.

@@ -18,7 +18,7 @@ from resfu_med.errors import InputError
 from resfu_med.outputs import MARKER, claim_output
 from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
-__all__ = ["complete_config", "prepare_run_dir", "RUN_FILES", "RUNTIME_KEYS"]
+__all__ = ["complete_config", "prepare_run_dir", "resume_runtime", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "train.log", "progress.png", "tb")
@@ -133,3 +133,30 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool =
         atomic_write_json(run_dir / MARKER, {"command": "train", "version": __version__})
     except OSError as err:
         raise InputError(f"output folder {run_dir} is not writable: {err.strerror or err}") from err
+
+
+def resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The resume policy: settings given when resuming may change only :data:`RUNTIME_KEYS`; any other must agree
+    with the saved run's config.
+
+    Args:
+        saved: the run's config (from its ``last.pt``).
+        overrides: the nested settings given now (the flags).
+
+    Returns:
+        The runtime changes (dotted keys); ``train.max_iters`` is reset (the old stop point no longer applies).
+
+    Raises:
+        InputError: a non-runtime setting differs from the saved run (names it and both values).
+    """
+    from resfu_med.engine.config import flatten
+
+    runtime: dict[str, Any] = {"train.max_iters": None}
+    flat_saved = flatten(saved)
+    for key, value in flatten(overrides).items():
+        if key in RUNTIME_KEYS:
+            runtime[key] = value
+        elif flat_saved.get(key) != value:
+            raise InputError(f"{key} cannot change when resuming (the run used {flat_saved.get(key)!r}, got "
+                             f"{value!r}); start a new run with --overwrite instead")
+    return runtime

@@ -1,4 +1,4 @@
-"""The training loop (TransUNet protocol, SPEC §4): SGD + poly decay, 0.5·CE + 0.5·Dice, resumable and DDP-ready.
+"""The training loop (TransUNet protocol, docs/datasets.md): SGD + poly decay, 0.5·CE + 0.5·Dice, resumable and DDP-ready.
 
 :class:`Trainer` owns one run folder::
 

@@ -1,4 +1,4 @@
-"""Helpers of the bundle tests: small checkpoints in the engine's format (docs/contracts.md)."""
+"""Helpers of the bundle tests: small checkpoints in the engine's format (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from resfu_med.errors import InputError
 
 def test_defaults_are_the_paper_protocol():
     cfg = resolve_config("synapse")
-    # SPEC §4 / TransUNet: R50-ViT-B/16 at 224², batch 24, SGD 0.01/0.9/1e-4, poly 0.9, 150 epochs, 0.5 CE + 0.5 Dice
+    # docs/datasets.md / TransUNet: R50-ViT-B/16 at 224², batch 24, SGD 0.01/0.9/1e-4, poly 0.9, 150 epochs, 0.5 CE + 0.5 Dice
     assert cfg["model"]["name"] == "transunet" and cfg["model"]["upsampler"] == "resfu"
     assert cfg["data"]["img_size"] == 224
     t = cfg["train"]

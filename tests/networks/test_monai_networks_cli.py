@@ -1,5 +1,5 @@
 """``resfu-med train --model dynunet|swinunetr|unetr`` on the demo phantoms (2 iterations, slim widths), then
-``infer`` (3D sliding window) on a NIfTI and ``export-bundle``, with no model-specific step; and the registry entries."""
+``infer`` (3D sliding window) on a NIfTI, ``export-bundle`` (and for DynUNet ``evaluate``), with no model-specific step; and the registry entries."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from resfu_med.networks.model_registry import build_model, get_model_spec, model
 
 SLIM = {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}
 CASES = {
-    # with deep supervision: the trainer weighs the stacked heads' losses (MONAI DeepSupervisionLoss)
-    "dynunet": (DynUNet, ["16", "32", "32"], {"filters": [8, 8, 16, 16], "deep_supervision": True, "deep_supr_num": 2}),
+    # with deep supervision: the trainer weighs the stacked heads' losses (MONAI DeepSupervisionLoss); in-plane the
+    # whole demo slice, so that evaluating the 4 demo test volumes takes a few windows each
+    "dynunet": (DynUNet, ["32", "128", "128"], {"filters": [8, 8, 16, 16, 16, 16], "deep_supervision": True,
+                                                 "deep_supr_num": 2}),
     # one side of 64: SwinUNETR's 1/32 bottleneck keeps more than one voxel, which instance norm needs to train
     "swinunetr": (SwinUNETR, ["32", "32", "64"], {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}),
     "unetr": (UNETR, ["16", "32", "32"], {"feature_size": 8, "hidden_size": 24, "mlp_dim": 48, "num_heads": 2}),
@@ -59,6 +61,12 @@ def test_cli_train_infer_export(name, tmp_path, capsys):
                  str(run / "last.pt"), "--device", "cpu", "--no-progress"]) == 0
     seg = nib.load(str(tmp_path / "seg" / "scan_seg.nii.gz"))
     assert seg.shape == hu.shape and np.allclose(seg.affine, affine)
+
+    if name == "dynunet":  # evaluate: the same 3D sliding windows as infer, through the registry like every 3D model
+        assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--dataset", "demo", "-o", str(tmp_path / "ev"),
+                     "--no-progress"]) == 0
+        metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        assert "spacing" in json.dumps(metrics)
 
     bundle = tmp_path / "bundle"
     # TorchScript (trace) only once: the three forwards are traced in test_monai_networks.py
