@@ -38,6 +38,9 @@ inline Geometry make_geometry(const at::Tensor& attn, const at::Tensor& x, int64
   g.sd = axis_scale(g.d, g.D);
   g.sh = axis_scale(g.h, g.H);
   g.sw = axis_scale(g.w, g.W);
+  g.ed = axis_exact_f32(g.d, g.D);
+  g.eh = axis_exact_f32(g.h, g.H);
+  g.ew = axis_exact_f32(g.w, g.W);
   return g;
 }
 

@@ -255,3 +255,7 @@ class ACDCDataset(PreparedDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
                  progress: bool = True, **kw: Any) -> None:  # fmt: skip
         super().__init__(prepare_once("acdc", root, prepare_acdc, progress, read_as_is=is_acdc_copy), split, transform, **kw)
+
+    def _items_as_is(self, split: str, volumes: bool) -> list[dict[str, Any]] | None:
+        """The follow-ups' preprocessed ACDC copy is read as it is."""
+        return acdc_copy_items(self.root, split, volumes) if is_acdc_copy(self.root) else None

@@ -179,10 +179,9 @@ class PreparedDataset(CacheDataset):
         if not self.root.is_dir():
             raise InputError(f"{self.root}: dataset folder not found")
         self._from_files: dict[str, list[str]] | None = None
-        from .acdc import acdc_copy_items, is_acdc_copy  # (acdc builds on this module)
-
-        if list_dir is None and not self.meta and is_acdc_copy(self.root):  # the follow-ups' ACDC copy, read as is
-            items = acdc_copy_items(self.root, split, volumes)
+        as_is = self._items_as_is(split, volumes) if list_dir is None and not self.meta else None
+        if as_is is not None:  # a layout the subclass reads as it is (ACDCDataset: the follow-ups' ACDC copy)
+            items = as_is
             lists = self.root
         else:
             if list_dir is None and not self.meta.get("list_dir") and not (self.root / "lists").is_dir():
@@ -206,6 +205,10 @@ class PreparedDataset(CacheDataset):
             num_workers=num_workers,
             progress=False,
         )
+
+    def _items_as_is(self, split: str, volumes: bool) -> list[dict[str, Any]] | None:
+        """The items of a foreign layout that a subclass reads without preparing it; ``None``: not such a layout."""
+        return None
 
     def _transform(self, index: int) -> Any:
         # MONAI wraps a transform's exception in RuntimeError("applying transform ..."): surface our loader's

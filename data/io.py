@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from resfu_med.atomic import atomic_path, atomic_write_bytes
+from resfu_med.atomic import atomic_path
 from resfu_med.errors import InputError
 
 __all__ = [
@@ -421,9 +421,13 @@ def _write_nifti(path: Path, arr: np.ndarray, geometry: Geometry) -> None:
         out.header.set_xyzt_units("mm", "sec")
     out.set_data_dtype(arr.dtype)
     out.header.set_slope_inter(1.0, 0.0)
-    raw = out.to_bytes()
-    # gzip with a zero timestamp and no file name: equal results give equal bytes
-    atomic_write_bytes(path, gzip.compress(raw, compresslevel=6, mtime=0) if path.name.endswith(".gz") else raw)
+    # streamed (no in-memory copy of the file); gzip with a zero timestamp and no file name: equal results, equal bytes
+    with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp, open(tmp, "wb") as fh:
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=6, mtime=0) as gz:
+                out.to_stream(gz)
+        else:
+            out.to_stream(fh)
 
 
 def _write_sitk(path: Path, arr: np.ndarray, geometry: Geometry) -> None:

@@ -16,7 +16,7 @@ from resfu_med.errors import InputError
 from resfu_med.home import resfu_home
 from resfu_med.outputs import output_folder
 
-from .acdc import ACDC_CLASSES, is_acdc_copy, prepare_acdc
+from .acdc import ACDC_CLASSES, ACDCDataset, is_acdc_copy, prepare_acdc
 from .cache import locked, prepare_once, prepared_cache_dir
 from .datasets import PreparedDataset, SynapseDataset
 from .info import DatasetInfo
@@ -75,12 +75,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _is_acdc_copy(root: str | os.PathLike) -> bool:
-    from .acdc import is_acdc_copy
-
-    return is_acdc_copy(root)
-
-
 def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInfo:
     """Metadata of dataset ``name``; read from ``root``'s ``dataset.json`` when there is one.
 
@@ -93,7 +87,7 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> DatasetInf
     """
     _check_name(name)
     meta = None
-    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not _is_acdc_copy(root):
+    if root is not None and Path(root).is_dir() and not is_prepared_root(root) and not is_acdc_copy(root):
         cached = prepared_cache_dir(name, root)
         if (cached / "dataset.json").is_file():  # a raw folder prepared earlier: its record says what was done
             root = cached
@@ -155,7 +149,7 @@ def get_dataset(
     """
     _check_name(name)
     root = _prepared_root(name, root, progress)
-    cls = SynapseDataset if name in ("synapse", "demo") else PreparedDataset
+    cls = {"synapse": SynapseDataset, "demo": SynapseDataset, "acdc": ACDCDataset}.get(name, PreparedDataset)
     return cls(root, split, transform, cache_rate=cache_rate, volumes=volumes)
 
 

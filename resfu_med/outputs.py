@@ -20,7 +20,8 @@ from pathlib import Path
 
 from resfu_med.errors import InputError
 
-__all__ = ["MARKER", "claim_output", "claim_output_file", "output_folder", "made_for"]
+__all__ = ["MARKER", "claim_output", "claim_output_file", "output_folder", "made_for", "missing_folders",
+           "discard_unused"]
 
 #: Hidden file resfu-med writes into each output folder it creates: ``{"command": ..., "version": ...}``.
 MARKER = ".resfu-med.json"
@@ -113,14 +114,27 @@ def claim_output_file(path: str | os.PathLike, *, inputs: Iterable[str | os.Path
     return out
 
 
-def _missing_folders(out: Path) -> list[Path]:
-    """``out`` and its ancestors that do not exist yet, deepest first."""
+def missing_folders(out: str | os.PathLike) -> list[Path]:
+    """``out`` and its ancestors that do not exist yet, deepest first (what creating ``out`` will add)."""
     missing = []
-    for p in (out.absolute(), *out.absolute().parents):
+    for p in (Path(out).absolute(), *Path(out).absolute().parents):
         if p.exists():
             break
         missing.append(p)
     return missing
+
+
+def discard_unused(out: str | os.PathLike, created: Iterable[Path], marker: bool = True) -> None:
+    """After a failed run: remove ``out``'s marker if nothing else is in it (``marker``), then each folder of
+    ``created`` (:func:`missing_folders`, deepest first) that is empty."""
+    out = Path(out)
+    if marker:
+        with contextlib.suppress(OSError):
+            if [p.name for p in out.iterdir()] == [MARKER]:
+                (out / MARKER).unlink()
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
 
 
 @contextlib.contextmanager
@@ -139,7 +153,7 @@ def output_folder(path: str | os.PathLike, command: str, *, inputs: Iterable[str
         The output folder.
     """
     out = claim_output(path, command, inputs=inputs, overwrite=overwrite, reuse=reuse, option=option, owned=owned)
-    created = _missing_folders(out)
+    created = missing_folders(out)
     marker = out / MARKER
     had_marker = marker.exists() or owned is not None
     try:
@@ -151,13 +165,7 @@ def output_folder(path: str | os.PathLike, command: str, *, inputs: Iterable[str
             atomic_write_json(marker, {"command": command, "version": __version__})
         yield out
     except BaseException as err:
-        if not had_marker:
-            with contextlib.suppress(OSError):
-                if [p.name for p in out.iterdir()] == [MARKER]:
-                    marker.unlink()
-        for folder in created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds when empty
+        discard_unused(out, created, marker=not had_marker)
         if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
                                                       errno.EDQUOT):
             name = err.filename or out

@@ -11,6 +11,7 @@ Examples:
     python scripts/benchmark_fns.py                      # all cases, 2 threads
     python scripts/benchmark_fns.py --cases 2d-256 --repeats 5 --threads 1
     python scripts/benchmark_fns.py --impls cpp reference
+    python scripts/benchmark_fns.py --thread-scaling            # C++ kernel, 2 threads vs 1, TransUNet decoder shapes
 """
 
 from __future__ import annotations
@@ -31,6 +32,44 @@ CASES = {
     "3d-32": (1, 32, (24, 48, 48), (48, 96, 96), 3),
 }
 IMPLS = ("naive", "cpp", "reference")
+# TransUNet decoder steps at 224², batch 2, K = 3: (N, C, LR, HR)
+TRANSUNET_STEPS = [(2, 512, (14, 14), (28, 28)), (2, 256, (28, 28), (56, 56)), (2, 128, (56, 56), (112, 112)), (2, 64, (112, 112), (224, 224))]
+
+
+def thread_scaling(repeats: int, rounds: int = 3) -> int:
+    """C++ kernel fwd+bwd at the TransUNet shapes with 1 and 2 threads, interleaved per round (load hits both alike)."""
+    import torch
+
+    from resfu_med.ops import backend, fns_gather
+
+    assert backend() == "cpp", f"the C++ kernel is not available (backend {backend()})"
+    best = {}
+    for n, c, lr, hr in TRANSUNET_STEPS:
+        attn = torch.softmax(torch.randn(n, 9, *hr), 1).requires_grad_()
+        x = torch.randn(n, c, *lr, requires_grad=True)
+        grad = torch.randn(n, c, *hr)
+        for _ in range(rounds):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                fns_gather(attn, x).backward(grad)  # warm-up
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    fns_gather(attn, x).backward(grad)
+                    times.append(time.perf_counter() - t0)
+                key = (c, lr, threads)
+                best[key] = min(best.get(key, float("inf")), statistics.median(times))
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print("| N, C, LR → HR, K = 3 | 1 thread fwd+bwd (ms) | 2 threads (ms) | speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    total = [0.0, 0.0]
+    for n, c, lr, hr in TRANSUNET_STEPS:
+        one, two = best[(c, lr, 1)], best[(c, lr, 2)]
+        total[0] += one
+        total[1] += two
+        print(f"| {n}, {c}, {lr[0]}² → {hr[0]}² | {one * 1e3:.1f} | {two * 1e3:.1f} | {one / two:.2f}× |")
+    print(f"| all four steps | {total[0] * 1e3:.1f} | {total[1] * 1e3:.1f} | {total[0] / total[1]:.2f}× |")
+    return 0
 
 
 def naive_fns(attn, x):
@@ -111,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", nargs="+", default=["naive", "cpp"], choices=IMPLS, help="implementations (default: naive cpp)")
     parser.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd runs per case; the median is reported (default: 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--thread-scaling", action="store_true", help="C++ kernel, 2 threads vs 1 at the TransUNet decoder shapes")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.thread_scaling:
+        return thread_scaling(args.repeats)
     if args.worker:
         print(json.dumps(worker(*args.worker, repeats=args.repeats, threads=args.threads)))
         return 0

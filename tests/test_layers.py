@@ -92,3 +92,32 @@ def test_the_checker_sees_upward_imports():
     assert any(m == "resfu_med.data.cache" for m, _, _ in _imports("resfu_med.data.acdc", mods["resfu_med.data.acdc"]))
     trainer = [m for m, _, _ in _imports("resfu_med.engine.trainer", mods["resfu_med.engine.trainer"])]
     assert "resfu_med.networks.model_registry" in trainer
+
+
+def test_no_import_cycles_between_modules():
+    # function-local imports count too: they hide cycles (the data registry and its adapters had one)
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps = set()
+        for module, names, _ in _imports(name, path):
+            targets = [module, *(f"{module}.{n}" for n in names)] if module else []
+            deps |= {t for t in targets if t in mods and t != name}
+        # a package re-exporting its submodules, and a submodule importing its package's names, are not cycles
+        graph[name] = {d for d in deps if not d.startswith(f"{name}.") and not name.startswith(f"{d}.")}
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        seen[node] = 1
+        for dep in sorted(graph[node]):
+            if seen.get(dep) == 1:
+                cycles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in seen:
+                visit(dep, path + [dep])
+        seen[node] = 2
+
+    for start in sorted(graph):
+        if start not in seen:
+            visit(start, [start])
+    assert not cycles, "\n".join(cycles)

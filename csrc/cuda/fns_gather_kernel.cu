@@ -1,12 +1,17 @@
 // CUDA kernels of the FNS gather: fp64/fp32 and fp16/bf16 inputs with fp32 accumulation, launched on the current
 // stream, 64-bit indexing throughout (grid-stride loops over int64 element counts).
 //
-// forward:   one thread per output element (n, c, pixel); loops over the Kd*K*K neighbours, trilinear sample of x.
-// grad_attn: one thread per (n, neighbour, pixel); dot product over channels of grad_out and the sampled x.
-// grad_x:    default: one thread per output element scattering with atomicAdd into an fp32/fp64 buffer;
-//            deterministic: one thread per LR element (n, c, l) GATHERING from the HR pixels whose taps touch l
-//            (fns::hr_range), in a fixed order, without atomics: bit-identical across runs.
-// All sampling coordinates and weights come from fns_gather_common.h, shared with the CPU kernel.
+// forward:   one thread per (n, 8-channel chunk, HR pixel): the pixel's sampling taps (K per axis, fns::pixel_taps) are
+//            computed once and reused for its channels; the pixel index is fastest across threads.
+// grad_attn: one thread per (n, neighbour, pixel); dot product over channels of grad_out and the sampled x (its three
+//            taps are computed once per thread, i.e. once for all channels).
+// grad_x:    default: one thread per (n, 8-channel chunk, pixel) scattering with atomicAdd into an fp32/fp64 buffer,
+//            zero-weight corners skipped (4 of the 8 in every 2D call); deterministic: one thread per (n, 4-channel
+//            chunk, LR element) GATHERING from the HR pixels whose taps touch it (fns::hr_range), in a fixed order,
+//            without atomics: bit-identical across runs.
+// Coordinates are float32 on axes where that is exact (power-of-two ratios), float64 elsewhere (fns::axis_tap_auto).
+// K > fns::kMaxAxisTaps falls back to per-element threads. All formulas are the host/device functions of
+// fns_gather_common.h, which the CPU test library runs too (tests/ops: "mirror").
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,9 +39,32 @@ int64_t grid_for(int64_t total) {
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < (total); \
        idx += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
+// Channels per thread of the per-pixel kernels: the pixel's taps are computed once for this many channels.
+constexpr int64_t kChannels = 8;
+constexpr int kGatherChannels = 4;
+
+RESFU_HD int64_t chunks(int64_t channels, int64_t per) { return (channels + per - 1) / per; }
+
+// Thread index -> (n, channel chunk, pixel) with the pixel fastest, so neighbouring threads read neighbouring pixels.
+#define RESFU_SPLIT(idx, inner, nchunks, n, chunk, pos) \
+  const int64_t pos = (idx) % (inner), chunk = ((idx) / (inner)) % (nchunks), n = (idx) / ((inner) * (nchunks))
+
 template <typename scalar_t>
 __global__ void forward_kernel(const Geometry g, const scalar_t* __restrict__ attn, const scalar_t* __restrict__ x,
                                scalar_t* __restrict__ out, const int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t P = g.hr_plane(), nch = chunks(g.C, kChannels);
+  RESFU_GRID_STRIDE(idx, total) {
+    RESFU_SPLIT(idx, P, nch, n, chunk, p);
+    const int64_t c0 = chunk * kChannels, c1 = c0 + kChannels < g.C ? c0 + kChannels : g.C;
+    forward_pixel<scalar_t, acc_t>(g, x + n * g.C * g.lr_plane(), attn + n * g.taps() * P, p, c0, c1, out + n * g.C * P);
+  }
+}
+
+// K > kMaxAxisTaps: one thread per output element (per-element formula).
+template <typename scalar_t>
+__global__ void forward_element_kernel(const Geometry g, const scalar_t* __restrict__ attn, const scalar_t* __restrict__ x,
+                                       scalar_t* __restrict__ out, const int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t P = g.hr_plane();
   RESFU_GRID_STRIDE(idx, total) {
@@ -57,36 +85,48 @@ __global__ void grad_attn_kernel(const Geometry g, const scalar_t* __restrict__ 
   }
 }
 
+struct AtomicAdd {
+  template <typename acc_t>
+  __device__ __forceinline__ void operator()(acc_t* ptr, acc_t value) const {
+    atomicAdd(ptr, value);
+  }
+};
+
 template <typename scalar_t, typename acc_t>
 __global__ void grad_x_atomic_kernel(const Geometry g, const scalar_t* __restrict__ go, const scalar_t* __restrict__ attn,
                                      acc_t* __restrict__ gx, const int64_t total) {
-  const int64_t P = g.hr_plane(), rz = (g.kd - 1) / 2, r = (g.k - 1) / 2, hw = g.h * g.w;
+  const int64_t P = g.hr_plane(), nch = g.k <= kMaxAxisTaps ? chunks(g.C, kChannels) : g.C;
+  const int64_t per = g.k <= kMaxAxisTaps ? kChannels : 1;
   RESFU_GRID_STRIDE(idx, total) {
-    const int64_t p = idx % P, nc = idx / P, n = nc / g.C;
-    const acc_t gv = static_cast<acc_t>(go[idx]);
-    if (gv == acc_t(0)) continue;
-    const int64_t ix = p % g.W, iy = (p / g.W) % g.H, iz = p / (g.W * g.H);
-    const scalar_t* at = attn + n * g.taps() * P + p;
-    acc_t* gc = gx + nc * g.lr_plane();
-    int64_t t = 0;
-    for (int64_t a = -rz; a <= rz; ++a) {
-      const AxisTap tz = axis_tap(iz, a, g.d, g.sd);
-      for (int64_t b = -r; b <= r; ++b) {
-        const AxisTap ty = axis_tap(iy, b, g.h, g.sh);
-        for (int64_t c = -r; c <= r; ++c, ++t) {
-          const AxisTap tx = axis_tap(ix, c, g.w, g.sw);
-          const acc_t s = gv * static_cast<acc_t>(at[t * P]);
-          const acc_t wz[2] = {acc_t(1) - static_cast<acc_t>(tz.frac), static_cast<acc_t>(tz.frac)};
-          const acc_t wy[2] = {acc_t(1) - static_cast<acc_t>(ty.frac), static_cast<acc_t>(ty.frac)};
-          const acc_t wx[2] = {acc_t(1) - static_cast<acc_t>(tx.frac), static_cast<acc_t>(tx.frac)};
-          const int64_t zi[2] = {tz.lo, tz.hi}, yi[2] = {ty.lo, ty.hi}, xi[2] = {tx.lo, tx.hi};
-#pragma unroll
-          for (int q = 0; q < 2; ++q)
-#pragma unroll
-            for (int m = 0; m < 2; ++m)
-#pragma unroll
-              for (int e = 0; e < 2; ++e)
-                atomicAdd(gc + zi[q] * hw + yi[m] * g.w + xi[e], s * wz[q] * wy[m] * wx[e]);
+    RESFU_SPLIT(idx, P, nch, n, chunk, p);
+    const int64_t c0 = chunk * per, c1 = c0 + per < g.C ? c0 + per : g.C;
+    if (g.k <= kMaxAxisTaps) {
+      grad_x_scatter_pixel<scalar_t, acc_t>(g, go + n * g.C * P, attn + n * g.taps() * P, p, c0, c1, gx + n * g.C * g.lr_plane(),
+                                            AtomicAdd());
+    } else {  // large K: PixelTaps would not fit; per-channel taps (same maths, kMaxAxisTaps is only a buffer size)
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        const int64_t rz = (g.kd - 1) / 2, r = (g.k - 1) / 2, hw = g.h * g.w;
+        const int64_t ix = p % g.W, iy = (p / g.W) % g.H, iz = p / (g.W * g.H);
+        const acc_t gv = static_cast<acc_t>(go[(n * g.C + ch) * P + p]);
+        const scalar_t* at = attn + n * g.taps() * P + p;
+        acc_t* gc = gx + (n * g.C + ch) * g.lr_plane();
+        int64_t t = 0;
+        for (int64_t a = -rz; a <= rz; ++a) {
+          const AxisTap tz = axis_tap(iz, a, g.d, g.sd);
+          for (int64_t b = -r; b <= r; ++b) {
+            const AxisTap ty = axis_tap(iy, b, g.h, g.sh);
+            for (int64_t c = -r; c <= r; ++c, ++t) {
+              const AxisTap tx = axis_tap(ix, c, g.w, g.sw);
+              const acc_t s = gv * static_cast<acc_t>(at[t * P]);
+              const acc_t wz[2] = {acc_t(1) - static_cast<acc_t>(tz.frac), static_cast<acc_t>(tz.frac)};
+              const acc_t wy[2] = {acc_t(1) - static_cast<acc_t>(ty.frac), static_cast<acc_t>(ty.frac)};
+              const acc_t wx[2] = {acc_t(1) - static_cast<acc_t>(tx.frac), static_cast<acc_t>(tx.frac)};
+              const int64_t zi[2] = {tz.lo, tz.hi}, yi[2] = {ty.lo, ty.hi}, xi[2] = {tx.lo, tx.hi};
+              for (int q = 0; q < 2; ++q)
+                for (int m = 0; m < 2; ++m)
+                  for (int e = 0; e < 2; ++e) atomicAdd(gc + zi[q] * hw + yi[m] * g.w + xi[e], s * wz[q] * wy[m] * wx[e]);
+            }
+          }
         }
       }
     }
@@ -96,10 +136,12 @@ __global__ void grad_x_atomic_kernel(const Geometry g, const scalar_t* __restric
 template <typename scalar_t, typename acc_t>
 __global__ void grad_x_gather_kernel(const Geometry g, const scalar_t* __restrict__ go, const scalar_t* __restrict__ attn,
                                      acc_t* __restrict__ gx, const int64_t total) {
-  const int64_t P = g.hr_plane(), Q = g.lr_plane();
+  const int64_t P = g.hr_plane(), Q = g.lr_plane(), nch = chunks(g.C, kGatherChannels);
   RESFU_GRID_STRIDE(idx, total) {
-    const int64_t l = idx % Q, nc = idx / Q, n = nc / g.C;
-    gx[idx] = grad_x_gather_element<scalar_t, acc_t>(g, go + nc * P, attn + n * g.taps() * P, l);
+    RESFU_SPLIT(idx, Q, nch, n, chunk, l);
+    const int64_t c0 = chunk * kGatherChannels, c1 = c0 + kGatherChannels < g.C ? c0 + kGatherChannels : g.C;
+    grad_x_gather_channels<scalar_t, acc_t, kGatherChannels>(g, go + n * g.C * P, attn + n * g.taps() * P, l, c0, c1,
+                                                             gx + n * g.C * Q);
   }
 }
 
@@ -108,11 +150,17 @@ at::Tensor forward_cuda(const at::Tensor& attn_in, const at::Tensor& x_in, int64
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor attn = attn_in.contiguous(), x = x_in.contiguous();
   at::Tensor out = at::empty({g.N, g.C, g.D, g.H, g.W}, x.options());
-  const int64_t total = out.numel();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fns_gather_forward_cuda", [&] {
-    forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-        g, attn.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total);
+    if (g.k <= kMaxAxisTaps) {
+      const int64_t total = g.N * chunks(g.C, kChannels) * g.hr_plane();
+      forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+          g, attn.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total);
+    } else {
+      const int64_t total = out.numel();
+      forward_element_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+          g, attn.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -138,12 +186,12 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_in, cons
     at::Tensor acc;
     if (deterministic) {
       acc = at::empty(x.sizes(), x.options().dtype(acc_type));
-      const int64_t total = acc.numel();
+      const int64_t total = g.N * chunks(g.C, kGatherChannels) * g.lr_plane();
       grad_x_gather_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
           g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), total);
     } else {
       acc = at::zeros(x.sizes(), x.options().dtype(acc_type));
-      const int64_t total = go.numel();
+      const int64_t total = g.N * (g.k <= kMaxAxisTaps ? chunks(g.C, kChannels) : g.C) * g.hr_plane();
       grad_x_atomic_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
           g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), total);
     }

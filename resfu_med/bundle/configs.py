@@ -348,8 +348,10 @@ def train_config(
             },
         },
         "num_classes": num_classes,
-        "initialize": ["$monai.utils.set_determinism(seed=0)", "@load_pretrained"],
-        "run": ["$@train#trainer.run()"],
+        # the weights are loaded when the workflow runs, not when it is initialised: monai.bundle.load(name,
+        # bundle_dir=...) initialises train.json only for network_def (and loads model.pt itself) from any directory
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["@load_pretrained", "$@train#trainer.run()"],
     }
 
 

@@ -26,7 +26,8 @@ COMMAND = "evaluate"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` flags."""
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
-    parser.add_argument("--dataset", default=None, help="synapse, acdc, msd or demo; default: the checkpoint's")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="a dataset of the data registry (docs/datasets.md); default: the checkpoint's")
     parser.add_argument("--data-root", default=None,
                         help="dataset folder; default: the one recorded in the checkpoint (when --dataset is its dataset)")
     parser.add_argument("--split", default="test", help="evaluation split (test or val)")

@@ -27,7 +27,7 @@ COMMAND = "prepare"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``prepare`` options."""
     parser.add_argument("--dataset", required=True, metavar="NAME",
-                        help="a dataset of the data registry (docs/datasets.md), e.g. synapse, acdc, msd, demo")
+                        help="a dataset of the data registry (docs/datasets.md)")
     parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                         help="raw release folder (BTCV with img/ and label/; ACDC database; MSD folder with dataset.json)")
     deprecated_alias(parser, "--raw-root", "--data-root", "data_root", type=Path)

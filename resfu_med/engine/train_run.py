@@ -20,6 +20,7 @@ from resfu_med.engine.config import DEFAULTS, merge_config, resolve_config
 from resfu_med.engine.device import resolve_device
 from resfu_med.engine.preparation import complete_config, prepare_run_dir, resume_runtime
 from resfu_med.errors import InputError
+from resfu_med.outputs import discard_unused, missing_folders
 from resfu_med.networks.model_registry import spatial_dims_of
 
 __all__ = ["TrainingRun", "run_training"]
@@ -102,13 +103,21 @@ def run_training(overrides: dict[str, Any], output: str | Path | None = None, co
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         result, err = None, None
+        # what creating the run folder adds: removed again if the run fails before it starts
+        created = missing_folders(run_dir) if dist.is_main and not resume else []
         if dist.is_main:
             try:
                 result = _setup(run_dir, overrides, config_file, resume, overwrite, preset)
             except Exception as e:  # re-raised by _share after telling the other ranks
                 err = e
         cfg, runtime = _share(dist, result, err)
-        trainer = Trainer(cfg, run_dir, resume=resume, runtime=runtime, device=device, dist=dist, progress=progress)
+        try:
+            trainer = Trainer(cfg, run_dir, resume=resume, runtime=runtime, device=device, dist=dist,
+                              progress=progress)
+        except BaseException:
+            if dist.is_main and not resume:
+                discard_unused(run_dir, created)  # a run that never started leaves no empty folder
+            raise
         if dist.is_main:
             c = trainer.cfg
             unit = "volumes" if spatial_dims_of(c["model"]) == 3 else "slices"

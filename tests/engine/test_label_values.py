@@ -122,3 +122,10 @@ def test_msd_labels_0124_come_back_from_infer_evaluate_and_bundle(tmp_path, monk
     bundle_found = set().union(*(np.unique(np.asarray(nib.load(str(s)).dataobj)).tolist() for s in outs))
     assert bundle_found <= VALUES and len(bundle_found) > 1, bundle_found
     np.testing.assert_array_equal(np.asarray(nib.load(str(outs[0])).dataobj), np.asarray(nib.load(str(segs[0])).dataobj))
+
+    # monai.bundle.load from another working directory: network_def built, model.pt loaded
+    from monai.bundle import load
+
+    monkeypatch.chdir(elsewhere)
+    net = load("bundle", bundle_dir=str(tmp_path))
+    assert isinstance(net, torch.nn.Module) and sum(p.numel() for p in net.parameters()) > 0

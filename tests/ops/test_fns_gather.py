@@ -52,7 +52,8 @@ def test_matches_reference_fp64(k, lr, hr, nc):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-ELEMENTWISE_CASES = CASES_2D[::3] + [c for c in CASES_3D if c[0] <= 3][::2] + [(5, (2, 3, 3), (4, 6, 6), (1, 2))]
+# K = 11 > kMaxAxisTaps: the CUDA kernels' per-element fallback.
+ELEMENTWISE_CASES = CASES_2D[::3] + [c for c in CASES_3D if c[0] <= 3][::2] + [(5, (2, 3, 3), (4, 6, 6), (1, 2)), (11, (4, 3), (9, 7), (1, 2))]
 
 
 @pytest.mark.parametrize("k,lr,hr,nc", ELEMENTWISE_CASES)
@@ -64,9 +65,10 @@ def test_cuda_formulas_match_reference_on_cpu(k, lr, hr, nc):
     a, xx, g = attn.detach(), x.detach(), grad
     if len(lr) == 2:
         a, xx, g = a.unsqueeze(2), xx.unsqueeze(2), g.unsqueeze(2)
-    got = build.load_testing().fns_gather_elementwise(g, a, xx, 1 if len(lr) == 2 else k)
-    for gt, wt in zip(got, want):
-        torch.testing.assert_close(gt.reshape(wt.shape), wt, rtol=1e-10, atol=1e-10)
+    for deterministic in (True, False):
+        got = build.load_testing().fns_gather_elementwise(g, a, xx, 1 if len(lr) == 2 else k, deterministic)
+        for gt, wt in zip(got, want):
+            torch.testing.assert_close(gt.reshape(wt.shape), wt, rtol=1e-10, atol=1e-10)
 
 
 def test_2d_op_equals_3d_op_with_depth_one():

@@ -73,9 +73,9 @@ def run_backend(name: str, attn, x, grad):
         a, v, g = _as3d(attn, x, grad)
         out = torch.ops.resfu_med.fns_gather_forward(a, v, kd, False)
         ga, gx = torch.ops.resfu_med.fns_gather_backward(g, a, v, kd, False, True, True)
-    elif name == "mirror":  # the CUDA kernels' per-element formulas, run serially on CPU
+    elif name.startswith("mirror"):  # the CUDA kernels' formulas run serially on CPU: gather or atomic-style grad_x
         a, v, g = _as3d(attn, x, grad)
-        out, ga, gx = build.load_testing().fns_gather_elementwise(g, a, v, kd)
+        out, ga, gx = build.load_testing().fns_gather_elementwise(g, a, v, kd, name == "mirror-gather")
     else:
         a, v = attn.clone().requires_grad_(), x.clone().requires_grad_()
         out = fns_gather_reference(a, v)
@@ -91,7 +91,7 @@ def _check(got, want, what):
 
 
 def _compiled_backends() -> list[str]:
-    return ["cpp", "mirror"] if build.available("cpu", warn=False) else []
+    return ["cpp", "mirror-gather", "mirror-scatter"] if build.available("cpu", warn=False) else []
 
 
 @pytest.fixture

@@ -184,3 +184,23 @@ def test_torch_floor_covers_the_apis_the_code_uses():
             if line.strip()]
     torch_req = next(r for r in reqs if r.name == "torch")
     assert not torch_req.specifier.contains(Version("2.3.1")) and torch_req.specifier.contains(Version("2.4.0"))
+
+
+@pytest.mark.parametrize("kind, words", [("nifti", "is a NIfTI image"),
+                                         ("objects", "holds Python objects other than tensors")])
+@pytest.mark.parametrize("command", ["export", "infer", "export-bundle"])
+def test_wrong_checkpoint_file_never_suggests_weights_only_false(command, kind, words, tmp_path, capsys):
+    import numpy as np
+
+    if kind == "nifti":
+        bad = write_nifti(tmp_path / "scan.nii.gz", ct_volume())
+    else:  # a pickle holding a numpy array: torch's weights-only loader refuses it and advises weights_only=False
+        bad = tmp_path / "objects.pt"
+        torch.save({"format": "resfu-med-checkpoint", "model": np.zeros(3)}, bad)
+    argv = {"export": ["export", "--checkpoint", str(bad), "--output", str(tmp_path / "o" / "m.ts")],
+            "infer": ["infer", "-i", str(_scan(tmp_path)), "-o", str(tmp_path / "o"), "--checkpoint", str(bad),
+                      "--device", "cpu"],
+            "export-bundle": ["export-bundle", "--checkpoint", str(bad), "--output", str(tmp_path / "o")]}[command]
+    rc, err = run_cli(argv, capsys)
+    assert_one_line_error(rc, err, command, bad.name, words)
+    assert "weights_only" not in err and not (tmp_path / "o").exists()

@@ -146,3 +146,13 @@ def test_read_only_output_is_one_line(command, checkpoint, tmp_path, capsys, mon
         locked.chmod(0o755)
     assert_one_line_error(rc, err, command, str(locked / "out"), "not writable")
     assert not (locked / "out").exists()
+
+
+def test_train_that_fails_before_starting_leaves_no_folder(tiny_config, tmp_path, capsys):
+    from _reliability import train_argv
+
+    (tmp_path / "weights.npz").write_bytes(b"")
+    run = tmp_path / "new" / "run"
+    rc, err = run_cli(train_argv(run, tiny_config, "--pretrained", str(tmp_path / "weights.npz")), capsys)
+    assert_one_line_error(rc, err, "train", "--pretrained", strict=False)
+    assert not (tmp_path / "new").exists()

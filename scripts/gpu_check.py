@@ -1,0 +1,276 @@
+"""GPU acceptance check of the FNS operator and ReSFU in one command (issue 16).
+
+    python scripts/gpu_check.py                      # everything, < 8 min on one GPU; writes gpu_check.json
+    python scripts/gpu_check.py --json out.json --train-seconds 30 --skip-tests
+
+On a CUDA machine it (1) runs the CUDA test subset (``pytest -m cuda tests/ops``, when pytest and the tests are
+present), (2) compares the CUDA op with the float64 reference on CPU (fp32 / fp16 / bf16; 2D and 3D; K = 3, 5; integer
+and non-integer ratios; forward and both gradients) and the deterministic backward with the atomic one, (3) times FNS
+against bilinear upsampling at the TransUNet decoder shapes (CUDA events), (4) trains TransUNet-ReSFU and bilinear
+TransUNet for ``--train-seconds`` each at batch 24, 224², under bf16 autocast (iterations/s, peak memory). It prints one
+table and writes the same rows as JSON. Without a GPU it says so in one line and exits 0.
+
+Imports: torch (and, for the training rows, resfu-med's networks, i.e. MONAI) only, so it runs on a GPU box without
+nibabel / medpy / SimpleITK. ``--device cpu`` runs the same checks, tiny, on CPU (used by the tests of this script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (K, LR, HR): integer (2, 4) and non-integer ratios, 2D and 3D.
+OP_CASES = [
+    (3, (14, 14), (28, 28)),
+    (3, (14, 14), (32, 32)),
+    (5, (12, 7), (44, 55)),
+    (5, (7, 7), (28, 28)),
+    (3, (4, 6, 6), (8, 12, 12)),
+    (3, (3, 5, 4), (5, 17, 11)),
+    (5, (3, 4, 4), (3, 8, 8)),
+]
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+# TransUNet decoder steps at 224²: (channels, LR side); HR = 2 * LR.
+TRANSUNET_STEPS = [(512, 14), (256, 28), (128, 56), (64, 112)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, default=Path("gpu_check.json"), help="where to write the table as JSON (default gpu_check.json)")
+    ap.add_argument("--device", default="cuda", help="cuda or cuda:N (default cuda); cpu = tiny self-test of this script")
+    ap.add_argument("--train-seconds", type=float, default=60.0, help="training time per network (default 60)")
+    ap.add_argument("--batch", type=int, default=24, help="training batch (default 24)")
+    ap.add_argument("--size", type=int, default=224, help="training image side (default 224)")
+    ap.add_argument("--timing-batch", type=int, default=24, help="batch of the FNS vs bilinear timings (default 24)")
+    ap.add_argument("--skip-tests", action="store_true", help="do not run the pytest CUDA subset")
+    ap.add_argument("--skip-train", action="store_true", help="do not run the training rows")
+    args = ap.parse_args(argv)
+    if args.train_seconds <= 0 or args.batch < 1 or args.size < 32 or args.size % 16 or args.timing_batch < 1:
+        ap.error("--train-seconds must be > 0, --batch and --timing-batch >= 1, --size a multiple of 16 >= 32")
+    return args
+
+
+def max_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest absolute error relative to ``max(1, max |want|)`` (NaN counts as infinite)."""
+    err = (got.detach().double().cpu() - want.detach().double().cpu()).abs().max().item()
+    scale = max(1.0, want.detach().abs().max().item())
+    return float("inf") if err != err else err / scale
+
+
+def row(check: str, case: str, value: float | str, limit: float | str = "", passed: bool | None = None, unit: str = "") -> dict:
+    return {"check": check, "case": case, "value": value, "limit": limit, "unit": unit, "passed": passed}
+
+
+def _op_rows(device: torch.device, small: bool) -> list[dict]:
+    from resfu_med.ops import fns_gather, fns_gather_reference
+
+    rows = []
+    for k, lr, hr in OP_CASES[:3] + OP_CASES[4:6] if small else OP_CASES:
+        gen = torch.Generator().manual_seed(k * 100 + len(lr))
+        n, c = 2, (4 if small else 16)
+        attn64 = torch.softmax(torch.randn(n, k ** len(lr), *hr, generator=gen, dtype=torch.float64), 1)
+        x64 = torch.randn(n, c, *lr, generator=gen, dtype=torch.float64)
+        g64 = torch.randn(n, c, *hr, generator=gen, dtype=torch.float64)
+        for dtype, tol in TOLERANCE.items():
+            a = attn64.to(dtype).to(device).requires_grad_()
+            x = x64.to(dtype).to(device).requires_grad_()
+            out = fns_gather(a, x, deterministic=True)
+            grads = torch.autograd.grad(out, (a, x), g64.to(dtype).to(device))
+            ra, rx = a.detach().double().cpu().requires_grad_(), x.detach().double().cpu().requires_grad_()
+            ref = fns_gather_reference(ra, rx)
+            want = (ref, *torch.autograd.grad(ref, (ra, rx), g64.to(dtype).double()))
+            err = max(max_error(gt, wt) for gt, wt in zip((out, *grads), want))
+            name = f"K={k} {'x'.join(map(str, lr))}->{'x'.join(map(str, hr))} {str(dtype).replace('torch.', '')}"
+            rows.append(row("op vs reference", name, err, tol, err <= tol, "rel. error"))
+        # deterministic backward: bit-identical across runs, close to the atomic one
+        a = attn64.float().to(device).requires_grad_()
+        x = x64.float().to(device).requires_grad_()
+        runs = [torch.autograd.grad(fns_gather(a, x, deterministic=det), (a, x), g64.float().to(device)) for det in (True, True, False)]
+        same = all(torch.equal(u, v) for u, v in zip(runs[0], runs[1]))
+        err = max(max_error(u, v) for u, v in zip(runs[0], runs[2]))
+        name = f"K={k} {'x'.join(map(str, lr))}->{'x'.join(map(str, hr))}"
+        rows.append(row("deterministic == deterministic", name, "bit-identical" if same else "differs", "", same))
+        rows.append(row("deterministic vs atomic", name, err, 1e-4, err <= 1e-4, "rel. error"))
+    return rows
+
+
+class _Timer:
+    """Median milliseconds of ``fn`` (CUDA events on GPU, perf_counter on CPU)."""
+
+    def __init__(self, device: torch.device, repeats: int) -> None:
+        self.device, self.repeats = device, repeats
+
+    def __call__(self, fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(self.repeats):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(self.device)
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+        return sorted(times)[len(times) // 2]
+
+
+def _timing_rows(device: torch.device, batch: int, small: bool) -> list[dict]:
+    import torch.nn.functional as F
+
+    from resfu_med.ops import fns_gather
+
+    timer = _Timer(device, 3 if small else 20)
+    rows = []
+    for channels, side in TRANSUNET_STEPS[:1] if small else TRANSUNET_STEPS:
+        c = 8 if small else channels
+        x = torch.randn(batch, c, side, side, device=device, requires_grad=True)
+        attn = torch.softmax(torch.randn(batch, 9, 2 * side, 2 * side, device=device), 1).requires_grad_()
+        grad = torch.randn(batch, c, 2 * side, 2 * side, device=device)
+
+        def fns():
+            torch.autograd.grad(fns_gather(attn, x), (attn, x), grad)
+
+        def bilinear():
+            torch.autograd.grad(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), (x,), grad)
+
+        t_fns, t_bil = timer(fns), timer(bilinear)
+        case = f"N={batch} C={c} {side}->{2 * side} K=3 fwd+bwd"
+        rows.append(row("time FNS", case, round(t_fns, 3), "", None, "ms"))
+        rows.append(row("time bilinear", case, round(t_bil, 3), "", None, "ms"))
+        rows.append(row("FNS / bilinear", case, round(t_fns / max(t_bil, 1e-9), 2), "", None, "x"))
+    return rows
+
+
+def _train_rows(device: torch.device, args: argparse.Namespace, small: bool) -> list[dict]:
+    from resfu_med.networks.transunet import TransUNet
+
+    rows = []
+    for upsampler in ("bilinear", "resfu"):
+        torch.manual_seed(0)
+        if small:
+            net = TransUNet(9, img_size=args.size, upsampler=upsampler, vit_depth=1, hidden_size=32, mlp_dim=64, num_heads=2,
+                            resnet_layers=(1, 1, 1), resnet_width=32, head_channels=32, decoder_channels=(16, 16, 8, 8),
+                            stem_channels=8, upsampler_kwargs={"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16} if upsampler == "resfu" else None)
+        else:
+            net = TransUNet(9, img_size=args.size, upsampler=upsampler)
+        net = net.to(device).train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        image = torch.randn(args.batch, 3, args.size, args.size, device=device)
+        label = torch.randint(0, 9, (args.batch, args.size, args.size), device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(net(image), label)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()  # warm-up (cuDNN autotuning, first-use allocations)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        iters, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.train_seconds:
+            step()
+            iters += 1
+            if device.type == "cuda" and iters % 5 == 0:
+                torch.cuda.synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        case = f"TransUNet-{upsampler} batch {args.batch} {args.size}² bf16 autocast"
+        rows.append(row("train it/s", case, round(iters / elapsed, 3), "", None, "it/s"))
+        if device.type == "cuda":
+            rows.append(row("train peak memory", case, round(torch.cuda.max_memory_allocated(device) / 2**30, 2), "", None, "GiB"))
+        del net, opt
+    return rows
+
+
+def _test_rows(device: torch.device) -> list[dict]:
+    tests = REPO / "tests" / "ops"
+    if not tests.is_dir():
+        return [row("pytest -m cuda tests/ops", "", "skipped: tests not found", "", None)]
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        return [row("pytest -m cuda tests/ops", "", "skipped: pytest not installed", "", None)]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", str(device.index or 0)))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", str(tests)], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+    summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return [row("pytest -m cuda tests/ops", "", summary, "exit 0", proc.returncode == 0)]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as one Markdown table."""
+    lines = ["| check | case | value | unit | limit | pass |", "| --- | --- | ---: | --- | ---: | --- |"]
+    for r in rows:
+        value = f"{r['value']:.3g}" if isinstance(r["value"], float) else str(r["value"])
+        ok = "" if r["passed"] is None else ("yes" if r["passed"] else "**NO**")
+        lines.append(f"| {r['check']} | {r['case']} | {value} | {r['unit']} | {r['limit']} | {ok} |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, report: dict) -> None:
+    """Write ``report`` atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device available (torch.cuda.is_available() is False); nothing to check.")
+        return 0
+    if device.type not in ("cuda", "cpu"):
+        print(f"gpu_check: --device must be cuda[:N] or cpu, got {args.device}", file=sys.stderr)
+        return 2
+    small = device.type == "cpu"
+    started = time.perf_counter()
+    from resfu_med.ops import backend
+
+    rows = [row("FNS backend", str(device), backend(device), "cuda" if device.type == "cuda" else "cpp", None)]
+    if not args.skip_tests and device.type == "cuda":
+        rows += _test_rows(device)
+    rows += _op_rows(device, small)
+    rows += _timing_rows(device, 2 if small else args.timing_batch, small)
+    if not args.skip_train:
+        rows += _train_rows(device, args, small)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    failed = [r for r in rows if r["passed"] is False]
+    report = {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": round(time.perf_counter() - started, 1),
+        "passed": not failed,
+        "rows": rows,
+    }
+    print(f"gpu_check on {name} (torch {torch.__version__}, CUDA {torch.version.cuda}), {report['date']}")
+    print(format_table(rows))
+    print(f"{'all checks passed' if not failed else f'{len(failed)} check(s) FAILED'}; {report['seconds']} s; JSON: {args.json}")
+    write_json(args.json, report)
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

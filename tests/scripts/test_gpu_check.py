@@ -1,0 +1,71 @@
+"""scripts/gpu_check.py without a GPU: the one-line exit, argument errors, and its checks + JSON on CPU (tiny sizes)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+sys.path.insert(0, str(SCRIPT.parent))
+import gpu_check  # noqa: E402
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the real check runs there")
+def test_without_gpu_one_line_and_exit_0(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--json", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "no CUDA device" in printed[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [["--train-seconds", "0"], ["--batch", "0"], ["--size", "40"], ["--nope"]])
+def test_bad_arguments_exit_2(bad):
+    with pytest.raises(SystemExit) as err:
+        gpu_check.parse_args(bad)
+    assert err.value.code == 2
+
+
+def test_table_and_error_helpers():
+    rows = [gpu_check.row("op vs reference", "K=3", 2e-6, 1e-4, True, "rel. error"), gpu_check.row("x", "y", "z", "", False)]
+    table = gpu_check.format_table(rows)
+    assert table.count("\n") == 3 and "2e-06" in table and "**NO**" in table
+    assert gpu_check.max_error(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0])) == float("inf")
+    assert gpu_check.max_error(torch.tensor([10.5]), torch.tensor([10.0])) == pytest.approx(0.05)
+
+
+def test_top_level_imports_are_torch_and_stdlib_only():
+    tree = ast.parse(SCRIPT.read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module.split(".")[0])
+    assert names <= {"__future__", "argparse", "json", "os", "subprocess", "sys", "time", "pathlib", "torch"}
+
+
+@pytest.mark.slow
+def test_cpu_run_writes_json_without_nibabel_medpy_simpleitk(tmp_path):
+    # The whole script on CPU (tiny shapes), with the medical I/O libraries made unimportable.
+    out = tmp_path / "sub" / "report.json"
+    code = (
+        "import sys, runpy\n"
+        "for name in ('nibabel', 'medpy', 'SimpleITK'): sys.modules[name] = None\n"
+        f"sys.argv = ['gpu_check.py', '--device', 'cpu', '--train-seconds', '0.5', '--batch', '1', '--size', '32', '--json', {str(out)!r}]\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    checks = {r["check"] for r in report["rows"]}
+    assert report["passed"] and report["device"] == "cpu"
+    assert {"op vs reference", "deterministic vs atomic", "time FNS", "FNS / bilinear", "train it/s"} <= checks
+    assert "| check | case |" in proc.stdout and "all checks passed" in proc.stdout
