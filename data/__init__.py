@@ -11,7 +11,7 @@ from __future__ import annotations
 from .acdc import ACDC_CLASSES, ACDCDataset, prepare_acdc
 from .datasets import PreparedDataset, SynapseDataset
 from .demo import make_demo_dataset
-from .intensity import make_intensity_transform
+from .intensity import RobustZScored, make_intensity_transform
 from .msd import MSDDataset, msd_info, prepare_msd
 from .patch_transforms import check_patch_size, get_patch_transforms
 from .io import Geometry, from_nifti_array, read_image, spacing_from_affine, to_nifti_array, write_image
@@ -51,6 +51,7 @@ __all__ = [
     "read_image",
     "make_demo_dataset",
     "make_intensity_transform",
+    "RobustZScored",
     "msd_info",
     "prepare_acdc",
     "prepare_msd",

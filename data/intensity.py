@@ -7,6 +7,11 @@ the training intensities exactly:
   i.e. ``(clip(x) - a_min) / (a_max - a_min)`` (TransUNet Synapse: ``(x + 125) / 400``).
 - ``{"kind": "mri", "mode": "minmax"}``: per-volume ``(x - min) / (max - min)`` to ``[0, 1]`` (ACDC default).
 - ``{"kind": "mri", "mode": "zscore"}``: per-volume ``(x - mean) / std``.
+- ``{"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]}`` (the MSD MRI default, nnU-Net's choice): over the
+  non-zero (body) voxels only, clip to their 0.5th and 99.5th percentiles, then ``(x - mean) / std`` with the mean and
+  standard deviation of the clipped body voxels; zero (background) voxels stay 0. An intensity shift, a different
+  scanner scale or a few very bright voxels then no longer move the body's intensities the way per-volume min–max
+  does.
 """
 
 from __future__ import annotations
@@ -15,12 +20,52 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
+from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
 
-__all__ = ["make_intensity_transform", "CT_SPEC", "MRI_SPEC", "validate_intensity_spec"]
+__all__ = ["make_intensity_transform", "CT_SPEC", "MRI_SPEC", "MRI_ROBUST_SPEC", "MRI_MODES", "RobustZScored",
+           "robust_zscore", "validate_intensity_spec"]
 
 CT_SPEC: dict[str, Any] = {"kind": "ct", "a_min": -125.0, "a_max": 275.0}
 MRI_SPEC: dict[str, Any] = {"kind": "mri", "mode": "minmax"}
+MRI_ROBUST_SPEC: dict[str, Any] = {"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]}
+MRI_MODES = ("minmax", "zscore", "robust")
+
+
+def robust_zscore(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Z-score over the non-zero voxels after clipping them to their ``percentiles`` (zeros stay 0); float32.
+
+    A volume without non-zero voxels comes back as zeros; a constant body becomes 0 (its std is taken as 1).
+    """
+    x = np.asarray(volume, dtype=np.float32)
+    out = np.zeros_like(x)
+    body = x != 0
+    if not body.any():
+        return out
+    values = x[body].astype(np.float64)
+    lo, hi = np.percentile(values, [float(percentiles[0]), float(percentiles[1])])
+    values = np.clip(values, lo, hi)
+    std = values.std()
+    out[body] = ((values - values.mean()) / (std if std > 0 else 1.0)).astype(np.float32)
+    return out
+
+
+class RobustZScored(MapTransform):
+    """MONAI dictionary transform of :func:`robust_zscore` (what exported bundles name for the ``robust`` mode).
+
+    Args:
+        keys: keys of the images to normalise (any shape; the whole array is one volume).
+        percentiles: lower and upper clipping percentiles of the non-zero voxels.
+    """
+
+    def __init__(self, keys: Any, percentiles: tuple[float, float] = (0.5, 99.5), allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.percentiles = (float(percentiles[0]), float(percentiles[1]))
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = robust_zscore(np.asarray(d[key]), self.percentiles)
+        return d
 
 
 def validate_intensity_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,9 +84,17 @@ def validate_intensity_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         return {"kind": "ct", "a_min": a_min, "a_max": a_max}
     if kind == "mri":
         mode = spec.get("mode", "minmax")
-        if mode not in ("minmax", "zscore"):
-            raise ValueError(f"intensity spec mode must be 'minmax' or 'zscore', got {mode!r}")
-        return {"kind": "mri", "mode": mode}
+        if mode not in MRI_MODES:
+            raise ValueError(f"intensity spec mode must be one of {', '.join(MRI_MODES)}, got {mode!r}")
+        if mode != "robust":
+            return {"kind": "mri", "mode": mode}
+        try:
+            lo, hi = (float(v) for v in spec.get("percentiles", MRI_ROBUST_SPEC["percentiles"]))
+        except (TypeError, ValueError):
+            raise ValueError(f"intensity spec percentiles must be two numbers, got {spec.get('percentiles')!r}") from None
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"intensity spec percentiles must satisfy 0 <= low < high <= 100, got {[lo, hi]}")
+        return {"kind": "mri", "mode": "robust", "percentiles": [lo, hi]}
     raise ValueError(f"intensity spec kind must be 'ct' or 'mri', got {kind!r}")
 
 
@@ -63,6 +116,11 @@ def make_intensity_transform(spec: Mapping[str, Any]) -> Callable[[np.ndarray], 
         xform = ScaleIntensityRange(spec["a_min"], spec["a_max"], 0.0, 1.0, clip=True, dtype=np.float32)
     elif spec["mode"] == "minmax":
         xform = ScaleIntensity(minv=0.0, maxv=1.0, dtype=np.float32)
+    elif spec["mode"] == "robust":
+        low, high = spec["percentiles"]
+
+        def xform(x: np.ndarray) -> np.ndarray:
+            return robust_zscore(x, (low, high))
     else:
         xform = NormalizeIntensity(dtype=np.float32)
 

@@ -8,7 +8,8 @@ Accepted layouts::
                               "file_ending": ".nii.gz"}, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz
 
 Intensities follow the modality of channel 0: ``CT`` → clip/scale a HU window (default [−125, 275]); anything else
-(MRI, T2, ADC...) → per-volume min–max (or z-score). Labels are renumbered to 0..K−1 in increasing raw value (recorded
+(MRI, T2, ADC...) → z-score over the non-zero voxels after 0.5–99.5 percentile clipping (``robust``, nnU-Net's
+choice; per-volume min–max or plain z-score on request, :mod:`~resfu_med.data.intensity`). Labels are renumbered to 0..K−1 in increasing raw value (recorded
 as ``label_map``); names come from ``dataset.json``. nnU-Net's ``"ignore"`` label becomes :data:`IGNORE_INDEX`
 (excluded from the loss and the scores, never predicted). Split, first found: ``--split-file``; a ``"split"`` entry in
 ``dataset.json``; else a seeded case-level 80/20 train/test split; a MONAI-style ``"validation"`` list is the ``val``
@@ -32,7 +33,7 @@ from resfu_med.safety import check_inside
 from .cache import prepare_once
 from .datasets import PreparedDataset
 from .info import DatasetInfo
-from .intensity import CT_SPEC, MRI_SPEC, make_intensity_transform
+from .intensity import CT_SPEC, MRI_ROBUST_SPEC, make_intensity_transform
 from .layout import CaseSource, PreparedCase, write_prepared
 from .io import image_stem, spacing_from_affine
 from .synapse import check_pair, map_labels, read_split_file
@@ -167,7 +168,7 @@ def msd_info(root: str | os.PathLike):
     m = read_msd(root)
     values, _ = _classes(m)
     names = [m["labels"][v] for v in values[1:]]
-    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_SPEC), m["modality"],
+    return DatasetInfo("msd", len(names) + 1, names, dict(CT_SPEC if m["modality"] == "CT" else MRI_ROBUST_SPEC), m["modality"],
                        None, IGNORE_INDEX if m["ignore_label"] is not None else None,
                        label_values=list(values), raw_label_values=list(values))  # fmt: skip
 
@@ -179,7 +180,7 @@ def prepare_msd(
     split_file: str | os.PathLike | None = None,
     seed: int = 1234,
     ct_window: tuple[float, float] = (-125.0, 275.0),
-    mri_mode: str = "minmax",
+    mri_mode: str = "robust",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -191,7 +192,7 @@ def prepare_msd(
         split_file: JSON ``{"train": [cases], "test": [cases], ("val": [...])}``.
         seed: seed of the default 80/20 split.
         ct_window: HU window for CT.
-        mri_mode: ``"minmax"`` or ``"zscore"`` for non-CT modalities.
+        mri_mode: ``"robust"`` (default), ``"minmax"`` or ``"zscore"`` for non-CT modalities.
         overwrite: redo finished cases.
         progress: show a progress bar.
 
@@ -225,7 +226,7 @@ def prepare_msd(
     if "train" not in split or not any(k != "train" for k in split):
         raise InputError(f"{origin}: needs a 'train' split and an evaluation split ('test' or 'val')")
     spec = ({"kind": "ct", "a_min": float(ct_window[0]), "a_max": float(ct_window[1])} if m["modality"] == "CT"
-            else {"kind": "mri", "mode": mri_mode})  # fmt: skip
+            else dict(MRI_ROBUST_SPEC) if mri_mode == "robust" else {"kind": "mri", "mode": mri_mode})  # fmt: skip
     norm = make_intensity_transform(spec)
     raw_values, mapping = _classes(m)
     declared = sorted(m["labels"])

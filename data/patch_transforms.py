@@ -3,7 +3,9 @@
 Input: a training volume ``{"image": (Z, Y, X), "label": (Z, Y, X), ...}`` (the slices of one case stacked back,
 ``get_dataset(..., volumes=True)``), already intensity-normalised like the 2D slices. Train: add the channel axis, pad
 to at least the patch size, draw ``num_samples`` patches with ``RandCropByPosNegLabeld`` (half centred on a foreground
-voxel, half on a body voxel, ``pos = neg = 1``), then the in-plane half of TransUNet's augmentation: with probability
+voxel, half on a body voxel, ``pos = neg = 1``) or, with ``fg_oversample = p`` (``train.fg_oversample``), class-balanced
+with ``RandCropByLabelClassesd`` (a share ``p`` of the patches centred on a voxel of a foreground class drawn
+uniformly among the classes present in the volume, ``1 - p`` on a body voxel), then the in-plane half of TransUNet's augmentation: with probability
 0.5 a random multiple of 90° in the axial plane (square in-plane patches only) followed by a flip of a random in-plane
 axis. The small-angle rotation
 of the 2D pipeline is left out in 3D: resampling a whole patch per sample costs more than the network step on a CPU,
@@ -28,6 +30,7 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     OneOf,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -68,8 +71,25 @@ def check_patch_size(patch_size: Sequence[int], divisor: int = 1) -> tuple[int, 
     return size  # type: ignore[return-value]
 
 
+def _crop(size: tuple[int, int, int], num_samples: int, fg: float | None, num_classes: int | None) -> MapTransform:
+    keys = list(KEYS)
+    if fg is None:
+        return RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=size, pos=1.0, neg=1.0,
+                                      num_samples=num_samples, image_key="image", image_threshold=0.0)
+    if not 0.0 <= float(fg) <= 1.0:
+        raise ValueError(f"fg_oversample must be in [0, 1], got {fg}")
+    if num_classes is None or int(num_classes) < 2:
+        raise ValueError(f"fg_oversample needs num_classes >= 2 (background included), got {num_classes}")
+    k = int(num_classes) - 1
+    ratios = [1.0 - float(fg)] + [float(fg) / k] * k
+    return RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=size, ratios=ratios,
+                                   num_classes=int(num_classes), num_samples=num_samples, image_key="image",
+                                   image_threshold=0.0, warn=False)
+
+
 def get_patch_transforms(
-    phase: str, patch_size: Sequence[int] = (96, 96, 96), num_samples: int = 2, seed: int | None = None
+    phase: str, patch_size: Sequence[int] = (96, 96, 96), num_samples: int = 2, seed: int | None = None,
+    fg_oversample: float | None = None, num_classes: int | None = None,
 ) -> Compose:
     """Build the 3D patch pipeline of ``phase`` (see the module doc).
 
@@ -78,12 +98,18 @@ def get_patch_transforms(
         patch_size: ``(Z, Y, X)`` patch size in voxels.
         num_samples: patches drawn per volume and call (``train``).
         seed: if given, seeds every random transform (``Compose.set_random_state``).
+        fg_oversample: ``None``: half foreground, half body patch centres (``RandCropByPosNegLabeld``); a number
+            ``p`` in [0, 1]: class-balanced centres (``RandCropByLabelClassesd``), ``p`` spread evenly over the
+            foreground classes (a class missing from a volume gives its share to the others), ``1 - p`` on body
+            voxels of the background.
+        num_classes: classes including background; required with ``fg_oversample``.
 
     Returns:
         A MONAI ``Compose`` over volume dicts.
 
     Raises:
-        ValueError: unknown ``phase``, a bad ``patch_size`` or ``num_samples < 1``.
+        ValueError: unknown ``phase``, a bad ``patch_size``, ``num_samples < 1``, ``fg_oversample`` outside [0, 1]
+            or without ``num_classes >= 2``.
 
     Example:
         >>> xform = get_patch_transforms("train", (32, 64, 64), num_samples=2)
@@ -104,10 +130,7 @@ def get_patch_transforms(
         SpatialPadd(keys=keys, spatial_size=size),
     ]
     if phase == "train":
-        steps.append(
-            RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=size, pos=1.0, neg=1.0,
-                                   num_samples=int(num_samples), image_key="image", image_threshold=0.0)
-        )
+        steps.append(_crop(size, int(num_samples), fg_oversample, num_classes))
         # k uniform in {0..3} in the axial plane; a non-square patch only flips (a quarter turn would change its shape)
         rotate = [RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(1, 2))] if size[1] == size[2] else []
         rot_flip = Compose([

@@ -161,7 +161,7 @@ def prepare_dataset(
     split_file: str | os.PathLike | None = None,
     seed: int | None = None,
     ct_window: tuple[float, float] = (-125.0, 275.0),
-    mri_norm: str = "minmax",
+    mri_norm: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -175,7 +175,8 @@ def prepare_dataset(
         split_file: JSON ``{"train": [cases], "test": [cases], ...}`` overriding the default split.
         seed: ``demo``: the phantom seed (default the fixed demo seed); ``msd``: the split seed (default 1234).
         ct_window: CT HU window clipped and scaled to [0, 1] (synapse, MSD CT).
-        mri_norm: per-volume MRI normalisation, ``minmax`` or ``zscore`` (acdc, MSD MRI).
+        mri_norm: per-volume MRI normalisation, ``minmax``, ``zscore`` or ``robust`` (:mod:`.intensity`); default
+            ``minmax`` for acdc, ``robust`` for MSD MRI.
         overwrite: redo cases that are already prepared.
         progress: show a progress bar.
 
@@ -214,6 +215,6 @@ def prepare_dataset(
             ct = {"kind": "ct", "a_min": ct_window[0], "a_max": ct_window[1]}
             return prepare_synapse(data_root, out, intensity=ct, **common)
         if name == "acdc":
-            return prepare_acdc(data_root, out, mode=mri_norm, **common)
+            return prepare_acdc(data_root, out, mode=mri_norm or "minmax", **common)
         return prepare_msd(data_root, out, seed=1234 if seed is None else seed, ct_window=tuple(ct_window),
-                           mri_mode=mri_norm, **common)
+                           mri_mode=mri_norm or "robust", **common)

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from resfu_med.errors import CheckpointError, InputError
+from resfu_med.safety import check_kwargs
 
 __all__ = [
     "ModelSpec",
@@ -107,16 +108,13 @@ class ModelSpec:
         """``kwargs`` with the fixed arguments added.
 
         Raises:
-            InputError: ``kwargs`` contradicts a fixed argument, or names one the constructor does not take.
+            InputError: ``kwargs`` contradicts a fixed argument, names one the constructor does not take, or holds a
+                value that is not plain data (:func:`resfu_med.safety.check_kwargs`).
         """
         for key, value in self.fixed.items():
             if key in kwargs and kwargs[key] != value:
                 raise InputError(f"model {self.name!r}: {key} is always {value!r}, got {kwargs[key]!r}")
-        accepted = self.accepted_keys
-        unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
-        if unknown:
-            raise InputError(f"model {self.name!r} does not take {', '.join(unknown)} "
-                             f"(it takes {', '.join(sorted(accepted))})")
+        check_kwargs(dict(kwargs), self.accepted_keys, self.name, f"model {self.name!r}")
         return {**kwargs, **self.fixed}
 
     def default_roi(self, data: Mapping[str, Any]) -> list[int]:

@@ -49,7 +49,8 @@ def test_entries_describe_the_builtin_networks():
 
 
 def test_unknown_keys_and_fixed_arguments_are_one_line_errors(toy):
-    with pytest.raises(InputError, match=rf"model '{TOY}' does not take depth \(it takes in_channels, num_classes"):
+    with pytest.raises(InputError, match=rf"model '{TOY}': .*kwargs.depth is not an argument of {TOY} "
+                                         r"\(accepted: in_channels, num_classes, width\)"):
         registry.build_model({"name": TOY, "kwargs": {"depth": 3}})
     with pytest.raises(InputError, match="model 'unet3d': spatial_dims is always 3, got 2"):
         registry.build_model({"name": "unet3d", "kwargs": {"spatial_dims": 2}})

@@ -67,7 +67,9 @@ def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str =
 
     ``{"kind": "ct", "a_min", "a_max"}`` → clip to the window and scale to [0, 1] (``ScaleIntensityRanged``);
     ``{"kind": "mri", "mode": "minmax"}`` → per-volume min-max to [0, 1] (``ScaleIntensityd``);
-    ``{"kind": "mri", "mode": "zscore"}`` → per-volume zero mean, unit variance (``NormalizeIntensityd``).
+    ``{"kind": "mri", "mode": "zscore"}`` → per-volume zero mean, unit variance (``NormalizeIntensityd``);
+    ``{"kind": "mri", "mode": "robust", "percentiles": [lo, hi]}`` → z-score over the non-zero voxels clipped to their
+    percentiles (``resfu_med.data.RobustZScored``, the data layer's own transform: MONAI has no masked percentile).
 
     Raises:
         CheckpointError: an intensity spec this module cannot express.
@@ -86,7 +88,14 @@ def intensity_transforms(spec: dict[str, Any], key: str = "image", source: str =
         return [{"_target_": "ScaleIntensityd", "keys": key, "minv": 0.0, "maxv": 1.0}]
     if kind == "mri" and spec.get("mode") == "zscore":
         return [{"_target_": "NormalizeIntensityd", "keys": key, "nonzero": False, "channel_wise": True}]
-    raise CheckpointError(f"{source}: config.data.intensity {spec!r} is not one of ct / mri minmax / mri zscore")
+    if kind == "mri" and spec.get("mode") == "robust":
+        try:
+            low, high = (float(v) for v in spec.get("percentiles", (0.5, 99.5)))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{source}: config.data.intensity {spec!r} needs two numeric percentiles") from None
+        return [{"_target_": "resfu_med.data.RobustZScored", "keys": key, "percentiles": [low, high]}]
+    raise CheckpointError(f"{source}: config.data.intensity {spec!r} is not one of ct / mri minmax / mri zscore / "
+                          "mri robust")
 
 
 def inferer_problem(roi_size: Any, overlap: Any, mode: Any, sw_batch_size: Any) -> tuple[str, str] | None:
@@ -402,7 +411,7 @@ def _standard_items() -> tuple[frozenset[str], tuple[re.Pattern, ...], frozenset
     exact: set[str] = set()
     targets: set[str] = set()
     intensities = [{"kind": "ct", "a_min": 0.0, "a_max": 1.0}, {"kind": "mri", "mode": "minmax"},
-                   {"kind": "mri", "mode": "zscore"}]
+                   {"kind": "mri", "mode": "zscore"}, {"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]}]
     for intensity in intensities:
         for dims in (2, 3):
             for zoom in (None, _ANY_SIZE):

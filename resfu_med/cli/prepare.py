@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-file", type=Path, default=None,
                         help='JSON {"train": [cases], "test": [cases], ...} overriding the default split')
     parser.add_argument("--seed", type=int, default=None, help="demo: phantom seed (default the fixed demo seed); msd: split seed (default 1234)")
-    parser.add_argument("--mri-norm", choices=["minmax", "zscore"], default="minmax", help="per-volume MRI normalisation (acdc, msd MRI)")
+    parser.add_argument("--mri-norm", choices=["minmax", "zscore", "robust"], default=None,
+                        help="per-volume MRI normalisation: robust = z-score of the non-zero voxels clipped to their "
+                             "0.5-99.5 percentiles (default for msd MRI), minmax (default for acdc), zscore")
     parser.add_argument("--ct-window", type=float, nargs=2, default=[-125.0, 275.0], metavar=("A_MIN", "A_MAX"),
                         help="CT HU window clipped and scaled to [0, 1] (synapse, msd CT)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already prepared")

@@ -52,6 +52,7 @@ _FLAG_KEYS = {
     "class_names": "data.class_names",
     "checkpoint_every": "train.checkpoint_every",
     "no_eval": "train.eval",
+    "fg_oversample": "train.fg_oversample",
 }
 
 
@@ -81,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patches-per-volume", type=int, default=s, metavar="N",
                    help=f"3D models: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
+    g.add_argument("--preset", default=s, metavar="NAME", choices=["quick"],
+                   help="training recipe on top of the dataset's: quick = small ReSFU U-Net, AdamW, 1,200 iterations, "
+                        "foreground sampling (about 15 min on a CPU; docs/training.md)")
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")
     g.add_argument("--max-iters", type=int, default=s, metavar="N",
@@ -90,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=s, metavar="N", help=f"random seed ({_default('seed')})")
     g.add_argument("--deterministic", action="store_true", default=s,
                    help="deterministic algorithms (bit-identical reruns on CPU; slower on GPU)")
+    g.add_argument("--fg-oversample", type=float, default=s, metavar="P",
+                   help="share of every batch drawn from slices holding a foreground class, the class drawn uniformly "
+                        "(default: msd 0.33, quick 0.5, others uniform sampling)")
     g.add_argument("--no-eval", action="store_true", default=s,
                    help="skip validation during training (best.pt is then the final model)")
     g.add_argument("--checkpoint-every", type=int, default=s, metavar="N",
@@ -123,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     from resfu_med.engine.train_run import run_training
 
     done = run_training(flag_overrides(args), getattr(args, "output", None), getattr(args, "config", None),
-                        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+                        resume=args.resume, preset=getattr(args, "preset", None), overwrite=args.overwrite,
+                        progress=not args.no_progress)
     if done is not None:  # the main process reports
         _report(*done)
     return 0

@@ -12,13 +12,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from resfu_med import __version__
 from resfu_med.atomic import atomic_write_json
 from resfu_med.errors import InputError
 from resfu_med.outputs import MARKER, claim_output
 from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
-__all__ = ["complete_config", "prepare_run_dir", "resume_runtime", "RUN_FILES", "RUNTIME_KEYS"]
+__all__ = ["native_img_size", "complete_config", "prepare_run_dir", "resume_runtime", "RUN_FILES", "RUNTIME_KEYS"]
 
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "train.log", "progress.png", "tb")
@@ -79,6 +81,8 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
                              f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
         data["label_names"] = list(names)
+    if data.get("img_size") is None:
+        data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]
     if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
@@ -87,6 +91,18 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
                                    model.get("upsampler"), model.get("kwargs"),
                                    patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
     return cfg
+
+
+def native_img_size(dataset: str, root: str | None, cap: int = 128) -> int:
+    """The training slices' own size (the larger side) rounded up to a multiple of 16, between 32 and ``cap``.
+
+    Reads one training slice through :func:`resfu_med.data.get_dataset` (which prepares a raw folder on first use,
+    as training would).
+    """
+    from resfu_med.data import get_dataset
+
+    side = max(np.asarray(get_dataset(dataset, root, "train")[0]["image"]).shape[-2:])
+    return int(min(cap, max(32, -(-int(side) // 16) * 16)))  # BasicUNet needs at least 32 (4 halvings)
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, create: bool = True,

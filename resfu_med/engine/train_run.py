@@ -35,12 +35,12 @@ class TrainingRun(NamedTuple):
 
 
 def _setup(run_dir: Path, overrides: dict[str, Any], config_file: str | None, resume: bool,
-           overwrite: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+           overwrite: bool, preset: str | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Rank 0's part: check and prepare the run folder; the new run's config, or the runtime changes of a resume."""
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=False)
     if resume:
         return None, resume_runtime(load_checkpoint(run_dir / "last.pt")["config"], overrides)
-    cfg = complete_config(resolve_config(None, config_file, overrides))
+    cfg = complete_config(resolve_config(None, config_file, overrides, preset=preset))
     prepare_run_dir(run_dir, resume=False, overwrite=overwrite, create=True, inputs=[cfg["data"].get("root")])
     return cfg, None
 
@@ -63,7 +63,8 @@ def _share(dist: ddp.DistInfo, result: tuple | None, err: Exception | None) -> t
 
 
 def run_training(overrides: dict[str, Any], output: str | Path | None = None, config_file: str | None = None,
-                 resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainingRun | None:
+                 resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 preset: str | None = None) -> TrainingRun | None:
     """Train (or resume) one run, on one process or as one process of a ``torchrun`` DDP job.
 
     Args:
@@ -74,6 +75,7 @@ def run_training(overrides: dict[str, Any], output: str | Path | None = None, co
             (:data:`~resfu_med.engine.preparation.RUNTIME_KEYS`) may differ from the saved run.
         overwrite: replace the run files of an existing ``output``.
         progress: show the progress bar.
+        preset: a training recipe (``"quick"``, :data:`~resfu_med.engine.config.RECIPES`; not with ``resume``).
 
     Returns:
         A :class:`TrainingRun` on the main process, ``None`` on the others.
@@ -88,8 +90,9 @@ def run_training(overrides: dict[str, Any], output: str | Path | None = None, co
     run_dir = Path(output if output is not None else f"runs/{dataset}")
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; pick one")
-    if resume and config_file:
-        raise InputError("--config cannot be combined with --resume (the run's config is fixed)")
+    if resume and (config_file or preset):
+        raise InputError(f"{'--config' if config_file else '--preset'} cannot be combined with --resume "
+                         "(the run's config is fixed)")
     merge_config(DEFAULTS, overrides, source="flags")  # fail fast on bad flag values
 
     from resfu_med.engine.trainer import Trainer
@@ -104,7 +107,7 @@ def run_training(overrides: dict[str, Any], output: str | Path | None = None, co
         created = missing_folders(run_dir) if dist.is_main and not resume else []
         if dist.is_main:
             try:
-                result = _setup(run_dir, overrides, config_file, resume, overwrite)
+                result = _setup(run_dir, overrides, config_file, resume, overwrite, preset)
             except Exception as e:  # re-raised by _share after telling the other ranks
                 err = e
         cfg, runtime = _share(dist, result, err)

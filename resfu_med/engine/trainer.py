@@ -34,7 +34,7 @@ from resfu_med.atomic import atomic_write_bytes, atomic_write_json
 from resfu_med.engine import distributed as ddp
 from resfu_med.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from resfu_med.engine.progress_log import write_progress
-from resfu_med.engine.sampling import ResumableSampler, SeededDataset
+from resfu_med.engine.sampling import ResumableSampler, SeededDataset, foreground_index, item_labels
 from resfu_med.engine.validation import validate
 from resfu_med.errors import InputError, ResfuMedError
 from resfu_med.networks.model_registry import build_model, get_model_spec, model_names, spatial_dims_of
@@ -119,9 +119,15 @@ class Trainer:
             raise InputError(f"--batch-size {t['batch_size']} must be divisible by the {self.dist.world_size} "
                              "DDP processes (it is the global batch)")
         self.batch_size = t["batch_size"] // self.dist.world_size
+        fg = float(t.get("fg_oversample") or 0.0)
+        volumes = spatial_dims_of(self.cfg["model"]) == 3  # 3D: the patch crops carry the knob (get_patch_transforms)
+        fg_index = foreground_index(item_labels(self.train_data)) if fg > 0 and not volumes else None
         self.sampler = ResumableSampler(self.train_data, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                        shuffle=True, seed=config["seed"])
+                                        shuffle=True, seed=config["seed"], fg_oversample=0.0 if volumes else fg,
+                                        fg_index=fg_index, batch_size=t["batch_size"])
         self.iters_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
+        if t.get("iterations"):  # an iteration budget (--preset quick): whole epochs that cover it, recorded in cfg
+            t["epochs"] = max(1, math.ceil(int(t["iterations"]) / self.iters_per_epoch))
         self.max_iterations = t["epochs"] * self.iters_per_epoch
 
         # Model, optimisation.
@@ -139,9 +145,7 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t["lr"], momentum=t["momentum"],
                                              weight_decay=t["weight_decay"])
-        # Poly decay per iteration: lr = base · (1 − it / max_it)^power (TransUNet).
-        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=self.max_iterations,
-                                                               power=t["poly_power"])
+        self.scheduler = self._scheduler(t)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["amp"] == "fp16")
         from resfu_med.engine.loss import segmentation_loss
 
@@ -165,6 +169,25 @@ class Trainer:
             self._restore(self.ckpt)
 
     # -- setup helpers -------------------------------------------------------------------------------------------
+    def _scheduler(self, t: dict[str, Any]) -> Any:
+        """The per-iteration lr schedule: ``poly`` (TransUNet), ``cosine`` or ``constant``, after a linear warm-up."""
+        schedule, warmup, total, power = t.get("schedule", "poly"), int(t.get("warmup_iters") or 0), \
+            self.max_iterations, t["poly_power"]
+        if schedule == "poly" and not warmup:
+            # Poly decay per iteration: lr = base · (1 − it / max_it)^power (TransUNet).
+            return torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=total, power=power)
+
+        def factor(it: int) -> float:
+            ramp = min(1.0, (it + 1) / warmup) if warmup else 1.0
+            progress = min(1.0, max(0.0, (it - warmup) / max(1, total - warmup)))
+            if schedule == "cosine":
+                return ramp * 0.5 * (1.0 + math.cos(math.pi * progress))
+            if schedule == "poly":
+                return ramp * (1.0 - progress) ** power
+            return ramp  # constant
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
     def _seed_everything(self) -> None:
         from monai.utils import set_determinism
 
@@ -180,7 +203,9 @@ class Trainer:
         from resfu_med.data import get_dataset, get_patch_transforms, get_transforms
         d = self.cfg["data"]
         if spatial_dims_of(self.cfg["model"]) == 3:  # whole training volumes, random patches drawn per item
-            xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"])
+            xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"],
+                                         fg_oversample=self.cfg["train"].get("fg_oversample"),
+                                         num_classes=int(d["num_classes"]))
             return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform,
                                volumes=True)
         return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"],

@@ -78,7 +78,16 @@ def test_msd_mri_split_file(tmp_path, fake):
     out = prepare_msd(tmp_path / "T", tmp_path / "o", split_file=tmp_path / "s.json", progress=False)
     img = cases["organ_002"][0].astype(np.float64)
     vol = get_dataset("msd", out, "val")[0]
-    np.testing.assert_allclose(vol["image"], ((img - img.min()) / (img.max() - img.min())).transpose(2, 1, 0), atol=1e-6)
+    # MRI default: z-score of the non-zero voxels clipped to their 0.5-99.5 percentiles (by hand; zeros stay 0)
+    body = img != 0
+    v = np.clip(img[body], *np.percentile(img[body], [0.5, 99.5]))
+    expect = np.zeros_like(img)
+    expect[body] = (v - v.mean()) / v.std()
+    np.testing.assert_allclose(vol["image"], expect.transpose(2, 1, 0), atol=1e-5)
+    assert dataset_info("msd", out).intensity == {"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]}
+    out = prepare_msd(tmp_path / "T", tmp_path / "m", split_file=tmp_path / "s.json", mri_mode="minmax", progress=False)
+    np.testing.assert_allclose(get_dataset("msd", out, "val")[0]["image"],
+                               ((img - img.min()) / (img.max() - img.min())).transpose(2, 1, 0), atol=1e-6)
     assert dataset_info("msd", out).intensity == {"kind": "mri", "mode": "minmax"}
 
 
