@@ -157,49 +157,8 @@ RESFU_HD acc_t grad_attn_element(const Geometry& g, const scalar_t* gon, const s
   return sum;
 }
 
-// grad_x[n, c, l] gathered (no atomics, fixed order) from the HR pixels whose taps touch LR element l.
-// `goc` = grad_out[n, c], `at` = attn[n, 0].
-template <typename scalar_t, typename acc_t>
-RESFU_HD acc_t grad_x_gather_element(const Geometry& g, const scalar_t* goc, const scalar_t* at, int64_t l) {
-  const int64_t P = g.hr_plane(), rz = (g.kd - 1) / 2, r = (g.k - 1) / 2;
-  const int64_t lx = l % g.w, ly = (l / g.w) % g.h, lz = l / (g.w * g.h);
-  int64_t fz, ez, fy, ey, fx, ex;
-  hr_range(lz, g.d, g.D, rz, &fz, &ez);
-  hr_range(ly, g.h, g.H, r, &fy, &ey);
-  hr_range(lx, g.w, g.W, r, &fx, &ex);
-  acc_t sum = acc_t(0);
-  for (int64_t iz = fz; iz <= ez; ++iz) {
-    for (int64_t iy = fy; iy <= ey; ++iy) {
-      for (int64_t ix = fx; ix <= ex; ++ix) {
-        const int64_t p = (iz * g.H + iy) * g.W + ix;
-        const acc_t gv = static_cast<acc_t>(goc[p]);
-        int64_t t = 0;
-        for (int64_t a = -rz; a <= rz; ++a) {
-          const acc_t wz = static_cast<acc_t>(tap_weight(axis_tap(iz, a, g.d, g.sd), lz));
-          if (wz == acc_t(0)) {
-            t += g.k * g.k;
-            continue;
-          }
-          for (int64_t b = -r; b <= r; ++b) {
-            const acc_t wy = static_cast<acc_t>(tap_weight(axis_tap(iy, b, g.h, g.sh), ly));
-            if (wy == acc_t(0)) {
-              t += g.k;
-              continue;
-            }
-            for (int64_t c = -r; c <= r; ++c, ++t) {
-              const acc_t wx = static_cast<acc_t>(tap_weight(axis_tap(ix, c, g.w, g.sw), lx));
-              if (wx != acc_t(0)) sum += gv * static_cast<acc_t>(at[t * P + p]) * (wz * wy * wx);
-            }
-          }
-        }
-      }
-    }
-  }
-  return sum;
-}
-
 // ---- Per-pixel formulas of the CUDA kernels (K <= kMaxAxisTaps): the taps of one HR pixel are computed once and
-// reused for a range of channels, instead of once per (channel, neighbour). Larger K uses the per-element formulas.
+// reused for a range of channels, instead of once per (channel, neighbour). Larger K uses the per-element forward.
 constexpr int kMaxAxisTaps = 9;
 
 struct PixelTaps {

@@ -10,7 +10,7 @@
 //            chunk, LR element) GATHERING from the HR pixels whose taps touch it (fns::hr_range), in a fixed order,
 //            without atomics: bit-identical across runs.
 // Coordinates are float32 on axes where that is exact (power-of-two ratios), float64 elsewhere (fns::axis_tap_auto).
-// K > fns::kMaxAxisTaps falls back to per-element threads. All formulas are the host/device functions of
+// K > fns::kMaxAxisTaps: per-element forward threads and the gather grad_x. All formulas are the host/device functions of
 // fns_gather_common.h, which the CPU test library runs too (tests/ops: "mirror").
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -95,41 +95,12 @@ struct AtomicAdd {
 template <typename scalar_t, typename acc_t>
 __global__ void grad_x_atomic_kernel(const Geometry g, const scalar_t* __restrict__ go, const scalar_t* __restrict__ attn,
                                      acc_t* __restrict__ gx, const int64_t total) {
-  const int64_t P = g.hr_plane(), nch = g.k <= kMaxAxisTaps ? chunks(g.C, kChannels) : g.C;
-  const int64_t per = g.k <= kMaxAxisTaps ? kChannels : 1;
+  const int64_t P = g.hr_plane(), nch = chunks(g.C, kChannels);
   RESFU_GRID_STRIDE(idx, total) {
     RESFU_SPLIT(idx, P, nch, n, chunk, p);
-    const int64_t c0 = chunk * per, c1 = c0 + per < g.C ? c0 + per : g.C;
-    if (g.k <= kMaxAxisTaps) {
-      grad_x_scatter_pixel<scalar_t, acc_t>(g, go + n * g.C * P, attn + n * g.taps() * P, p, c0, c1, gx + n * g.C * g.lr_plane(),
-                                            AtomicAdd());
-    } else {  // large K: PixelTaps would not fit; per-channel taps (same maths, kMaxAxisTaps is only a buffer size)
-      for (int64_t ch = c0; ch < c1; ++ch) {
-        const int64_t rz = (g.kd - 1) / 2, r = (g.k - 1) / 2, hw = g.h * g.w;
-        const int64_t ix = p % g.W, iy = (p / g.W) % g.H, iz = p / (g.W * g.H);
-        const acc_t gv = static_cast<acc_t>(go[(n * g.C + ch) * P + p]);
-        const scalar_t* at = attn + n * g.taps() * P + p;
-        acc_t* gc = gx + (n * g.C + ch) * g.lr_plane();
-        int64_t t = 0;
-        for (int64_t a = -rz; a <= rz; ++a) {
-          const AxisTap tz = axis_tap(iz, a, g.d, g.sd);
-          for (int64_t b = -r; b <= r; ++b) {
-            const AxisTap ty = axis_tap(iy, b, g.h, g.sh);
-            for (int64_t c = -r; c <= r; ++c, ++t) {
-              const AxisTap tx = axis_tap(ix, c, g.w, g.sw);
-              const acc_t s = gv * static_cast<acc_t>(at[t * P]);
-              const acc_t wz[2] = {acc_t(1) - static_cast<acc_t>(tz.frac), static_cast<acc_t>(tz.frac)};
-              const acc_t wy[2] = {acc_t(1) - static_cast<acc_t>(ty.frac), static_cast<acc_t>(ty.frac)};
-              const acc_t wx[2] = {acc_t(1) - static_cast<acc_t>(tx.frac), static_cast<acc_t>(tx.frac)};
-              const int64_t zi[2] = {tz.lo, tz.hi}, yi[2] = {ty.lo, ty.hi}, xi[2] = {tx.lo, tx.hi};
-              for (int q = 0; q < 2; ++q)
-                for (int m = 0; m < 2; ++m)
-                  for (int e = 0; e < 2; ++e) atomicAdd(gc + zi[q] * hw + yi[m] * g.w + xi[e], s * wz[q] * wy[m] * wx[e]);
-            }
-          }
-        }
-      }
-    }
+    const int64_t c0 = chunk * kChannels, c1 = c0 + kChannels < g.C ? c0 + kChannels : g.C;
+    grad_x_scatter_pixel<scalar_t, acc_t>(g, go + n * g.C * P, attn + n * g.taps() * P, p, c0, c1, gx + n * g.C * g.lr_plane(),
+                                          AtomicAdd());
   }
 }
 
@@ -184,14 +155,14 @@ std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_in, cons
     if (!need_x) return;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     at::Tensor acc;
-    if (deterministic) {
+    if (deterministic || g.k > kMaxAxisTaps) {  // K > kMaxAxisTaps: PixelTaps would not fit; the gather has no such limit
       acc = at::empty(x.sizes(), x.options().dtype(acc_type));
       const int64_t total = g.N * chunks(g.C, kGatherChannels) * g.lr_plane();
       grad_x_gather_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
           g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), total);
     } else {
       acc = at::zeros(x.sizes(), x.options().dtype(acc_type));
-      const int64_t total = g.N * (g.k <= kMaxAxisTaps ? chunks(g.C, kChannels) : g.C) * g.hr_plane();
+      const int64_t total = g.N * chunks(g.C, kChannels) * g.hr_plane();
       grad_x_atomic_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
           g, go.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), acc.data_ptr<acc_t>(), total);
     }

@@ -17,8 +17,9 @@ namespace resfu_med {
 namespace fns {
 namespace {
 
-// The CUDA kernels' formulas, run serially: per-pixel (forward, atomic-style scatter or 4-channel gather for grad_x)
-// for K <= kMaxAxisTaps, per-element beyond, exactly as the .cu file dispatches them.
+// The CUDA kernels' formulas, run serially, dispatched exactly as the .cu file does: per-pixel forward for K <=
+// kMaxAxisTaps (per-element beyond); grad_x by the atomic-style scatter, or by the 4-channel gather when deterministic
+// or K > kMaxAxisTaps.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> elementwise_cpu(const at::Tensor& grad_in, const at::Tensor& attn_in,
                                                                const at::Tensor& x_in, int64_t kernel_depth,
                                                                bool deterministic) {
@@ -49,11 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> elementwise_cpu(const at::Tensor&
       }
       if (deterministic || !per_pixel) {
         for (int64_t l = 0; l < Q; ++l) {
-          if (per_pixel) {
-            for (int64_t c0 = 0; c0 < C; c0 += 4) grad_x_gather_channels<scalar_t, acc_t, 4>(g, gn, an, l, c0, std::min(C, c0 + 4), gx + n * C * Q);
-          } else {
-            for (int64_t c = 0; c < C; ++c) gx[(n * C + c) * Q + l] = grad_x_gather_element<scalar_t, acc_t>(g, gn + c * P, an, l);
-          }
+          for (int64_t c0 = 0; c0 < C; c0 += 4) grad_x_gather_channels<scalar_t, acc_t, 4>(g, gn, an, l, c0, std::min(C, c0 + 4), gx + n * C * Q);
         }
       }
       for (int64_t t = 0; t < T; ++t)

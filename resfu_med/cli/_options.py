@@ -25,16 +25,7 @@ import sys
 from typing import Any
 
 __all__ = ["deprecated_alias", "add_output", "add_no_progress", "add_device", "add_sw_batch_size", "positive",
-           "fraction", "check_required_aliases", "DEPRECATED"]
-
-#: old spelling -> new spelling, removed in the release after next.
-DEPRECATED = {
-    "--out": "--output",
-    "--raw-root": "--data-root",
-    "--disable-progress-bar": "--no-progress",
-    "--roi": "--roi-size",
-    "--save-nifti": "--save-predictions",
-}
+           "fraction", "check_required_aliases"]
 
 
 def positive(text: str) -> int:
