@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import locale
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -106,6 +108,19 @@ def test_geometry_affine_matches_nibabel(tmp_path):
 
 
 def _write_dicom_series(folder, volume_zyx):
+    """Write a DICOM series with SimpleITK.
+
+    GDCM's writer sets the C locale to "C" and leaves it there; the pytest process would then decode text as ASCII and
+    later tests fail far from here (torch.compile loads its UTF-8 templates with the default encoding). So restore it.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, volume_zyx)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(folder, volume_zyx):
     folder.mkdir()
     direction = _oblique_direction()
     img = sitk.GetImageFromArray(volume_zyx.astype(np.int16))
@@ -149,6 +164,17 @@ def test_dicom_series_read_and_write_as_nifti(tmp_path):
     np.testing.assert_allclose(back.GetSpacing(), ref.GetSpacing(), atol=1e-5)
     images, unsupported = find_images(tmp_path / "series")
     assert images == [tmp_path / "series"] and unsupported == []
+
+
+def test_reading_a_dicom_series_keeps_the_process_locale(tmp_path):
+    # Reading must not do what GDCM's writer does (set the C locale to "C", after which the process decodes text as
+    # ASCII): resfu-med only reads DICOM, and a user's process must keep its locale.
+    _write_dicom_series(tmp_path / "series", _labels_zyx().astype(np.int16))
+    before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
+    assert find_images(tmp_path)[0] == [tmp_path / "series"]
+    read_image(tmp_path / "series")
+    read_geometry(tmp_path / "series")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
 
 
 def test_find_images_reports_unsupported(tmp_path):
