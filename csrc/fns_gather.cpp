@@ -1,4 +1,4 @@
-// Schema of the FNS gather operators (SPEC §1). Device kernels register themselves in cpu/ and cuda/ (separate
+// Schema of the FNS gather operators (docs/fns_operator.md). Device kernels register themselves in cpu/ and cuda/ (separate
 // libraries: the CUDA one is loaded after this one).
 //
 // fns_gather_forward(attn (N, Kd*K*K, D, H, W), x (N, C, d, h, w), kernel_depth, deterministic) -> (N, C, D, H, W)

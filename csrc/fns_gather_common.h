@@ -1,4 +1,4 @@
-// Sampling geometry of the FNS gather (SPEC §1), shared by the CPU and CUDA kernels so they cannot disagree.
+// Sampling geometry of the FNS gather (docs/fns_operator.md), shared by the CPU and CUDA kernels so they cannot disagree.
 //
 // One spatial axis at a time: HR index i, neighbour offset a (whole LR pixels), LR length `in`, HR length `out`:
 //   u = (i + 0.5) * in / out - 0.5 + a, clamped to [0, in - 1];  lo = floor(u), hi = min(lo + 1, in - 1),

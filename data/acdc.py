@@ -1,4 +1,4 @@
-"""ACDC cine MRI: the official release, the TransUNet/ReSFU patient split (SPEC §4), ``prepare`` and the dataset.
+"""ACDC cine MRI: the official release, the TransUNet/ReSFU patient split (docs/datasets.md), ``prepare`` and the dataset.
 
 Raw release (``--raw-root``; either ``database/`` with ``training/``/``testing/`` or a folder of patients)::
 
@@ -8,7 +8,7 @@ Raw release (``--raw-root``; either ``database/`` with ``training/``/``testing/`
 
 Each patient gives two cases, its ED and ES frames (``patient001_frame01``, ``patient001_frame12``). Intensities are
 normalised per volume (frame) — min–max to [0, 1] by default, z-score optional — and recorded in ``dataset.json``.
-Default split: 10 validation and 20 test patients as listed in SPEC §4, the other patients of 001–100 train;
+Default split: 10 validation and 20 test patients as listed in docs/datasets.md, the other patients of 001–100 train;
 patients above 100 (the official testing set) are left out unless a ``--split-file`` names them.
 """
 
@@ -140,7 +140,7 @@ def prepare_acdc(
     else:
         split = {"val": ACDC_VAL, "test": ACDC_TEST}
         split["train"] = [p for p in range(1, 101) if p not in ACDC_VAL and p not in ACDC_TEST]
-        origin = f"{raw_root} (SPEC §4 ACDC split)"
+        origin = f"{raw_root} (the default ACDC split, docs/datasets.md)"
     sources = []
     for name, members in split.items():
         present = [p for p in members if p in patients]

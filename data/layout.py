@@ -9,7 +9,7 @@
     <root>/meta/<case>.json                    per-case record, written last: its presence marks the case finished
     <root>/dataset.json                        dataset-level record (labels, intensity spec, split, per-case geometry)
 
-Training splits are stored as axial slices, evaluation splits as volumes (SPEC §4). Every file is written through
+Training splits are stored as axial slices, evaluation splits as volumes (docs/datasets.md). Every file is written through
 :mod:`resfu_med.atomic`, so an interrupted ``prepare`` never leaves a torn file that looks complete, and cases finished
 earlier are skipped on the next run.
 """

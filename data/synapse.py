@@ -45,7 +45,7 @@ RAW_BTCV_LABELS = {
     7: "stomach", 8: "aorta", 9: "inferior vena cava", 10: "portal and splenic veins", 11: "pancreas",
     12: "right adrenal gland", 13: "left adrenal gland",
 }  # fmt: skip
-# SPEC §4: raw BTCV label -> TransUNet class; all other raw labels -> 0.
+# docs/datasets.md: raw BTCV label -> TransUNet class; all other raw labels -> 0.
 SYNAPSE_LABEL_MAP = {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
 SYNAPSE_CLASSES = ["aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach"]
 SYNAPSE_TEST_CASES = ["case0001", "case0002", "case0003", "case0004", "case0008", "case0022", "case0025", "case0029",
@@ -197,7 +197,7 @@ def prepare_synapse(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Convert the raw BTCV release into the TransUNet Synapse layout (SPEC §4).
+    """Convert the raw BTCV release into the TransUNet Synapse layout (docs/datasets.md).
 
     Intensities: HU clipped to [−125, 275] then ``(x + 125) / 400``. Labels: :data:`SYNAPSE_LABEL_MAP`. Split, first
     found: ``split_file``; ``raw_root/dataset.json``'s ``"split"`` (the demo uses this); else TransUNet's 12 test cases

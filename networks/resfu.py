@@ -1,8 +1,8 @@
-"""ReSFU: Refreshed Similarity-based Feature Upsampler (Zhou et al. 2024; SPEC §2), 2D and 3D.
+"""ReSFU: Refreshed Similarity-based Feature Upsampler (Zhou et al. 2024; docs/resfu_module.md), 2D and 3D.
 
 Upsamples a low-resolution deep feature ``x`` ``(N, C, *LR)`` to the size of a high-resolution guidance feature ``guide``
 ``(N, c, *HR)`` in one step, at any ratio ≥ 1 per axis. See ``docs/resfu_module.md`` for the step-by-step forward pass
-with shapes and the choices SPEC leaves open.
+with shapes and the choices the paper leaves open.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _prescale(t: torch.Tensor) -> torch.Tensor:
 def border_mask(hr_size: Sequence[int], dilation: Sequence[int], kernel_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Boolean ``(1, K^d, *HR)``: True where the neighbour's HR position ``i + s·a`` (per axis) lies inside the image.
 
-    Neighbour index ``t`` is row-major over the per-axis offsets ``a ∈ −R..R`` (first axis slowest), as in FNS (SPEC §1).
+    Neighbour index ``t`` is row-major over the per-axis offsets ``a ∈ −R..R`` (first axis slowest), as in FNS (docs/fns_operator.md).
     """
     dims, radius = len(hr_size), kernel_size // 2
     mask = None
@@ -80,13 +80,13 @@ def border_mask(hr_size: Sequence[int], dilation: Sequence[int], kernel_size: in
 
 
 class ReSFU(nn.Module):
-    """Refreshed Similarity-based Feature Upsampler (paper §4, SPEC §2), dimension-generic (2D / 3D).
+    """Refreshed Similarity-based Feature Upsampler (paper §4, docs/resfu_module.md), dimension-generic (2D / 3D).
 
     Forward: GroupNorm both inputs; project the guide to the HR query ``q`` and ``x`` to the LR key ``k`` (1×1 convs,
     ``D`` channels); ``k̃`` = linear upsampling of ``k``; semantic query ``q_GF`` = fast guided filter of ``k̃`` guided by
     ``q``; detail key ``q_GS`` = Gaussian-smoothed ``q``; scores = PCDC block(``q_GF`` vs ``k̃``) + PCDC block(``q`` vs
     ``q_GS``) with neighbours at dilation ``s`` (the ratio); out-of-image neighbours masked; softmax over ``K^d``; the
-    output is the fused FNS gather of the raw ``x`` (SPEC §1).
+    output is the fused FNS gather of the raw ``x`` (docs/fns_operator.md).
 
     Args:
         in_channels: channels ``C`` of the LR feature ``x`` (and of the output).
@@ -103,7 +103,7 @@ class ReSFU(nn.Module):
         similarity: ``"pcdc"`` (paper Fig. 5) or ``"inner_product"`` (paper eq. 3, Table 6 (a)).
         fine_grained: FNS; False selects grid-wise LR neighbours for the semantic key (nearest-upsampled ``k``) and for
             the value (:func:`~resfu_med.networks.blocks.lr_gather.lr_neighbour_gather`), paper Table 7 "w/o FNS".
-        fast_guided_filter: compute the guided filter at half resolution (SPEC default) or at full resolution.
+        fast_guided_filter: compute the guided filter at half resolution (the default) or at full resolution.
         gaussian_sigma: standard deviation of the 3-tap Gaussian.
         compressor_channels: hidden width of the PCDC compressor (128).
         use_checkpoint: recompute each similarity block in the backward pass (saves the ``L``-channel HR activations;
@@ -213,7 +213,7 @@ class ReSFU(nn.Module):
             return torch.softmax(scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores, dim=1)
 
     def gather(self, attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Weighted neighbour sum of the raw ``x`` with ``attn``: FNS (SPEC §1) or, without FNS, LR neighbours.
+        """Weighted neighbour sum of the raw ``x`` with ``attn``: FNS (docs/fns_operator.md) or, without FNS, LR neighbours.
 
         Runs with float32 accumulation whatever the autocast state; the result has ``x``'s dtype.
         """
@@ -241,7 +241,7 @@ class ReSFU(nn.Module):
 def pcdc_parameter_groups(model: nn.Module, lr: float, pcdc_lr_mult: float = 1.0, **group_options) -> list[dict]:
     """Optimizer parameter groups giving every PCDC weight in ``model`` the learning rate ``lr · pcdc_lr_mult``.
 
-    The authors' release trains PCDC weights with a large learning-rate multiplier; SPEC keeps it off by default
+    The authors' release trains PCDC weights with a large learning-rate multiplier; resfu-med keeps it off by default
     (``pcdc_lr_mult=1``). Works on any model containing ReSFU modules (e.g. a whole TransUNet).
 
     Args:

@@ -1,4 +1,4 @@
-"""Fixed Gaussian smoothing used for ReSFU's detail-space key ``q_GS`` (paper §4.1.2, SPEC §2 step 4)."""
+"""Fixed Gaussian smoothing used for ReSFU's detail-space key ``q_GS`` (paper §4.1.2, docs/resfu_module.md, step 4)."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ class GaussianSmoothing(nn.Module):
     Args:
         channels: number of channels (each smoothed on its own).
         spatial_dims: 2 or 3 (1 also works).
-        sigma: Gaussian standard deviation in pixels (SPEC: 1).
-        kernel_size: taps per axis (SPEC: 3).
+        sigma: Gaussian standard deviation in pixels (default 1, as in the paper).
+        kernel_size: taps per axis (default 3).
 
     Example:
         >>> smooth = GaussianSmoothing(32, spatial_dims=2)

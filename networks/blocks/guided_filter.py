@@ -1,8 +1,8 @@
-"""Guided filter (He et al.) for ReSFU's semantic-space query ``q_GF`` (paper eq. 4–6, SPEC §2 step 5).
+"""Guided filter (He et al.) for ReSFU's semantic-space query ``q_GF`` (paper eq. 4–6, docs/resfu_module.md, step 5).
 
 ``q_GF = mean(a) · q + mean(b)`` with ``a = cov(q, k̃) / (var(q) + ε)`` and ``b = mean(k̃) − a · mean(q)`` over square
 (cubic) windows of radius ``r``. Windows are clipped at the border and every mean divides by the number of pixels
-actually inside the image. The "fast" variant (the release's, SPEC default) computes ``a`` and ``b`` at half resolution
+actually inside the image. The "fast" variant (the release's, the default) computes ``a`` and ``b`` at half resolution
 and upsamples their window means back. Computation runs in float32 (or float64) whatever the input dtype: the variance
 ``E[q²] − E[q]²`` cancels catastrophically in half precision.
 """
@@ -119,7 +119,7 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
 
 
 def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
-    """Fast guided filter (SPEC §2 step 5): coefficients at half resolution, applied to the full-resolution guide.
+    """Fast guided filter (docs/resfu_module.md, step 5): coefficients at half resolution, applied to the full-resolution guide.
 
     ``guide`` and ``src`` are nearest-downsampled to ``⌊S/2⌋`` (:func:`nearest_half`), ``mean(a)`` and ``mean(b)`` are
     computed there with radius ``max(1, radius // 2)``, linearly upsampled (``align_corners=False``) to the full size and
@@ -152,7 +152,7 @@ class GuidedFilter(nn.Module):
     Args:
         radius: window radius at full resolution (paper: 8).
         eps: regulariser (paper: 1e-3).
-        fast: compute the coefficients at half resolution (SPEC default, as in the authors' release).
+        fast: compute the coefficients at half resolution (the default, as in the authors' release).
 
     Example:
         >>> gf = GuidedFilter(radius=8, eps=1e-3)

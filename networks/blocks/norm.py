@@ -1,4 +1,4 @@
-"""GroupNorm with ReSFU's group-count fallback (SPEC §2: the largest divisor of the channels not above the target)."""
+"""GroupNorm with ReSFU's group-count fallback (docs/resfu_module.md: the largest divisor of the channels not above the target)."""
 
 from __future__ import annotations
 

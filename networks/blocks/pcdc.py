@@ -61,7 +61,7 @@ class PCDC(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal (fan_out, ReLU gain) weights and zero bias (SPEC §2 init)."""
+        """Kaiming-normal (fan_out, ReLU gain) weights and zero bias (docs/resfu_module.md)."""
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.bias)
 
@@ -104,7 +104,7 @@ class PCDCBlock(nn.Module):
     """PCDC block (paper Fig. 5): shared GroupNorm → PCDC → channel compressor → ``K^d`` similarity scores.
 
     Compressor: ReLU → Conv1×1(L→hidden, groups 4) → ReLU → GroupNorm(8, hidden) → Conv1×1(hidden→K^d). The last
-    convolution is ungrouped (``K^d`` is not a multiple of 4); this is what gives the 47,570 parameters of SPEC §2.
+    convolution is ungrouped (``K^d`` is not a multiple of 4); this is what gives the 47,570 parameters of docs/resfu_module.md.
 
     Args:
         embed_dim: channels ``D`` of query and key.

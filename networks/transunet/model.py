@@ -1,6 +1,6 @@
 """TransUNet (Chen et al. 2021), R50-ViT-B/16 hybrid, with every decoder upsampler taken from the registry.
 
-Guidance (SPEC §3): with ``upsampler="resfu"`` all decoder upsamplers are guided by C1 — area-pooled to 28² and 56²
+Guidance (docs/networks.md): with ``upsampler="resfu"`` all decoder upsamplers are guided by C1 — area-pooled to 28² and 56²
 for the first two steps, C1 itself at 112², and for 112→224 a light stem on the image (``final_guidance="image"``)
 or C1 bilinearly upsampled (``"c1"``). Every other registry name gets the paper's iterative guidance C3, C2, C1 for
 the three skip steps (and the same final guide); unguided ones ignore it. ``upsampler="bilinear"`` is the original

@@ -1,4 +1,4 @@
-"""Operators of resfu-med: the fused fine-grained neighbour selection (FNS) gather (SPEC §1).
+"""Operators of resfu-med: the fused fine-grained neighbour selection (FNS) gather (docs/fns_operator.md).
 
 ``fns_gather(attn, x)`` is the production entry point (C++/CUDA kernels built just in time, reference fallback);
 ``fns_gather_reference`` is the readable pure-PyTorch definition it is tested against; ``backend()`` says which runs, ``use_backend(name)`` forces one within a block.

@@ -1,4 +1,4 @@
-"""``fns_gather``: the fused fine-grained neighbour selection gather (SPEC §1), 2D and 3D.
+"""``fns_gather``: the fused fine-grained neighbour selection gather (docs/fns_operator.md), 2D and 3D.
 
 Thin, documented entry point in the torchvision style: validate the arguments, pick a backend, call
 ``torch.ops.resfu_med.fns_gather_forward`` (C++ CPU / CUDA kernels built just in time by :mod:`resfu_med.ops.build`)
@@ -162,7 +162,7 @@ def _validate(attn: torch.Tensor, x: torch.Tensor) -> tuple[int, int]:
 
 
 def fns_gather(attn: torch.Tensor, x: torch.Tensor, *, deterministic: bool = False) -> torch.Tensor:
-    """Fine-grained neighbour selection gather (SPEC §1).
+    """Fine-grained neighbour selection gather (docs/fns_operator.md).
 
     ``out[n, c, p] = Σ_t attn[n, t, p] · V(n, c, p, t)``, where ``V`` samples ``x`` bilinearly (trilinearly in 3D) at the
     LR coordinate of HR position ``p`` (``align_corners=False``) shifted by the whole-LR-pixel offset ``t``, clamped to

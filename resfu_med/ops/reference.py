@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the fine-grained neighbour selection (FNS) gather (SPEC §1).
+"""Pure-PyTorch reference of the fine-grained neighbour selection (FNS) gather (docs/fns_operator.md).
 
 Readable and differentiable through autograd; the C++/CUDA kernels are tested against it. It is separable: sampling x
 bilinearly (trilinearly) at the shifted LR coordinate of every HR pixel is a product of one small interpolation matrix
@@ -48,7 +48,7 @@ def fns_gather_reference(attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """FNS gather by explicit interpolation matrices (2D or 3D).
 
     ``out[n, c, p] = Σ_t attn[n, t, p] · V(n, c, p, t)`` where ``V`` samples ``x`` (bi/tri)linearly at the LR coordinate of
-    HR position ``p`` shifted by the whole-LR-pixel offset ``t`` (SPEC §1).
+    HR position ``p`` shifted by the whole-LR-pixel offset ``t`` (docs/fns_operator.md).
 
     Args:
         attn: ``(N, K^2, H, W)`` or ``(N, K^3, D, H, W)`` neighbour weights, ``K`` odd.

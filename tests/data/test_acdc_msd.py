@@ -14,7 +14,7 @@ from resfu_med.errors import InputError
 
 
 def test_acdc_split_and_minmax(tmp_path, fake):
-    cases = fake.make_acdc(tmp_path / "database")  # patient001 train, 019 val, 002 test (SPEC §4)
+    cases = fake.make_acdc(tmp_path / "database")  # patient001 train, 019 val, 002 test (docs/datasets.md)
     out = prepare_acdc(tmp_path / "database", tmp_path / "out", progress=False)
     lists = out / "lists" / "lists_ACDC"
     assert (lists / "val_vol.txt").read_text().split() == ["patient019_frame01", "patient019_frame14"]

@@ -13,7 +13,7 @@ from resfu_med.cli import main
 from resfu_med.data import SynapseDataset, dataset_info, get_dataset, prepare_synapse
 from resfu_med.errors import InputError
 
-# SPEC §4 written out by hand: raw BTCV label -> Synapse class.
+# docs/datasets.md written out by hand: raw BTCV label -> Synapse class.
 EXPECTED_MAP = {0: 0, 1: 7, 2: 4, 3: 3, 4: 2, 5: 0, 6: 5, 7: 8, 8: 1, 9: 0, 10: 0, 11: 6, 12: 0, 13: 0}
 
 

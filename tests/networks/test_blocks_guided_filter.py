@@ -1,4 +1,4 @@
-"""Guided filter against slow explicit loops of paper eq. 4–6 and of the half-resolution "fast" procedure (SPEC §2.5)."""
+"""Guided filter against slow explicit loops of paper eq. 4–6 and of the half-resolution "fast" procedure (docs/resfu_module.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ReSFU against a step-by-step reference forward (SPEC §2, written out with the pure-PyTorch FNS reference), and
+"""ReSFU against a step-by-step reference forward (docs/resfu_module.md, written out with the pure-PyTorch FNS reference), and
 ``torch.compile(fullgraph=True)`` of its forward + backward (no graph break through the FNS op)."""
 
 from __future__ import annotations

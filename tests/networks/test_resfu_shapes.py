@@ -13,7 +13,7 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def test_parameter_count_paper_config():
-    # SPEC §2: C = c = 256, D = 32, G = 4, L = 128, K = 3 -> 47,570.
+    # docs/resfu_module.md: C = c = 256, D = 32, G = 4, L = 128, K = 3 -> 47,570.
     assert _count(ReSFU(256, 256)) == 47570
 
 

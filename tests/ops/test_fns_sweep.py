@@ -3,7 +3,7 @@
 Issue 16: for K >= 5 at non-integer ratios the rounding of ``u = x + a`` in float64 can cross an integer, so one HR
 pixel's K offsets span K + 2 LR taps; the CPU kernel's per-axis tables held K + 1 and wrote past their end (wrong
 values, heap corruption). The sweep runs one spatial axis at a time (the others 1 -> 1, so cheap) against an
-independent float64 NumPy formula of SPEC §1, forward and both gradients, on every backend: the C++ kernel, the CPU
+independent float64 NumPy formula of docs/fns_operator.md, forward and both gradients, on every backend: the C++ kernel, the CPU
 mirror of the CUDA per-element formulas and the pure-PyTorch reference. Random 2D/3D shapes cover the axes together.
 """
 
@@ -22,7 +22,7 @@ PAIRS = [(i, o) for i in range(1, 33) for o in range(i, 8 * i + 1)]
 
 
 def axis_matrices(n_in: int, n_out: int, k: int) -> np.ndarray:
-    """``(K, out, in)`` linear-interpolation matrices of one axis, one per offset (SPEC §1, written independently)."""
+    """``(K, out, in)`` linear-interpolation matrices of one axis, one per offset (docs/fns_operator.md, written independently)."""
     r = k // 2
     offsets = np.arange(-r, r + 1, dtype=np.float64)[:, None]
     base = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5  # same float64 operation order as the kernels
