@@ -10,7 +10,7 @@ uniformly among the classes present in the volume, ``1 - p`` on a body voxel), t
 axis. The small-angle rotation
 of the 2D pipeline is left out in 3D: resampling a whole patch per sample costs more than the network step on a CPU,
 and the right-angle branch already covers the orientation changes. Patches stay on the volume's own voxel grid, the
-grid :func:`resfu_med.engine.predictor.predict_volume_3d` predicts on, so training and inference see the same
+grid :func:`resfu_med.engine.inferer.predict_volume_3d` predicts on, so training and inference see the same
 scale. Val: channel axis and padding only.
 
 The output of ``train`` is a list of ``num_samples`` dicts ``{"image": float32 (1, *patch), "label": int64

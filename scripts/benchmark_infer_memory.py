@@ -27,7 +27,7 @@ import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[5]))
 from monai.networks.nets import BasicUNet
-from resfu_med.engine.inferer import InferOptions, infer_file
+from resfu_med.engine.predictor import InferOptions, infer_file
 dims, roi = int(sys.argv[3]), int(sys.argv[4])
 if sys.argv[6] == "conv1x1":  # no compute to speak of: measures the pipeline alone
     net = (torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d)(1, 9, 1).eval()
@@ -39,7 +39,7 @@ cfg = {"model": {"name": "unet3d" if dims == 3 else "unet", "kwargs": {"spatial_
 try:
     from resfu_med.data import make_intensity_transform  # noqa: F401
 except ImportError:  # data layer absent: same CT window by hand
-    import resfu_med.engine.inferer as inf
+    import resfu_med.engine.predictor as inf
     inf._intensity = lambda c: (lambda a: (a.clip(-125, 275) + 125) / 400, True)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.time()

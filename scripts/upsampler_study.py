@@ -247,7 +247,7 @@ def montage(out: Path, results: list[dict[str, Any]], path: Path) -> None:
 
     from resfu_med.data import get_dataset
     from resfu_med.engine.checkpoint import load_model
-    from resfu_med.engine.predictor import predict_volume
+    from resfu_med.engine.inferer import predict_volume
 
     pick = {}
     for up in ("bilinear", "resfu"):

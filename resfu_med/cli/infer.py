@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``resfu-med infer``; returns 0 if every file was segmented (or skipped), 1 if any failed."""
-    from resfu_med.engine.inferer import run_inference  # heavy (torch, MONAI): imported only when the command runs
+    from resfu_med.engine.predictor import run_inference  # heavy (torch, MONAI): imported only when the command runs
 
     files, summary = run_inference(
         args.input, args.output, args.checkpoint, args.roi_size, args.device, overlap=args.overlap,

@@ -1,6 +1,6 @@
 """Volumetric evaluation of a trained model on an evaluation split (docs/evaluation.md).
 
-Per test volume: predict slice by slice at ``img_size`` and zoom back (:func:`resfu_med.engine.predictor.predict_volume`),
+Per test volume: predict slice by slice at ``img_size`` and zoom back (:func:`resfu_med.engine.inferer.predict_volume`),
 then score every foreground class with medpy in two reports — the TransUNet protocol (voxel units, comparable with
 the paper) and the spacing-aware one (HD95 in mm, NaN for empty masks). Training's validation
 (:func:`resfu_med.engine.validation.validate`) scores the same predictions with the Dice half of the same metrics.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from resfu_med.engine.predictor import predict_volume
+from resfu_med.engine.inferer import predict_volume
 from resfu_med.errors import CheckpointError, InputError, ResfuMedError
 from resfu_med.metrics import (
     Report,
@@ -214,7 +214,7 @@ def run_evaluation(
     """
     from resfu_med.data import dataset_info, get_dataset
     from resfu_med.engine.device import resolve_device
-    from resfu_med.engine.inferer import load_for_inference
+    from resfu_med.engine.predictor import load_for_inference
 
     dev = resolve_device(device)
     model, config = load_for_inference(checkpoint, dev)

@@ -1,316 +1,246 @@
-"""``resfu-med infer``: segment images with a trained checkpoint, folder in → folder out (docs/evaluation.md).
+"""Window-level inference over arrays (MONAI's sense of "inferer"): slice-wise for 2D models, 3D sliding windows.
 
-Each input (NIfTI, MetaImage, NRRD or a DICOM series folder) is read by :func:`resfu_med.data.io.read_image` into a
-float32 ``(Z, Y, X)`` array (NIfTI streamed slab by slab; no reorientation, so nothing has to be undone), normalised
-with the checkpoint's intensity transform, predicted by :func:`resfu_med.engine.predictor.predict_volume` (2D:
-slice-wise at the training size and zoomed back; 3D: streamed sliding windows), and written by
-:func:`resfu_med.data.io.write_image` as ``<name>_seg<suffix>`` in the input's voxel grid, geometry and format (or
-``output_format``), with the dataset's own label values (:mod:`resfu_med.data.labels`). ``--save-probabilities`` also
-writes ``<name>_prob<suffix>`` (float32, classes on the 4th axis / as vector components).
+Files in and out are :mod:`resfu_med.engine.predictor` (nnU-Net's sense of "predictor").
+
+2D models are trained on whole axial slices zoomed to ``img_size`` (docs/datasets.md), so they are run the same way
+(docs/evaluation.md, TransUNet's ``test_single_volume``): each slice is zoomed to ``img_size`` (cubic, ``scipy.ndimage.zoom``
+order 3), predicted, and the argmax zoomed back to the slice's size (nearest, order 0). Slices are batched for speed.
+The network call goes through MONAI ``sliding_window_inference`` with Gaussian blending, so a ``roi`` smaller than
+``img_size`` tiles the zoomed slice; with ``roi == img_size`` it is one window and exactly the evaluation protocol.
+
+3D models run MONAI ``sliding_window_inference`` over the volume at its own voxel grid, in overlapping slabs along
+the first axis so that memory stays bounded for large CT volumes (only one slab's probabilities exist at a time,
+however many slices the volume has).
+
+Arrays are ``(Z, Y, X)`` (slice axis first), the layout of the evaluation datasets.
 """
 
 from __future__ import annotations
 
-import sys
+import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from monai.inferers import sliding_window_inference
+from scipy.ndimage import zoom
 
-from resfu_med.engine.predictor import predict_volume
-from resfu_med.errors import CheckpointError, InputError, ResfuMedError
-from resfu_med.outputs import claim_output, output_folder
+from resfu_med.errors import CheckpointError
+from resfu_med.networks.model_registry import DEFAULT_IMG_SIZE, get_model_spec
 
-__all__ = [
-    "InferOptions",
-    "run_inference",
-    "InferSummary",
-    "collect_inputs",
-    "check_output_dir",
-    "output_paths",
-    "infer_file",
-    "infer_paths",
-    "load_for_inference",
-]
+__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
 
 
-
-@dataclass
-class InferOptions:
-    """Settings of :func:`infer_paths` (the ``resfu-med infer`` flags).
-
-    Attributes:
-        roi: sliding-window size; default the checkpoint's ``img_size`` (2D) / ``roi_size`` (3D).
-        overlap: window overlap in [0, 1).
-        batch_size: slices (2D) or windows (3D) per network call.
-        device: torch device string.
-        tta: mirror test-time augmentation.
-        save_probabilities: also write ``<name>_prob.nii.gz``.
-        overwrite: replace existing outputs.
-        continue_prediction: skip inputs whose outputs exist.
-        resample: 2D models: zoom slices to the training size (as trained); ``False`` = native-grid windows.
-        progress: show progress bars.
-        output_format: ``nii.gz``, ``mha`` or ``nrrd``; ``None``: the input's format.
-        raw_labels: write the raw release's label values (Synapse: BTCV numbering) instead of the dataset's default.
-    """
-
-    roi: int | tuple[int, ...] | None = None
-    overlap: float = 0.25
-    batch_size: int = 8
-    device: str = "cpu"
-    tta: bool = False
-    save_probabilities: bool = False
-    overwrite: bool = False
-    continue_prediction: bool = False
-    resample: bool = True
-    progress: bool = True
-    output_format: str | None = None
-    raw_labels: bool = False
+def _pair(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    t = (int(v),) * n if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)
+    if len(t) == 1:
+        t = t * n
+    if len(t) != n or min(t) < 1:
+        raise ValueError(f"{name} must be a positive int or {n} positive ints, got {v!r}")
+    return t
 
 
-@dataclass
-class InferSummary:
-    """What :func:`infer_paths` did: outputs written, inputs skipped, ``(input, message)`` failures, and the entries
-    of an input folder that are not a supported image (each reported in one line)."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    unsupported: list[Path] = field(default_factory=list)
-
-
-def collect_inputs(path: str | Path, unsupported: list[Path] | None = None) -> list[Path]:
-    """The images to process: ``path`` itself, or the images in folder ``path`` (see :func:`~resfu_med.data.io.find_images`).
+def make_predictor(
+    model: torch.nn.Module, spatial_dims: int, tta: bool = False, num_classes: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap ``model`` into a function returning softmax probabilities, optionally averaged over mirror flips.
 
     Args:
-        path: an image file, a folder of images, or a folder of one DICOM series.
-        unsupported: if given, the folder's entries that are not a supported image are appended to it.
+        model: network returning logits ``(B, C, *spatial)`` (a tuple/list output uses its first element).
+        spatial_dims: 2 or 3.
+        tta: average over all ``2**spatial_dims`` combinations of flips along the spatial axes (nnU-Net mirroring).
+        num_classes: if given, the channel count the logits must have.
+
+    Returns:
+        ``predictor(x) -> probabilities`` (float32), for ``sliding_window_inference``.
 
     Raises:
-        InputError: the path does not exist, or the folder holds no supported image.
+        CheckpointError: (when called) the logits have a channel count other than ``num_classes``.
     """
-    from resfu_med.data.io import IMAGE_SUFFIXES, find_images
+    axes = list(range(2, 2 + spatial_dims))
+    flips = [list(c) for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)] if tta else [[]]
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"input {p}: no such file or folder")
-    if p.is_dir():
-        files, other = find_images(p)
-        if unsupported is not None:
-            unsupported.extend(other)
-        if not files:
-            raise InputError(f"input folder {p}: contains no {', '.join(IMAGE_SUFFIXES)} image or DICOM series"
-                             + (f"; {len(other)} unsupported entr{'y' if len(other) == 1 else 'ies'}" if other else ""))
-        return files
-    return [p]
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if num_classes is not None and out.shape[1] != num_classes:
+            raise CheckpointError(
+                f"the model outputs {out.shape[1]} classes but its checkpoint config says num_classes={num_classes}"
+            )
+        return torch.softmax(out.float(), dim=1)
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for f in flips:
+            p = forward(x.flip(f)).flip(f) if f else forward(x)
+            total = p if total is None else total + p
+        return total / len(flips)
+
+    return predictor
 
 
-def check_output_dir(path: str | Path) -> Path:
-    """Create the output folder if needed and check that files can be written in it.
-
-    Raises:
-        InputError: it cannot be created or written to.
-    """
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".resfu-med-write-test-{id(out)}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise InputError(f"output folder {out}: not writable ({err.strerror or err})") from None
+def _zoom_to(a: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    if tuple(a.shape) == tuple(shape):
+        return a
+    out = zoom(a, [t / s for t, s in zip(shape, a.shape)], order=order)
+    if out.shape != tuple(shape):  # scipy rounds the output size; guard against an off-by-one
+        raise RuntimeError(f"zoom produced {out.shape}, expected {tuple(shape)}")
     return out
 
 
-def output_paths(input_path: Path, out_dir: Path, output_format: str | None = None) -> dict[str, Path]:
-    """``{"seg": <out>/<name>_seg<suffix>, "prob": <out>/<name>_prob<suffix>}`` for one input (suffix: the input's
-    format, or ``output_format``'s; see :func:`~resfu_med.data.io.output_suffix`)."""
-    from resfu_med.data.io import image_stem, output_suffix
-
-    name, suffix = image_stem(input_path), output_suffix(input_path, output_format)
-    return {"seg": out_dir / f"{name}_seg{suffix}", "prob": out_dir / f"{name}_prob{suffix}"}
-
-
-def _intensity(config: Mapping[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray] | None, bool]:
-    spec = (config.get("data", {}) or {}).get("intensity")
-    if not spec:
-        return None, False
-    from resfu_med.data import make_intensity_transform  # the data layer owns the one definition of the transform
-
-    return make_intensity_transform(spec), spec.get("kind") == "ct"
-
-
-def infer_file(
-    input_path: str | Path, out_dir: str | Path, model: torch.nn.Module, config: Mapping[str, Any],
-    opts: InferOptions | None = None,
-) -> list[Path]:
-    """Segment one image and write ``<name>_seg<suffix>`` (and ``<name>_prob<suffix>`` if asked).
+@torch.no_grad()
+def predict_slices(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    img_size: int | Sequence[int],
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    roi: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    num_classes: int | None = None,
+    resample: bool = True,
+    probabilities: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict a ``(Z, H, W)`` volume with a 2D model, slice by slice (docs/evaluation.md).
 
     Args:
-        input_path: the image.
-        out_dir: existing output folder.
-        model: network in eval mode on ``opts.device``.
-        config: the checkpoint's config (model kind, ``data.img_size``, ``num_classes``, ``intensity``).
-        opts: settings; defaults of :class:`InferOptions`.
+        model: 2D network in eval mode, input ``(B, 1, h, w)``.
+        image: ``(Z, H, W)`` float volume, already intensity-normalised.
+        img_size: size slices are zoomed to (the training size).
+        device: where the network runs.
+        batch_size: slices per network call.
+        roi: sliding-window size on the zoomed slice; default ``img_size`` (one window).
+        overlap: window overlap fraction in [0, 1).
+        tta: mirror test-time augmentation.
+        num_classes: expected logit channels (checked).
+        resample: zoom slices to ``img_size`` and back; ``False`` runs windows at the native slice grid.
+        probabilities: also return ``(C, Z, H, W)`` float32 probabilities (zoomed back linearly).
+        progress: called with the number of slices done after each batch.
 
     Returns:
-        The files written.
-
-    Raises:
-        InputError: unreadable input, or outputs that exist without ``overwrite``.
-        CheckpointError: the model's output does not match its config.
+        ``(labels, probs)``: labels ``(Z, H, W)`` uint8; probs or ``None``.
     """
-    opts = opts or InferOptions()
-    src = Path(input_path)
-    outs = output_paths(src, Path(out_dir), opts.output_format)
-    wanted = [outs["seg"]] + ([outs["prob"]] if opts.save_probabilities else [])
-    existing = [o for o in wanted if o.exists()]
-    if existing and not opts.overwrite:
-        raise InputError(f"{existing[0]} exists; pass --overwrite to replace it or --continue-prediction to skip it")
-    fn, pointwise = _intensity(config)
-    from resfu_med.data.io import read_image, write_image
-    from resfu_med.data.labels import apply_label_values, output_values
-
-    vol, geometry = read_image(src, intensity=fn, pointwise=pointwise)
-    data_cfg = config.get("data", {}) or {}
-    num_classes = int(data_cfg.get("num_classes", 256))
-    try:
-        values = output_values(data_cfg, raw=opts.raw_labels)
-    except ValueError as err:
-        raise CheckpointError(f"checkpoint config: {err}") from None
-    bar = tqdm(total=vol.shape[0], desc=src.name, unit="slice", leave=False, disable=not opts.progress)
-    try:
-        labels, probs = predict_volume(
-            model, vol, config, device=opts.device, batch_size=opts.batch_size, roi=opts.roi, overlap=opts.overlap,
-            tta=opts.tta, probabilities=opts.save_probabilities, resample=opts.resample, progress=bar.update,
-        )
-    finally:
-        bar.close()
-    del vol
-    written = [write_image(outs["seg"], apply_label_values(labels, values, num_classes), geometry)]
-    if probs is not None:
-        written.append(write_image(outs["prob"], probs, geometry, dtype=np.float32))
-    return written
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, H, W), got shape {image.shape}")
+    size = _pair(img_size, 2, "img_size")
+    roi_t = _pair(roi if roi is not None else size, 2, "roi")
+    depth, h, w = image.shape
+    target = size if resample else (h, w)
+    predictor = make_predictor(model, 2, tta, num_classes)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    probs = None
+    for z0 in range(0, depth, max(1, int(batch_size))):
+        z1 = min(depth, z0 + max(1, int(batch_size)))
+        batch = np.stack([_zoom_to(np.asarray(image[z], dtype=np.float32), target, 3) for z in range(z0, z1)])
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(device)
+        p = sliding_window_inference(x, roi_t, x.shape[0], predictor, overlap=overlap, mode="gaussian")
+        lab = torch.argmax(p, dim=1).to(torch.uint8).cpu().numpy()
+        for i, z in enumerate(range(z0, z1)):
+            labels[z] = _zoom_to(lab[i], (h, w), 0)
+        if probabilities:
+            if probs is None:
+                probs = np.zeros((p.shape[1], depth, h, w), dtype=np.float32)
+            pn = p.cpu().numpy()
+            for i, z in enumerate(range(z0, z1)):
+                for c in range(pn.shape[1]):
+                    probs[c, z] = _zoom_to(pn[i, c], (h, w), 1)
+        if progress is not None:
+            progress(z1 - z0)
+    return labels, probs
 
 
-def infer_paths(
-    input_path: str | Path, out_dir: str | Path, model: torch.nn.Module, config: Mapping[str, Any],
-    opts: InferOptions | None = None, log: Callable[[str], None] | None = None,
-) -> InferSummary:
-    """Segment an image or every image of a folder; a file that fails is reported in one line and skipped, and so is
-    every entry of the folder that is not a supported image (counted in ``unsupported``).
+@torch.no_grad()
+def predict_volume_3d(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    roi: int | Sequence[int],
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    tta: bool = False,
+    num_classes: int | None = None,
+    probabilities: bool = False,
+    slab_depth: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict a ``(Z, Y, X)`` volume with a 3D model by Gaussian-blended sliding windows, streamed in slabs.
+
+    The volume is cut along Z into slabs of ``slab_depth`` slices; each slab is extended by half a window of context
+    on both sides, predicted with ``sliding_window_inference``, and only its central part kept. Peak memory is one
+    extended slab's probabilities — about ``(slab_depth + roi_z) * C * Y * X * 4`` bytes plus MONAI's weight map —
+    whatever the number of slices. Voxels near a slab border are blended from a slightly different set of windows
+    than a single whole-volume pass would use (the labels can differ there by a near-tie; a pointwise model gives
+    identical results, which the tests check).
 
     Args:
-        input_path: an image file, a folder of them, or a folder of one DICOM series.
-        out_dir: output folder (created; must be writable).
-        model: network in eval mode.
-        config: the checkpoint's config.
-        opts: settings.
-        log: where the per-file lines go (default: stderr).
+        model: 3D network in eval mode, input ``(B, 1, z, y, x)``.
+        image: ``(Z, Y, X)`` float volume, already intensity-normalised.
+        roi: window size (one int or three).
+        device: where the network runs.
+        sw_batch_size: windows per network call.
+        overlap: window overlap fraction in [0, 1).
+        tta: mirror test-time augmentation (8 flips).
+        num_classes: expected logit channels (checked).
+        probabilities: also return ``(C, Z, Y, X)`` float32 probabilities.
+        slab_depth: slices per slab; default ``roi_z``.
+        progress: called with the number of slices done after each slab.
 
     Returns:
-        An :class:`InferSummary`.
-
-    Raises:
-        InputError: missing input, empty folder, unwritable output folder (nothing can be done at all).
-        CheckpointError: the model does not match its config (every file would fail the same way).
+        ``(labels, probs)``: labels ``(Z, Y, X)`` uint8; probs or ``None``.
     """
-    opts = opts or InferOptions()
-    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    summary = InferSummary()
-    files = collect_inputs(input_path, summary.unsupported)
-    out = check_output_dir(out_dir)
-    for f in summary.unsupported:
-        log(f"resfu-med infer: {f.name}: not a supported image (.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr or a DICOM "
-            "series folder), skipped")
-    model.eval()
-    for f in tqdm(files, desc="infer", unit="file", disable=not opts.progress or len(files) < 2):
-        outs = output_paths(f, out, opts.output_format)
-        wanted = [outs["seg"]] + ([outs["prob"]] if opts.save_probabilities else [])
-        if opts.continue_prediction and not opts.overwrite and all(o.exists() for o in wanted):
-            summary.skipped.append(f)
-            log(f"resfu-med infer: {f.name}: output exists, skipped (--continue-prediction)")
-            continue
-        try:
-            summary.written.extend(infer_file(f, out, model, config, opts))
-            log(f"resfu-med infer: {f.name} -> {outs['seg'].name}")
-        except CheckpointError:
-            raise
-        except ResfuMedError as err:
-            summary.failed.append((f, str(err)))
-            log(f"resfu-med infer: error: {err}")
-        except Exception as err:  # one bad file must not stop the others; report it in one line
-            msg = f"{f}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            summary.failed.append((f, msg))
-            log(f"resfu-med infer: error: {msg}")
-    return summary
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, Y, X), got shape {image.shape}")
+    roi_t = _pair(roi, 3, "roi")
+    depth = image.shape[0]
+    slab = int(slab_depth) if slab_depth else roi_t[0]
+    halo = roi_t[0] // 2
+    predictor = make_predictor(model, 3, tta, num_classes)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    probs = None
+    for z0 in range(0, depth, slab):
+        z1 = min(depth, z0 + slab)
+        a0, a1 = max(0, z0 - halo), min(depth, z1 + halo)
+        x = torch.from_numpy(np.ascontiguousarray(image[a0:a1], dtype=np.float32))[None, None].to(device)
+        p = sliding_window_inference(x, roi_t, sw_batch_size, predictor, overlap=overlap, mode="gaussian")
+        p = p[0, :, z0 - a0 : z1 - a0]
+        labels[z0:z1] = torch.argmax(p, dim=0).to(torch.uint8).cpu().numpy()
+        if probabilities:
+            if probs is None:
+                probs = np.zeros((p.shape[0],) + image.shape, dtype=np.float32)
+            probs[:, z0:z1] = p.cpu().numpy()
+        del p, x
+        if progress is not None:
+            progress(z1 - z0)
+    return labels, probs
 
 
-def load_for_inference(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load a training checkpoint for prediction: ``(model in eval mode on device, config)``.
+def predict_volume(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    config: Mapping[str, Any],
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    roi: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    probabilities: bool = False,
+    resample: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict a ``(Z, Y, X)`` normalised volume with the model a checkpoint ``config`` describes (2D or 3D).
 
-    Raises:
-        CheckpointError: missing, corrupt, or not matching its architecture/class count.
+    ``config["data"]`` gives ``img_size`` and ``num_classes``; the window is ``roi`` or the model's default
+    (:meth:`resfu_med.networks.ModelSpec.default_roi`).
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    from resfu_med.engine.checkpoint import load_model  # training layer's loader validates architecture and classes
-
-    model, config = load_model(str(path), device)
-    if not isinstance(config, Mapping) or "data" not in config or "num_classes" not in (config["data"] or {}):
-        raise CheckpointError(f"checkpoint {path}: its config has no data.num_classes")
-    return model.eval(), dict(config)
-
-
-def run_inference(
-    input: str | Path,
-    output: str | Path,
-    checkpoint: str | Path,
-    roi_size: Sequence[int] | None = None,
-    device: str | None = "auto",
-    **options: Any,
-) -> tuple[list[Path], InferSummary]:
-    """``resfu-med infer``: segment a NIfTI file or folder with a checkpoint.
-
-    Args:
-        input: a ``.nii``/``.nii.gz`` file or a folder of them.
-        output: the output folder.
-        checkpoint: a ``resfu-med train`` checkpoint.
-        roi_size: window size: one value, or one per spatial axis of the model; default the model's
-            (:meth:`resfu_med.networks.ModelSpec.default_roi`).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        options: the other :class:`InferOptions` fields (``overlap``, ``batch_size``, ``tta``, ...).
-
-    Returns:
-        ``(inputs, summary)``.
-
-    Raises:
-        InputError: no input, an unwritable output, a window of the wrong length.
-        CheckpointError: an unusable checkpoint (before any output is created).
-    """
-    from resfu_med.engine.device import resolve_device
-    from resfu_med.networks.model_registry import spatial_dims_of
-
-    dev = resolve_device(device)
-    files = collect_inputs(input)  # fail early, before loading the model
-    keep = bool(options.get("overwrite") or options.get("continue_prediction"))
-    claim_output(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output)
-    model, config = load_for_inference(checkpoint, dev)  # a refused checkpoint leaves no folder
-    dims = spatial_dims_of(config["model"])
-    if roi_size is not None and len(roi_size) not in (1, dims):
-        raise InputError(f"--roi-size: give 1 or {dims} sizes for this {dims}D model, got {len(roi_size)} "
-                         f"({list(roi_size)})")
-    roi = None if roi_size is None else (roi_size[0] if len(roi_size) == 1 else tuple(roi_size))
-    with output_folder(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output):
-        summary = infer_paths(input, output, model, config, InferOptions(roi=roi, device=dev, **options))
-    return files, summary
-
-
-def _is_infer_output(path: Path) -> bool:
-    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
-    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))
+    data = config.get("data", {}) or {}
+    spec = get_model_spec((config.get("model") or {}).get("name"))
+    window = roi if roi is not None else spec.default_roi(data)
+    if spec.spatial_dims == 3:
+        return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),
+                                 probabilities, progress=progress)
+    return predict_slices(model, image, data.get("img_size") or DEFAULT_IMG_SIZE, device, batch_size, window, overlap, tta,
+                          data.get("num_classes"), resample, probabilities, progress)

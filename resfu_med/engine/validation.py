@@ -4,7 +4,7 @@ Volumes are predicted as ``resfu-med evaluate`` predicts them (2D models slice b
 training size, predict, argmax, resize the labels back with nearest neighbour; docs/evaluation.md) and scored with
 :func:`resfu_med.metrics.transunet_dice` — the Dice half of the evaluation's TransUNet-protocol metrics — averaged
 over volumes. HD95 is left to ``resfu-med evaluate`` (it is slow and does not change which checkpoint is best). The slice-wise prediction is the evaluation engine's own
-(:func:`resfu_med.engine.predictor.predict_volume`), so validation and ``resfu-med evaluate`` cannot disagree.
+(:func:`resfu_med.engine.inferer.predict_volume`), so validation and ``resfu-med evaluate`` cannot disagree.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def validate(model: nn.Module, cases: Iterable[dict[str, Any]], config: dict[str
     Returns:
         ``{"dice": [per-class mean Dice], "mean_dice": float, "cases": int, "images": [(case, (3, H, 3W))]}``.
     """
-    from resfu_med.engine.predictor import predict_volume
+    from resfu_med.engine.inferer import predict_volume
 
     num_classes = int(config["data"]["num_classes"])
     autocast = (torch.autocast(torch.device(device).type, dtype=amp_dtype) if amp_dtype is not None

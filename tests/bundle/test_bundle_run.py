@@ -37,7 +37,7 @@ def _hand_reference(net, path, size):
 def test_bundle_run_equals_resfu_med_infer(tmp_path, checkpoint, ct_volume, overlap):
     from monai.bundle import run
 
-    from resfu_med.engine.inferer import InferOptions, infer_file
+    from resfu_med.engine.predictor import InferOptions, infer_file
 
     ckpt, net = checkpoint
     folder, scan = ct_volume
@@ -63,7 +63,7 @@ def test_bundle_run_equals_resfu_med_infer(tmp_path, checkpoint, ct_volume, over
 def test_3d_bundle_run_equals_resfu_med_infer(tmp_path, stand_in_targets, ct_volume):
     from monai.bundle import run
 
-    from resfu_med.engine.inferer import InferOptions, infer_file
+    from resfu_med.engine.predictor import InferOptions, infer_file
 
     data = {**DATA_CFG, "roi_size": [16, 32, 32]}
     ckpt, net = make_checkpoint(tmp_path / "ckpt3d.pt", spatial_dims=3, data=data)

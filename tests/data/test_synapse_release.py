@@ -19,7 +19,7 @@ import torch
 from resfu_med.data import dataset_info, get_dataset, prepare_synapse
 from resfu_med.data.registry import _prepared_root
 from resfu_med.data.synapse import SYNAPSE_CLASSES, SYNAPSE_LABEL_MAP
-from resfu_med.engine.inferer import InferOptions, infer_file
+from resfu_med.engine.predictor import InferOptions, infer_file
 from resfu_med.engine.preparation import complete_config
 from resfu_med.errors import InputError
 

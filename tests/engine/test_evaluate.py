@@ -13,10 +13,10 @@ from scipy.ndimage import zoom
 
 import resfu_med.data
 from resfu_med.cli import main
-from resfu_med.engine import inferer
+from resfu_med.engine import predictor
 from resfu_med.engine.evaluator import evaluate_model, save_prediction
 from resfu_med.engine.validation import validate
-from resfu_med.engine.predictor import predict_slices
+from resfu_med.engine.inferer import predict_slices
 
 
 def transunet_loop(model, image, size):
@@ -115,7 +115,7 @@ def fake_layers(monkeypatch):
     cases = [make_case("case1", 1), make_case("case2", 2)]
     monkeypatch.setattr(resfu_med.data, "dataset_info", lambda name, root=None: Info(), raising=False)
     monkeypatch.setattr(resfu_med.data, "get_dataset", lambda name, root, split, transform=None: cases, raising=False)
-    monkeypatch.setattr(inferer, "load_for_inference", lambda path, device="cpu": (BinModel(4).eval(), config(4)))
+    monkeypatch.setattr(predictor, "load_for_inference", lambda path, device="cpu": (BinModel(4).eval(), config(4)))
     return cases
 
 
@@ -140,14 +140,14 @@ def test_cli_evaluate_writes_json_csv_nifti(fake_layers, tmp_path, capsys):
 
 
 def test_cli_evaluate_class_count_mismatch(fake_layers, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(inferer, "load_for_inference", lambda path, device="cpu": (BinModel(3).eval(), config(3)))
+    monkeypatch.setattr(predictor, "load_for_inference", lambda path, device="cpu": (BinModel(3).eval(), config(3)))
     rc = main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "3 classes" in err[0] and "4" in err[0]
 
 
 def test_cli_evaluate_unknown_dataset(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(inferer, "load_for_inference", lambda path, device="cpu": (BinModel(4).eval(), config(4)))
+    monkeypatch.setattr(predictor, "load_for_inference", lambda path, device="cpu": (BinModel(4).eval(), config(4)))
     rc = main(["evaluate", "--checkpoint", "x.pt", "--dataset", "nope", "--output", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nope" in err[0] and "synapse" in err[0]
@@ -155,7 +155,7 @@ def test_cli_evaluate_unknown_dataset(monkeypatch, tmp_path, capsys):
 
 def test_cli_evaluate_keeps_the_trained_class_names_or_takes_new_ones(fake_layers, monkeypatch, tmp_path):
     # a checkpoint trained with --class-names (a copy labelled in another order) keeps its names in the tables
-    monkeypatch.setattr(inferer, "load_for_inference",
+    monkeypatch.setattr(predictor, "load_for_inference",
                         lambda path, device="cpu": (BinModel(4).eval(), config(4, class_names=["a", "b", "c"])))
     assert main(["evaluate", "--checkpoint", "x.pt", "--output", str(tmp_path / "e1"), "--no-progress"]) == 0
     names = [c["name"] for c in json.loads((tmp_path / "e1" / "metrics.json").read_text())["reports"]["transunet"]["classes"]]

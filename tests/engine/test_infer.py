@@ -11,14 +11,14 @@ from monai.networks.nets import BasicUNet
 
 import resfu_med.data
 from resfu_med.cli import main
-from resfu_med.engine import inferer
+from resfu_med.engine import predictor
 from resfu_med.data.io import read_image
-from resfu_med.engine.inferer import InferOptions, infer_file
-from resfu_med.engine.predictor import predict_volume_3d
+from resfu_med.engine.predictor import InferOptions, infer_file
+from resfu_med.engine.inferer import predict_volume_3d
 
 
 def use_model(monkeypatch, model, cfg):
-    monkeypatch.setattr(inferer, "load_for_inference", lambda path, device="cpu": (model.eval(), cfg))
+    monkeypatch.setattr(predictor, "load_for_inference", lambda path, device="cpu": (model.eval(), cfg))
 
 
 def assert_same_grid(seg_img, src_img):

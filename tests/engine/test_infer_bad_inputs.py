@@ -10,12 +10,12 @@ import pytest
 from eval_standins import BinModel, config, save_nifti, smooth_volume
 
 from resfu_med.cli import main
-from resfu_med.engine import inferer
+from resfu_med.engine import predictor
 
 
 @pytest.fixture
 def model(monkeypatch):
-    monkeypatch.setattr(inferer, "load_for_inference", lambda path, device="cpu": (BinModel(3).eval(), config(3)))
+    monkeypatch.setattr(predictor, "load_for_inference", lambda path, device="cpu": (BinModel(3).eval(), config(3)))
 
 
 def good(path):
@@ -122,7 +122,7 @@ def test_existing_output_needs_overwrite(tmp_path, model, capsys):
 
 def test_checkpoint_class_count_mismatch(tmp_path, monkeypatch, capsys):
     # the network outputs 5 classes, its config says 3: a checkpoint of another class count
-    monkeypatch.setattr(inferer, "load_for_inference",
+    monkeypatch.setattr(predictor, "load_for_inference",
                         lambda path, device="cpu": (BinModel(3, out_channels=5).eval(), config(3)))
     src = tmp_path / "in"
     src.mkdir()

@@ -17,7 +17,7 @@ import torch
 from eval_standins import BinModel, config
 from resfu_med.cli import main
 from resfu_med.data.labels import apply_label_values, label_values_from_map, output_values
-from resfu_med.engine.inferer import InferOptions, infer_file
+from resfu_med.engine.predictor import InferOptions, infer_file
 
 VALUES = {0, 1, 2, 4}
 TINY = {"model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [8, 8, 8, 8, 8, 8]}},

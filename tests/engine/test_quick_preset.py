@@ -86,7 +86,7 @@ def test_normalisation_round_trip_through_checkpoint_and_bundle(tmp_path, monkey
     from monai.bundle import ConfigParser
 
     from resfu_med.engine.checkpoint import load_checkpoint
-    from resfu_med.engine.inferer import _intensity
+    from resfu_med.engine.predictor import _intensity
 
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
     raw = tmp_path / "raw"
