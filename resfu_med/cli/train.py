@@ -64,14 +64,40 @@ def _default(key: str) -> str:
     return f"default: {paper}" + (f"; demo: {demo}" if demo is not None and demo != paper else "")
 
 
+def _names(entries: dict[str, str], default_key: str | None = None) -> str:
+    """One help line per accepted name (``name  description``), generated from a registry so it cannot go stale."""
+    width = max(len(n) for n in entries)
+    lines = "\n".join(f"  {n:<{width}}  {d}" for n, d in entries.items())
+    return lines + (f"\n({_default(default_key)})" if default_key else "")
+
+
+def _choices_help() -> dict[str, str]:
+    """The help of the options taking a registry name: every accepted name with one line on what it is."""
+    from resfu_med.data.registry import DATASETS
+    from resfu_med.engine.config import AMP_MODES, RECIPES, recipe_summary
+    from resfu_med.networks.model_registry import MODELS
+    from resfu_med.networks.upsamplers import UPSAMPLERS
+
+    return {
+        "dataset": "dataset (docs/datasets.md):\n" + _names({n: e.description for n, e in DATASETS.items()}),
+        "model": "network (docs/networks.md):\n" + _names({n: s.description for n, s in MODELS.items()}, "model.name"),
+        "upsampler": "decoder upsampler (docs/networks.md):\n"
+                     + _names({n: e.description for n, e in UPSAMPLERS.items()}, "model.upsampler"),
+        "preset": "training recipe on top of the dataset's (docs/training.md):\n"
+                  + _names({n: recipe_summary(n) for n in RECIPES}),
+        "amp": "mixed precision:\n" + _names(dict(AMP_MODES), "amp"),
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` options (absent flags leave the config untouched, hence ``SUPPRESS`` defaults)."""
     s = argparse.SUPPRESS
+    names = _choices_help()
     g = parser.add_argument_group("data and model")
-    g.add_argument("--dataset", default=s, metavar="NAME", help="a dataset of the data registry (docs/datasets.md); demo needs nothing else")
+    g.add_argument("--dataset", default=s, metavar="NAME", help=names["dataset"])
     g.add_argument("--data-root", default=s, metavar="DIR", help="prepared dataset folder (not needed for demo)")
-    g.add_argument("--model", default=s, metavar="NAME", help=f"a network of the model registry, docs/networks.md ({_default('model.name')})")
-    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler of the upsampler registry, docs/networks.md ({_default('model.upsampler')})")
+    g.add_argument("--model", default=s, metavar="NAME", help=names["model"])
+    g.add_argument("--upsampler", default=s, metavar="NAME", help=names["upsampler"])
     g.add_argument("--class-names", nargs="+", default=s, metavar="NAME",
                    help="names of the foreground classes 1..K-1 in label order, for a copy labelled in another order "
                         "than the dataset's default (stored in the checkpoint; evaluation tables use them)")
@@ -82,9 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patches-per-volume", type=int, default=s, metavar="N",
                    help=f"3D models: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
-    g.add_argument("--preset", default=s, metavar="NAME", choices=["quick"],
-                   help="training recipe on top of the dataset's: quick = small ReSFU U-Net, AdamW, 1,200 iterations, "
-                        "foreground sampling (about 15 min on a CPU; docs/training.md)")
+    g.add_argument("--preset", default=s, metavar="NAME", help=names["preset"])
     g = parser.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")
     g.add_argument("--max-iters", type=int, default=s, metavar="N",
@@ -105,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-o", "--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run files of an existing --output folder")
-    g.add_argument("--amp", default=s, metavar="MODE", help=f"mixed precision: none | bf16 | fp16 ({_default('amp')})")
+    g.add_argument("--amp", default=s, metavar="MODE", help=names["amp"])
     g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda | cuda:N ({_default('device')})")
     g.add_argument("--num-workers", type=int, default=s, metavar="N", help=f"data loader workers ({_default('data.num_workers')})")
     add_no_progress(g)

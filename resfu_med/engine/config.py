@@ -37,6 +37,9 @@ __all__ = [
     "merge_config",
     "resolve_config",
     "RECIPES",
+    "RECIPE_PURPOSES",
+    "recipe_summary",
+    "AMP_MODES",
     "flatten",
 ]
 
@@ -106,9 +109,16 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "model.kwargs": (dict,),
 }
 
+#: ``amp`` modes and what they are (``--help`` lists them).
+AMP_MODES: dict[str, str] = {
+    "none": "float32 throughout",
+    "bf16": "bfloat16 autocast (CPU and recent GPUs; no loss scaling needed)",
+    "fp16": "float16 autocast with gradient scaling (GPUs)",
+}
+
 #: Keys restricted to a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "amp": ("none", "bf16", "fp16"),
+    "amp": tuple(AMP_MODES),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("poly", "cosine", "constant"),
 }
@@ -203,6 +213,26 @@ RECIPES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+#: What each recipe is for (``--help`` adds the recipe's own values, so the help cannot disagree with them).
+RECIPE_PURPOSES: dict[str, str] = {
+    "quick": "check a dataset end to end on a CPU before booking a GPU",
+}
+
+
+def recipe_summary(name: str) -> str:
+    """One line on recipe ``name``: its purpose, then the values it sets, read from :data:`RECIPES` itself."""
+    recipe = RECIPES[name]
+    model, train = recipe.get("model", {}), recipe.get("train", {})
+    parts = [f"{model['upsampler']} " if "upsampler" in model else "", model.get("name", ""),
+             f", {train['optimizer']}" if "optimizer" in train else "",
+             f" lr {train['lr']:g}" if "lr" in train else "",
+             f", {train['iterations']:,} iterations" if train.get("iterations") else "",
+             f", {train['epochs']} epochs" if "epochs" in train else "",
+             f", batch {train['batch_size']}" if "batch_size" in train else "",
+             f", foreground share {train['fg_oversample']:g}" if train.get("fg_oversample") else ""]
+    return f"{RECIPE_PURPOSES.get(name, name)}: " + "".join(parts).strip(", ")
 
 
 def default_config() -> dict[str, Any]:
