@@ -1,0 +1,83 @@
+"""Bundles of every intensity kind run under ``monai.bundle run`` and equal ``resfu-med infer`` voxel for voxel.
+
+The CT window (Synapse), MSD's robust z-score (the MRI default), ACDC's per-volume min-max and plain z-score, each for
+a 2D and a 3D checkpoint. The robust z-score used to return a numpy array from its bundle transform, which dropped the
+MetaTensor metadata that ``Invertd``/``SaveImaged`` need (``KeyError: 'spatial_shape'``): every MRI bundle was broken.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import DATA_CFG, make_checkpoint
+
+from resfu_med.bundle import export_bundle
+
+INTENSITIES = {
+    "ct_synapse": {"kind": "ct", "a_min": -125.0, "a_max": 275.0},
+    "mri_msd_robust": {"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]},
+    "mri_acdc_minmax": {"kind": "mri", "mode": "minmax"},
+    "mri_zscore": {"kind": "mri", "mode": "zscore"},
+}
+
+
+@pytest.fixture
+def mri_volume(tmp_path):
+    """An MRI-like NIfTI: a bright ellipsoid body on a zero background, a few hot voxels, an oblique affine."""
+    folder = tmp_path / "mri"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    x, y, z = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 36), np.linspace(-1, 1, 12), indexing="ij")
+    body = x**2 + y**2 + 0.5 * z**2 < 0.8
+    vol = np.where(body, rng.normal(400, 120, body.shape), 0).astype(np.float32)
+    vol[body & (rng.random(body.shape) < 0.002)] = 5000.0
+    affine = np.array([[0.0, -1.2, 0.0, 4.0], [0.9, 0.0, 0.0, -7.0], [0.0, 0.0, 3.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    nib.save(nib.Nifti1Image(vol, affine), folder / "case1.nii.gz")
+    return folder, folder / "case1.nii.gz"
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("kind", sorted(INTENSITIES))
+def test_bundle_of_every_intensity_kind_equals_infer(tmp_path, stand_in_targets, mri_volume, ct_volume, kind,
+                                                     spatial_dims):
+    from monai.bundle import run
+
+    from resfu_med.engine.predictor import InferOptions, infer_file
+
+    data = {**DATA_CFG, "intensity": INTENSITIES[kind], "modality": "CT" if kind.startswith("ct") else "MR"}
+    if spatial_dims == 3:
+        data["roi_size"] = [16, 32, 32]
+    ckpt, net = make_checkpoint(tmp_path / "ckpt.pt", spatial_dims=spatial_dims, data=data)
+    folder, scan = ct_volume if kind.startswith("ct") else mri_volume
+    bundle = export_bundle(ckpt, tmp_path / "bundle", torchscript=False)
+    out = tmp_path / "bundle_segs"
+    run(config_file=str(bundle / "configs" / "inference.json"), meta_file=str(bundle / "configs" / "metadata.json"),
+        bundle_root=str(bundle), dataset_dir=str(folder), output_dir=str(out))
+    written, source = nib.load(out / "case1_seg.nii.gz"), nib.load(scan)
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-6)
+    labels = np.asarray(written.dataobj)
+    (infer_out,) = infer_file(scan, tmp_path / "infer_segs", net, torch.load(ckpt, weights_only=True)["config"],
+                              InferOptions(progress=False))
+    expected = np.asarray(nib.load(infer_out).dataobj)
+    assert len(np.unique(expected)) > 1  # the comparison is not vacuous
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_robust_zscored_keeps_metatensor_metadata():
+    from monai.data import MetaTensor
+
+    from resfu_med.data import RobustZScored
+    from resfu_med.data.intensity import robust_zscore
+
+    rng = np.random.default_rng(0)
+    arr = np.where(rng.random((1, 6, 7, 5)) < 0.7, rng.normal(300, 50, (1, 6, 7, 5)), 0).astype(np.float32)
+    image = MetaTensor(torch.from_numpy(arr), affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0])),
+                       meta={"spatial_shape": [6, 7, 5], "filename_or_obj": "x.nii.gz"})
+    out = RobustZScored(keys="image")({"image": image})["image"]
+    assert isinstance(out, MetaTensor)
+    assert out.meta["spatial_shape"] == [6, 7, 5] and out.meta["filename_or_obj"] == "x.nii.gz"
+    np.testing.assert_array_equal(out.affine.numpy(), image.affine.numpy())
+    np.testing.assert_allclose(out.numpy(), robust_zscore(arr), rtol=0, atol=0)
