@@ -131,6 +131,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    if isinstance(ckpt["config"], dict):  # a checkpoint of an earlier release: today's keys
+        from resfu_med.engine.config import migrate_config
+
+        ckpt["config"] = migrate_config(ckpt["config"])
     cfg = ckpt["config"]
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
         raise CheckpointError(f"checkpoint {path} has no model description (config['model'])")
