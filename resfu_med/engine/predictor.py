@@ -315,5 +315,9 @@ def run_inference(
 
 
 def _is_infer_output(path: Path) -> bool:
-    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
-    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))
+    """A file ``infer`` writes: ``<name>_seg<suffix>`` / ``<name>_prob<suffix>`` in any format it writes (its folder
+    needs no marker)."""
+    from resfu_med.data.io import OUTPUT_FORMATS
+
+    return path.is_file() and path.name.endswith(
+        tuple(f"{kind}{suffix}" for kind in ("_seg", "_prob") for suffix in OUTPUT_FORMATS.values()))
