@@ -15,7 +15,6 @@ writes ``<name>_prob<suffix>`` (float32, classes on the 4th axis / as vector com
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -336,12 +335,15 @@ def run_inference(
     return files, summary
 
 
-_INFER_OUTPUT = re.compile(r"^(?:.+_(?:seg|prob)\.(?:nii\.gz|nii|mha|nrrd)"  # a finished output
-                           r"|\..+_(?:seg|prob)\.(?:nii\.gz|nii|mha|nrrd)\..+\.tmp.*"  # one being written
-                           r"|\.resfu-med-write-test-\d+)$")  # another shard's write probe
-
-
 def _is_infer_output(path: Path) -> bool:
-    """A file ``infer`` writes: ``<name>_seg.<ext>`` / ``<name>_prob.<ext>`` (its folder needs no marker), or, while
-    other shards run into the same folder, their temporary files."""
-    return bool(_INFER_OUTPUT.match(path.name)) and not path.is_dir()  # a temp file may vanish meanwhile
+    """A file ``infer`` writes: ``<name>_seg<suffix>`` / ``<name>_prob<suffix>`` in any format it writes (its folder
+    needs no marker), or, while other shards run into the same folder, their temporary files and write probes."""
+    from resfu_med.data.io import OUTPUT_FORMATS
+
+    outputs = tuple(f"{kind}{suffix}" for kind in ("_seg", "_prob") for suffix in OUTPUT_FORMATS.values())
+    name = path.name
+    if name.startswith(".resfu-med-write-test-"):  # another shard's write probe
+        return True
+    if name.startswith(".") and ".tmp" in name:  # another shard's output being written (resfu_med.atomic)
+        name = name[1:name.rindex(".tmp")].rpartition(".")[0]
+    return name.endswith(outputs) and not path.is_dir()  # a temp file may vanish meanwhile: not is_file()
