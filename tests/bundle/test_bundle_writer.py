@@ -241,3 +241,24 @@ def test_cli_verify_bundle(bundle, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err
         shutil.copy(out.parent / "ckpt.pt", out / "models" / "model.pt")  # now only the metadata is wrong
+
+
+def test_configs_hold_no_expression(tmp_path, checkpoint):
+    # Bundles name registered components with plain arguments: no value is a `$` expression or a `%` macro, so
+    # verify-bundle needs no allow-list of expressions (it refuses every one).
+    from resfu_med.bundle import export_bundle
+    from resfu_med.bundle.configs import _walk, check_standard_config
+    from resfu_med.errors import InputError
+
+    bundle = export_bundle(checkpoint[0], tmp_path / "bundle", torchscript=False)
+    for name in ("inference.json", "train.json", "evaluate.json"):
+        config = json.loads((bundle / "configs" / name).read_text())
+        strings = [item for _, _, item in _walk(config) if isinstance(item, str)]
+        assert not [s for s in strings if s[:1] in "$%"], name
+        check_standard_config(config, name)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    for bad, words in (("$@bundle_root + '/models'", "an expression"), ("@no_such_item", "not an item"),
+                       ("%configs/x.json#a", "a macro")):
+        config["model_dir"] = bad
+        with pytest.raises(InputError, match=words):
+            check_standard_config(config, "inference.json")
