@@ -83,6 +83,28 @@ def test_robust_zscored_keeps_metatensor_metadata():
     np.testing.assert_allclose(out.numpy(), robust_zscore(arr), rtol=0, atol=0)
 
 
+
+def test_robust_zscore_is_monais_pair_on_the_body_only():
+    """MONAI's ``ClipIntensityPercentilesd`` + ``NormalizeIntensityd(nonzero=True)`` compute the robust z-score when
+    every voxel is body (a check of ours against MONAI's), but not on a scan with zero background: MONAI takes the
+    percentiles over all voxels, zeros included (nnU-Net and resfu-med take them over the body). That is why bundles
+    name ``resfu_med.data.RobustZScored`` for this one mode and MONAI's own transforms for the others."""
+    from monai.transforms import ClipIntensityPercentilesd, Compose, NormalizeIntensityd
+
+    from resfu_med.data.intensity import robust_zscore
+
+    monai_pair = Compose([ClipIntensityPercentilesd("image", 0.5, 99.5), NormalizeIntensityd("image", nonzero=True)])
+    rng = np.random.default_rng(0)
+    body = rng.gamma(2.0, 150.0, (6, 20, 20)).astype(np.float32) + 1.0
+    body[0, 0, :3] = 5000.0  # a few very bright voxels: the upper percentile clips them
+    ours = robust_zscore(body)
+    theirs = monai_pair({"image": torch.from_numpy(body)[None]})["image"][0].numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)  # float32 (MONAI) vs float64 statistics
+    with_background = body.copy()
+    with_background[:, :6] = 0.0
+    theirs = monai_pair({"image": torch.from_numpy(with_background)[None]})["image"][0].numpy()
+    assert np.abs(theirs - robust_zscore(with_background)).max() > 0.1
+
 # resfu-med's own networks (not stand-ins), small, with ReSFU: a 2D TransUNet, a 2D U-Net and a 3D DynUNet.
 NETWORKS = {
     "transunet": ({"vit_depth": 1, "hidden_size": 32, "mlp_dim": 32, "num_heads": 2, "resnet_layers": [1, 1, 1],
