@@ -255,6 +255,8 @@ def prepare_dataset(
     mri_norm: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    num_processes: int = 1,
+    continue_on_error: bool = False,
 ) -> Path:
     """``resfu-med prepare``: convert a raw release (or the demo phantoms) into the TransUNet training layout.
 
@@ -270,6 +272,9 @@ def prepare_dataset(
             ``minmax`` for acdc, ``robust`` for MSD MRI.
         overwrite: redo cases that are already prepared.
         progress: show a progress bar.
+        num_processes: cases prepared in parallel worker processes, one case each at a time (``-np``); the output
+            is byte-identical to one process.
+        continue_on_error: prepare the other cases after a bad one and list every failure at the end.
 
     Returns:
         The prepared folder.
@@ -291,13 +296,15 @@ def prepare_dataset(
             raw = Path(output) / "raw"
             if overwrite or not (raw / "dataset.json").is_file():
                 make_demo_dataset(raw, seed=DEMO_SEED if seed is None else seed)
-            return prepare_synapse(raw, Path(output) / "prepared", name="demo", overwrite=overwrite, progress=progress)
+            return prepare_synapse(raw, Path(output) / "prepared", name="demo", overwrite=overwrite, progress=progress,
+                                   num_processes=num_processes, continue_on_error=continue_on_error)
     if data_root is None:
         raise InputError(f"--data-root is required for --dataset {name}")
     if not Path(data_root).is_dir():
         raise InputError(f"--data-root {data_root}: folder not found")
     out = output if output is not None else prepared_cache_dir(name, data_root)
-    common = {"split_file": split_file, "overwrite": overwrite, "progress": progress}
+    common = {"split_file": split_file, "overwrite": overwrite, "progress": progress, "num_processes": num_processes,
+              "continue_on_error": continue_on_error}
     # The raw release is read-only to us: the output never is, lies inside or contains it (a dataset.json there would
     # be overwritten); a foreign non-empty folder needs --overwrite; the cache folder is ours.
     with output_folder(out, "prepare", inputs=[data_root], overwrite=overwrite, reuse=output is None):

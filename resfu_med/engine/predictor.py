@@ -268,15 +268,10 @@ def load_for_inference(checkpoint: str | Path, device: str = "cpu") -> tuple[tor
     Raises:
         CheckpointError: missing, corrupt, or not matching its architecture/class count.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    from resfu_med.engine.checkpoint import load_model  # training layer's loader validates architecture and classes
+    from resfu_med.engine.checkpoint import load_model  # the one checkpoint→model path
 
-    model, config = load_model(str(path), device)
-    if not isinstance(config, Mapping) or "data" not in config or "num_classes" not in (config["data"] or {}):
-        raise CheckpointError(f"checkpoint {path}: its config has no data.num_classes")
-    return model.eval(), dict(config)
+    model, config = load_model(checkpoint, device)
+    return model, dict(config)
 
 
 def run_inference(

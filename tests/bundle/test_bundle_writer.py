@@ -118,13 +118,13 @@ def test_checkpoint_of_another_architecture(tmp_path, stand_in_targets):
     # Weights of a wider U-Net under a config that says the tiny one: the loader must refuse and name the file.
     _, wide = make_checkpoint(tmp_path / "wide.pt", kwargs={**TINY_UNET, "features": [8, 8, 16, 16, 32, 8]})
     path, _ = make_checkpoint(tmp_path / "mixed.pt", state=wide.state_dict())
-    with pytest.raises(CheckpointError, match=rf"{path}: weights do not fit {STAND_IN}: .*of another shape"):
+    with pytest.raises(CheckpointError, match=rf"{path} does not match its 'unet' architecture: .*of another shape"):
         export_bundle(path, tmp_path / "b")
     assert not (tmp_path / "b").exists()
     from monai.networks.nets import SegResNet
 
     path, _ = make_checkpoint(tmp_path / "segresnet.pt", state=SegResNet(spatial_dims=2).state_dict())
-    with pytest.raises(CheckpointError, match=r"segresnet\.pt: weights do not fit .* missing .* unexpected"):
+    with pytest.raises(CheckpointError, match=r"segresnet\.pt does not match its 'unet' architecture: .* missing .* unexpected"):
         export_bundle(path, tmp_path / "b")
 
 
@@ -135,7 +135,7 @@ def test_checkpoint_without_data_config(tmp_path):
     ckpt = load_checkpoint(path)
     del ckpt["config"]["data"]
     save_checkpoint(tmp_path / "nodata.pt", ckpt)
-    with pytest.raises(CheckpointError, match=r"nodata\.pt: checkpoint has no 'config\.data'"):
+    with pytest.raises(CheckpointError, match=r"nodata\.pt: its config has no data\.num_classes"):
         export_bundle(tmp_path / "nodata.pt", tmp_path / "b")
     torch.save({"model": {}}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match=r"plain\.pt is not a resfu-med checkpoint"):
