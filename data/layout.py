@@ -34,6 +34,8 @@ from tqdm import tqdm
 from resfu_med.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from resfu_med.errors import InputError
 
+from .plans import case_fingerprint, make_plans, write_plans
+
 __all__ = [
     "CaseSource",
     "PreparedCase",
@@ -225,10 +227,26 @@ def write_prepared(
         "list_dir": f"lists/lists_{list_name}",
         "orientation": "array (Z, Y, X) = NIfTI data (x, y, z).transpose(2, 1, 0); spacing in (sz, sy, sx) mm",
         "split": splits,
-        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp") and k != "settings"} for c, m in metas.items()},
+        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp") and k not in ("settings", "fingerprint")} for c, m in metas.items()},
     }
     atomic_write_json(root / "dataset.json", record)
+    # The plans are made from the training cases only (as nnU-Net's fingerprint): test labels never shape training.
+    planned = [m for m in metas.values() if m["split"] in TRAIN_SPLITS] or list(metas.values())
+    write_plans(root, make_plans([m.get("fingerprint") or _fingerprint_from_files(root, m) for m in planned],
+                                 info.get("label_names"), info.get("modality")))
     return root
+
+
+def _fingerprint_from_files(root: Path, meta: dict) -> dict:
+    """The fingerprint of a case prepared before fingerprints were recorded, read back from its files."""
+    case, depth = meta["case"], int(meta["shape"][0])
+    if meta["split"] in TRAIN_SPLITS:
+        slices = [np.load(root / "train_npz" / f"{slice_name(case, z)}.npz") for z in range(depth)]
+        image, label = np.stack([s["image"] for s in slices]), np.stack([s["label"] for s in slices])
+    else:
+        with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "r") as f:
+            image, label = f["image"][()], f["label"][()]
+    return case_fingerprint(image, label, meta["spacing"])
 
 
 def _remove_temporaries(root: Path, case: str) -> None:
@@ -261,6 +279,7 @@ def _prepare_case(root: Path, src: CaseSource, load_case: Callable[[CaseSource],
         "spacing": [float(s) for s in case.spacing],
         "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
         "labels_present": sorted(int(v) for v in np.unique(case.label)),
+        "fingerprint": case_fingerprint(case.image, case.label, case.spacing),  # plans.json (.plans)
         "settings": settings,
         **src.extra,
     }

@@ -77,6 +77,11 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 data[key] = [int(v) for v in getattr(info, key)]
         if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
             data["ignore_index"] = int(info.ignore_index)
+        from resfu_med.data import read_plans
+
+        plans = read_plans(data["root"])  # the dataset's fingerprint and plans (plans.json), kept in every checkpoint
+        if plans is not None:
+            cfg["plan"] = plans
     names = data.get("class_names")
     if names is not None:
         if len(names) != int(data["num_classes"]) - 1 or not all(isinstance(n, str) and n for n in names):
