@@ -23,6 +23,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,10 +207,23 @@ class Trainer:
             xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"],
                                          fg_oversample=self.cfg["train"].get("fg_oversample"),
                                          num_classes=int(d["num_classes"]))
-            return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform,
-                               volumes=True)
-        return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"],
-                           transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
+            return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform, volumes=True)
+        return self._budgeted(get_dataset, d["dataset"], d["root"], "train",
+                              transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
+
+    def _budgeted(self, get_dataset: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """The training set with as many items cached as fit in ``data.cache_gb`` (scale: docs/scale.md)."""
+        from resfu_med.data.cache import budget_cache_rate, cache_budget
+
+        d = self.cfg["data"]
+        budget = cache_budget(d.get("cache_gb"))  # an impossible request: one line, before any data is loaded
+        ds = get_dataset(*args, cache_rate=0.0, **kw)  # the item list only
+        rate, per_item = budget_cache_rate(ds.data, ds.transform.transforms[0], budget, float(d["cache_rate"]))
+        if self.dist.is_main and self.progress:
+            print(f"resfu-med train: caching {int(rate * len(ds.data))} of {len(ds.data)} training items in memory "
+                  f"(~{rate * len(ds.data) * per_item / 1e9:.2f} GB of a {budget / 1e9:.1f} GB budget, --cache-gb)",
+                  file=sys.stderr)
+        return get_dataset(*args, cache_rate=rate, **kw) if rate > 0 else ds
 
     def _default_val_data(self) -> Any:
         from resfu_med.data import get_dataset

@@ -93,3 +93,15 @@ def test_engine_inferer_rejects_a_batch_of_volumes():
     inferer = EngineInferer({"name": "unet", "kwargs": {}}, DATA_CFG)
     with pytest.raises(ValueError, match=r"\(1, 1, Z, Y, X\)"):
         inferer(torch.zeros(2, 1, 3, 8, 8), torch.nn.Identity())
+
+
+def test_recorded_settings_keep_what_prediction_reads_and_no_user_paths():
+    from resfu_med.bundle.inferer import recorded_settings
+
+    config = {"model": {"name": "unet", "kwargs": {"out_channels": 3}}, "train": {"lr": 0.01},
+              "data": {**DATA_CFG, "root": "/home/someone/private/Synapse", "num_workers": 2},
+              "plan": {"spacing": [1.0, 0.8, 0.8]}}
+    recorded = recorded_settings(config)
+    assert recorded == {"model": config["model"], "data": {"img_size": 32, "num_classes": 3},
+                        "plan": {"spacing": [1.0, 0.8, 0.8]}}
+    assert "plan" not in recorded_settings({k: v for k, v in config.items() if k != "plan"})
