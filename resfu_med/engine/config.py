@@ -233,6 +233,10 @@ class TrainConfig:
     max_iters: Optional[int] = option(None, "stop after N iterations in total, saving last.pt (the lr schedule still "
                                             "spans all epochs)", flag="--max-iters", minimum=0, runtime=True,
                                       metavar="N")
+    time_budget: Optional[float] = option(None, "wall-clock cap in seconds on this session's training loop: stop at the "
+                                                "first iteration past it and save last.pt (--resume continues; the lr "
+                                                "schedule still spans all epochs)", flag="--time-budget",
+                                          positive=True, runtime=True, metavar="SECONDS")
     batch_size: int = option(24, "global batch size (split across DDP processes)", flag="--batch-size", positive=True,
                              metavar="N")
     optimizer: str = option("sgd", "optimizer", choices=_OPTIMIZERS)
