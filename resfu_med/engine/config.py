@@ -275,6 +275,8 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    plan: Optional[dict] = option(None, "the dataset's fingerprint and plans (plans.json), recorded from the prepared "
+                                        "dataset", derived=True)
     sources: Optional[dict] = option(None, "the layer that set each non-default value (written by resfu-med train)",
                                      derived=True)
 
