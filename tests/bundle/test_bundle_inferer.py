@@ -37,14 +37,22 @@ def _bundle_like_labels(scan, out_dir, net, config, **options):
     return nib.load(out_dir / "case1_seg.nii.gz")
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_engine_inferer_equals_resfu_med_infer(tmp_path, stand_in_targets, ct_volume, spatial_dims):
+@pytest.mark.parametrize("spatial_dims, depth", [(2, None), (3, None), (3, 40)])
+def test_engine_inferer_equals_resfu_med_infer(tmp_path, stand_in_targets, ct_volume, spatial_dims, depth):
+    """40 slices, roi_z 16: infer streams the volume in slabs, and so does the bundle (MONAI's one-pass sliding
+    window, which bundles ran before, can differ near slab borders)."""
     from resfu_med.engine.predictor import InferOptions, infer_file
 
     data = DATA_CFG if spatial_dims == 2 else {**DATA_CFG, "roi_size": [16, 32, 32]}
     ckpt, net = make_checkpoint(tmp_path / "ckpt.pt", spatial_dims=spatial_dims, data=data)
     config = torch.load(ckpt, weights_only=True)["config"]
     _, scan = ct_volume
+    if depth is not None:
+        deep = tmp_path / "deep" / "case1.nii.gz"
+        deep.parent.mkdir()
+        vol = np.random.default_rng(1).normal(50, 200, (40, 37, depth)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, nib.load(scan).affine), deep)
+        scan = deep
     written = _bundle_like_labels(scan, tmp_path / "bundle_segs", net, config)
     (infer_out,) = infer_file(scan, tmp_path / "infer_segs", net, config, InferOptions(progress=False))
     expected, source = nib.load(infer_out), nib.load(scan)
