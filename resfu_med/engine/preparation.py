@@ -19,6 +19,7 @@ from resfu_med.atomic import atomic_write_json
 from resfu_med.engine.config import OPTIONS
 from resfu_med.errors import InputError
 from resfu_med.outputs import MARKER, claim_output
+from resfu_med.networks.dynunet import dynunet_plan
 from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
 __all__ = ["native_img_size", "complete_config", "prepare_run_dir", "resume_runtime", "RUN_FILES", "RUNTIME_KEYS"]
@@ -94,9 +95,15 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
                          f"{spec.min_img_size}")
+    given = set(model.get("kwargs") or {})
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
                                    model.get("upsampler"), model.get("kwargs"),
                                    patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
+    plan3d = ((cfg.get("plan") or {}).get("plans") or {}).get("3d")
+    if spec.patch_kwargs is dynunet_plan and plan3d and not given & {"kernel_size", "strides", "upsample_kernel_size"}:
+        # DynUNet's kernels and strides from the patch at the dataset's planned spacing (anisotropic data: the coarse
+        # axis gets 1-voxel kernels and is halved later), not the isotropic default
+        model["kwargs"].update(dynunet_plan(data["patch_size"], plan3d["spacing"]))
     return cfg
 
 
