@@ -8,6 +8,7 @@
     <root>/lists/lists_<Name>/<split>_vol.txt  one case per line, for each evaluation split (``test_vol.txt``)
     <root>/meta/<case>.json                    per-case record, written last: its presence marks the case finished
     <root>/dataset.json                        dataset-level record (labels, intensity spec, split, per-case geometry)
+    <root>/plans.json                          fingerprint and 2D/3D training plans (:mod:`resfu_med.data.plans`)
 
 Training splits are stored as axial slices, evaluation splits as volumes (docs/datasets.md). Every file is written through
 :mod:`resfu_med.atomic`, so an interrupted ``prepare`` never leaves a torn file that looks complete, and cases finished
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from resfu_med.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from resfu_med.data.plans import case_fingerprint, dataset_fingerprint, make_plans, write_plans
 from resfu_med.errors import InputError
 
 __all__ = [
@@ -187,6 +189,7 @@ def write_prepared(
                 "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
                 "labels_present": sorted(int(v) for v in np.unique(case.label)),
                 "settings": settings,
+                "fingerprint": case_fingerprint(case.image, case.label, case.spacing),
                 **src.extra,
             }
             atomic_write_json(root / "meta" / f"{src.case}.json", meta)  # written last: marks the case finished
@@ -211,9 +214,14 @@ def write_prepared(
         "list_dir": f"lists/lists_{list_name}",
         "orientation": "array (Z, Y, X) = NIfTI data (x, y, z).transpose(2, 1, 0); spacing in (sz, sy, sx) mm",
         "split": splits,
-        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp") and k != "settings"} for c, m in metas.items()},
+        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp") and k not in ("settings", "fingerprint")}
+                  for c, m in metas.items()},
     }
     atomic_write_json(root / "dataset.json", record)
+    train = [metas[c]["fingerprint"] for s in TRAIN_SPLITS for c in splits.get(s, []) if "fingerprint" in metas[c]]
+    if train and len(train) == sum(len(splits.get(s, [])) for s in TRAIN_SPLITS):  # older preparations: no plans
+        fp = dataset_fingerprint(train, [str(info.get("modality") or "0")])
+        write_plans(root, make_plans(fp, str(info.get("name") or info.get("dataset") or "")))
     return root
 
 

@@ -8,6 +8,13 @@ order 3), predicted, and the argmax zoomed back to the slice's size (nearest, or
 The network call goes through MONAI ``sliding_window_inference`` with Gaussian blending, so a ``roi`` smaller than
 ``img_size`` tiles the zoomed slice; with ``roi == img_size`` it is one window and exactly the evaluation protocol.
 
+A 2D model trained by the plan pipeline (``data.pipeline: plan``, the plan stored in its checkpoint as
+``data.plan``) is run at native resolution instead (:func:`predict_slices_planned`): each slice is resampled in-plane
+to the plan's target spacing (linear, ``align_corners`` like the training resampling), predicted whole by
+Gaussian-weighted sliding windows of the plan's patch (MONAI ``sliding_window_inference``, which pads a slice smaller
+than the patch), and its probabilities are resampled back (linear) to the slice's own grid before the argmax, so the
+labels come back on the image's grid whatever its size or spacing.
+
 3D models run MONAI ``sliding_window_inference`` over the volume at its own voxel grid, in overlapping slabs along
 the first axis so that memory stays bounded for large CT volumes (only one slab's probabilities exist at a time,
 however many slices the volume has).
@@ -23,13 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from scipy.ndimage import zoom
 
 from resfu_med.errors import CheckpointError
 from resfu_med.networks.model_registry import DEFAULT_IMG_SIZE, get_model_spec
 
-__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
+__all__ = ["make_predictor", "predict_slices", "predict_slices_planned", "predict_volume_3d", "predict_volume"]
 
 
 def _pair(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -153,6 +161,72 @@ def predict_slices(
     return labels, probs
 
 
+def _resize(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``(B, C, H, W)`` to ``shape`` with ``align_corners=True`` (scipy ``zoom`` order 1's grid)."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=tuple(int(v) for v in shape), mode="bilinear", align_corners=True)
+
+
+@torch.no_grad()
+def predict_slices_planned(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    plan: Mapping[str, Any],
+    spacing: Sequence[float] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    overlap: float = 0.5,
+    tta: bool = False,
+    num_classes: int | None = None,
+    probabilities: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predict a ``(Z, H, W)`` volume with a 2D model of the plan pipeline (see the module doc).
+
+    Args:
+        model: 2D network in eval mode.
+        image: ``(Z, H, W)`` float volume, already intensity-normalised.
+        plan: the 2D plan the model trained with (``target_spacing``, ``patch_size``).
+        spacing: the image's ``(sz, sy, sx)`` (or ``(sy, sx)``) in mm; ``None``: taken to be the target spacing.
+        device: where the network runs.
+        batch_size: slices per network call (each slice is tiled by windows).
+        overlap: window overlap fraction in [0, 1) (nnU-Net: 0.5).
+        tta: mirror test-time augmentation.
+        num_classes: expected logit channels (checked).
+        probabilities: also return ``(C, Z, H, W)`` float32 probabilities on the image grid.
+        progress: called with the number of slices done after each batch.
+
+    Returns:
+        ``(labels, probs)``: labels ``(Z, H, W)`` uint8 on the image grid; probs or ``None``.
+    """
+    from resfu_med.data.patch_transforms import inplane_factors
+
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, H, W), got shape {image.shape}")
+    roi = _pair(plan["patch_size"], 2, "plan.patch_size")
+    depth, h, w = image.shape
+    factors = inplane_factors(None if spacing is None else tuple(spacing)[-2:], plan["target_spacing"])
+    work = (h, w) if factors is None else tuple(max(1, int(round(n * f))) for n, f in zip((h, w), factors))
+    predictor = make_predictor(model, 2, tta, num_classes)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    probs = None
+    step = max(1, int(batch_size))
+    for z0 in range(0, depth, step):
+        z1 = min(depth, z0 + step)
+        x = torch.from_numpy(np.ascontiguousarray(image[z0:z1], dtype=np.float32)).unsqueeze(1).to(device)
+        p = sliding_window_inference(_resize(x, work), roi, x.shape[0], predictor, overlap=overlap, mode="gaussian")
+        p = _resize(p, (h, w))
+        labels[z0:z1] = torch.argmax(p, dim=1).to(torch.uint8).cpu().numpy()
+        if probabilities:
+            if probs is None:
+                probs = np.zeros((p.shape[1], depth, h, w), dtype=np.float32)
+            probs[:, z0:z1] = p.cpu().numpy().transpose(1, 0, 2, 3)
+        if progress is not None:
+            progress(z1 - z0)
+    return labels, probs
+
+
 @torch.no_grad()
 def predict_volume_3d(
     model: torch.nn.Module,
@@ -230,14 +304,27 @@ def predict_volume(
     probabilities: bool = False,
     resample: bool = True,
     progress: Callable[[int], None] | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a ``(Z, Y, X)`` normalised volume with the model a checkpoint ``config`` describes (2D or 3D).
 
     ``config["data"]`` gives ``img_size`` and ``num_classes``; the window is ``roi`` or the model's default
-    (:meth:`resfu_med.networks.ModelSpec.default_roi`).
+    (:meth:`resfu_med.networks.ModelSpec.default_roi`). A 2D model trained by the plan pipeline
+    (``data.pipeline == "plan"``) is run by :func:`predict_slices_planned` with the checkpoint's ``data.plan`` and the
+    image's ``spacing`` ``(sz, sy, sx)`` (``roi`` and ``resample`` do not apply: the plan fixes both).
     """
     data = config.get("data", {}) or {}
     spec = get_model_spec((config.get("model") or {}).get("name"))
+    if spec.spatial_dims == 2 and data.get("pipeline") == "plan":
+        from resfu_med.data.plans import validate_plan
+
+        try:
+            plan = validate_plan(data.get("plan"), "checkpoint config data.plan")
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        return predict_slices_planned(model, image, plan, spacing, device, batch_size, overlap=overlap,
+                                      tta=tta, num_classes=data.get("num_classes"), probabilities=probabilities,
+                                      progress=progress)
     window = roi if roi is not None else spec.default_roi(data)
     if spec.spatial_dims == 3:
         return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),
