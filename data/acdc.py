@@ -116,6 +116,8 @@ def prepare_acdc(
     mode: str = "minmax",
     overwrite: bool = False,
     progress: bool = True,
+    num_processes: int = 1,
+    continue_on_error: bool = False,
 ) -> Path:
     """Convert the ACDC release into the prepared layout (train slices; val and test volumes).
 
@@ -126,6 +128,7 @@ def prepare_acdc(
         mode: per-volume normalisation, ``"minmax"`` or ``"zscore"``.
         overwrite: redo finished cases.
         progress: show a progress bar.
+        num_processes, continue_on_error: see :func:`.layout.write_prepared` (``prepare -np``).
 
     Returns:
         The prepared root.
@@ -161,7 +164,8 @@ def prepare_acdc(
 
     info = {"dataset": "acdc", "modality": "MRI", "num_classes": 4, "label_names": ACDC_CLASSES, "intensity": spec,
             "source": str(raw_root)}  # fmt: skip
-    return write_prepared(out, sources, load_case, info=info, list_name="ACDC", overwrite=overwrite, progress=progress)
+    return write_prepared(out, sources, load_case, info=info, list_name="ACDC", overwrite=overwrite, progress=progress,
+                          num_processes=num_processes, continue_on_error=continue_on_error)
 
 
 # The preprocessed ACDC copy of TransUNet follow-ups (MISSFormer, Swin-Unet, CASCADE... ``ACDCdataset``): slices

@@ -280,7 +280,7 @@ class SynapseDataset(PreparedDataset):
     """Synapse multi-organ CT in the TransUNet layout (``lists/lists_Synapse``); see :class:`PreparedDataset`.
 
     Example:
-        >>> ds = SynapseDataset("data/Synapse", split="test")  # doctest: +SKIP
+        >>> ds = SynapseDataset("~/datasets/Synapse", split="test")  # doctest: +SKIP
         >>> ds[0]["image"].shape  # (Z, 512, 512)  # doctest: +SKIP
     """
 

@@ -20,7 +20,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from monai.transforms import MapTransform, NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
+from monai.utils import convert_to_dst_type
 
 __all__ = ["make_intensity_transform", "CT_SPEC", "MRI_SPEC", "MRI_ROBUST_SPEC", "MRI_MODES", "RobustZScored",
            "robust_zscore", "validate_intensity_spec"]
@@ -64,7 +66,11 @@ class RobustZScored(MapTransform):
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = robust_zscore(np.asarray(d[key]), self.percentiles)
+            image = d[key]
+            out = robust_zscore(np.asarray(image), self.percentiles)
+            # Same container as the input: a MetaTensor keeps its affine, spatial_shape and applied operations, which
+            # MONAI's Invertd/SaveImaged need after inference (a bare array made every MRI bundle fail).
+            d[key] = convert_to_dst_type(out, image, dtype=torch.float32)[0] if isinstance(image, torch.Tensor) else out
         return d
 
 

@@ -39,7 +39,6 @@ from resfu_med.errors import InputError
 __all__ = [
     "Geometry",
     "read_image",
-    "read_geometry",
     "write_image",
     "image_format",
     "image_stem",
@@ -365,42 +364,6 @@ def read_image(
     if intensity is not None and not pointwise:
         vol = np.asarray(intensity(vol), dtype=dtype)
     return vol, geometry
-
-
-def read_geometry(path: str | os.PathLike) -> Geometry:
-    """The :class:`Geometry` of an image, from its header only (no voxels read).
-
-    Raises:
-        InputError: as :func:`read_image`.
-    """
-    p = Path(path)
-    fmt = image_format(p) if p.exists() else None
-    if fmt is None:
-        raise InputError(f"{p}: no such file or not a supported image")
-    if fmt == "nifti":
-        import nibabel as nib
-
-        try:
-            img = nib.load(str(p))
-        except Exception as err:
-            raise InputError(f"{p}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
-        shape = _check_volume(p, tuple(int(s) for s in img.shape))
-        return Geometry.from_affine(img.affine, shape[::-1], format="nifti", suffix=_suffix_of(p),
-                                    nifti_header=img.header.copy())  # fmt: skip
-    if fmt == "dicom":
-        return read_image(p, dtype=np.int16)[1]
-    import SimpleITK as sitk
-
-    reader = _sitk_reader(p)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise InputError(f"{p}: not a readable {fmt} image ({str(err).splitlines()[-1]})") from None
-    size, ndim = reader.GetSize(), reader.GetDimension()
-    _check_volume(p, tuple(size))
-    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(ndim, ndim)[:3, :3]
-    return Geometry((int(size[2]), int(size[1]), int(size[0])), tuple(float(s) for s in reader.GetSpacing()[:3]),
-                    tuple(float(o) for o in reader.GetOrigin()[:3]), direction, format=fmt, suffix=_suffix_of(p))
 
 
 def _write_nifti(path: Path, arr: np.ndarray, geometry: Geometry) -> None:

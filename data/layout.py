@@ -7,8 +7,8 @@
     <root>/lists/lists_<Name>/train.txt        one slice name per line (``case0005_slice000``)
     <root>/lists/lists_<Name>/<split>_vol.txt  one case per line, for each evaluation split (``test_vol.txt``)
     <root>/meta/<case>.json                    per-case record, written last: its presence marks the case finished
-    <root>/dataset.json                        dataset-level record (labels, intensity spec, split, per-case geometry)
     <root>/plans.json                          fingerprint and 2D/3D training plans (:mod:`resfu_med.data.plans`)
+    <root>/dataset.json                        dataset-level record (labels, intensity spec, split, per-case geometry)
 
 Training splits are stored as axial slices, evaluation splits as volumes (docs/datasets.md). Every file is written through
 :mod:`resfu_med.atomic`, so an interrupted ``prepare`` never leaves a torn file that looks complete, and cases finished
@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +107,23 @@ def _is_finished(root: Path, src: CaseSource, settings: dict) -> dict | None:
     return meta
 
 
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    """``np.savez_compressed`` with a fixed zip timestamp, so preparing the same case twice (or in another process)
+    gives byte-identical files."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
 def _write_slices(root: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:
     for z in range(image.shape[0]):
-        buf = io.BytesIO()
-        np.savez_compressed(buf, image=image[z].astype(np.float32), label=label[z].astype(np.uint8))
-        atomic_write_bytes(root / "train_npz" / f"{slice_name(case, z)}.npz", buf.getvalue())
+        data = _npz_bytes(image=image[z].astype(np.float32), label=label[z].astype(np.uint8))
+        atomic_write_bytes(root / "train_npz" / f"{slice_name(case, z)}.npz", data)
     # A re-prepared case with fewer slices must not keep stale higher-numbered slices around.
     for stale in (root / "train_npz").glob(f"{case}_slice*.npz"):
         idx = stale.stem.rpartition("_slice")[2]
@@ -132,6 +147,8 @@ def write_prepared(
     list_name: str,
     overwrite: bool = False,
     progress: bool = True,
+    num_processes: int = 1,
+    continue_on_error: bool = False,
 ) -> Path:
     """Prepare ``sources`` into the TransUNet layout under ``root`` (idempotent, atomic, resumable).
 
@@ -143,14 +160,20 @@ def write_prepared(
         list_name: the list folder suffix, e.g. ``"Synapse"`` for ``lists/lists_Synapse``.
         overwrite: redo cases that are already finished.
         progress: show a tqdm bar.
+        num_processes: cases prepared at once, each in its own worker process holding one case at a time (nnU-Net's
+            ``-np``); the files are byte-identical to ``num_processes=1``.
+        continue_on_error: prepare every other case after a bad one and report all failures at the end; default:
+            stop at the first (cases already running finish; nothing is left half-written).
 
     Returns:
         ``root`` as a Path.
 
     Raises:
-        InputError: an empty split or errors of ``load_case`` (raised after every other case is prepared: one error
-            as it is, several in one message); finished cases stay intact.
+        InputError: an empty split, or a bad case (named by its file; with ``continue_on_error`` every failure in
+            one message); finished cases stay intact.
     """
+    if int(num_processes) < 1:
+        raise ValueError(f"num_processes must be at least 1, got {num_processes}")
     root = Path(root)
     if not sources:
         raise InputError(f"{root}: no cases to prepare")
@@ -158,49 +181,39 @@ def write_prepared(
     for src in sources:
         splits.setdefault(src.split, []).append(src.case)
     root.mkdir(parents=True, exist_ok=True)
-    metas: dict[str, dict] = {}
     settings = json.loads(json.dumps({"intensity": info.get("intensity"), "label_map": info.get("label_map")}))
-    bar = tqdm(sources, desc=f"prepare {info.get('dataset', '')}", unit="case", disable=not progress)
-    failed: list[InputError] = []
-    for src in bar:
-        bar.set_postfix_str(src.case)
+    metas: dict[str, dict] = {}
+    todo = []
+    for i, src in enumerate(sources):
         meta = None if overwrite else _is_finished(root, src, settings)
         if meta is None:
-            try:
-                case = load_case(src)
-                if case.image.shape != case.label.shape or case.image.ndim != 3:
-                    raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
-            except InputError as err:  # one bad export must not stop the others; reported together below
-                failed.append(err)
-                continue
-            if src.split in TRAIN_SPLITS:
-                _write_slices(root, src.case, case.image, case.label)
-            else:
-                _write_volume(root, src.case, case.image, case.label)
-            meta = {
-                "case": src.case,
-                "split": src.split,
-                "image": str(src.image),
-                "label": str(src.label),
-                "image_stamp": _source_stamp(src.image),
-                "label_stamp": _source_stamp(src.label),
-                "shape": list(case.image.shape),
-                "spacing": [float(s) for s in case.spacing],
-                "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
-                "labels_present": sorted(int(v) for v in np.unique(case.label)),
-                "settings": settings,
-                "fingerprint": case_fingerprint(case.image, case.label, case.spacing),
-                **src.extra,
-            }
-            atomic_write_json(root / "meta" / f"{src.case}.json", meta)  # written last: marks the case finished
-        metas[src.case] = meta
+            todo.append(i)
+            _remove_temporaries(root, src.case)
+        else:
+            metas[src.case] = meta
+    bar = tqdm(total=len(sources), initial=len(metas), desc=f"prepare {info.get('dataset', '')}", unit="case",
+               disable=not progress)
+    failed: list[str] = []
+    for i, meta, error in _run_cases(root, sources, todo, load_case, settings, num_processes):
+        bar.update()
+        if error is None:
+            metas[sources[i].case] = meta
+            continue
+        failed.append(error)
+        if not continue_on_error:
+            break  # _run_cases lets the cases already running finish (each complete or redone), starts no more
+    bar.close()
+    metas = {src.case: metas[src.case] for src in sources if src.case in metas}  # the sources' order, not finishing order
     if failed:
         # No lists or dataset.json: an incomplete preparation must not look finished. The good cases are kept, so a
         # rerun after fixing the bad files only redoes those.
+        if not continue_on_error:
+            raise InputError(failed[0] + (" (pass --continue-on-error to prepare the other cases)"
+                                          if len(sources) > 1 else ""))
         if len(failed) == 1:
-            raise failed[0]
+            raise InputError(failed[0])
         raise InputError(f"{len(failed)} of {len(sources)} cases failed (the others are prepared): "
-                         + "; ".join(str(e) for e in failed))
+                         + "; ".join(failed))
     list_dir = root / "lists" / f"lists_{list_name}"
     for split, cases in splits.items():
         if split in TRAIN_SPLITS:
@@ -223,6 +236,88 @@ def write_prepared(
         fp = dataset_fingerprint(train, [str(info.get("modality") or "0")])
         write_plans(root, make_plans(fp, str(info.get("name") or info.get("dataset") or "")))
     return root
+
+
+def _remove_temporaries(root: Path, case: str) -> None:
+    """Delete the temporary files a killed run left for ``case`` (:mod:`resfu_med.atomic` names them
+    ``.<file>.<random>.tmp*``); the case is redone."""
+    for folder in ("train_npz", "test_vol_h5", "meta"):
+        for pattern in (f".{case}_slice*.tmp*", f".{case}.*.tmp*"):
+            for tmp in (root / folder).glob(pattern):
+                tmp.unlink(missing_ok=True)
+
+
+def _prepare_case(root: Path, src: CaseSource, load_case: Callable[[CaseSource], PreparedCase],
+                  settings: dict) -> dict:
+    """Load, check and write one case; its meta record is written last and marks it finished."""
+    case = load_case(src)
+    if case.image.shape != case.label.shape or case.image.ndim != 3:
+        raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
+    if src.split in TRAIN_SPLITS:
+        _write_slices(root, src.case, case.image, case.label)
+    else:
+        _write_volume(root, src.case, case.image, case.label)
+    meta = {
+        "case": src.case,
+        "split": src.split,
+        "image": str(src.image),
+        "label": str(src.label),
+        "image_stamp": _source_stamp(src.image),
+        "label_stamp": _source_stamp(src.label),
+        "shape": list(case.image.shape),
+        "spacing": [float(s) for s in case.spacing],
+        "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
+        "labels_present": sorted(int(v) for v in np.unique(case.label)),
+        "settings": settings,
+        "fingerprint": case_fingerprint(case.image, case.label, case.spacing),
+        **src.extra,
+    }
+    atomic_write_json(root / "meta" / f"{src.case}.json", meta)
+    return meta
+
+
+def _case_error(src: CaseSource, err: Exception) -> str:
+    """One line naming the bad case's file."""
+    if isinstance(err, InputError):
+        return str(err)
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{src.image} (case {src.case}): {type(err).__name__}: {first}"
+
+
+# The job a forked worker process runs (inherited at fork: the loaders are closures, which cannot be pickled).
+_JOB: tuple | None = None
+
+
+def _worker(i: int) -> tuple[int, dict | None, str | None]:
+    root, sources, load_case, settings = _JOB
+    try:
+        return i, _prepare_case(root, sources[i], load_case, settings), None
+    except Exception as err:  # reported by name in the parent
+        return i, None, _case_error(sources[i], err)
+
+
+def _run_cases(root: Path, sources: Sequence[CaseSource], todo: list[int], load_case: Callable, settings: dict,
+               num_processes: int) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Prepare ``sources[i]`` for each ``i`` of ``todo``; yields ``(i, meta, None)`` or ``(i, None, error)`` as
+    cases finish. With several processes, each worker holds one case at a time; when the caller stops iterating,
+    no new case starts and the running ones finish."""
+    global _JOB
+    if num_processes <= 1 or len(todo) <= 1:
+        for i in todo:
+            try:
+                yield i, _prepare_case(root, sources[i], load_case, settings), None
+            except Exception as err:
+                yield i, None, _case_error(sources[i], err)
+        return
+    _JOB = (root, sources, load_case, settings)
+    pool = ProcessPoolExecutor(min(num_processes, len(todo)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = [pool.submit(_worker, i) for i in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _JOB = None
 
 
 def read_dataset_json(root: str | os.PathLike) -> dict[str, Any] | None:

@@ -183,6 +183,8 @@ def prepare_msd(
     mri_mode: str = "robust",
     overwrite: bool = False,
     progress: bool = True,
+    num_processes: int = 1,
+    continue_on_error: bool = False,
 ) -> Path:
     """Prepare an MSD/nnU-Net folder into the layout of :mod:`~resfu_med.data.layout` (list folder ``lists_MSD``).
 
@@ -195,6 +197,7 @@ def prepare_msd(
         mri_mode: ``"robust"`` (default), ``"minmax"`` or ``"zscore"`` for non-CT modalities.
         overwrite: redo finished cases.
         progress: show a progress bar.
+        num_processes, continue_on_error: see :func:`.layout.write_prepared` (``prepare -np``).
 
     Returns:
         The prepared root.
@@ -244,7 +247,8 @@ def prepare_msd(
             "split_origin": origin}  # fmt: skip
     if m["ignore_label"] is not None:
         info["ignore_index"] = IGNORE_INDEX
-    return write_prepared(out, sources, load_case, info=info, list_name="MSD", overwrite=overwrite, progress=progress)
+    return write_prepared(out, sources, load_case, info=info, list_name="MSD", overwrite=overwrite, progress=progress,
+                          num_processes=num_processes, continue_on_error=continue_on_error)
 
 
 class MSDDataset(PreparedDataset):

@@ -196,6 +196,8 @@ def prepare_synapse(
     name: str = "synapse",
     overwrite: bool = False,
     progress: bool = True,
+    num_processes: int = 1,
+    continue_on_error: bool = False,
 ) -> Path:
     """Convert the raw BTCV release into the TransUNet Synapse layout (docs/datasets.md).
 
@@ -211,6 +213,7 @@ def prepare_synapse(
         name: dataset name recorded in ``dataset.json`` (``"demo"`` for the phantoms).
         overwrite: redo finished cases.
         progress: show a progress bar.
+        num_processes, continue_on_error: see :func:`.layout.write_prepared` (``prepare -np``).
 
     Returns:
         The prepared root.
@@ -251,4 +254,5 @@ def prepare_synapse(
         "label_map": {str(k): v for k, v in SYNAPSE_LABEL_MAP.items()},
         "source": str(raw_root),
     }
-    return write_prepared(out, sources, load_case, info=info, list_name="Synapse", overwrite=overwrite, progress=progress)
+    return write_prepared(out, sources, load_case, info=info, list_name="Synapse", overwrite=overwrite, progress=progress,
+                          num_processes=num_processes, continue_on_error=continue_on_error)

@@ -5,7 +5,7 @@ Same encoder/decoder blocks as ``monai.networks.nets.BasicUNet`` (``TwoConv``, `
 (``deconv``, ``pixelshuffle``) map ``in → up`` channels themselves; the others get MONAI's 1×1 "pre_conv" first.
 Guidance: ``resfu`` is guided by C1 (x0, the first full-resolution feature) area-pooled to each target size; the
 guided peer ``sapa`` gets the iterative guidance (the encoder feature it is concatenated with).
-With ``upsample="deconv"`` the network is MONAI's ``BasicUNet(upsample="deconv")`` module for module.
+With ``upsampler="deconv"`` the network is MONAI's ``BasicUNet(upsample="deconv")`` module for module.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv
-from monai.utils import ensure_tuple_rep, look_up_option
+from monai.utils import ensure_tuple_rep
 
-from .upsamplers import UpsamplerName, get_upsampler
+from .upsamplers import get_upsampler, guide_source, upsampler_keyword
 
 __all__ = ["UpCat", "BasicUNet"]
 
@@ -93,14 +93,15 @@ class BasicUNet(nn.Module):
         norm: normalisation, MONAI spec (instance norm with affine).
         bias: conv bias.
         dropout: dropout.
-        upsample: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``, ``carafe``,
+        upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``, ``carafe``,
             ``sapa``, ``dysample``; the last three 2D only).
         upsampler_kwargs: extra registry options (for ``bilinear`` the default here is ``align_corners=True``,
             MONAI's non-trainable default).
+        upsample: deprecated spelling of ``upsampler`` (one release; warns).
 
     Example::
 
-        >>> net = BasicUNet(2, 1, 3, features=(8, 8, 16, 16, 32, 8), upsample="bilinear")
+        >>> net = BasicUNet(2, 1, 3, features=(8, 8, 16, 16, 32, 8), upsampler="bilinear")
         >>> net(torch.rand(1, 1, 32, 32)).shape
         torch.Size([1, 3, 32, 32])
     """
@@ -115,22 +116,23 @@ class BasicUNet(nn.Module):
         norm: str | tuple = ("instance", {"affine": True}),
         bias: bool = True,
         dropout: float | tuple = 0.0,
-        upsample: str = "resfu",
+        upsampler: str = "resfu",
         upsampler_kwargs: dict[str, Any] | None = None,
+        upsample: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         fea = ensure_tuple_rep(features, 6)
-        name = str(look_up_option(upsample, UpsamplerName))
+        name = upsampler_keyword(upsampler, upsample, type(self).__name__)
         self.spatial_dims = spatial_dims
-        self.upsample = name
+        self.upsampler = self.upsample = name  # ``upsample``: the attribute's name in earlier releases
         kw = dict(upsampler_kwargs or {})
         if name == "bilinear":
             kw.setdefault("align_corners", True)
-        # guide source per decoder level: "c1" (x0 area-pooled / itself) for resfu, the skip for sapa, none otherwise
-        self.guide_mode = "c1" if name == "resfu" else ("skip" if name == "sapa" else "none")
-        guides = [fea[0]] * 4 if name == "resfu" else [fea[3], fea[2], fea[1], fea[0]]
+        # guide per decoder level (the registry's guide policy): C1 = x0, or the skip feature, or none
+        self.guide_mode = guide_source(name)
+        guides = [fea[0]] * 4 if self.guide_mode == "c1" else [fea[3], fea[2], fea[1], fea[0]]
 
         self.conv_0 = TwoConv(spatial_dims, in_channels, fea[0], act, norm, bias, dropout)
         self.down_1 = Down(spatial_dims, fea[0], fea[1], act, norm, bias, dropout)

@@ -1,11 +1,11 @@
 """MONAI's ``DynUNet`` (the nnU-Net architecture) with every decoder transposed convolution replaced by a registry
 upsampler, ReSFU guided by the first encoder stage.
 
-Same constructor arguments as ``monai.networks.nets.DynUNet`` plus ``upsample`` and ``upsampler_kwargs``; the encoder,
+Same constructor arguments as ``monai.networks.nets.DynUNet`` plus ``upsampler`` and ``upsampler_kwargs``; the encoder,
 bottleneck, conv blocks, output and deep-supervision heads are MONAI's own modules (built by MONAI's constructor,
 then only each ``UnetUpBlock``'s transposed convolution is swapped, see :mod:`resfu_med.networks.guided_up`).
 Each step upsamples by its ``upsample_kernel_size`` (the stride of the encoder stage it mirrors), so anisotropic
-strides such as ``(1, 2, 2)`` give anisotropic ReSFU ratios. With ``upsample="deconv"`` the network is MONAI's
+strides such as ``(1, 2, 2)`` give anisotropic ReSFU ratios. With ``upsampler="deconv"`` the network is MONAI's
 ``DynUNet`` module for module (same ``state_dict`` keys, same outputs).
 """
 
@@ -18,11 +18,10 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import DynUNet as MonaiDynUNet
 from monai.networks.nets.dynunet import DynUNetSkipLayer
-from monai.utils import look_up_option
 from torch.nn.functional import interpolate
 
 from .guided_up import GuidedUpBlock, guided_up_block, up_step, with_upsample_signature
-from .upsamplers import UpsamplerName
+from .upsamplers import upsampler_keyword
 
 __all__ = ["DynUNet", "dynunet_plan"]
 
@@ -72,7 +71,7 @@ class DynUNet(MonaiDynUNet):
         args: MONAI ``DynUNet``'s arguments (``spatial_dims``, ``in_channels``, ``out_channels``, ``kernel_size``,
             ``strides``, ``upsample_kernel_size``, ``filters``, ``dropout``, ``norm_name``, ``act_name``,
             ``deep_supervision``, ``deep_supr_num``, ``res_block``, ``trans_bias``).
-        upsample: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``, ``carafe``,
+        upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``, ``carafe``,
             ``sapa``, ``dysample``; the last three 2D only; ``pixelshuffle`` needs the same ratio on every axis).
         upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``).
         kwargs: MONAI ``DynUNet``'s keyword arguments.
@@ -80,20 +79,21 @@ class DynUNet(MonaiDynUNet):
     Example::
 
         >>> net = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, (1, 2, 2), 2],
-        ...               upsample_kernel_size=[(1, 2, 2), 2], filters=[8, 16, 32], upsample="resfu")
+        ...               upsample_kernel_size=[(1, 2, 2), 2], filters=[8, 16, 32], upsampler="resfu")
         >>> net(torch.rand(1, 1, 8, 16, 16)).shape
         torch.Size([1, 3, 8, 16, 16])
     """
 
-    def __init__(self, *args: Any, upsample: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, upsampler: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
+                 upsample: str | None = None, **kwargs: Any) -> None:
+        name = upsampler_keyword(upsampler, upsample, type(self).__name__)
         super().__init__(*args, **kwargs)
-        self.upsample = str(look_up_option(upsample, UpsamplerName))
+        self.upsampler = self.upsample = name  # ``upsample``: the attribute's name in earlier releases
         c1_channels = int(self.filters[0])
         levels = self._levels()
         # The skip layers hold the same up blocks as self.upsamples (deepest first there, shallowest first here).
         for layer, j in zip(levels, reversed(range(len(self.upsamples)))):
-            block = guided_up_block(self.upsamples[j], self.upsample, c1_channels, upsampler_kwargs)
+            block = guided_up_block(self.upsamples[j], name, c1_channels, upsampler_kwargs)
             if isinstance(block, GuidedUpBlock) and block.pre_conv is not None:
                 block.pre_conv.apply(self.initialize_weights)  # MONAI's Kaiming init of DynUNet's convolutions
             self.upsamples[j] = block

@@ -27,16 +27,9 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.utils import look_up_option
 
-from .upsamplers import UpsamplerName, get_upsampler
+from .upsamplers import get_upsampler, guide_source, upsampler_entry, upsampler_keyword
 
 __all__ = ["GuidedUpBlock", "UNETRDecoderMixin", "guided_up_block", "up_step", "guide_source", "with_upsample_signature"]
-
-
-def guide_source(upsample: str) -> str:
-    """Which feature guides a decoder step for registry name ``upsample``: ``"c1"`` (ReSFU), ``"skip"`` (SAPA) or
-    ``"none"`` (unguided upsamplers)."""
-    name = str(look_up_option(upsample, UpsamplerName))
-    return "c1" if name == "resfu" else ("skip" if name == "sapa" else "none")
 
 
 class GuidedUpBlock(nn.Module):
@@ -90,7 +83,7 @@ def guided_up_block(block: nn.Module, upsample: str, c1_channels: int,
         ValueError: unknown name, a 2D-only upsampler in 3D, a fixed-ratio upsampler at an anisotropic step, or an
             option the upsampler does not take.
     """
-    name = str(look_up_option(upsample, UpsamplerName))
+    name = upsampler_entry(upsample).name
     if name == "deconv":
         return block
     transp: nn.Module = block.transp_conv
@@ -120,13 +113,14 @@ class UNETRDecoderMixin:
 
     decoder_names: tuple[str, ...] = ()
 
-    def __init__(self, *args: Any, upsample: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, upsampler: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
+                 upsample: str | None = None, **kwargs: Any) -> None:
+        name = upsampler_keyword(upsampler, upsample, type(self).__name__)
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.upsample = str(look_up_option(upsample, UpsamplerName))
+        self.upsampler = self.upsample = name  # ``upsample``: the attribute's name in earlier releases
         c1_channels = int(self.out.conv.conv.in_channels)  # type: ignore[attr-defined]
-        for name in self.decoder_names:
-            setattr(self, name, guided_up_block(getattr(self, name), self.upsample, c1_channels, upsampler_kwargs))
+        for block in self.decoder_names:
+            setattr(self, block, guided_up_block(getattr(self, block), name, c1_channels, upsampler_kwargs))
 
 
 def up_step(block: nn.Module, inp: torch.Tensor, skip: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
@@ -137,8 +131,8 @@ def up_step(block: nn.Module, inp: torch.Tensor, skip: torch.Tensor, c1: torch.T
 
 
 def with_upsample_signature(cls: type, monai_cls: type) -> type:
-    """Give ``cls`` (a subclass taking ``*args, upsample, upsampler_kwargs, **kwargs``) the signature of
-    ``monai_cls.__init__`` plus ``upsample`` and ``upsampler_kwargs``, so ``inspect.signature`` and ``help`` list the
+    """Give ``cls`` (a subclass taking ``*args, upsampler, upsampler_kwargs, upsample, **kwargs``) the signature of
+    ``monai_cls.__init__`` plus ``upsampler``, ``upsampler_kwargs`` and the deprecated ``upsample``, so ``inspect.signature`` and ``help`` list the
     real arguments of the installed MONAI version."""
     monai_params = list(inspect.signature(monai_cls.__init__).parameters.values())[1:]
     own = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]

@@ -10,11 +10,13 @@ that name says everything the rest of resfu-med needs to know about the network:
 - its spatial dimensionality and default inference window (:meth:`ModelSpec.default_roi`);
 - the smallest input it trains on and the multiple a 3D patch must be of; its pretrained-weights loader, if any.
 
+Each built-in entry is registered once, beside its one-line description (shown by ``resfu-med train --help``).
 Built-in names: ``transunet`` (:class:`~resfu_med.networks.TransUNet`), ``unet`` and ``unet3d``
 (:class:`~resfu_med.networks.BasicUNet`, 2D / 3D), and the 3D ``dynunet``, ``swinunetr``, ``unetr`` (MONAI's networks
-with registry upsamplers: :class:`~resfu_med.networks.DynUNet`, ...). Add a network with :func:`register_model`; it then trains,
-evaluates, infers and exports as a bundle with no other change (the constructor must be importable by its
-``target`` path for the bundle).
+with registry upsamplers: :class:`~resfu_med.networks.DynUNet`, ...). Add a network with :func:`register_model` (a
+call, or a decorator on the class); it then trains, evaluates, infers and exports as a bundle and is listed by
+``--help`` with no other change (the constructor must be importable by its ``target`` path for the bundle). An unknown
+name is an :class:`~resfu_med.errors.InputError` with a did-you-mean.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from resfu_med.errors import CheckpointError, InputError
+from resfu_med.errors import CheckpointError, InputError, look_up
 from resfu_med.safety import check_kwargs
 
 __all__ = [
@@ -60,6 +62,7 @@ class ModelSpec:
 
     Attributes:
         name: the model name in configs and ``--model``.
+        description: one line for ``--help``.
         constructor: class or function; called with the config's ``kwargs`` (plus ``fixed``) it returns a module
             mapping ``(N, C, *spatial)`` images to ``(N, num_classes, *spatial)`` logits.
         spatial_dims: 2 (trained on slices, inferred slice by slice) or 3 (patches, 3D sliding windows).
@@ -78,6 +81,7 @@ class ModelSpec:
 
     name: str
     constructor: Callable[..., nn.Module]
+    description: str = ""
     spatial_dims: int = 2
     classes_key: str = "out_channels"
     upsampler_key: str | None = None
@@ -111,6 +115,9 @@ class ModelSpec:
             InputError: ``kwargs`` contradicts a fixed argument, names one the constructor does not take, or holds a
                 value that is not plain data (:func:`resfu_med.safety.check_kwargs`).
         """
+        if "upsample" in kwargs and self.upsampler_key == "upsampler" and "upsampler" not in kwargs:
+            # checkpoints of earlier releases name the upsampler ``upsample`` (the networks' old keyword)
+            kwargs = {("upsampler" if k == "upsample" else k): v for k, v in kwargs.items()}
         for key, value in self.fixed.items():
             if key in kwargs and kwargs[key] != value:
                 raise InputError(f"model {self.name!r}: {key} is always {value!r}, got {kwargs[key]!r}")
@@ -130,23 +137,31 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, constructor: Callable[..., nn.Module], classes_key: str = "out_channels",
-                   upsampler_key: str | None = None, **spec: Any) -> ModelSpec:
-    """Register a network under ``name`` (replacing an entry of that name).
+def register_model(name: str, constructor: Callable[..., nn.Module] | None = None, classes_key: str = "out_channels",
+                   upsampler_key: str | None = None, **spec: Any) -> Any:
+    """Register a network under ``name`` (replacing an entry of that name); without ``constructor``, a decorator.
 
     Args:
         name: the model name used in configs and ``--model``.
-        constructor: see :class:`ModelSpec`.
+        constructor: see :class:`ModelSpec`; omitted, the decorated class or function.
         classes_key: the constructor argument that takes the number of classes.
-        upsampler_key: the constructor argument that takes the upsampler name, or ``None``.
-        spec: further :class:`ModelSpec` fields (``spatial_dims``, ``in_channels_key``, ``target``, ...).
+        upsampler_key: the constructor argument that takes the upsampler name (``"upsampler"``), or ``None``.
+        spec: further :class:`ModelSpec` fields (``description``, ``spatial_dims``, ``in_channels_key``, ...).
 
     Returns:
-        The new entry.
+        The new entry; as a decorator, the decorated constructor unchanged.
 
     Example:
-        >>> register_model("my_unet", MyUNet, classes_key="out_channels", in_channels_key="in_channels")
+        >>> register_model("my_unet", MyUNet, description="my U-Net", in_channels_key="in_channels")
+        >>> @register_model("my_net", description="my network", classes_key="num_classes")
+        ... class MyNet(nn.Module): ...
     """
+    if constructor is None:
+        def decorate(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+            register_model(name, cls, classes_key, upsampler_key, **spec)
+            return cls
+
+        return decorate
     entry = ModelSpec(name=name, constructor=constructor, classes_key=classes_key, upsampler_key=upsampler_key, **spec)
     MODELS[name] = entry
     return entry
@@ -161,11 +176,9 @@ def get_model_spec(name: Any) -> ModelSpec:
     """The entry of ``name``.
 
     Raises:
-        InputError: unknown name (the registered names are listed).
+        InputError: unknown name (with a did-you-mean; the registered names are listed).
     """
-    if not isinstance(name, str) or name not in MODELS:
-        raise InputError(f"unknown model {name!r}: choose one of {', '.join(model_names())}")
-    return MODELS[name]
+    return look_up(name, MODELS, "model")
 
 
 def model_kwargs(name: str, num_classes: int, img_size: int, upsampler: str | None,
@@ -286,28 +299,32 @@ def _register_builtins() -> None:
     from resfu_med.networks.basic_unet import BasicUNet
     from resfu_med.networks.transunet import TransUNet
 
-    register_model("transunet", TransUNet, classes_key="num_classes", upsampler_key="upsampler",
+    register_model("transunet", TransUNet, description="TransUNet R50-ViT-B/16, 2D slices (the paper's network)",
+                   classes_key="num_classes", upsampler_key="upsampler",
                    img_size_key="img_size", target="resfu_med.networks.TransUNet", pretrained=_transunet_pretrained,
                    min_img_size=16)
     # BasicUNet halves its input 4 times: 3D patches are multiples of 16; below 32 its deepest 2D feature is 1x1,
     # which instance norm cannot train on.
-    unet = {"classes_key": "out_channels", "upsampler_key": "upsample", "in_channels_key": "in_channels",
+    unet = {"classes_key": "out_channels", "upsampler_key": "upsampler", "in_channels_key": "in_channels",
             "target": "resfu_med.networks.BasicUNet"}
-    register_model("unet", BasicUNet, spatial_dims=2, fixed={"spatial_dims": 2}, min_img_size=32, **unet)
-    register_model("unet3d", BasicUNet, spatial_dims=3, fixed={"spatial_dims": 3}, patch_divisor=16, **unet)
+    register_model("unet", BasicUNet, description="MONAI BasicUNet, 2D slices (small and CPU-friendly)",
+                   spatial_dims=2, fixed={"spatial_dims": 2}, min_img_size=32, **unet)
+    register_model("unet3d", BasicUNet, description="MONAI BasicUNet, 3D patches", spatial_dims=3,
+                   fixed={"spatial_dims": 3}, patch_divisor=16, **unet)
     # MONAI's 3D networks with registry upsamplers (docs/networks.md). DynUNet's kernels and strides default to
     # nnU-Net's plan for the patch; SwinUNETR halves 5 times, UNETR's ViT takes 16-voxel patches.
     from resfu_med.networks.dynunet import DynUNet, dynunet_plan
     from resfu_med.networks.swin_unetr import SwinUNETR
     from resfu_med.networks.unetr import UNETR
 
-    monai3d = {"classes_key": "out_channels", "upsampler_key": "upsample", "in_channels_key": "in_channels",
+    monai3d = {"classes_key": "out_channels", "upsampler_key": "upsampler", "in_channels_key": "in_channels",
                "spatial_dims": 3, "fixed": {"spatial_dims": 3}}
-    register_model("dynunet", DynUNet, target="resfu_med.networks.DynUNet", patch_divisor=16,
-                   patch_kwargs=dynunet_plan, **monai3d)
-    register_model("swinunetr", SwinUNETR, target="resfu_med.networks.SwinUNETR", patch_divisor=32, **monai3d)
-    register_model("unetr", UNETR, target="resfu_med.networks.UNETR", patch_divisor=16,
-                   patch_kwargs=_img_size_is_patch, **monai3d)
+    register_model("dynunet", DynUNet, description="MONAI DynUNet with nnU-Net's plan for the patch, 3D patches",
+                   target="resfu_med.networks.DynUNet", patch_divisor=16, patch_kwargs=dynunet_plan, **monai3d)
+    register_model("swinunetr", SwinUNETR, description="MONAI SwinUNETR (Swin transformer encoder), 3D patches",
+                   target="resfu_med.networks.SwinUNETR", patch_divisor=32, **monai3d)
+    register_model("unetr", UNETR, description="MONAI UNETR (ViT encoder), 3D patches",
+                   target="resfu_med.networks.UNETR", patch_divisor=16, patch_kwargs=_img_size_is_patch, **monai3d)
 
 
 _register_builtins()

@@ -2,8 +2,8 @@
 ``encoder1`` (the convolutional block on the input image, the only full-resolution encoder feature).
 
 Same constructor arguments as the installed ``monai.networks.nets.SwinUNETR`` (MONAI ≥ 1.5 has no ``img_size``) plus
-``upsample`` and ``upsampler_kwargs``; the Swin transformer, the encoder blocks, the conv blocks of the five decoder
-steps and the output block are MONAI's own modules. With ``upsample="deconv"`` the network is MONAI's ``SwinUNETR``
+``upsampler`` and ``upsampler_kwargs``; the Swin transformer, the encoder blocks, the conv blocks of the five decoder
+steps and the output block are MONAI's own modules. With ``upsampler="deconv"`` the network is MONAI's ``SwinUNETR``
 module for module (same ``state_dict`` keys, so MONAI checkpoints and ``load_from`` work, same outputs).
 """
 
@@ -23,14 +23,14 @@ class SwinUNETR(UNETRDecoderMixin, MonaiSwinUNETR):
     Args:
         args: MONAI ``SwinUNETR``'s arguments (``in_channels``, ``out_channels``, ``patch_size``, ``depths``,
             ``num_heads``, ``window_size``, ``feature_size``, ``norm_name``, ..., ``spatial_dims`` (default 3)).
-        upsample: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``; in 2D also
+        upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``; in 2D also
             ``carafe``, ``sapa``, ``dysample``).
         upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``).
         kwargs: MONAI ``SwinUNETR``'s keyword arguments.
 
     Example::
 
-        >>> net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), upsample="resfu")
+        >>> net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), upsampler="resfu")
         >>> net(torch.rand(1, 1, 64, 32, 32)).shape  # sides: multiples of 32 (one of 64 to train: instance norm)
         torch.Size([1, 3, 64, 32, 32])
     """

@@ -1,11 +1,11 @@
 """MONAI's ``UNETR`` with every decoder transposed convolution replaced by a registry upsampler, ReSFU guided by
 ``encoder1`` (the convolutional block on the input image, the only full-resolution encoder feature).
 
-Same constructor arguments as ``monai.networks.nets.UNETR`` plus ``upsample`` and ``upsampler_kwargs``; the ViT, the
+Same constructor arguments as ``monai.networks.nets.UNETR`` plus ``upsampler`` and ``upsampler_kwargs``; the ViT, the
 encoder blocks, the conv blocks of the four decoder steps and the output block are MONAI's own modules. Only the
 decoder (``decoder5`` … ``decoder2``) changes: the transposed convolutions inside ``encoder2``–``encoder4``
 (``UnetrPrUpBlock``) bring ViT tokens up to the skip resolutions and belong to the encoder, so they stay. With
-``upsample="deconv"`` the network is MONAI's ``UNETR`` module for module (same ``state_dict`` keys, same outputs).
+``upsampler="deconv"`` the network is MONAI's ``UNETR`` module for module (same ``state_dict`` keys, same outputs).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class UNETR(UNETRDecoderMixin, MonaiUNETR):
         args: MONAI ``UNETR``'s arguments (``in_channels``, ``out_channels``, ``img_size``, ``feature_size``,
             ``hidden_size``, ``mlp_dim``, ``num_heads``, ``proj_type``, ``norm_name``, ``conv_block``, ``res_block``,
             ``dropout_rate``, ``spatial_dims`` (default 3), ``qkv_bias``, ``save_attn``).
-        upsample: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``; in 2D also
+        upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``; in 2D also
             ``carafe``, ``sapa``, ``dysample``).
         upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``).
         kwargs: MONAI ``UNETR``'s keyword arguments.
@@ -33,7 +33,7 @@ class UNETR(UNETRDecoderMixin, MonaiUNETR):
     Example::
 
         >>> net = UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96,
-        ...             num_heads=4, upsample="resfu")
+        ...             num_heads=4, upsampler="resfu")
         >>> net(torch.rand(1, 1, 32, 32, 32)).shape
         torch.Size([1, 3, 32, 32, 32])
     """

@@ -7,7 +7,13 @@ non-zero; a traceback is shown only with ``--debug``.
 
 from __future__ import annotations
 
-__all__ = ["ResfuMedError", "InputError", "CheckpointError", "find_user_error"]
+import difflib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+__all__ = ["ResfuMedError", "InputError", "CheckpointError", "find_user_error", "look_up"]
+
+_V = TypeVar("_V")
 
 
 class ResfuMedError(Exception):
@@ -40,3 +46,17 @@ def find_user_error(err: BaseException) -> ResfuMedError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def look_up(name: Any, table: Mapping[str, _V], kind: str) -> _V:
+    """``table[name]`` for a registry ``table`` of ``kind`` (``"model"``, ``"upsampler"``, ``"dataset"``), as MONAI's
+    ``look_up_option`` but in one line.
+
+    Raises:
+        InputError (a ``ValueError``): ``"unknown <kind> 'x' (did you mean 'y'?): choose one of a, b, c"``.
+    """
+    if isinstance(name, str) and name in table:
+        return table[name]
+    close = difflib.get_close_matches(str(name), list(table), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise InputError(f"unknown {kind} {name!r}{hint}: choose one of {', '.join(table)}")

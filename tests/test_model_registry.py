@@ -54,7 +54,7 @@ def test_unknown_keys_and_fixed_arguments_are_one_line_errors(toy):
         registry.build_model({"name": TOY, "kwargs": {"depth": 3}})
     with pytest.raises(InputError, match="model 'unet3d': spatial_dims is always 3, got 2"):
         registry.build_model({"name": "unet3d", "kwargs": {"spatial_dims": 2}})
-    with pytest.raises(InputError, match=r"unknown model 'vnet': choose one of transunet, unet, unet3d"):
+    with pytest.raises(InputError, match=r"unknown model 'vnet' \(did you mean 'unet'\?\): choose one of transunet, unet, unet3d"):
         registry.get_model_spec("vnet")
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.utils import look_up_option
 
-from ..upsamplers import UpsamplerName, get_upsampler, is_guided
+from ..upsamplers import get_upsampler, guide_source, is_guided, upsampler_entry
 from .decoder import DecoderCup
 from .resnet_v2 import ResNetV2
 from .vit import PatchEmbedding, ViTEncoder
@@ -98,8 +98,8 @@ class TransUNet(nn.Module):
             raise ValueError(f"img_size must be a multiple of 16, got {img_size}.")
         if len(decoder_channels) != 4:
             raise ValueError(f"decoder_channels needs 4 entries, got {tuple(decoder_channels)}.")
-        self.upsampler_name = str(look_up_option(upsampler, UpsamplerName))
-        self.final_upsampler_name = str(look_up_option(final_upsampler or upsampler, UpsamplerName))
+        self.upsampler_name = upsampler_entry(upsampler).name
+        self.final_upsampler_name = upsampler_entry(final_upsampler or upsampler).name
         self.final_guidance = str(look_up_option(final_guidance, ("image", "c1")))
         self.img_size = img_size
         self.in_channels = in_channels
@@ -113,7 +113,7 @@ class TransUNet(nn.Module):
         w = resnet_width
         skip_channels = [8 * w, 4 * w, w, 0]
         # Guide of each decoder step: a name the forward resolves ("none" for unguided upsamplers).
-        if self.upsampler_name == "resfu":
+        if guide_source(self.upsampler_name) == "c1":  # the registry's guide policy
             sources = ["c1_area", "c1_area", "c1"]
         else:
             sources = ["c3", "c2", "c1"]

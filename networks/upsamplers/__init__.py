@@ -7,7 +7,19 @@ from .carafe import CARAFE
 from .dysample import DySample
 from .interpolation import Interpolate
 from .learned import Deconv, PixelShuffleUp
-from .registry import GUIDED_UPSAMPLERS, UpsamplerName, get_upsampler, is_guided, upsampler_names
+from .registry import (
+    GUIDED_UPSAMPLERS,
+    UPSAMPLERS,
+    UpsamplerEntry,
+    UpsamplerName,
+    get_upsampler,
+    guide_source,
+    is_guided,
+    register_upsampler,
+    upsampler_entry,
+    upsampler_keyword,
+    upsampler_names,
+)
 from .resfu_adapter import ReSFUUpsampler
 from .sapa import SAPA
 
@@ -20,10 +32,16 @@ __all__ = [
     "PixelShuffleUp",
     "ReSFUUpsampler",
     "SAPA",
+    "UPSAMPLERS",
+    "UpsamplerEntry",
     "UpsamplerName",
     "get_upsampler",
+    "guide_source",
     "is_guided",
     "match_size",
+    "register_upsampler",
     "target_size",
+    "upsampler_entry",
+    "upsampler_keyword",
     "upsampler_names",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from resfu_med.bundle.checkpoint_io import build_network, default_roi_size, example_input, read_checkpoint
 from resfu_med.bundle.configs import inference_config, intensity_transforms, network_def
+from resfu_med.bundle.inferer import EngineInferer
 from resfu_med.bundle.export import export_model, export_onnx, export_torchscript, onnx_available, run_onnx, script_or_trace
 from resfu_med.bundle.metadata import build_metadata
 from resfu_med.bundle.schema import SCHEMA_URL, load_schema, schema_path, validate_metadata
@@ -21,6 +22,7 @@ from resfu_med.bundle.writer import (
 )
 
 __all__ = [
+    "EngineInferer",
     "REQUIRED_FILES",
     "SCHEMA_URL",
     "build_metadata",

@@ -1,4 +1,5 @@
-"""Read a resfu-med checkpoint and rebuild its network the way a bundle does (``ConfigParser`` on ``network_def``)."""
+"""A checkpoint's network for a bundle (through the engine's one checkpoint→model path), and a bundle's ``network_def``
+built without MONAI's ``ConfigParser``."""
 
 from __future__ import annotations
 
@@ -10,43 +11,33 @@ import torch
 from resfu_med.errors import CheckpointError
 from resfu_med.networks.model_registry import get_model_spec, load_state_strict
 
-__all__ = ["read_checkpoint", "build_network", "network_from_def", "default_roi_size", "example_input"]
+__all__ = ["load_for_bundle", "read_checkpoint", "build_network", "network_from_def", "default_roi_size",
+           "example_input"]
 
-_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile wrappers
+
+def load_for_bundle(path: str | os.PathLike) -> Any:
+    """A checkpoint's trained network and config (:func:`resfu_med.engine.checkpoint.load_trained`), checked for what a
+    bundle also needs (``config.data.intensity``, the normalisation the bundle reproduces).
+
+    Returns:
+        A :class:`~resfu_med.engine.checkpoint.TrainedModel`.
+
+    Raises:
+        CheckpointError: what :func:`~resfu_med.engine.checkpoint.load_trained` raises, or no ``config.data.intensity``.
+    """
+    from resfu_med.engine.checkpoint import load_trained  # the one checkpoint→model path
+
+    trained = load_trained(path)
+    if "intensity" not in trained.config["data"]:
+        raise CheckpointError(f"{path}: checkpoint config lacks 'config.data.intensity'")
+    return trained
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Read a resfu-med training checkpoint.
-
-    Args:
-        path: a checkpoint written by ``resfu-med train``.
-
-    Returns:
-        ``(state_dict, config, info)`` — the model weights (wrapper prefixes removed), the run config and
-        ``{"epoch", "iteration", "best_metric"}``.
-
-    Raises:
-        CheckpointError: unreadable file, or ``model`` / ``config.model`` / ``config.data`` missing.
-    """
-    from resfu_med.engine.checkpoint import load_checkpoint  # validates the file and its format tag
-
-    source = str(path)
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{source}: not a resfu-med checkpoint (no 'model' state dict)")
-    config = ckpt.get("config")
-    for field in ("model", "data"):
-        if not isinstance(config, dict) or not isinstance(config.get(field), dict):
-            raise CheckpointError(f"{source}: checkpoint has no 'config.{field}' (was it written by resfu-med train?)")
-    for field in ("num_classes", "intensity"):
-        if field not in config["data"]:
-            raise CheckpointError(f"{source}: checkpoint config lacks 'config.data.{field}'")
-    state = dict(ckpt["model"])
-    for prefix in _PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    info = {k: ckpt.get(k) for k in ("epoch", "iteration", "best_metric")}
-    return state, config, info
+    """``(state_dict, config, info)`` of a training checkpoint: the weights as the rebuilt network holds them (wrapper
+    prefixes removed), the run config and ``{"epoch", "iteration", "best_metric"}`` (:func:`load_for_bundle`)."""
+    trained = load_for_bundle(path)
+    return trained.model.state_dict(), trained.config, trained.info
 
 
 def network_from_def(net_def: Any, source: str = "checkpoint") -> torch.nn.Module:

@@ -1,8 +1,11 @@
 """The MONAI bundle configs (``inference.json``, ``train.json``, ``evaluate.json``) of a resfu-med checkpoint.
 
-They are plain MONAI: ``LoadImaged``/``EnsureChannelFirstd``, the checkpoint's intensity transform written as MONAI
-transforms, ``SliceInferer`` (2D models, slice by slice) or ``SlidingWindowInferer`` (3D models), ``AsDiscreted`` and
-``SaveImaged`` — the only resfu-med name in them is ``network_def``'s ``_target_``.
+They are MONAI components named by ``_target_`` with plain arguments: ``LoadImaged``/``EnsureChannelFirstd``, the
+checkpoint's intensity transform as MONAI transforms, ``SliceInferer`` (2D models, slice by slice) or
+``SlidingWindowInferer`` (3D models), ``AsDiscreted`` and ``SaveImaged``; the steps MONAI bundles usually write as
+``$`` expressions (paths, device, data lists, softmax, the 2D slice zooms, running the engine) are the small
+components of :mod:`resfu_med.bundle.components`. No value is an expression: a config that holds one is refused by
+``verify-bundle`` (:func:`check_standard_config`).
 
 Axis convention. ``resfu-med`` works on arrays in ``(Z, Y, X)`` order (``resfu_med.data.read_image``), so a 2D model
 sees ``(Y, X)`` slices; MONAI's NIfTI reader yields ``(X, Y, Z)``. The configs transpose the loaded image to
@@ -13,7 +16,6 @@ metadata untouched, so ``SaveImaged`` writes the labels with the input's affine,
 from __future__ import annotations
 
 import copy
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -143,30 +145,11 @@ def _load_transforms(intensity: list[dict], keys: list[str]) -> list[dict]:
     return image + intensity + [{"_target_": "Transposed", "keys": keys, "indices": _TO_ZYX}]
 
 
-def _zoom_in(size: int) -> str:
-    # Every (Y, X) slice to size x size with scipy's cubic spline, as resfu-med trains and infers (TransUNet protocol).
-    # The slice is left as is when it already has that size (a cubic "zoom" by 1 is not exactly the identity).
-    return (
-        "$lambda x: monai.data.MetaTensor(torch.from_numpy(numpy.stack(["
-        f"s if s.shape == ({size}, {size}) else ndi_zoom(s, [{size} / s.shape[0], {size} / s.shape[1]], order=3) "
-        "for s in numpy.ascontiguousarray(x.as_tensor()[0].numpy(), dtype=numpy.float32)])[None]), meta=x.meta)"
-    )
-
-
-# Labels back to each slice's own (Y, X) size, nearest neighbour; the size is the loaded image's (X, Y, Z) shape.
-_ZOOM_OUT = (
-    "$lambda x: monai.data.MetaTensor(torch.from_numpy(numpy.stack(["
-    "s if s.shape == (int(x.meta['spatial_shape'][1]), int(x.meta['spatial_shape'][0])) else "
-    "ndi_zoom(s, [int(x.meta['spatial_shape'][1]) / s.shape[0], int(x.meta['spatial_shape'][0]) / s.shape[1]], order=0) "
-    "for s in numpy.ascontiguousarray(x.as_tensor()[0].numpy())])[None]), meta=x.meta)"
-)
-
-
 def _preprocessing(intensity: dict, keys: list[str], zoom_to: int | None) -> dict:
     transforms = _load_transforms(intensity_transforms(intensity), keys)
-    transforms.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
+    transforms.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "float32"})
     if zoom_to is not None:
-        transforms.append({"_target_": "Lambdad", "keys": "image", "func": _zoom_in(zoom_to)})
+        transforms.append({"_target_": "resfu_med.bundle.components.ZoomSlicesd", "keys": "image", "size": int(zoom_to)})
     return {"_target_": "Compose", "transforms": transforms}
 
 
@@ -174,7 +157,7 @@ def _label_transforms(zoomed: bool) -> list[dict]:
     """``pred`` probabilities → labels in the loaded volume's ``(1, Z, Y, X)`` grid."""
     out = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
     if zoomed:
-        out.append({"_target_": "Lambdad", "keys": "pred", "func": _ZOOM_OUT})
+        out.append({"_target_": "resfu_med.bundle.components.ZoomSlicesBackd", "keys": "pred"})
     return out
 
 
@@ -192,16 +175,20 @@ def label_value_transforms(key: str, label_values: list[int] | None, to_values: 
     return [{"_target_": "MapLabelValued", "keys": key, "orig_labels": orig, "target_labels": target, "dtype": dtype}]
 
 
-def _header(net_def: dict[str, Any], extra_import: str, output: str) -> dict[str, Any]:
-    """The items every config starts with: imports, the bundle's folders, the device, ``network_def``."""
+def _path(name: str, root: str = "@bundle_root") -> dict[str, Any]:
+    return {"_target_": "resfu_med.bundle.components.bundle_path", "root": root, "name": name}
+
+
+def _header(net_def: dict[str, Any], output: str) -> dict[str, Any]:
+    """The items every config starts with: the bundle's folders, the device, ``network_def``, ``network``."""
     return {
-        "imports": ["$import glob", "$import os", extra_import],
         "bundle_root": ".",
-        "model_dir": "$@bundle_root + '/models'",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "output_dir": f"$@bundle_root + '/{output}'",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "model_dir": _path("models"),
+        "dataset_dir": _path("data"),
+        "output_dir": _path(output),
+        "device": {"_target_": "resfu_med.bundle.components.default_device"},
         "network_def": net_def,
+        "network": {"_target_": "resfu_med.bundle.components.on_device", "module": "@network_def", "device": "@device"},
     }
 
 
@@ -237,15 +224,14 @@ def inference_config(
         label_values: the value written for each class (the dataset's own labels); ``None``: the class indices.
     """
     zoom = img_size if spatial_dims == 2 else None
-    out_dtype = "$numpy.uint16" if label_values and max(label_values) > 255 else "$numpy.uint8"
+    out_dtype = "uint16" if label_values and max(label_values) > 255 else "uint8"
     return {
-        **_header(net_def, "$from scipy.ndimage import zoom as ndi_zoom", "eval"),
-        "network": "$@network_def.to(@device)",
+        **_header(net_def, "eval"),
         # resfu-med blends softmax probabilities (not logits) across windows: the evaluator runs network + softmax.
-        "predictor": "$torch.nn.Sequential(@network, torch.nn.Softmax(dim=1)).eval()",
-        "datalist": "$sorted(glob.glob(os.path.join(@dataset_dir, '*.nii.gz')) + glob.glob(os.path.join(@dataset_dir, '*.nii')))",
+        "predictor": {"_target_": "resfu_med.bundle.components.SoftmaxNetwork", "network": "@network"},
+        "datalist": {"_target_": "resfu_med.bundle.components.image_list", "folder": "@dataset_dir"},
         "preprocessing": _preprocessing(intensity, ["image"], zoom),
-        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
         "inferer": inferer_def(spatial_dims, roi_size, overlap, mode, sw_batch_size),
@@ -259,7 +245,7 @@ def inference_config(
             ],
         },
         "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "$@model_dir + '/model.pt'", "load_dict": {"model": "@network"},
+            {"_target_": "CheckpointLoader", "load_path": _path("model.pt", "@model_dir"), "load_dict": {"model": "@network"},
              "map_location": "@device", "strict": True},
             {"_target_": "StatsHandler", "iteration_log": False},
         ],
@@ -273,8 +259,8 @@ def inference_config(
             "val_handlers": "@handlers",
             "amp": False,
         },
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
-        "run": ["$@evaluator.run()"],
+        "initialize": [{"_target_": "resfu_med.bundle.components.seed_everything", "seed": 0}],
+        "run": [{"_target_": "resfu_med.bundle.components.run_engine", "engine": "@evaluator"}],
     }
 
 
@@ -307,23 +293,21 @@ def train_config(
             {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": list(roi_size), "random_size": False},
         ]
     return {
-        **_header(net_def, "$import torch", "train_out"),
-        "network": "$@network_def.to(@device)",
-        "load_pretrained": "$@network.load_state_dict(torch.load(@model_dir + '/model.pt', map_location=@device, "
-                           "weights_only=True))",
-        "images": "$sorted(glob.glob(os.path.join(@dataset_dir, 'imagesTr', '*.nii*')))",
-        "labels": "$sorted(glob.glob(os.path.join(@dataset_dir, 'labelsTr', '*.nii*')))",
-        "train_datalist": "$[{'image': i, 'label': l} for i, l in zip(@images, @labels)]",
+        **_header(net_def, "train_out"),
+        "load_pretrained": {"_target_": "resfu_med.bundle.components.load_weights", "network": "@network",
+                            "path": _path("model.pt", "@model_dir"), "device": "@device"},
+        "train_datalist": {"_target_": "resfu_med.bundle.components.paired_list", "folder": "@dataset_dir", "images": "imagesTr",
+                           "labels": "labelsTr"},
         "max_epochs": max_epochs,
         "learning_rate": learning_rate,
         "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
-        "optimizer": {"_target_": "torch.optim.SGD", "params": "$@network.parameters()", "lr": "@learning_rate",
+        "optimizer": {"_target_": "torch.optim.SGD", "params": {"_target_": "resfu_med.bundle.components.parameters_of", "module": "@network"}, "lr": "@learning_rate",
                       "momentum": 0.9, "weight_decay": 1e-4},
         "train": {
             "preprocessing": {
                 "_target_": "Compose",
                 "transforms": _load_transforms(intensity_transforms(intensity), ["image", "label"])
-                + crop + [{"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": "$torch.float32"}],
+                + crop + [{"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": "float32"}],
             },
             "dataset": {"_target_": "Dataset", "data": "@train_datalist", "transform": "@train#preprocessing"},
             "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": batch_size,
@@ -332,7 +316,7 @@ def train_config(
             "handlers": [
                 {"_target_": "CheckpointSaver", "save_dir": "@output_dir", "save_dict": {"model": "@network"},
                  "save_final": True, "final_filename": "model_finetuned.pt"},
-                {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+                {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": {"_target_": "monai.handlers.from_engine", "keys": ["loss"], "first": True}},
             ],
             "trainer": {
                 "_target_": "SupervisedTrainer",
@@ -350,8 +334,8 @@ def train_config(
         "num_classes": num_classes,
         # the weights are loaded when the workflow runs, not when it is initialised: monai.bundle.load(name,
         # bundle_dir=...) initialises train.json only for network_def (and loads model.pt itself) from any directory
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
-        "run": ["@load_pretrained", "$@train#trainer.run()"],
+        "initialize": [{"_target_": "resfu_med.bundle.components.seed_everything", "seed": 0}],
+        "run": ["@load_pretrained", {"_target_": "resfu_med.bundle.components.run_engine", "engine": "@train#trainer"}],
     }
 
 
@@ -366,9 +350,7 @@ def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_cl
     keys = ["image", "label"]
     cfg = copy.deepcopy(inference)
     cfg.update({
-        "images": "$sorted(glob.glob(os.path.join(@dataset_dir, 'imagesTs', '*.nii*')))",
-        "labels": "$sorted(glob.glob(os.path.join(@dataset_dir, 'labelsTs', '*.nii*')))",
-        "datalist": "@images",
+        "datalist": {"_target_": "resfu_med.bundle.components.paired_list", "folder": "@dataset_dir", "images": "imagesTs", "labels": "labelsTs"},
         "num_classes": num_classes,
         "preprocessing": _preprocessing(intensity, keys, zoom),
         "postprocessing": {
@@ -379,16 +361,11 @@ def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_cl
         },
         "metrics": {
             "val_mean_dice": {"_target_": "MeanDice", "include_background": False,
-                              "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+                              "output_transform": {"_target_": "monai.handlers.from_engine", "keys": ["pred", "label"]}}
         },
     })
-    cfg["dataset"]["data"] = "$[{'image': i, 'label': l} for i, l in zip(@images, @labels)]"
     cfg["evaluator"]["key_val_metric"] = "@metrics"
     return cfg
-
-
-# A stand-in zoom size: the generated expressions that contain it become patterns accepting any size.
-_ANY_SIZE = 987654321
 
 
 def _walk(value: Any, where: str = ""):
@@ -406,43 +383,50 @@ def _walk(value: Any, where: str = ""):
 
 
 @lru_cache(maxsize=1)
-def _standard_items() -> tuple[frozenset[str], tuple[re.Pattern, ...], frozenset[str]]:
-    """Every expression/reference string and every MONAI ``_target_`` the configs of this module can contain."""
-    exact: set[str] = set()
+def _standard_targets() -> frozenset[str]:
+    """Every ``_target_`` the configs of this module can contain, but the network's (generated from the builders)."""
     targets: set[str] = set()
     intensities = [{"kind": "ct", "a_min": 0.0, "a_max": 1.0}, {"kind": "mri", "mode": "minmax"},
                    {"kind": "mri", "mode": "zscore"}, {"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]}]
+    net = {"_target_": "network"}
     for intensity in intensities:
         for dims in (2, 3):
-            for zoom in (None, _ANY_SIZE):
-                net = {"_target_": get_model_spec("unet").target}
+            for zoom in (None, 16):
                 inference = inference_config(net, intensity, dims, [16] * dims, img_size=zoom)
-                # the dataset's own label values: MapLabelValued, and uint16 outputs for values above 255
                 valued = inference_config(net, intensity, dims, [16] * dims, img_size=zoom, label_values=[0, 1, 300])
                 for cfg in (inference, valued, train_config(net, intensity, dims, [16] * dims, 2),
                             evaluate_config(inference, intensity, 2, dims, zoom),
                             evaluate_config(valued, intensity, 3, dims, zoom, [0, 1, 300])):
-                    for _, key, item in _walk(cfg):
-                        if key == "_target_" and item != net["_target_"]:
-                            targets.add(item)
-                        elif isinstance(item, str) and item[:1] in "$@%":
-                            exact.add(item)
-    patterns = tuple(re.compile(re.escape(e).replace(str(_ANY_SIZE), r"\d+")) for e in exact if str(_ANY_SIZE) in e)
-    return frozenset(e for e in exact if str(_ANY_SIZE) not in e), patterns, frozenset(targets)
+                    targets.update(item for _, key, item in _walk(cfg) if key == "_target_")
+    targets.discard("network")
+    return frozenset(targets)
+
+
+def _resolves(config: dict[str, Any], reference: str) -> bool:
+    """Whether ``@a#b#0`` names an item of ``config`` (MONAI's reference syntax: ids joined by ``#``)."""
+    node: Any = config
+    for part in reference[1:].split("#"):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
 
 
 def check_standard_config(config: Any, source: str) -> None:
     """Check, without evaluating anything, that a bundle config holds only what resfu-med writes.
 
-    Every ``$`` expression and ``@``/``%`` reference must be one of the standard strings :func:`inference_config`,
-    :func:`train_config` and :func:`evaluate_config` generate (docs/bundle.md lists them), every ``_target_`` one of
-    their components or a resfu-med network, no other ``_..._`` directive key, and the inferer's settings valid.
+    No value is an expression (``$``) or a macro (``%``): resfu-med's bundles contain none. A ``@`` value must name an
+    item of the same config (MONAI's reference syntax). Every ``_target_`` is one of the components the builders of
+    this module write (MONAI's, or :mod:`resfu_med.bundle.components`) or a registered network; no other ``_..._``
+    directive key appears; the inferer's settings are valid.
 
     Raises:
         InputError: the message names the file, the dotted path and the value.
     """
-    exact, patterns, targets = _standard_items()
-    targets = targets | {spec.target for spec in MODELS.values()}
+    targets = _standard_targets() | {spec.target for spec in MODELS.values()}
     if not isinstance(config, dict):
         raise InputError(f"{source}: expected a JSON object at the top level, got {type(config).__name__}")
     for path, key, item in _walk(config):
@@ -453,10 +437,13 @@ def check_standard_config(config: Any, source: str) -> None:
             if item not in targets:
                 raise InputError(f"{source}: config value {path} is {item!r}, not a component resfu-med bundles "
                                  "use; refusing")
-        elif isinstance(item, str) and item[:1] in "$@%":
-            if item not in exact and not any(p.fullmatch(item) for p in patterns):
-                raise InputError(f"{source}: config value {path} is an expression resfu-med bundles do not contain "
-                                 f"({item[:60]!r}); refusing")
+        elif isinstance(item, str) and item[:1] in "$%":
+            kind = "an expression" if item[0] == "$" else "a macro"
+            raise InputError(f"{source}: config value {path} is {kind} ({item[:60]!r}); resfu-med bundles contain "
+                             "none; refusing")
+        elif isinstance(item, str) and item[:1] == "@" and not _resolves(config, item):
+            raise InputError(f"{source}: config value {path} refers to {item[:60]!r}, which is not an item of the "
+                             "config; refusing")
     inferer = config.get("inferer")
     if isinstance(inferer, dict):
         problem = inferer_problem(inferer.get("roi_size"), inferer.get("overlap"), inferer.get("mode"),

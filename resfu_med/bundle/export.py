@@ -175,16 +175,15 @@ def export_model(
         InputError: ONNX asked for without ``onnx``/``onnxruntime``.
         CheckpointError: unreadable checkpoint or weights of another architecture.
     """
-    from resfu_med.bundle.checkpoint_io import build_network, example_input, read_checkpoint
-    from resfu_med.bundle.configs import network_def
+    from resfu_med.bundle.checkpoint_io import example_input, load_for_bundle
 
     if fmt not in ("torchscript", "onnx"):
         raise ValueError(f"fmt must be 'torchscript' or 'onnx', got {fmt!r}")
     if fmt == "onnx" and not onnx_available():
         raise InputError("--format onnx needs onnx and onnxruntime: pip install 'resfu-med[onnx]'")
     claim_output_file(out, inputs=[checkpoint], overwrite=overwrite)
-    state, config, _ = read_checkpoint(checkpoint)
-    net = build_network(network_def(config["model"], str(checkpoint)), state, str(checkpoint))
+    trained = load_for_bundle(checkpoint)
+    net, config = trained.model, trained.config
     example = example_input(config, roi_size)
     if fmt == "onnx":
         return export_onnx(net, out, example)

@@ -24,7 +24,7 @@ from resfu_med.bundle.checkpoint_io import (
     network_from_def,
     default_roi_size,
     example_input,
-    read_checkpoint,
+    load_for_bundle,
 )
 from resfu_med.bundle.configs import (
     check_standard_config,
@@ -102,10 +102,10 @@ def export_bundle(
     if (out / "configs" / "metadata.json").exists() and not overwrite:
         raise InputError(f"{out}: already holds a bundle (configs/metadata.json); pass overwrite/--overwrite")
     claim_output(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part)
-    state, config, info = read_checkpoint(checkpoint)
+    trained = load_for_bundle(checkpoint)  # fails before anything is written
+    net, config, info = trained.model, trained.config, trained.info
     net_def = network_def(config["model"], source)
     dims = spatial_dims_of(config["model"])
-    net = build_network(net_def, state, source)  # fails before anything is written
     roi = list(roi_size) if roi_size else default_roi_size(config)
     if len(roi) != dims:
         raise InputError(f"--roi-size {' '.join(map(str, roi))} has {len(roi)} entries for a {dims}D model")
@@ -242,13 +242,12 @@ def load_bundle_network(bundle_dir: str | os.PathLike, device: str | torch.devic
     net_def = _read_json(config).get("network_def")
     network_from_def(net_def, str(config))  # refused before the weights file is even opened
     weights = root / "models" / "model.pt"
-    try:
-        state = torch.load(weights, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a bad file, whatever pickle says (never suggest weights_only=False)
-        raise CheckpointError(f"{weights}: not a readable state dict ({type(err).__name__})") from None
+    from resfu_med.engine.checkpoint import read_torch_file, unwrap_state_dict  # the one reader and unwrapper
+
+    state = read_torch_file(weights, "weights file", map_location=device)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{weights}: not a state dict of tensors")
-    return build_network(net_def, state, str(weights)).to(device)
+    return build_network(net_def, unwrap_state_dict(state), str(weights)).to(device)
 
 
 def verify_bundle(bundle_dir: str | os.PathLike) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 
@@ -49,6 +51,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        if "\n" not in text:
+            return super()._split_lines(text, width)
+        # a help text of several lines (one line per accepted name) keeps its lines and their alignment; a long line
+        # wraps under its own description
+        lines: list[str] = []
+        for line in text.splitlines():
+            name = re.match(r"\s*\S+\s{2,}", line)  # "  name   " before the description
+            hang = len(name.group(0)) if name else len(line) - len(line.lstrip())
+            lines += textwrap.wrap(line, width, subsequent_indent=" " * hang) or [""]
+        return lines
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -12,6 +12,12 @@ examples:
   resfu-med infer -i case01.nii.gz -o segs/ --checkpoint best.pt --tta --save-probabilities
   resfu-med infer -i dicom/series1/ -o segs/ --checkpoint best.pt --output-format nrrd
   resfu-med infer -i scans/ -o segs/ --checkpoint best.pt --continue-prediction   # resume a folder
+  resfu-med infer -i scans/ -o segs/ --checkpoint best.pt --shard 0/4   # job 1 of 4 (scheduler array jobs)
+  torchrun --nproc_per_node 4 -m resfu_med infer -i scans/ -o segs/ --checkpoint best.pt   # one shard per rank
+
+A folder can be split into N disjoint shards (--shard I/N, I = 0..N-1; under torchrun each rank takes shard
+RANK/WORLD_SIZE): the union of the shards' outputs equals a single-process run, file for file. A sharded run skips
+inputs whose outputs exist, so a re-started shard resumes.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--continue-prediction", action="store_true", help="skip inputs whose outputs exist")
     parser.add_argument("--no-resample", action="store_true",
                         help="2D models: run windows on the native slice grid instead of zooming slices to img_size")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="segment only shard I of N of a folder (0-based; default: the torchrun rank's shard, "
+                             "else all); finished outputs are skipped")
     add_no_progress(parser)
 
 
@@ -61,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from resfu_med.engine.predictor import run_inference  # heavy (torch, MONAI): imported only when the command runs
 
     files, summary = run_inference(
-        args.input, args.output, args.checkpoint, args.roi_size, args.device, overlap=args.overlap,
+        args.input, args.output, args.checkpoint, args.roi_size, args.device, shard=args.shard, overlap=args.overlap,
         batch_size=args.sw_batch_size, tta=args.tta, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, continue_prediction=args.continue_prediction, resample=not args.no_resample,
         progress=not args.no_progress, output_format=args.output_format, raw_labels=args.raw_labels,

@@ -10,6 +10,11 @@ examples:
   resfu-med prepare --dataset acdc --data-root data/ACDC/database --output data/ACDC_prepared
   resfu-med prepare --dataset msd --data-root data/Task09_Spleen   # into the cache; train --data-root reuses it
   resfu-med prepare --dataset demo                  # generate + prepare the demo phantoms into the cache
+  resfu-med prepare --dataset msd --data-root Task03_Liver --output Liver -np 8   # 8 cases at once
+
+-np N prepares N cases at once, one per worker process (memory: N cases), byte-identical to -np 1. A bad case stops
+the run with one line naming its file (cases already running finish; finished cases are kept and skipped on the
+next run); --continue-on-error prepares all the others first and lists every failure at the end.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resfu_med.cli._options import add_no_progress, add_output, deprecated_alias
+from resfu_med.cli._options import add_no_progress, add_output, deprecated_alias, positive
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -42,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct-window", type=float, nargs=2, default=[-125.0, 275.0], metavar=("A_MIN", "A_MAX"),
                         help="CT HU window clipped and scaled to [0, 1] (synapse, msd CT)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already prepared")
+    parser.add_argument("-np", "--num-processes", type=positive, default=1, metavar="N",
+                        help="cases prepared at once, one per worker process (nnU-Net's -np; default 1)")
+    parser.add_argument("--continue-on-error", action="store_true",
+                        help="after a bad case, prepare the others and list every failure at the end "
+                             "(default: stop at the first)")
     add_no_progress(parser)
 
 
@@ -51,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = prepare_dataset(args.dataset, args.data_root, args.output, split_file=args.split_file, seed=args.seed,
                           ct_window=tuple(args.ct_window), mri_norm=args.mri_norm, overwrite=args.overwrite,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, num_processes=args.num_processes,
+                          continue_on_error=args.continue_on_error)
     print(f"demo dataset ready: {out}" if args.dataset == "demo" else f"prepared {args.dataset}: {out}")
     return 0

@@ -30,98 +30,85 @@ __all__ = ["COMMAND", "add_arguments", "run", "flag_overrides"]
 
 COMMAND = "train"
 
-# flag destination → dotted config key
-_FLAG_KEYS = {
-    "dataset": "data.dataset",
-    "data_root": "data.root",
-    "model": "model.name",
-    "upsampler": "model.upsampler",
-    "pretrained": "model.pretrained",
-    "epochs": "train.epochs",
-    "max_iters": "train.max_iters",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "img_size": "data.img_size",
-    "patch_size": "data.patch_size",
-    "patches_per_volume": "data.patches_per_volume",
-    "amp": "amp",
-    "device": "device",
-    "seed": "seed",
-    "deterministic": "deterministic",
-    "num_workers": "data.num_workers",
-    "class_names": "data.class_names",
-    "checkpoint_every": "train.checkpoint_every",
-    "no_eval": "train.eval",
-    "fg_oversample": "train.fg_oversample",
-}
+#: argparse group of each config section's flags
+_GROUPS = {"data": "data and model", "model": "data and model", "train": "schedule", "": "run"}
 
 
 def _default(key: str) -> str:
     """``default: X`` (and ``; demo: Y`` where the demo preset differs) for a dotted config key."""
-    from resfu_med.engine.config import DEFAULTS, PRESETS, flatten
+    from resfu_med.engine.config import OPTIONS, PRESETS, flatten
 
-    paper, demo = flatten(DEFAULTS).get(key), flatten(PRESETS["demo"]).get(key)
-    return f"default: {paper}" + (f"; demo: {demo}" if demo is not None and demo != paper else "")
+    paper, demo = OPTIONS[key].default, flatten(PRESETS["demo"]).get(key)
+    shown = "null" if paper is None else paper
+    return f"default: {shown}" + (f"; demo: {demo}" if demo is not None and demo != paper else "")
+
+
+def _names(entries: dict[str, str]) -> str:
+    """One help line per accepted name (``name  description``), generated from a registry so it cannot go stale."""
+    width = max(len(n) for n in entries)
+    return "\n".join(f"  {n:<{width}}  {d}" for n, d in entries.items())
+
+
+def _help(opt) -> str:
+    """A flag's help from its schema option: the text, every accepted value with one line each, the default."""
+    default = f" ({_default(opt.key)})" if opt.default not in (None, False) else ""
+    if opt.described is not None:
+        return f"{opt.help}:\n{_names(opt.described())}\n{default.strip()}"
+    return opt.help + default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``train`` options (absent flags leave the config untouched, hence ``SUPPRESS`` defaults)."""
+    """Add the ``train`` options: one flag per schema option that declares one (absent flags leave the config
+    untouched, hence ``SUPPRESS`` defaults), then the command's own options."""
+    from resfu_med.engine.config import OPTIONS, RECIPES, recipe_summary
+
     s = argparse.SUPPRESS
-    g = parser.add_argument_group("data and model")
-    g.add_argument("--dataset", default=s, metavar="NAME", help="a dataset of the data registry (docs/datasets.md); demo needs nothing else")
-    g.add_argument("--data-root", default=s, metavar="DIR", help="prepared dataset folder (not needed for demo)")
-    g.add_argument("--model", default=s, metavar="NAME", help=f"a network of the model registry, docs/networks.md ({_default('model.name')})")
-    g.add_argument("--upsampler", default=s, metavar="NAME", help=f"decoder upsampler of the upsampler registry, docs/networks.md ({_default('model.upsampler')})")
-    g.add_argument("--class-names", nargs="+", default=s, metavar="NAME",
-                   help="names of the foreground classes 1..K-1 in label order, for a copy labelled in another order "
-                        "than the dataset's default (stored in the checkpoint; evaluation tables use them)")
-    g.add_argument("--pretrained", default=s, metavar="NPZ", help="R50+ViT-B_16.npz ImageNet-21k weights for transunet")
-    g.add_argument("--img-size", type=int, default=s, metavar="N", help=f"slice size ({_default('data.img_size')})")
-    g.add_argument("--patch-size", type=int, nargs=3, default=s, metavar=("Z", "Y", "X"),
-                   help=f"3D models: training patch and inference window, multiples of 16 (swinunetr: 32) ({_default('data.patch_size')})")
-    g.add_argument("--patches-per-volume", type=int, default=s, metavar="N",
-                   help=f"3D models: patches drawn per volume and batch item ({_default('data.patches_per_volume')})")
+    groups = {title: parser.add_argument_group(title) for title in dict.fromkeys(_GROUPS.values())}
+    for key, opt in OPTIONS.items():
+        if opt.flag is None:
+            continue
+        group = groups[_GROUPS[key.split(".")[0] if "." in key else ""]]
+        kw = _flag_type(opt)
+        group.add_argument(opt.flag, dest=_dest(opt), default=s, help=kw.pop("help", None) or _help(opt), **kw)
+    g = groups["data and model"]
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
-    g.add_argument("--preset", default=s, metavar="NAME", choices=["quick"],
-                   help="training recipe on top of the dataset's: quick = small ReSFU U-Net, AdamW, 1,200 iterations, "
-                        "foreground sampling (about 15 min on a CPU; docs/training.md)")
-    g = parser.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=s, metavar="N", help=f"epochs ({_default('train.epochs')})")
-    g.add_argument("--max-iters", type=int, default=s, metavar="N",
-                   help="stop after N iterations in total, saving last.pt (the lr schedule still spans --epochs)")
-    g.add_argument("--batch-size", type=int, default=s, metavar="N", help=f"global batch size ({_default('train.batch_size')})")
-    g.add_argument("--lr", type=float, default=s, metavar="LR", help=f"base SGD learning rate ({_default('train.lr')})")
-    g.add_argument("--seed", type=int, default=s, metavar="N", help=f"random seed ({_default('seed')})")
-    g.add_argument("--deterministic", action="store_true", default=s,
-                   help="deterministic algorithms (bit-identical reruns on CPU; slower on GPU)")
-    g.add_argument("--fg-oversample", type=float, default=s, metavar="P",
-                   help="share of every batch drawn from slices holding a foreground class, the class drawn uniformly "
-                        "(default: msd 0.33, quick 0.5, others uniform sampling)")
-    g.add_argument("--no-eval", action="store_true", default=s,
-                   help="skip validation during training (best.pt is then the final model)")
-    g.add_argument("--checkpoint-every", type=int, default=s, metavar="N",
-                   help=f"also save last.pt every N iterations, 0: at epoch ends only ({_default('train.checkpoint_every')})")
-    g = parser.add_argument_group("run")
+    g.add_argument("--preset", default=s, metavar="NAME",
+                   help="training recipe on top of the dataset's (docs/training.md):\n"
+                        + _names({n: recipe_summary(n) for n in RECIPES}))
+    g = groups["run"]
     g.add_argument("-o", "--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     g.add_argument("--overwrite", action="store_true", help="replace the run files of an existing --output folder")
-    g.add_argument("--amp", default=s, metavar="MODE", help=f"mixed precision: none | bf16 | fp16 ({_default('amp')})")
-    g.add_argument("--device", default=s, metavar="DEV", help=f"auto | cpu | cuda | cuda:N ({_default('device')})")
-    g.add_argument("--num-workers", type=int, default=s, metavar="N", help=f"data loader workers ({_default('data.num_workers')})")
     add_no_progress(g)
+
+
+def _flag_type(opt) -> dict[str, Any]:
+    """argparse arguments of an option's flag: its declared ones, else a ``type`` from the option's types."""
+    kw = dict(opt.flag_kwargs)
+    if "action" in kw or "type" in kw:
+        return kw
+    for t in (int, float):
+        if t in opt.types and bool not in opt.types and str not in opt.types:
+            kw["type"] = float if float in opt.types else int
+            break
+    return kw
+
+
+def _dest(opt) -> str:
+    """The flag's argparse destination (``--data-root`` → ``data_root``), as every other command spells it."""
+    return opt.flag.lstrip("-").replace("-", "_")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The nested config overrides given by flags (only flags actually passed)."""
+    from resfu_med.engine.config import OPTIONS
+
     out: dict[str, Any] = {}
-    for dest, key in _FLAG_KEYS.items():
-        if not hasattr(args, dest):
+    for key, opt in OPTIONS.items():
+        if opt.flag is None or not hasattr(args, _dest(opt)):
             continue
-        value = getattr(args, dest)
-        if dest == "no_eval":
-            value = not value
         section, _, leaf = key.rpartition(".")
-        (out.setdefault(section, {}) if section else out)[leaf] = value
+        (out.setdefault(section, {}) if section else out)[leaf] = getattr(args, _dest(opt))
     return out
 
 

@@ -1,4 +1,12 @@
-"""Checkpoints: atomic save, validated load, and rebuilding a trained model from one file.
+"""Checkpoints: atomic save, validated load, and the one path from a checkpoint file to a trained model.
+
+Every command that reads a trained model — ``evaluate``, ``infer``, ``export``, ``export-bundle`` (and, for a bundle's
+``model.pt``, ``verify-bundle``) — and the Python API go through :func:`load_trained` (or its short forms
+:func:`load_model` and :func:`resfu_med.bundle.read_checkpoint`): the file is read once (:func:`read_torch_file`,
+``weights_only=True``), validated once (:func:`load_checkpoint`: format tag, plain-data config, a registered model
+whose arguments its constructor takes), the wrapper prefixes of DistributedDataParallel (``module.``) and
+``torch.compile`` (``_orig_mod.``) are removed once (:func:`unwrap_state_dict`), and the network is built by the model
+registry and receives the weights strictly (every name and shape must match).
 
 A checkpoint is a dict saved with ``torch.save`` (through :mod:`resfu_med.atomic`, so a kill while saving never
 leaves a torn file under the final name) with the keys of :data:`REQUIRED_KEYS`:
@@ -11,8 +19,10 @@ the file loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,11 @@ __all__ = [
     "REQUIRED_KEYS",
     "save_checkpoint",
     "load_checkpoint",
+    "read_torch_file",
+    "unwrap_state_dict",
+    "WRAPPER_PREFIXES",
+    "TrainedModel",
+    "load_trained",
     "load_model",
     "capture_rng",
     "restore_rng",
@@ -39,6 +54,9 @@ __all__ = [
 FORMAT = "resfu-med-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "iteration", "rng", "best_metric", "config")
+
+#: Prefixes a wrapped model adds to every weight name: DistributedDataParallel / DataParallel, ``torch.compile``.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -103,14 +121,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             names the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle/zip errors of all kinds mean the same thing to the user
-        raise CheckpointError(f"checkpoint {path} {_unreadable_reason(path, err)}") from err
+    ckpt = read_torch_file(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a resfu-med checkpoint (no format tag {FORMAT!r})")
     if int(ckpt.get("version", 0)) > VERSION:
@@ -120,6 +131,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    if isinstance(ckpt["config"], dict):  # a checkpoint of an earlier release: today's keys
+        from resfu_med.engine.config import migrate_config
+
+        ckpt["config"] = migrate_config(ckpt["config"])
     cfg = ckpt["config"]
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
         raise CheckpointError(f"checkpoint {path} has no model description (config['model'])")
@@ -128,6 +143,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     check_plain_data(cfg, str(path), error=CheckpointError)
     check_model_config(cfg["model"], str(path), error=CheckpointError)
     return ckpt
+
+
+def read_torch_file(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain values only, never code.
+
+    Raises:
+        CheckpointError: ``"<what> <path> not found"``, not a file, or unreadable, in the user's terms (never the
+            advice to load with ``weights_only=False``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} not found")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is not a file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle/zip errors of all kinds mean the same thing to the user
+        raise CheckpointError(f"{what} {path} {_unreadable_reason(path, err)}") from err
+
+
+def unwrap_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` without the prefixes of the wrappers it was saved from (:data:`WRAPPER_PREFIXES`, in any order and
+    nesting, e.g. ``_orig_mod.module.`` from ``torch.compile(DistributedDataParallel(net))``): a prefix is removed
+    only when every key has it."""
+    out = dict(state)
+    while out:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if prefix is None:
+            break
+        out = {k[len(prefix):]: v for k, v in out.items()}
+    return out
 
 
 def check_model_config(model_cfg: Any, source: str = "model config", error: type[Exception] = InputError) -> None:
@@ -172,6 +218,83 @@ def _unreadable_reason(path: Path, err: Exception) -> str:
     return f"is corrupt or not a checkpoint ({detail[:200]})"
 
 
+@dataclasses.dataclass
+class TrainedModel:
+    """A network rebuilt from a checkpoint by :func:`load_trained`.
+
+    Attributes:
+        model: the network with the trained weights, in eval mode.
+        config: the run's resolved config (``config["model"]``, ``config["data"]``, ...).
+        info: ``{"epoch", "iteration", "best_metric"}`` of the checkpoint.
+        source: the checkpoint file, for messages.
+    """
+
+    model: nn.Module
+    config: dict[str, Any]
+    info: dict[str, Any]
+    source: str
+
+
+def load_trained(
+    checkpoint_path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    num_classes: int | None = None,
+    model_name: str | None = None,
+) -> TrainedModel:
+    """The one checkpoint → model path: read once, validate once, unwrap once, build by the registry, load strictly.
+
+    Args:
+        checkpoint_path: a ``last.pt``/``best.pt`` (or any checkpoint of :func:`save_checkpoint`), saved from a plain,
+            DDP-wrapped or compiled model.
+        device: where to put the model.
+        num_classes: if given, the class count (incl. background) the caller expects, e.g. its dataset's; a
+            checkpoint trained for another count raises.
+        model_name: if given, the architecture the caller expects (``transunet``, ``unet``, ``unet3d``, ...).
+
+    Returns:
+        The network (eval mode, on ``device``), the run config and the training position.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, a config without ``data.num_classes``, weights that do not match the
+            recorded architecture, or a mismatch with the expected ``num_classes``/``model_name``; the message names
+            the file and the mismatch.
+    """
+    from resfu_med.networks.model_registry import build_model, load_state_strict, num_classes_of
+
+    source = str(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path)
+    config = ckpt["config"]
+    mcfg = config["model"]
+    if not isinstance(ckpt["model"], Mapping) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise CheckpointError(f"checkpoint {source}: 'model' is not a state dict of tensors")
+    data = config.get("data")
+    if not isinstance(data, dict) or "num_classes" not in data:
+        raise CheckpointError(f"checkpoint {source}: its config has no data.num_classes (was it written by "
+                              "resfu-med train?)")
+    recorded = num_classes_of(mcfg)
+    data_classes = data["num_classes"]
+    if model_name is not None and mcfg["name"] != model_name:
+        raise CheckpointError(f"checkpoint {source} holds a {mcfg['name']!r} model, expected {model_name!r}")
+    if recorded is not None and data_classes is not None and recorded != int(data_classes):
+        raise CheckpointError(f"checkpoint {source} is inconsistent: model has {recorded} classes, its dataset "
+                              f"{data.get('dataset')!r} {data_classes}")
+    have = recorded if recorded is not None else data_classes
+    if num_classes is not None and have is not None and int(have) != int(num_classes):
+        raise CheckpointError(f"checkpoint {source} was trained for {have} classes (dataset {data.get('dataset')!r}), "
+                              f"expected {num_classes}")
+    try:
+        model = build_model(mcfg)
+    except InputError as err:
+        raise CheckpointError(f"checkpoint {source}: cannot rebuild its model: {err}") from err
+    load_state_strict(model, unwrap_state_dict(ckpt["model"]),
+                      f"checkpoint {source} does not match its {mcfg['name']!r} architecture",
+                      hint="the checkpoint is from another architecture or its config.model was edited")
+    model.to(device).eval()
+    info = {k: ckpt.get(k) for k in ("epoch", "iteration", "best_metric")}
+    return TrainedModel(model, config, info, source)
+
+
 def load_model(
     checkpoint_path: str | Path,
     device: str | torch.device = "cpu",
@@ -179,48 +302,12 @@ def load_model(
     num_classes: int | None = None,
     model_name: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the trained network of a checkpoint.
+    """Rebuild the trained network of a checkpoint: ``(model in eval mode on device, run config)``.
 
-    Args:
-        checkpoint_path: a ``last.pt``/``best.pt`` (or any checkpoint of :func:`save_checkpoint`).
-        device: where to put the model.
-        num_classes: if given, the class count (incl. background) the caller expects, e.g. its dataset's; a
-            checkpoint trained for another count raises.
-        model_name: if given, the architecture the caller expects (``transunet``, ``unet``, ``unet3d``).
+    The short form of :func:`load_trained` (same arguments, same errors).
 
-    Returns:
-        ``(model, config)``: the network in eval mode on ``device`` and the run's resolved config.
-
-    Raises:
-        CheckpointError: unreadable checkpoint, or a mismatch between the checkpoint's weights and its recorded
-            architecture, or with the expected ``num_classes``/``model_name``; the message names the mismatch.
+    Example:
+        >>> model, config = load_model("runs/demo/best.pt")
     """
-    from resfu_med.networks.model_registry import build_model, load_state_strict, num_classes_of
-
-    ckpt = load_checkpoint(checkpoint_path)
-    config = ckpt["config"]
-    mcfg = config["model"]
-    recorded = num_classes_of(mcfg)
-    data_classes = config.get("data", {}).get("num_classes")
-    if model_name is not None and mcfg["name"] != model_name:
-        raise CheckpointError(
-            f"checkpoint {checkpoint_path} holds a {mcfg['name']!r} model, expected {model_name!r}"
-        )
-    if recorded is not None and data_classes is not None and recorded != int(data_classes):
-        raise CheckpointError(
-            f"checkpoint {checkpoint_path} is inconsistent: model has {recorded} classes, its dataset "
-            f"{config['data'].get('dataset')!r} {data_classes}"
-        )
-    have = recorded if recorded is not None else data_classes
-    if num_classes is not None and have is not None and int(have) != int(num_classes):
-        raise CheckpointError(
-            f"checkpoint {checkpoint_path} was trained for {have} classes "
-            f"(dataset {config.get('data', {}).get('dataset')!r}), expected {num_classes}"
-        )
-    try:
-        model = build_model(mcfg)
-    except InputError as err:
-        raise CheckpointError(f"checkpoint {checkpoint_path}: cannot rebuild its model: {err}") from err
-    load_state_strict(model, ckpt["model"], f"checkpoint {checkpoint_path} does not match its {mcfg['name']!r} architecture")
-    model.to(device).eval()
-    return model, config
+    trained = load_trained(checkpoint_path, device, num_classes=num_classes, model_name=model_name)
+    return trained.model, trained.config

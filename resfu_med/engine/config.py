@@ -1,10 +1,24 @@
-"""Training run configuration: paper defaults, per-dataset presets, config files and flag overrides.
+"""Training run configuration: one typed schema, from which defaults, validation, flags and ``--help`` are made.
 
-A run's configuration is one nested, JSON-able dict. It is resolved in this order, later layers winning:
-:data:`DEFAULTS` (the TransUNet/ReSFU paper protocol) → the dataset's preset (:data:`PRESETS`) → a YAML/JSON config
-file (``--config``) → command-line flags. Every key a file or flag sets must exist in :data:`DEFAULTS` and have the
-right type; otherwise :class:`~resfu_med.errors.InputError` names the key. The resolved config is saved next to the
-run (``config.json``) and inside every checkpoint, so a run can be resumed, evaluated and reproduced from it alone.
+The schema is :class:`RunConfig`, frozen dataclasses (:class:`ModelConfig`, :class:`DataConfig`,
+:class:`TrainConfig`) whose every field is declared once with :func:`option`: its type (the annotation), default,
+help text, allowed values, bounds and command-line flag. Generated from it: :data:`DEFAULTS` (the paper protocol as a
+nested dict), :data:`OPTIONS` (dotted key → :class:`Option`), the validation of every file and flag value, the
+``train`` flags and their ``--help`` (``resfu_med.cli.train``), and the record saved as ``config.json`` and in every
+checkpoint. Adding an option is adding one field.
+
+A run's configuration is resolved from layers, later layers winning (:func:`resolve_layers`):
+
+    defaults < dataset preset (:data:`PRESETS`) < recipe (``--preset``, :data:`RECIPES`) < config file (``--config``)
+    < flags
+
+An explicit setting always wins over the layers below it, including over a different key of the same budget: the
+training length is given either as ``train.epochs`` or as ``train.iterations``, so ``--preset quick --epochs 16``
+trains 16 epochs (the recipe's iteration budget yields). Two explicit settings that contradict each other (a flag and
+the config file, or one file setting both) are an error. Every key a file or flag sets must exist and have the right
+type and range; all bad keys are reported, one line each naming the file and the key, unknown keys with a
+did-you-mean. The run prints and records which layer set each non-default value (:func:`describe_sources`).
+Configs of earlier releases are brought up to date by :func:`migrate_config`.
 
 Example config file (YAML; JSON with the same nesting works too)::
 
@@ -20,14 +34,25 @@ Example config file (YAML; JSON with the same nesting works too)::
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import json
 import re
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from resfu_med.errors import InputError
 
 __all__ = [
+    "RunConfig",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "Option",
+    "OPTIONS",
+    "option",
     "DEFAULTS",
     "PRESETS",
     "CHOICES",
@@ -36,112 +61,273 @@ __all__ = [
     "load_config_file",
     "merge_config",
     "resolve_config",
+    "resolve_layers",
+    "describe_sources",
+    "migrate_config",
     "RECIPES",
+    "RECIPE_PURPOSES",
+    "recipe_summary",
+    "AMP_MODES",
     "flatten",
 ]
 
-
-#: The paper's protocol (TransUNet R50-ViT-B/16 on Synapse; docs/datasets.md).
-DEFAULTS: dict[str, Any] = {
-    "seed": 1234,
-    "deterministic": False,
-    "device": "auto",  # auto | cpu | cuda | cuda:N
-    "amp": "none",  # none | bf16 | fp16
-    "threads": 0,  # torch intra-op CPU threads; 0 = torch's default
-    "model": {
-        "name": "transunet",
-        "upsampler": "resfu",
-        "pretrained": None,  # path to R50+ViT-B_16.npz (TransUNet only)
-        "kwargs": {},  # extra constructor arguments of the network, e.g. {"vit_depth": 4}
-    },
-    "data": {
-        "dataset": None,
-        "root": None,
-        "img_size": 224,  # null: the dataset's own slice size, at most 128 (rounded up to a multiple of 16)
-        "num_workers": 2,
-        "cache_rate": 0.0,  # fraction of loaded training slices kept in memory (MONAI CacheDataset)
-        "val_split": "val",  # split used for best.pt selection; falls back to none when the dataset has no such split
-        "val_cases": 0,  # 0 = every case of the validation split
-        # foreground class names 1..K-1 replacing the dataset's (a copy labelled in another order); None = dataset's
-        "class_names": None,
-        # 3D models (unet3d): training patch (Z, Y, X) in voxels, also the inference window; patches per volume draw
-        "patch_size": [96, 96, 96],
-        "patches_per_volume": 2,
-    },
-    "train": {
-        "epochs": 150,
-        "max_iters": None,  # stop after this many iterations (the schedule still spans all epochs)
-        "iterations": None,  # a budget in iterations: epochs become ceil(iterations / iterations per epoch)
-        "batch_size": 24,  # global batch; split across DDP processes
-        "optimizer": "sgd",  # sgd (the paper) | adamw (converges faster on short schedules; momentum unused)
-        "lr": 0.01,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "poly_power": 0.9,
-        "schedule": "poly",  # poly (TransUNet) | cosine | constant, per iteration, after warmup_iters
-        "warmup_iters": 0,  # linear lr warm-up from base/warmup_iters to base over these iterations
-        # share of every batch drawn from slices holding a foreground class (class uniform among those present;
-        # 3D: class-balanced patch centres); null = the dataset's default (uniform slices, 3D half foreground patches)
-        "fg_oversample": None,
-        "ce_weight": 0.5,
-        "dice_weight": 0.5,
-        "eval": True,  # validate (volume-wise Dice) to pick best.pt
-        "val_every": 1,  # epochs between validations
-        "checkpoint_every": 0,  # iterations between mid-epoch last.pt saves (0: end of each epoch only)
-        "log_every": 10,  # iterations between TensorBoard scalar writes
-        "num_images": 3,  # image/prediction overlays written to TensorBoard per validation
-    },
+#: ``amp`` modes and what they are (``--help`` lists them).
+AMP_MODES: dict[str, str] = {
+    "none": "float32 throughout",
+    "bf16": "bfloat16 autocast (CPU and recent GPUs; no loss scaling needed)",
+    "fp16": "float16 autocast with gradient scaling (GPUs)",
 }
-
-#: Allowed types of keys whose default is ``None`` or that accept several types.
-_TYPES: dict[str, tuple[type, ...]] = {
-    "model.pretrained": (str, type(None)),
-    "data.dataset": (str, type(None)),
-    "data.root": (str, type(None)),
-    "data.img_size": (int, type(None)),
-    "train.max_iters": (int, type(None)),
-    "train.iterations": (int, type(None)),
-    "train.fg_oversample": (float, int, type(None)),
-    "data.class_names": (list, type(None)),
-    "model.kwargs": (dict,),
-}
-
-#: Keys restricted to a fixed set of values.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "amp": ("none", "bf16", "fp16"),
-    "train.optimizer": ("sgd", "adamw"),
-    "train.schedule": ("poly", "cosine", "constant"),
-}
+_OPTIMIZERS = {"sgd": "SGD with momentum (the paper)", "adamw": "AdamW (converges faster on short schedules)"}
+_SCHEDULES = {"poly": "polynomial decay (TransUNet)", "cosine": "cosine decay", "constant": "constant"}
 
 
 def registry_choices(key: str) -> tuple[str, ...] | None:
     """The names a registry accepts for ``key``: ``model.name`` (the model registry), ``model.upsampler`` (the
     upsampler registry), ``data.dataset`` (the data registry); ``None`` for other keys.
 
-    Imported on use: the registries need torch and MONAI, ``resfu-med --help`` does not.
+    Imported on use: the registries need torch and MONAI, importing the config does not.
     """
+    described = _registry_described(key)
+    return tuple(described) if described is not None else None
+
+
+def _registry_described(key: str) -> dict[str, str] | None:
     if key == "model.name":
-        from resfu_med.networks.model_registry import model_names
+        from resfu_med.networks.model_registry import MODELS
 
-        return model_names()
+        return {n: s.description for n, s in MODELS.items()}
     if key == "model.upsampler":
-        from resfu_med.networks.upsamplers import upsampler_names
+        from resfu_med.networks.upsamplers import UPSAMPLERS
 
-        return upsampler_names()
+        return {n: e.description for n, e in UPSAMPLERS.items()}
     if key == "data.dataset":
-        from resfu_med.data.registry import DATASET_NAMES
+        from resfu_med.data.registry import DATASETS
 
-        return tuple(DATASET_NAMES)
+        return {n: e.description for n, e in DATASETS.items()}
     return None
 
-_POSITIVE = {"train.iterations", "data.img_size", "data.patches_per_volume", "train.epochs", "train.batch_size", "train.lr", "train.val_every", "train.log_every"}
-_NON_NEGATIVE = {
-    "threads",
-    "data.num_workers", "data.val_cases", "data.cache_rate", "train.momentum", "train.weight_decay", "train.poly_power",
-    "train.ce_weight", "train.dice_weight", "train.checkpoint_every", "train.num_images", "train.max_iters",
-    "train.warmup_iters", "train.fg_oversample",
-}
-_AT_MOST_ONE = {"train.fg_oversample"}
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One config field as the schema declares it (read from the dataclass field; see :func:`option`).
+
+    Attributes:
+        key: dotted key (``train.epochs``).
+        default: the default value.
+        types: the accepted Python types (``type(None)`` for null).
+        help: one line for ``--help`` and the docs.
+        flag: the ``train`` flag setting it (``--epochs``), or ``None``.
+        described: ``f() -> {value: description}`` of the allowed values, or ``None`` for any value of the type.
+        minimum, maximum: bounds (inclusive), or ``None``; ``positive``: > 0.
+        excludes: the key giving the same thing another way (``train.epochs`` / ``train.iterations``): a layer
+            setting one clears the other below it, and one explicit layer may not set both.
+        runtime: may change when a run is resumed (where or how fast it runs, not its result).
+        derived: filled in by resfu-med from the dataset (kept when a written config is read again).
+        flag_kwargs: extra ``argparse`` arguments of the flag (``nargs``, ``metavar``, ``action``).
+    """
+
+    key: str
+    default: Any
+    types: tuple[type, ...]
+    help: str
+    flag: str | None = None
+    described: Callable[[], dict[str, str]] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    positive: bool = False
+    excludes: str | None = None
+    runtime: bool = False
+    derived: bool = False
+    flag_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def choices(self) -> tuple[str, ...] | None:
+        """The allowed values, or ``None``."""
+        return tuple(self.described()) if self.described is not None else None
+
+
+def option(default: Any, help: str, *, flag: str | None = None, choices: Any = None, minimum: float | None = None,
+           maximum: float | None = None, positive: bool = False, excludes: str | None = None, runtime: bool = False,
+           derived: bool = False, flag_help: str | None = None, **flag_kwargs: Any) -> Any:
+    """Declare a schema field: its default and everything else the package needs to know about it, in one place.
+
+    Args:
+        default: the default (lists and dicts are copied per instance).
+        help: one line for ``--help`` and the docs.
+        flag: the ``resfu-med train`` flag setting it, or ``None``.
+        choices: the allowed values, ``{value: description}`` or a registry key (``"model"``, ``"upsampler"``,
+            ``"dataset"``), or ``None``.
+        minimum, maximum, positive: bounds.
+        excludes: the other key of the same budget (see :class:`Option`).
+        runtime: may change on ``--resume``.
+        derived: filled in from the dataset, not set by users.
+        flag_help: the flag's help where it differs from ``help`` (an inverting flag such as ``--no-eval``).
+        flag_kwargs: ``argparse`` arguments of the flag (``nargs``, ``metavar``, ``action``).
+    """
+    if flag_help is not None:
+        flag_kwargs["help"] = flag_help
+    meta = {"help": help, "flag": flag, "choices": choices, "minimum": minimum, "maximum": maximum,
+            "positive": positive, "excludes": excludes, "runtime": runtime, "derived": derived,
+            "flag_kwargs": flag_kwargs}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network (``model.*``)."""
+
+    name: str = option("transunet", "network", flag="--model", choices="model", metavar="NAME")
+    upsampler: str = option("resfu", "decoder upsampler", flag="--upsampler", choices="upsampler", metavar="NAME")
+    pretrained: Optional[str] = option(None, "R50+ViT-B_16.npz ImageNet-21k weights for transunet", flag="--pretrained",
+                                       metavar="NPZ")
+    kwargs: dict = option({}, "extra constructor arguments of the network, e.g. {vit_depth: 4} (merged key by key)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The dataset and its sampling (``data.*``)."""
+
+    dataset: Optional[str] = option(None, "dataset", flag="--dataset", choices="dataset", metavar="NAME")
+    root: Optional[str] = option(None, "prepared (or raw) dataset folder; not needed for demo", flag="--data-root",
+                                 runtime=True, metavar="DIR")
+    img_size: Optional[int] = option(224, "slice size; null: the slices' own size, at most 128 (a multiple of 16)",
+                                     flag="--img-size", positive=True, metavar="N")
+    num_workers: int = option(2, "data loader workers", flag="--num-workers", minimum=0, runtime=True, metavar="N")
+    cache_rate: float = option(0.0, "fraction of loaded training slices kept in memory (MONAI CacheDataset)",
+                               minimum=0, maximum=1)
+    val_split: str = option("val", "split used to pick best.pt; none when the dataset has no such split")
+    val_cases: int = option(0, "validation cases, 0 = every case of the validation split", minimum=0)
+    class_names: Optional[list] = option(
+        None, "names of the foreground classes 1..K-1 in label order, for a copy labelled in another order than the "
+              "dataset's default (stored in the checkpoint; evaluation tables use them)",
+        flag="--class-names", nargs="+", metavar="NAME")
+    patch_size: list = option([96, 96, 96], "3D models: training patch and inference window (Z Y X), multiples of 16 "
+                                             "(swinunetr: 32)", flag="--patch-size", nargs=3, type=int,
+                              metavar=("Z", "Y", "X"))
+    patches_per_volume: int = option(2, "3D models: patches drawn per volume and batch item",
+                                     flag="--patches-per-volume", positive=True, metavar="N")
+    # filled in from the dataset when a run starts (complete_config); a written config.json carries them
+    num_classes: Optional[int] = option(None, "classes including background (from the dataset)", derived=True)
+    label_names: Optional[list] = option(None, "foreground class names (from the dataset)", derived=True)
+    intensity: Optional[dict] = option(None, "intensity normalisation (from the dataset)", derived=True)
+    modality: Optional[str] = option(None, "CT or MRI (from the dataset)", derived=True)
+    label_values: Optional[list] = option(None, "label value written per class (from the dataset)", derived=True)
+    raw_label_values: Optional[list] = option(None, "raw release's value per class (from the dataset)", derived=True)
+    ignore_index: Optional[int] = option(None, "nnU-Net 'ignore' label value (from the dataset)", derived=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation schedule (``train.*``)."""
+
+    epochs: int = option(150, "epochs", flag="--epochs", positive=True, excludes="train.iterations", metavar="N")
+    iterations: Optional[int] = option(None, "a budget in iterations: epochs become ceil(iterations / iterations per "
+                                              "epoch)", flag="--iterations", positive=True, excludes="train.epochs",
+                                       metavar="N")
+    max_iters: Optional[int] = option(None, "stop after N iterations in total, saving last.pt (the lr schedule still "
+                                            "spans all epochs)", flag="--max-iters", minimum=0, runtime=True,
+                                      metavar="N")
+    batch_size: int = option(24, "global batch size (split across DDP processes)", flag="--batch-size", positive=True,
+                             metavar="N")
+    optimizer: str = option("sgd", "optimizer", choices=_OPTIMIZERS)
+    lr: float = option(0.01, "base learning rate", flag="--lr", positive=True, metavar="LR")
+    momentum: float = option(0.9, "SGD momentum", minimum=0)
+    weight_decay: float = option(1e-4, "weight decay", minimum=0)
+    poly_power: float = option(0.9, "exponent of the poly schedule", minimum=0)
+    schedule: str = option("poly", "learning-rate schedule, per iteration after warmup_iters", choices=_SCHEDULES)
+    warmup_iters: int = option(0, "linear lr warm-up iterations", minimum=0)
+    fg_oversample: Optional[float] = option(
+        None, "share of every batch drawn from slices holding a foreground class, the class drawn uniformly (3D: "
+              "class-balanced patch centres); null: the dataset's default (msd 0.33, quick 0.5, others uniform)",
+        flag="--fg-oversample", minimum=0, maximum=1, metavar="P")
+    ce_weight: float = option(0.5, "weight of the cross-entropy loss", minimum=0)
+    dice_weight: float = option(0.5, "weight of the Dice loss", minimum=0)
+    eval: bool = option(True, "validate (volume-wise Dice) to pick best.pt; --no-eval: best.pt is the final model",
+                        flag="--no-eval", action="store_false",
+                        flag_help="skip validation during training (best.pt is then the final model)")
+    val_every: int = option(1, "epochs between validations", positive=True)
+    checkpoint_every: int = option(0, "also save last.pt every N iterations, 0: at epoch ends only",
+                                   flag="--checkpoint-every", minimum=0, metavar="N")
+    log_every: int = option(10, "iterations between TensorBoard scalar writes", positive=True)
+    num_images: int = option(3, "image/prediction overlays written to TensorBoard per validation", minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole run's configuration; the defaults are the paper's protocol (TransUNet R50-ViT-B/16 on Synapse)."""
+
+    seed: int = option(1234, "random seed", flag="--seed", metavar="N")
+    deterministic: bool = option(False, "deterministic algorithms (bit-identical reruns on CPU; slower on GPU)",
+                                 flag="--deterministic", action="store_true")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", flag="--device", runtime=True, metavar="DEV")
+    amp: str = option("none", "mixed precision", flag="--amp", choices=AMP_MODES, metavar="MODE")
+    threads: int = option(0, "torch intra-op CPU threads; 0 = torch's default", minimum=0, runtime=True)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    sources: Optional[dict] = option(None, "the layer that set each non-default value (written by resfu-med train)",
+                                     derived=True)
+
+
+def _types(hint: Any) -> tuple[type, ...]:
+    args = typing.get_args(hint) or (hint,)
+    out: list[type] = []
+    for a in args:
+        a = typing.get_origin(a) or a
+        out += [float, int] if a is float else [a]
+    return tuple(out)
+
+
+def _options(cls: type, prefix: str = "") -> dict[str, Option]:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Option] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_options(hints[f.name], f"{key}."))
+            continue
+        m = dict(f.metadata)
+        choices = m.pop("choices")
+        described = (choices if callable(choices) else (lambda c=dict(choices): c) if isinstance(choices, dict)
+                     else (lambda k=key: _registry_described(k)) if isinstance(choices, str) else None)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out[key] = Option(key=key, default=default, types=_types(hints[f.name]), described=described, **m)
+    return out
+
+
+def _flatten_all(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if f"{prefix}{key}" in OPTIONS:
+            out[f"{prefix}{key}"] = value
+        else:
+            out.update(_flatten_all(value, f"{prefix}{key}."))
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *path, leaf = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+#: Dotted key → :class:`Option`, in declaration order: the whole schema.
+OPTIONS: dict[str, Option] = _options(RunConfig)
+
+#: The defaults as a nested dict (the paper's protocol); the derived keys are absent until a run fills them in.
+DEFAULTS: dict[str, Any] = _nest({k: v for k, v in _flatten_all(dataclasses.asdict(RunConfig())).items()
+                                  if not OPTIONS[k].derived})
+
+#: Keys restricted to a fixed set of values (registry keys are listed by :func:`registry_choices`).
+CHOICES: dict[str, tuple[str, ...]] = {k: o.choices() for k, o in OPTIONS.items()  # type: ignore[misc]
+                                       if o.described is not None and isinstance(o.described(), dict)
+                                       and _registry_described(k) is None}
 
 #: Per-dataset presets applied on top of the defaults (a dataset without one uses the defaults: the Synapse protocol,
 #: which TransUNet's follow-ups also apply to ACDC; the paper gives no other schedule).
@@ -205,52 +391,109 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+#: What each recipe is for (``--help`` adds the recipe's own values, so the help cannot disagree with them).
+RECIPE_PURPOSES: dict[str, str] = {
+    "quick": "check a dataset end to end on a CPU before booking a GPU",
+}
+
+
+def recipe_summary(name: str) -> str:
+    """One line on recipe ``name``: its purpose, then the values it sets, read from :data:`RECIPES` itself."""
+    recipe = RECIPES[name]
+    model, train = recipe.get("model", {}), recipe.get("train", {})
+    parts = [f"{model['upsampler']} " if "upsampler" in model else "", model.get("name", ""),
+             f", {train['optimizer']}" if "optimizer" in train else "",
+             f" lr {train['lr']:g}" if "lr" in train else "",
+             f", {train['iterations']:,} iterations" if train.get("iterations") else "",
+             f", {train['epochs']} epochs" if "epochs" in train else "",
+             f", batch {train['batch_size']}" if "batch_size" in train else "",
+             f", foreground share {train['fg_oversample']:g}" if train.get("fg_oversample") else ""]
+    return f"{RECIPE_PURPOSES.get(name, name)}: " + "".join(parts).strip(", ")
+
+
+
 def default_config() -> dict[str, Any]:
     """A deep copy of :data:`DEFAULTS`."""
     return copy.deepcopy(DEFAULTS)
 
 
 def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten a nested config to dotted keys (``model.kwargs`` stays one value)."""
+    """Flatten a nested config to dotted keys (``model.kwargs`` and other dict-valued options stay one value)."""
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and name != "model.kwargs":
+        if isinstance(value, dict) and name not in OPTIONS:
             out.update(flatten(value, prefix=f"{name}."))
         else:
             out[name] = value
     return out
 
 
-def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
-    allowed = _TYPES.get(key)
-    if allowed is None:
-        allowed = (float, int) if isinstance(default, float) else (type(default),)
+def _check_value(key: str, value: Any, source: str) -> tuple[Any, str | None]:
+    """``(value, None)`` with ints widened to float where the option is a float, or ``(value, error line)``."""
+    opt = OPTIONS[key]
+    allowed = opt.types
     # bool is an int subclass: reject True for an int key and 1 for a bool key.
-    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-    if not ok:
-        names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-        raise InputError(f"{source}: {key} must be {names}, got {type(value).__name__} {value!r}")
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in dict.fromkeys(allowed))
+        return value, f"{source}: {key} must be {names}, got {type(value).__name__} {value!r}"
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
         value = float(value)
-    choices = CHOICES.get(key) or registry_choices(key)
+    choices = opt.choices()
     if choices is not None and value is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         registry = {"model.name": "model", "model.upsampler": "upsampler", "data.dataset": "dataset"}.get(key)
         what = f"unknown {registry} {value!r}: " if registry else ""
-        raise InputError(f"{source}: {what}{key} must be one of {', '.join(choices)}, got {value!r}")
+        return value, f"{source}: {what}{key} must be one of {', '.join(choices)}, got {value!r}{hint}"
     if key == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-        raise InputError(f"{source}: device must be auto, cpu, cuda or cuda:N, got {value!r}")
-    if key in _POSITIVE and value is not None and value <= 0:
-        raise InputError(f"{source}: {key} must be > 0, got {value!r}")
-    if key in _NON_NEGATIVE and value is not None and value < 0:
-        raise InputError(f"{source}: {key} must be >= 0, got {value!r}")
-    if key in _AT_MOST_ONE and value is not None and value > 1:
-        raise InputError(f"{source}: {key} must be <= 1, got {value!r}")
-    return value
+        return value, f"{source}: device must be auto, cpu, cuda or cuda:N, got {value!r}"
+    if value is not None and not isinstance(value, (str, list, dict, bool)):
+        if opt.positive and value <= 0:
+            return value, f"{source}: {key} must be > 0, got {value!r}"
+        if opt.minimum is not None and value < opt.minimum:
+            return value, f"{source}: {key} must be >= {opt.minimum:g}, got {value!r}"
+        if opt.maximum is not None and value > opt.maximum:
+            return value, f"{source}: {key} must be <= {opt.maximum:g}, got {value!r}"
+    return value, None
+
+
+def _validate(update: Any, source: str) -> dict[str, Any]:
+    """The dotted keys of a nested partial config, every value checked; all problems raised at once, one per line."""
+    if not isinstance(update, dict):
+        raise InputError(f"{source}: the top level must be a mapping of keys, got {type(update).__name__}")
+    errors: list[str] = []
+    out: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if name in OPTIONS:
+                value, err = _check_value(name, value, source)
+                errors.append(err) if err else out.__setitem__(name, copy.deepcopy(value))
+            elif any(k.startswith(f"{name}.") for k in OPTIONS):
+                if isinstance(value, dict):
+                    walk(value, f"{name}.")
+                else:
+                    errors.append(f"{source}: {name} must be a mapping, got {type(value).__name__} {value!r}")
+            else:
+                close = difflib.get_close_matches(name, list(OPTIONS), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                valid = sorted({k[len(prefix):].split(".")[0] for k in OPTIONS if k.startswith(prefix)})
+                errors.append(f"{source}: unknown key {name!r}{hint} (valid here: {', '.join(valid)})")
+
+    walk(update, "")
+    pairs = [(k, o.excludes) for k, o in OPTIONS.items() if o.excludes and k < o.excludes]
+    for a, b in pairs:
+        if out.get(a) is not None and out.get(b) is not None:
+            errors.append(f"{source}: {a} and {b} give the training length twice; set one of them")
+    if errors:
+        raise InputError("\n".join(errors))
+    return out
 
 
 def merge_config(base: dict[str, Any], update: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Return ``base`` updated by the nested ``update``, validating every key and type against :data:`DEFAULTS`.
+    """Return ``base`` updated by the nested ``update``, validating every key and type against the schema.
 
     Args:
         base: a full config (not modified).
@@ -258,34 +501,21 @@ def merge_config(base: dict[str, Any], update: dict[str, Any], source: str = "co
         source: where ``update`` came from, for error messages (a file name, ``"flags"``).
 
     Returns:
-        A new config dict.
+        A new config dict. ``model.kwargs`` merges key by key; setting one of ``train.epochs``/``train.iterations``
+        clears the other (they are two ways to give one budget).
 
     Raises:
-        InputError: an unknown key, a wrong type or a value out of range; the message names the key and the source.
+        InputError: unknown keys, wrong types or values out of range, one line each naming the key and the source.
     """
-    out = copy.deepcopy(base)
-    schema = flatten(DEFAULTS)
-    if not isinstance(update, dict):
-        raise InputError(f"{source}: the top level must be a mapping of keys, got {type(update).__name__}")
-
-    def walk(node: dict[str, Any], target: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if name == "model.kwargs":
-                # Network arguments merge key by key (they are checked by the network's constructor).
-                target[key] = {**target.get(key, {}), **copy.deepcopy(_check_value(name, value, {}, source))}
-            elif name in schema:
-                target[key] = copy.deepcopy(_check_value(name, value, schema[name], source))
-            elif any(k.startswith(f"{name}.") for k in schema):
-                if not isinstance(value, dict):
-                    raise InputError(f"{source}: {name} must be a mapping, got {type(value).__name__} {value!r}")
-                walk(value, target[key], f"{name}.")
-            else:
-                valid = sorted({k.split(".")[len(prefix.split(".")) - 1] for k in schema if k.startswith(prefix)})
-                raise InputError(f"{source}: unknown key {name!r} (valid here: {', '.join(valid)})")
-
-    walk(update, out, "")
-    return out
+    flat = flatten(copy.deepcopy(base))
+    for key, value in _validate(update, source).items():
+        if key == "model.kwargs":
+            value = {**(flat.get(key) or {}), **value}
+        flat[key] = value
+        excluded = OPTIONS[key].excludes
+        if excluded and value is not None:
+            flat[excluded] = OPTIONS[excluded].default
+    return _nest(flat)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -315,7 +545,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise InputError(f"config file {path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    return data
+    return migrate_config(data)
 
 
 def _family(model: str) -> object:
@@ -325,47 +555,94 @@ def _family(model: str) -> object:
     return get_model_spec(model).constructor
 
 
-def resolve_config(
+
+
+#: Keys renamed since earlier releases: old dotted key → new dotted key (:func:`migrate_config`).
+RENAMED: dict[str, str] = {"train.base_lr": "train.lr", "model.kwargs.upsample": "model.kwargs.upsampler"}
+
+
+def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config of an earlier release (a config file, ``config.json`` or a checkpoint's record) in today's keys.
+
+    Renamed keys (:data:`RENAMED`) move to their new name unless the new one is also present. The input is not
+    modified.
+    """
+    out = copy.deepcopy(cfg)
+    for old, new in RENAMED.items():
+        *path, leaf = old.split(".")
+        node: Any = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            value = node.pop(leaf)
+            new_leaf = new.split(".")[-1]
+            if new.rsplit(".", 1)[0] == old.rsplit(".", 1)[0]:
+                node.setdefault(new_leaf, value)
+    return out
+
+
+def _flag_or_key(key: str, source: str) -> str:
+    flag = OPTIONS[key].flag
+    return f"{flag} ({key})" if source == "flags" and flag else key
+
+
+def resolve_layers(
     dataset: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     preset: str | None = None,
-) -> dict[str, Any]:
-    """Resolve defaults → dataset preset → recipe (``preset``) → config file → overrides (flags) into a validated
-    user config.
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Resolve defaults < dataset preset < recipe (``preset``) < config file < overrides (flags).
 
-    The dataset may come from ``dataset``, the file (``data.dataset``) or ``overrides``; the preset is chosen after
+    The dataset may come from ``dataset``, the file (``data.dataset``) or ``overrides``; its preset is chosen after
     all three are read so a file can name its dataset.
 
     Args:
-        dataset: dataset name (``synapse``, ``acdc``, ``msd``, ``demo``) or ``None``.
+        dataset: dataset name or ``None``.
         config_file: optional YAML/JSON file.
         overrides: nested dict from command-line flags (highest priority).
         preset: a training recipe of :data:`RECIPES` (``"quick"``) or ``None``.
 
     Returns:
-        The validated config (model kwargs and data facts are completed later by the trainer).
+        ``(config, sources)``: the validated config (dataset facts and model kwargs are completed later by
+        :func:`resfu_med.engine.preparation.complete_config`) and, for every value that differs from the default,
+        the layer that set it (``"preset demo"``, ``"recipe quick"``, ``"config file run.yaml"``, ``"flags"``).
 
     Raises:
-        InputError: unknown dataset, unknown key, wrong type; the message names it.
+        InputError: unknown dataset or preset, unknown keys, wrong types (all of a file's problems, one line each),
+            or two explicit settings that contradict each other (``--epochs`` with ``train.iterations`` in the file).
     """
+    file_src = f"config file {config_file}"
     file_cfg = load_config_file(config_file) if config_file is not None else {}
     overrides = overrides or {}
-    # Validate the file and flags once on their own so errors name their source.
-    merge_config(DEFAULTS, file_cfg, source=f"config file {config_file}")
-    merge_config(DEFAULTS, overrides, source="flags")
-    name = dataset or overrides.get("data", {}).get("dataset") or file_cfg.get("data", {}).get("dataset")
+    explicit = {file_src: _validate(file_cfg, file_src), "flags": _validate(overrides, "flags")}
+    for key, opt in OPTIONS.items():  # a flag contradicting the file
+        other = opt.excludes
+        if other and explicit["flags"].get(key) is not None and explicit[file_src].get(other) is not None:
+            raise InputError(f"{_flag_or_key(key, 'flags')} conflicts with {other} set in {file_src}; set one of them")
+    name = dataset or explicit["flags"].get("data.dataset") or explicit[file_src].get("data.dataset")
     if name is None:
-        raise InputError(f"no dataset given: pass --dataset ({', '.join(registry_choices('data.dataset'))})")
-    _check_value("data.dataset", name, None, "--dataset")
-    cfg = merge_config(default_config(), PRESETS.get(name, {}), source=f"preset {name}")
-    if preset is not None:  # the quick recipe's data.img_size null is resolved by complete_config
+        raise InputError(f"no dataset given: pass --dataset ({', '.join(registry_choices('data.dataset') or ())})")
+    _, err = _check_value("data.dataset", name, "--dataset")
+    if err:
+        raise InputError(err)
+    layers: list[tuple[str, dict[str, Any]]] = [(f"preset {name}", PRESETS.get(name, {}))]
+    if preset is not None:
         if preset not in RECIPES:
-            raise InputError(f"unknown preset {preset!r}: choose one of {', '.join(RECIPES)}")
-        cfg = merge_config(cfg, RECIPES[preset], source=f"preset {preset}")
-    preset_model, preset_upsampler = cfg["model"]["name"], cfg["model"]["upsampler"]  # after the recipe
-    cfg = merge_config(cfg, file_cfg, source=f"config file {config_file}")
-    cfg = merge_config(cfg, overrides, source="flags")
+            close = difflib.get_close_matches(str(preset), list(RECIPES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(f"unknown preset {preset!r}{hint}: choose one of {', '.join(RECIPES)}")
+        layers.append((f"recipe {preset}", RECIPES[preset]))
+    layers += [(file_src, file_cfg), ("flags", overrides)]
+    cfg, sources = default_config(), {}
+    for source, update in layers:
+        if source == file_src:
+            preset_model, preset_upsampler = cfg["model"]["name"], cfg["model"]["upsampler"]  # after the recipe
+        cfg = merge_config(cfg, update, source=source)
+        for key in _validate(update, source):
+            sources[key] = source
+            if OPTIONS[key].excludes:
+                sources.pop(OPTIONS[key].excludes, None)
     user_kwargs = {**file_cfg.get("model", {}).get("kwargs", {}), **overrides.get("model", {}).get("kwargs", {})}
     if _family(cfg["model"]["name"]) != _family(preset_model):
         # The preset's network arguments belong to its own model (unet and unet3d share BasicUNet's); keep only those
@@ -375,4 +652,24 @@ def resolve_config(
         # Likewise the preset's upsampler options (the demo's slim ReSFU widths) mean nothing to another upsampler.
         cfg["model"]["kwargs"].pop("upsampler_kwargs", None)
     cfg["data"]["dataset"] = name
-    return cfg
+    sources.setdefault("data.dataset", "flags")
+    flat = flatten(cfg)
+    return cfg, {k: v for k, v in sources.items() if flat.get(k) != OPTIONS[k].default}
+
+
+def resolve_config(
+    dataset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
+) -> dict[str, Any]:
+    """The config of :func:`resolve_layers` (same arguments and errors), without the sources."""
+    return resolve_layers(dataset, config_file, overrides, preset)[0]
+
+
+def describe_sources(cfg: dict[str, Any], sources: dict[str, str]) -> str:
+    """One line per non-default value: ``key = value  (layer)``, in schema order, for the run's log."""
+    flat = flatten(cfg)
+    keys = [k for k in OPTIONS if k in sources]
+    width = max((len(k) for k in keys), default=0)
+    return "\n".join(f"  {k:<{width}} = {json.dumps(flat.get(k))}  ({sources[k]})" for k in keys)

@@ -10,10 +10,16 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "destroy_distributed", "barrier", "all_true", "gather_objects"]
+T = TypeVar("T")
+
+__all__ = ["DistInfo", "init_distributed", "destroy_distributed", "barrier", "all_true", "gather_objects",
+           "parse_shard", "resolve_shard", "shard_items"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +86,42 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"I/N"`` (0-based shard ``I`` of ``N``, as ``RANK``/``WORLD_SIZE``) as ``(I, N)``.
+
+    Raises:
+        ValueError: not two integers with ``0 <= I < N``.
+    """
+    try:
+        index, count = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {spec!r}: give I/N, e.g. 0/4 (shards are numbered 0..N-1)") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {spec!r}: need 0 <= I < N (shards are numbered 0..N-1)")
+    return index, count
+
+
+def resolve_shard(spec: str | None = None) -> tuple[int, int] | None:
+    """The shard this process works on: ``--shard I/N`` if given, else ``(RANK, WORLD_SIZE)`` under ``torchrun``
+    with more than one process, else ``None`` (everything).
+
+    No process group is needed: each shard is a fixed, disjoint subset of the sorted inputs, so independent jobs
+    started by a scheduler (``--shard``) and ``torchrun`` ranks split work the same way.
+    """
+    if spec is not None:
+        return parse_shard(spec)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return int(os.environ.get("RANK", "0")), world
+    return None
+
+
+def shard_items(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
+    """Items ``I, I+N, I+2N, ...`` of ``items`` for ``shard = (I, N)`` (all of them for ``None``): the shards of
+    ``N`` are disjoint, their union is ``items``, and their sizes differ by at most one."""
+    if shard is None:
+        return list(items)
+    index, count = shard
+    return list(items[index::count])

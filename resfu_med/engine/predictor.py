@@ -14,6 +14,7 @@ writes ``<name>_prob<suffix>`` (float32, classes on the 4th axis / as vector com
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class InferOptions:
         progress: show progress bars.
         output_format: ``nii.gz``, ``mha`` or ``nrrd``; ``None``: the input's format.
         raw_labels: write the raw release's label values (Synapse: BTCV numbering) instead of the dataset's default.
+        shard: ``(I, N)``: process only inputs ``I, I+N, ...`` of the sorted list (``--shard I/N``, or the
+            ``torchrun`` rank); finished outputs are then skipped, so a re-run shard resumes.
     """
 
     roi: int | tuple[int, ...] | None = None
@@ -73,6 +76,7 @@ class InferOptions:
     progress: bool = True
     output_format: str | None = None
     raw_labels: bool = False
+    shard: tuple[int, int] | None = None
 
 
 @dataclass
@@ -226,8 +230,12 @@ def infer_paths(
     opts = opts or InferOptions()
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     summary = InferSummary()
-    files = collect_inputs(input_path, summary.unsupported)
+    from resfu_med.engine.distributed import shard_items
+
+    files = shard_items(collect_inputs(input_path, summary.unsupported), opts.shard)
     out = check_output_dir(out_dir)
+    if opts.shard is not None:
+        summary.unsupported = summary.unsupported if opts.shard[0] == 0 else []  # reported once, by shard 0
     for f in summary.unsupported:
         log(f"resfu-med infer: {f.name}: not a supported image (.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr or a DICOM "
             "series folder), skipped")
@@ -235,7 +243,8 @@ def infer_paths(
     for f in tqdm(files, desc="infer", unit="file", disable=not opts.progress or len(files) < 2):
         outs = output_paths(f, out, opts.output_format)
         wanted = [outs["seg"]] + ([outs["prob"]] if opts.save_probabilities else [])
-        if opts.continue_prediction and not opts.overwrite and all(o.exists() for o in wanted):
+        resume = opts.continue_prediction or opts.shard is not None
+        if resume and not opts.overwrite and all(o.exists() for o in wanted):
             summary.skipped.append(f)
             log(f"resfu-med infer: {f.name}: output exists, skipped (--continue-prediction)")
             continue
@@ -260,15 +269,10 @@ def load_for_inference(checkpoint: str | Path, device: str = "cpu") -> tuple[tor
     Raises:
         CheckpointError: missing, corrupt, or not matching its architecture/class count.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    from resfu_med.engine.checkpoint import load_model  # training layer's loader validates architecture and classes
+    from resfu_med.engine.checkpoint import load_model  # the one checkpoint→model path
 
-    model, config = load_model(str(path), device)
-    if not isinstance(config, Mapping) or "data" not in config or "num_classes" not in (config["data"] or {}):
-        raise CheckpointError(f"checkpoint {path}: its config has no data.num_classes")
-    return model.eval(), dict(config)
+    model, config = load_model(checkpoint, device)
+    return model, dict(config)
 
 
 def run_inference(
@@ -277,6 +281,7 @@ def run_inference(
     checkpoint: str | Path,
     roi_size: Sequence[int] | None = None,
     device: str | None = "auto",
+    shard: str | None = None,
     **options: Any,
 ) -> tuple[list[Path], InferSummary]:
     """``resfu-med infer``: segment a NIfTI file or folder with a checkpoint.
@@ -287,7 +292,9 @@ def run_inference(
         checkpoint: a ``resfu-med train`` checkpoint.
         roi_size: window size: one value, or one per spatial axis of the model; default the model's
             (:meth:`resfu_med.networks.ModelSpec.default_roi`).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under ``torchrun``, ``cuda`` is the rank's local GPU).
+        shard: ``"I/N"``: segment only shard ``I`` of ``N`` of a folder (see
+            :func:`resfu_med.engine.distributed.resolve_shard`); ``None``: the ``torchrun`` rank's shard, if any.
         options: the other :class:`InferOptions` fields (``overlap``, ``batch_size``, ``tta``, ...).
 
     Returns:
@@ -300,9 +307,17 @@ def run_inference(
     from resfu_med.engine.device import resolve_device
     from resfu_med.networks.model_registry import spatial_dims_of
 
-    dev = resolve_device(device)
-    files = collect_inputs(input)  # fail early, before loading the model
-    keep = bool(options.get("overwrite") or options.get("continue_prediction"))
+    from resfu_med.engine.distributed import resolve_shard, shard_items
+
+    try:
+        shard_spec = resolve_shard(shard)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    local = os.environ.get("LOCAL_RANK")
+    dev = resolve_device(device, None if local is None else int(local))
+    files = shard_items(collect_inputs(input), shard_spec)  # fail early, before loading the model
+    # shards write into one folder at once and resume by skipping finished outputs
+    keep = bool(options.get("overwrite") or options.get("continue_prediction") or shard_spec is not None)
     claim_output(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output)
     model, config = load_for_inference(checkpoint, dev)  # a refused checkpoint leaves no folder
     dims = spatial_dims_of(config["model"])
@@ -311,10 +326,20 @@ def run_inference(
                          f"({list(roi_size)})")
     roi = None if roi_size is None else (roi_size[0] if len(roi_size) == 1 else tuple(roi_size))
     with output_folder(output, "infer", inputs=[input], overwrite=keep, owned=_is_infer_output):
-        summary = infer_paths(input, output, model, config, InferOptions(roi=roi, device=dev, **options))
+        summary = infer_paths(input, output, model, config,
+                              InferOptions(roi=roi, device=dev, shard=shard_spec, **options))
     return files, summary
 
 
 def _is_infer_output(path: Path) -> bool:
-    """A file ``infer`` writes: ``<name>_seg.nii.gz`` / ``<name>_prob.nii.gz`` (its folder needs no marker)."""
-    return path.is_file() and path.name.endswith(("_seg.nii.gz", "_prob.nii.gz"))
+    """A file ``infer`` writes: ``<name>_seg<suffix>`` / ``<name>_prob<suffix>`` in any format it writes (its folder
+    needs no marker), or, while other shards run into the same folder, their temporary files and write probes."""
+    from resfu_med.data.io import OUTPUT_FORMATS
+
+    outputs = tuple(f"{kind}{suffix}" for kind in ("_seg", "_prob") for suffix in OUTPUT_FORMATS.values())
+    name = path.name
+    if name.startswith(".resfu-med-write-test-"):  # another shard's write probe
+        return True
+    if name.startswith(".") and ".tmp" in name:  # another shard's output being written (resfu_med.atomic)
+        name = name[1:name.rindex(".tmp")].rpartition(".")[0]
+    return name.endswith(outputs) and not path.is_dir()  # a temp file may vanish meanwhile: not is_file()

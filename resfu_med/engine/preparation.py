@@ -16,6 +16,7 @@ import numpy as np
 
 from resfu_med import __version__
 from resfu_med.atomic import atomic_write_json
+from resfu_med.engine.config import OPTIONS
 from resfu_med.errors import InputError
 from resfu_med.outputs import MARKER, claim_output
 from resfu_med.networks.model_registry import get_model_spec, model_kwargs
@@ -25,8 +26,9 @@ __all__ = ["native_img_size", "complete_config", "prepare_run_dir", "resume_runt
 #: What a training run writes into its folder (``--overwrite`` removes exactly these).
 RUN_FILES = ("last.pt", "best.pt", "config.json", "history.json", "train.log", "progress.png", "tb")
 
-#: Config keys that may change when a run is resumed (they change where or how fast it runs, not its result).
-RUNTIME_KEYS = ("device", "data.num_workers", "train.max_iters", "data.root", "threads")
+#: Config keys that may change when a run is resumed (they change where or how fast it runs, not its result): the
+#: schema's options declared ``runtime``.
+RUNTIME_KEYS = tuple(key for key, opt in OPTIONS.items() if opt.runtime)
 
 
 def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 
 from resfu_med.engine import distributed as ddp
 from resfu_med.engine.checkpoint import load_checkpoint
-from resfu_med.engine.config import DEFAULTS, merge_config, resolve_config
+from resfu_med.engine.config import DEFAULTS, describe_sources, merge_config, resolve_layers
 from resfu_med.engine.device import resolve_device
 from resfu_med.engine.preparation import complete_config, prepare_run_dir, resume_runtime
 from resfu_med.errors import InputError
@@ -40,7 +40,12 @@ def _setup(run_dir: Path, overrides: dict[str, Any], config_file: str | None, re
     prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, create=False)
     if resume:
         return None, resume_runtime(load_checkpoint(run_dir / "last.pt")["config"], overrides)
-    cfg = complete_config(resolve_config(None, config_file, overrides, preset=preset))
+    cfg, sources = resolve_layers(None, config_file, overrides, preset=preset)
+    cfg = complete_config(cfg)
+    cfg["sources"] = sources  # recorded in config.json and every checkpoint
+    if sources:
+        print("resfu-med train: settings other than the defaults (and the layer that set each):\n"
+              + describe_sources(cfg, sources), file=sys.stderr)
     prepare_run_dir(run_dir, resume=False, overwrite=overwrite, create=True, inputs=[cfg["data"].get("root")])
     return cfg, None
 

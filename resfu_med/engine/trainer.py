@@ -46,10 +46,7 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _deterministic_resfu(model: nn.Module) -> None:
     """Switch every ReSFU upsampler to the atomic-free (bit-reproducible) CUDA backward of the FNS gather."""
-    try:
-        from resfu_med.networks import ReSFU
-    except ImportError:  # networks without ReSFU: nothing to switch
-        return
+    from resfu_med.networks import ReSFU
     for module in model.modules():
         if isinstance(module, ReSFU):
             module.deterministic = True

@@ -56,7 +56,7 @@ def _resfu_unet():
     from resfu_med.networks import BasicUNet
 
     torch.manual_seed(0)
-    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(16,) * 6, upsample="resfu").eval()
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(16,) * 6, upsampler="resfu").eval()
 
 
 def test_resfu_network_torchscript_trace_exact(tmp_path):

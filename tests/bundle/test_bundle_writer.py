@@ -115,13 +115,13 @@ def test_checkpoint_of_another_architecture(tmp_path, stand_in_targets):
     # Weights of a wider U-Net under a config that says the tiny one: the loader must refuse and name the file.
     _, wide = make_checkpoint(tmp_path / "wide.pt", kwargs={**TINY_UNET, "features": [8, 8, 16, 16, 32, 8]})
     path, _ = make_checkpoint(tmp_path / "mixed.pt", state=wide.state_dict())
-    with pytest.raises(CheckpointError, match=rf"{path}: weights do not fit {STAND_IN}: .*of another shape"):
+    with pytest.raises(CheckpointError, match=rf"{path} does not match its 'unet' architecture: .*of another shape"):
         export_bundle(path, tmp_path / "b")
     assert not (tmp_path / "b").exists()
     from monai.networks.nets import SegResNet
 
     path, _ = make_checkpoint(tmp_path / "segresnet.pt", state=SegResNet(spatial_dims=2).state_dict())
-    with pytest.raises(CheckpointError, match=r"segresnet\.pt: weights do not fit .* missing .* unexpected"):
+    with pytest.raises(CheckpointError, match=r"segresnet\.pt does not match its 'unet' architecture: .* missing .* unexpected"):
         export_bundle(path, tmp_path / "b")
 
 
@@ -132,7 +132,7 @@ def test_checkpoint_without_data_config(tmp_path):
     ckpt = load_checkpoint(path)
     del ckpt["config"]["data"]
     save_checkpoint(tmp_path / "nodata.pt", ckpt)
-    with pytest.raises(CheckpointError, match=r"nodata\.pt: checkpoint has no 'config\.data'"):
+    with pytest.raises(CheckpointError, match=r"nodata\.pt: its config has no data\.num_classes"):
         export_bundle(tmp_path / "nodata.pt", tmp_path / "b")
     torch.save({"model": {}}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match=r"plain\.pt is not a resfu-med checkpoint"):
@@ -241,3 +241,24 @@ def test_cli_verify_bundle(bundle, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err
         shutil.copy(out.parent / "ckpt.pt", out / "models" / "model.pt")  # now only the metadata is wrong
+
+
+def test_configs_hold_no_expression(tmp_path, checkpoint):
+    # Bundles name registered components with plain arguments: no value is a `$` expression or a `%` macro, so
+    # verify-bundle needs no allow-list of expressions (it refuses every one).
+    from resfu_med.bundle import export_bundle
+    from resfu_med.bundle.configs import _walk, check_standard_config
+    from resfu_med.errors import InputError
+
+    bundle = export_bundle(checkpoint[0], tmp_path / "bundle", torchscript=False)
+    for name in ("inference.json", "train.json", "evaluate.json"):
+        config = json.loads((bundle / "configs" / name).read_text())
+        strings = [item for _, _, item in _walk(config) if isinstance(item, str)]
+        assert not [s for s in strings if s[:1] in "$%"], name
+        check_standard_config(config, name)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    for bad, words in (("$@bundle_root + '/models'", "an expression"), ("@no_such_item", "not an item"),
+                       ("%configs/x.json#a", "a macro")):
+        config["model_dir"] = bad
+        with pytest.raises(InputError, match=words):
+            check_standard_config(config, "inference.json")

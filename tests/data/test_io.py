@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from resfu_med.data.io import Geometry, find_images, output_suffix, read_geometry, read_image, write_image
+from resfu_med.data.io import Geometry, find_images, output_suffix, read_image, write_image
 from resfu_med.errors import InputError
 
 SPACING = (0.7, 0.9, 2.5)  # x, y, z: anisotropic
@@ -99,11 +99,11 @@ def test_cross_format_keeps_geometry(tmp_path, src_suffix, fmt):
 def test_geometry_affine_matches_nibabel(tmp_path):
     src = tmp_path / "case.nii.gz"
     _sitk_source(src, _labels_zyx())
-    geo = read_geometry(tmp_path / "case.nii.gz")
+    geo = read_image(tmp_path / "case.nii.gz")[1]
     np.testing.assert_allclose(geo.affine, nib.load(str(src)).affine, atol=1e-5)  # nibabel stores float32
     mha = tmp_path / "case.mha"
     _sitk_source(mha, _labels_zyx())
-    np.testing.assert_allclose(read_geometry(mha).affine, geo.affine, atol=1e-5)
+    np.testing.assert_allclose(read_image(mha)[1].affine, geo.affine, atol=1e-5)
     np.testing.assert_allclose(Geometry.from_affine(geo.affine, geo.shape).direction, _oblique_direction(), atol=1e-6)
 
 
@@ -173,7 +173,6 @@ def test_reading_a_dicom_series_keeps_the_process_locale(tmp_path):
     before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
     assert find_images(tmp_path)[0] == [tmp_path / "series"]
     read_image(tmp_path / "series")
-    read_geometry(tmp_path / "series")
     assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
 
 

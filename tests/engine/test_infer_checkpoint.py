@@ -72,3 +72,22 @@ def test_corrupt_checkpoint(tmp_path, capsys):
     ckpt.write_bytes(b"\x80\x04 definitely not a checkpoint")
     rc, errors, _ = run_infer(tmp_path, ckpt, capsys)
     assert rc == 2 and len(errors) == 1 and "corrupt" in errors[0]
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".nii"])
+def test_rerun_recognises_every_format_infer_writes(tmp_path, suffix):
+    # infer writes <name>_seg<suffix> in the input's format; a re-run with --overwrite into the same folder must know
+    # those files as its own (it used to recognise only _seg.nii.gz / _prob.nii.gz and refused .mha/.nrrd outputs).
+    import SimpleITK as sitk
+
+    ckpt = write_ckpt(tmp_path / "ckpt.pt", BinModel(num_classes=3))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(smooth_volume((3, 16, 16)).astype(np.float32)), str(scans / f"a{suffix}"))
+    argv = ["infer", "-i", str(scans), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt), "--save-probabilities"]
+    assert main(argv) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    out_suffix = ".nii.gz" if suffix == ".nii" else suffix  # NIfTI comes back compressed (docs/evaluation.md)
+    assert written == [f"a_prob{out_suffix}", f"a_seg{out_suffix}"]
+    assert main(argv + ["--continue-prediction"]) == 0  # a re-run into its own folder skips the finished case
+    assert main(argv + ["--overwrite"]) == 0

@@ -130,6 +130,6 @@ def test_error_in_file_names_the_file(tmp_path):
 def test_model_kwargs_per_architecture():
     assert model_kwargs("transunet", 9, 224, "resfu") == {"img_size": 224, "upsampler": "resfu", "num_classes": 9}
     unet = model_kwargs("unet", 4, 96, "bilinear", {"features": [8] * 6})
-    assert unet["out_channels"] == 4 and unet["upsample"] == "bilinear" and unet["features"] == [8] * 6
+    assert unet["out_channels"] == 4 and unet["upsampler"] == "bilinear" and unet["features"] == [8] * 6
     # the class count always comes from the dataset
     assert model_kwargs("unet", 4, 96, None, {"out_channels": 2})["out_channels"] == 4

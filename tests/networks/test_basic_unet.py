@@ -26,21 +26,21 @@ def _copy_from_monai(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 1, 32, 48)), (2, (1, 1, 36, 36)), (3, (1, 1, 16, 32, 16))])
 def test_deconv_equals_monai_basic_unet(spatial_dims, shape):
     theirs = MonaiBasicUNet(spatial_dims, 1, 3, features=SMALL, upsample="deconv").eval()
-    ours = BasicUNet(spatial_dims, 1, 3, features=SMALL, upsample="deconv").eval()
+    ours = BasicUNet(spatial_dims, 1, 3, features=SMALL, upsampler="deconv").eval()
     _copy_from_monai(ours, theirs)
     x = torch.randn(shape)
     torch.testing.assert_close(ours(x), theirs(x))
 
 
 def test_default_features_equal_monai_parameter_count():
-    ours = BasicUNet(2, 1, 2, upsample="deconv")
+    ours = BasicUNet(2, 1, 2, upsampler="deconv")
     theirs = MonaiBasicUNet(2, 1, 2, upsample="deconv")
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
 
 
 @pytest.mark.parametrize("name", upsampler_names())
 def test_2d_every_upsampler(name):
-    net = BasicUNet(2, 1, 3, features=SMALL, upsample=name)
+    net = BasicUNet(2, 1, 3, features=SMALL, upsampler=name)
     out = net(torch.rand(2, 1, 32, 32))
     assert out.shape == (2, 3, 32, 32)
     out.square().mean().backward()
@@ -50,7 +50,7 @@ def test_2d_every_upsampler(name):
 
 @pytest.mark.parametrize("name", ["bilinear", "nearest", "deconv", "pixelshuffle", "resfu"])
 def test_3d(name):
-    net = BasicUNet(3, 1, 2, features=SMALL, upsample=name)
+    net = BasicUNet(3, 1, 2, features=SMALL, upsampler=name)
     out = net(torch.rand(1, 1, 32, 32, 32))
     assert out.shape == (1, 2, 32, 32, 32)
     out.mean().backward()
@@ -59,12 +59,12 @@ def test_3d(name):
 @pytest.mark.parametrize("name", ["carafe", "sapa", "dysample"])
 def test_2d_only_upsamplers_refuse_3d(name):
     with pytest.raises(ValueError, match="2D only"):
-        BasicUNet(3, 1, 2, features=SMALL, upsample=name)
+        BasicUNet(3, 1, 2, features=SMALL, upsampler=name)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_resfu_guided_by_area_pooled_c1(spatial_dims):
-    net = BasicUNet(spatial_dims, 1, 2, features=SMALL, upsample="resfu").eval()
+    net = BasicUNet(spatial_dims, 1, 2, features=SMALL, upsampler="resfu").eval()
     assert sum(type(m).__name__ == "ReSFU" for m in net.modules()) == 4
     seen = []
     for up in (net.upcat_4, net.upcat_3, net.upcat_2, net.upcat_1):
@@ -81,13 +81,13 @@ def test_resfu_guided_by_area_pooled_c1(spatial_dims):
 
 @pytest.mark.parametrize("name", ["deconv", "bilinear", "nearest", "pixelshuffle"])
 def test_torchscript_script(name):
-    net = BasicUNet(2, 1, 2, features=SMALL, upsample=name).eval()
+    net = BasicUNet(2, 1, 2, features=SMALL, upsampler=name).eval()
     x = torch.rand(1, 1, 32, 32)
     torch.testing.assert_close(torch.jit.script(net)(x), net(x))
 
 
 @pytest.mark.parametrize("name", ["resfu", "carafe", "sapa", "dysample"])
 def test_torchscript_trace(name):
-    net = BasicUNet(2, 1, 2, features=SMALL, upsample=name).eval()
+    net = BasicUNet(2, 1, 2, features=SMALL, upsampler=name).eval()
     x = torch.rand(1, 1, 32, 32)
     torch.testing.assert_close(torch.jit.trace(net, x, check_trace=False)(x), net(x))

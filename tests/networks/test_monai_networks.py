@@ -49,7 +49,7 @@ def _shape(net: str, spatial_dims: int) -> tuple[int, ...]:
 def test_deconv_equals_monai(net, spatial_dims):
     ours_cls, monai_cls, args = NETS[net]
     theirs = monai_cls(**args(spatial_dims)).eval()
-    ours = ours_cls(**args(spatial_dims), upsample="deconv").eval()
+    ours = ours_cls(**args(spatial_dims), upsampler="deconv").eval()
     ours.load_state_dict(theirs.state_dict())  # strict: the same keys
     x = torch.randn(_shape(net, spatial_dims))
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_deconv_equals_monai(net, spatial_dims):
 def test_dynunet_deconv_equals_monai_anisotropic_deep_supervision(supervised):
     args = {**dynunet_args(3, anisotropic=True), "deep_supervision": supervised, "deep_supr_num": 2, "res_block": True}
     theirs = monai_nets.DynUNet(**args).train()
-    ours = DynUNet(**args, upsample="deconv").train()
+    ours = DynUNet(**args, upsampler="deconv").train()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 1, 8, 32, 32)
     out = ours(x)
@@ -74,13 +74,13 @@ def test_same_constructor_arguments_as_monai():
         ours = inspect.signature(ours_cls).parameters
         theirs = inspect.signature(monai_cls).parameters
         assert list(ours)[: len(theirs)] == list(theirs)
-        assert list(ours)[len(theirs):] == ["upsample", "upsampler_kwargs"]
-        assert ours["upsample"].default == "resfu"
+        assert list(ours)[len(theirs):] == ["upsampler", "upsampler_kwargs", "upsample"]
+        assert ours["upsampler"].default == "resfu"
 
 
 @pytest.mark.parametrize("name", upsampler_names())
 def test_dynunet_2d_every_upsampler(name):
-    net = DynUNet(**dynunet_args(2), upsample=name, upsampler_kwargs=SLIM if name == "resfu" else None)
+    net = DynUNet(**dynunet_args(2), upsampler=name, upsampler_kwargs=SLIM if name == "resfu" else None)
     assert all(isinstance(b, GuidedUpBlock) for b in net.upsamples) == (name != "deconv")
     out = net(torch.rand(2, 1, 32, 32))
     assert out.shape == (2, 3, 32, 32)
@@ -93,7 +93,7 @@ def test_dynunet_2d_every_upsampler(name):
 @pytest.mark.parametrize("net", ["swinunetr", "unetr"])
 def test_transformer_nets_2d_upsamplers(net, name):
     ours_cls, _, args = NETS[net]
-    model = ours_cls(**args(2), upsample=name, upsampler_kwargs=SLIM if name == "resfu" else None).eval()
+    model = ours_cls(**args(2), upsampler=name, upsampler_kwargs=SLIM if name == "resfu" else None).eval()
     shape = _shape(net, 2)
     with torch.no_grad():
         assert model(torch.rand(shape)).shape == (shape[0], 3, *shape[2:])
@@ -105,7 +105,7 @@ def test_3d_resfu_trains(net):
     kw, shape = args(3), _shape(net, 3)
     if net == "dynunet":
         kw, shape = dynunet_args(3, anisotropic=True), (1, 1, 8, 32, 32)
-    model = ours_cls(**kw, upsample="resfu", upsampler_kwargs=SLIM)
+    model = ours_cls(**kw, upsampler="resfu", upsampler_kwargs=SLIM)
     assert sum(type(m).__name__ == "ReSFU" for m in model.modules()) == (3 if net == "dynunet" else 5 if net == "swinunetr" else 4)
     out = model(torch.rand(shape))
     assert out.shape == (1, 3, *shape[2:])
@@ -126,7 +126,7 @@ def _c1_and_guides(model, c1_module, x):
 
 
 def test_dynunet_resfu_guided_by_area_pooled_c1_anisotropic():
-    model = DynUNet(**dynunet_args(3, anisotropic=True), upsample="resfu", upsampler_kwargs=SLIM).eval()
+    model = DynUNet(**dynunet_args(3, anisotropic=True), upsampler="resfu", upsampler_kwargs=SLIM).eval()
     c1, seen = _c1_and_guides(model, model.input_block, torch.rand(1, 1, 8, 32, 32))
     # strides 1, (1, 2, 2), 2, 2 on 8x32x32; steps deepest first: (2, 4, 4)→(4, 8, 8), (4, 8, 8)→(8, 16, 16),
     # (8, 16, 16)→C1 (8, 32, 32)
@@ -143,7 +143,7 @@ def test_dynunet_resfu_guided_by_area_pooled_c1_anisotropic():
 @pytest.mark.parametrize("net", ["swinunetr", "unetr"])
 def test_transformer_nets_resfu_guided_by_encoder1(net):
     ours_cls, _, args = NETS[net]
-    model = ours_cls(**args(2), upsample="resfu", upsampler_kwargs=SLIM).eval()
+    model = ours_cls(**args(2), upsampler="resfu", upsampler_kwargs=SLIM).eval()
     c1, seen = _c1_and_guides(model, model.encoder1, torch.rand(_shape(net, 2)))
     assert len(seen) == (5 if net == "swinunetr" else 4)
     for lr, guide in seen:
@@ -155,7 +155,7 @@ def test_transformer_nets_resfu_guided_by_encoder1(net):
 
 def test_dynunet_resfu_deep_supervision():
     args = {**dynunet_args(2), "deep_supervision": True, "deep_supr_num": 2}
-    model = DynUNet(**args, upsample="resfu", upsampler_kwargs=SLIM).train()
+    model = DynUNet(**args, upsampler="resfu", upsampler_kwargs=SLIM).train()
     out = model(torch.rand(2, 1, 32, 32))
     assert out.shape == (2, 3, 3, 32, 32)
     out.mean().backward()
@@ -166,11 +166,11 @@ def test_dynunet_resfu_deep_supervision():
 
 def test_bad_upsampler_choices_raise():
     with pytest.raises(ValueError, match="2D only"):
-        DynUNet(**dynunet_args(3), upsample="carafe")
+        DynUNet(**dynunet_args(3), upsampler="carafe")
     with pytest.raises(ValueError, match="one integer scale"):
-        DynUNet(**dynunet_args(3, anisotropic=True), upsample="pixelshuffle")
+        DynUNet(**dynunet_args(3, anisotropic=True), upsampler="pixelshuffle")
     with pytest.raises(ValueError, match="resfu"):
-        UNETR(**unetr_args(2), upsample="no-such-upsampler")
+        UNETR(**unetr_args(2), upsampler="no-such-upsampler")
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -178,7 +178,7 @@ def test_bad_upsampler_choices_raise():
 def test_trace(net, name):
     # the bundle export traces; ReSFU itself is traced in test_basic_unet, here each network's forward once
     ours_cls, _, args = NETS[net]
-    model = ours_cls(**args(2), upsample=name, upsampler_kwargs=SLIM if name == "resfu" else None).eval()
+    model = ours_cls(**args(2), upsampler=name, upsampler_kwargs=SLIM if name == "resfu" else None).eval()
     x = torch.rand(_shape(net, 2))
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.trace(model, x, check_trace=False)(x), model(x))

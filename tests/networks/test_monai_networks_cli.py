@@ -30,7 +30,7 @@ def test_registry_entries_derive_patch_arguments():
     assert all(get_model_spec(n).spatial_dims == 3 for n in CASES)
     kw = model_kwargs("dynunet", 9, 96, "resfu", {"filters": [8, 8, 16, 16, 32]}, patch_size=[32, 96, 96])
     assert kw["strides"] == dynunet_plan([32, 96, 96])["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
-    assert kw["out_channels"] == 9 and kw["in_channels"] == 1 and kw["upsample"] == "resfu"
+    assert kw["out_channels"] == 9 and kw["in_channels"] == 1 and kw["upsampler"] == "resfu"
     assert model_kwargs("unetr", 4, 96, None, None, patch_size=[16, 32, 32])["img_size"] == [16, 32, 32]
     explicit = model_kwargs("unetr", 4, 96, None, {"img_size": [32, 32, 32]}, patch_size=[16, 32, 32])
     assert explicit["img_size"] == [32, 32, 32]  # the config's own kwargs win

@@ -129,9 +129,24 @@ def test_verify_bundle_accepts_what_export_writes(good_bundle, capsys):
     assert rc == 0 and not err, err
 
 
-def test_bundle_train_json_loads_weights_only(good_bundle):
+def test_bundle_train_json_loads_weights_only(good_bundle, tmp_path):
+    import pickle
+
+    from resfu_med.bundle.components import load_weights
+
     train = json.loads((good_bundle / "configs" / "train.json").read_text())
-    assert "weights_only=True" in train["load_pretrained"]
+    assert train["load_pretrained"]["_target_"] == "resfu_med.bundle.components.load_weights"
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(pickle.dumps({"w": Payload()}))
+    with pytest.raises(pickle.UnpicklingError):
+        load_weights(torch.nn.Linear(1, 1), str(evil))
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("argv, words", [
