@@ -45,6 +45,7 @@ from monai.transforms import (
     OneOf,
     RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
+    Randomizable,
     RandFlipd,
     RandRotate90d,
     RandRotated,
@@ -198,14 +199,22 @@ class ResampleSliced(MapTransform):
         return d
 
 
-class _Single(MapTransform):
-    """A one-element list of dicts (MONAI's multi-sample crops) → that dict."""
+class _OneCrop(Randomizable, MapTransform):
+    """A one-sample MONAI crop returning its dict rather than a one-element list (slices stay one item each)."""
 
-    def __init__(self) -> None:
-        super().__init__(keys=list(KEYS))
+    def __init__(self, crop: RandCropByLabelClassesd) -> None:
+        MapTransform.__init__(self, keys=list(KEYS))
+        self.crop = crop
 
-    def __call__(self, data):  # type: ignore[override]
-        return data[0] if isinstance(data, list) else data
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> _OneCrop:
+        self.crop.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: object = None) -> None:
+        pass
+
+    def __call__(self, data: dict) -> dict:
+        return self.crop(data)[0]
 
 
 def get_slice_patch_transforms(
@@ -247,9 +256,8 @@ def get_slice_patch_transforms(
         k = int(num_classes) - 1
         ratios = [1.0 - float(fg_fraction)] + [float(fg_fraction) / k] * k
         steps += [
-            RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=side, ratios=ratios,
-                                    num_classes=int(num_classes), num_samples=1, warn=False),
-            _Single(),
+            _OneCrop(RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=side, ratios=ratios,
+                                             num_classes=int(num_classes), num_samples=1, warn=False)),
             OneOf([Compose([RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(0, 1)),
                             OneOf([RandFlipd(keys=keys, prob=1.0, spatial_axis=0),
                                    RandFlipd(keys=keys, prob=1.0, spatial_axis=1)])]),

@@ -50,6 +50,7 @@ __all__ = [
     "validate_plan",
     "write_plans",
     "read_plans",
+    "dataset_plans",
 ]
 
 PLANS_FILE = "plans.json"
@@ -330,3 +331,26 @@ def read_plans(root: str | os.PathLike) -> dict[str, Any] | None:
     except ValueError as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
     return validate_plans(plans, path)
+
+
+def dataset_plans(dataset: str, root: str | os.PathLike) -> dict[str, Any]:
+    """The plans of a prepared dataset: its ``plans.json``, or (a folder prepared before plans existed, the demo,
+    TransUNet's own release) plans computed in memory from its training cases — the input folder is never written.
+
+    Spacings come from ``dataset.json``'s per-case records; a case without one is taken as 1 mm isotropic.
+    """
+    plans = read_plans(root)
+    if plans is not None:
+        return plans
+    from resfu_med.data.layout import read_dataset_json
+    from resfu_med.data.registry import get_dataset
+
+    meta = read_dataset_json(root) or {}
+    cases_meta = meta.get("cases") or {}
+    ds = get_dataset(dataset, str(root), "train", volumes=True)
+    cases = []
+    for i in range(len(ds)):
+        item = ds[i]
+        spacing = (cases_meta.get(str(item.get("case")), {}) or {}).get("spacing") or item.get("spacing") or (1.0,) * 3
+        cases.append(case_fingerprint(np.asarray(item["image"]), np.asarray(item["label"]), spacing))
+    return make_plans(dataset_fingerprint(cases, [str(meta.get("modality") or "0")]), dataset)

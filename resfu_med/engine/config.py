@@ -78,6 +78,8 @@ AMP_MODES: dict[str, str] = {
     "fp16": "float16 autocast with gradient scaling (GPUs)",
 }
 _OPTIMIZERS = {"sgd": "SGD with momentum (the paper)", "adamw": "AdamW (converges faster on short schedules)"}
+_PIPELINES = {"zoom": "whole slices zoomed to img_size (the TransUNet paper protocol)",
+              "plan": "native-resolution patches of the dataset plan (plans.json), Gaussian sliding-window inference"}
 _SCHEDULES = {"poly": "polynomial decay (TransUNet)", "cosine": "cosine decay", "constant": "constant"}
 
 
@@ -207,7 +209,11 @@ class DataConfig:
                               metavar=("Z", "Y", "X"))
     patches_per_volume: int = option(2, "3D models: patches drawn per volume and batch item",
                                      flag="--patches-per-volume", positive=True, metavar="N")
+    pipeline: str = option("zoom", "2D slice pipeline (default plan for msd and --preset quick)", flag="--pipeline",
+                           choices=_PIPELINES)
     # filled in from the dataset when a run starts (complete_config); a written config.json carries them
+    plan: Optional[dict] = option(None, "the 2D plan the model trains with (from the dataset's plans.json)",
+                                  derived=True)
     num_classes: Optional[int] = option(None, "classes including background (from the dataset)", derived=True)
     label_names: Optional[list] = option(None, "foreground class names (from the dataset)", derived=True)
     intensity: Optional[dict] = option(None, "intensity normalisation (from the dataset)", derived=True)
@@ -333,7 +339,7 @@ CHOICES: dict[str, tuple[str, ...]] = {k: o.choices() for k, o in OPTIONS.items(
 #: which TransUNet's follow-ups also apply to ACDC; the paper gives no other schedule).
 PRESETS: dict[str, dict[str, Any]] = {
     # MSD: nnU-Net's foreground oversampling (a third of every batch from slices holding a class)
-    "msd": {"train": {"fg_oversample": 0.33}},
+    "msd": {"data": {"pipeline": "plan"}, "train": {"fg_oversample": 0.33}},
     # The demo: a small ReSFU U-Net and a short schedule so train + evaluate finish in minutes on 2 CPU cores.
     "demo": {
         "model": {
@@ -372,7 +378,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": {"name": "unet", "upsampler": "resfu", "kwargs": copy.deepcopy(PRESETS["demo"]["model"]["kwargs"])},
         "threads": 1,
         # the slices' own size up to 128 (Synapse's 512² slices train at 128²): small structures keep their pixels
-        "data": {"img_size": None, "num_workers": 0, "cache_rate": 1.0},
+        "data": {"img_size": None, "num_workers": 0, "cache_rate": 1.0, "pipeline": "plan"},
         "train": {
             # 300 iterations (whole epochs covering them): on the real T1 benchmark (64² slices) warm-up + constant lr
             # reached 75.7 % mean Dice in 336 iterations, cosine 60.4 %, warm-up + poly 66.9 % (docs/real_benchmark.md)

@@ -83,6 +83,13 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
                              f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
         data["label_names"] = list(names)
+    if spec.spatial_dims == 2 and data.get("pipeline") == "plan":  # the plan fixes the patch (img_size) and spacing
+        from resfu_med.data.plans import dataset_plans, validate_plan
+
+        if data.get("plan") is None:
+            data["plan"] = {"configuration": "2d", **dataset_plans(name, data["root"])["configurations"]["2d"]}
+        data["plan"] = validate_plan(data["plan"], "data.plan")
+        data["img_size"] = int(data["plan"]["patch_size"][0])
     if data.get("img_size") is None:
         data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]

@@ -205,6 +205,16 @@ class Trainer:
                                          num_classes=int(d["num_classes"]))
             return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform,
                                volumes=True)
+        if d.get("pipeline") == "plan" and d.get("plan"):  # native-resolution patches (#26, data/patch_transforms.py)
+            from resfu_med.data import get_slice_patch_transforms
+            from resfu_med.data.layout import read_dataset_json
+
+            cases = (read_dataset_json(d["root"]) or {}).get("cases") or {}
+            xform = get_slice_patch_transforms(
+                "train", d["plan"]["patch_size"], d["plan"]["target_spacing"],
+                spacings={c: m.get("spacing") for c, m in cases.items()}, num_classes=int(d["num_classes"]),
+                fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
+            return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform)
         return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"],
                            transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
 
