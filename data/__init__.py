@@ -13,8 +13,8 @@ from .datasets import PreparedDataset, SynapseDataset
 from .demo import make_demo_dataset
 from .intensity import RobustZScored, make_intensity_transform
 from .msd import MSDDataset, msd_info, prepare_msd
+from .plans import PLANS_FILE, read_plans
 from .patch_transforms import check_patch_size, get_patch_transforms, get_slice_patch_transforms
-from .plans import read_plans, validate_plan, validate_plans
 from .io import Geometry, from_nifti_array, read_image, spacing_from_affine, to_nifti_array, write_image
 from .registry import (
     DATASET_NAMES,
@@ -30,6 +30,8 @@ from .synapse import SYNAPSE_CLASSES, SYNAPSE_LABEL_MAP, SYNAPSE_TEST_CASES, pre
 from .transforms import get_transforms
 
 __all__ = [
+    "PLANS_FILE",
+    "read_plans",
     "ACDC_CLASSES",
     "Geometry",
     "ACDCDataset",
@@ -49,9 +51,6 @@ __all__ = [
     "prepare_dataset",
     "get_patch_transforms",
     "get_slice_patch_transforms",
-    "read_plans",
-    "validate_plan",
-    "validate_plans",
     "get_transforms",
     "read_image",
     "make_demo_dataset",

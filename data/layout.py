@@ -7,7 +7,6 @@
     <root>/lists/lists_<Name>/train.txt        one slice name per line (``case0005_slice000``)
     <root>/lists/lists_<Name>/<split>_vol.txt  one case per line, for each evaluation split (``test_vol.txt``)
     <root>/meta/<case>.json                    per-case record, written last: its presence marks the case finished
-    <root>/plans.json                          fingerprint and 2D/3D training plans (:mod:`resfu_med.data.plans`)
     <root>/dataset.json                        dataset-level record (labels, intensity spec, split, per-case geometry)
 
 Training splits are stored as axial slices, evaluation splits as volumes (docs/datasets.md). Every file is written through
@@ -33,8 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from resfu_med.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
-from resfu_med.data.plans import case_fingerprint, dataset_fingerprint, make_plans, write_plans
 from resfu_med.errors import InputError
+
+from .plans import case_fingerprint, make_plans, write_plans
 
 __all__ = [
     "CaseSource",
@@ -227,15 +227,26 @@ def write_prepared(
         "list_dir": f"lists/lists_{list_name}",
         "orientation": "array (Z, Y, X) = NIfTI data (x, y, z).transpose(2, 1, 0); spacing in (sz, sy, sx) mm",
         "split": splits,
-        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp") and k not in ("settings", "fingerprint")}
-                  for c, m in metas.items()},
+        "cases": {c: {k: v for k, v in m.items() if not k.endswith("_stamp") and k not in ("settings", "fingerprint")} for c, m in metas.items()},
     }
     atomic_write_json(root / "dataset.json", record)
-    train = [metas[c]["fingerprint"] for s in TRAIN_SPLITS for c in splits.get(s, []) if "fingerprint" in metas[c]]
-    if train and len(train) == sum(len(splits.get(s, [])) for s in TRAIN_SPLITS):  # older preparations: no plans
-        fp = dataset_fingerprint(train, [str(info.get("modality") or "0")])
-        write_plans(root, make_plans(fp, str(info.get("name") or info.get("dataset") or "")))
+    # The plans are made from the training cases only (as nnU-Net's fingerprint): test labels never shape training.
+    planned = [m for m in metas.values() if m["split"] in TRAIN_SPLITS] or list(metas.values())
+    write_plans(root, make_plans([m.get("fingerprint") or _fingerprint_from_files(root, m) for m in planned],
+                                 info.get("label_names"), info.get("modality")))
     return root
+
+
+def _fingerprint_from_files(root: Path, meta: dict) -> dict:
+    """The fingerprint of a case prepared before fingerprints were recorded, read back from its files."""
+    case, depth = meta["case"], int(meta["shape"][0])
+    if meta["split"] in TRAIN_SPLITS:
+        slices = [np.load(root / "train_npz" / f"{slice_name(case, z)}.npz") for z in range(depth)]
+        image, label = np.stack([s["image"] for s in slices]), np.stack([s["label"] for s in slices])
+    else:
+        with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "r") as f:
+            image, label = f["image"][()], f["label"][()]
+    return case_fingerprint(image, label, meta["spacing"])
 
 
 def _remove_temporaries(root: Path, case: str) -> None:
@@ -268,8 +279,8 @@ def _prepare_case(root: Path, src: CaseSource, load_case: Callable[[CaseSource],
         "spacing": [float(s) for s in case.spacing],
         "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
         "labels_present": sorted(int(v) for v in np.unique(case.label)),
+        "fingerprint": case_fingerprint(case.image, case.label, case.spacing),  # plans.json (.plans)
         "settings": settings,
-        "fingerprint": case_fingerprint(case.image, case.label, case.spacing),
         **src.extra,
     }
     atomic_write_json(root / "meta" / f"{src.case}.json", meta)

@@ -4,10 +4,10 @@ models.
 2D (:func:`get_slice_patch_transforms`, ``data.pipeline: plan``): each training slice ``{"image": (1, H, W),
 "label": (1, H, W), "case"}`` is resampled in-plane to the plan's target spacing when its case's spacing differs
 (image linear, label nearest; the same factor the inferer uses, so training and inference see the same scale), padded
-to the plan's square patch when smaller (never zoomed), and one patch is cropped: with probability ``fg_fraction``
+to the plan's patch when smaller (never zoomed), and one patch is cropped: with probability ``fg_fraction``
 centred on a voxel of a foreground class drawn uniformly among the classes present in the slice, otherwise on a
 background voxel (a slice without foreground: always). Augmentation (nnU-Net's, reduced for a CPU): a random multiple of 90° plus a flip of a random axis
-(probability 0.5), a small rotation in [−20°, 20°] (0.2), a scaling in [0.7, 1.4] (0.2); labels by nearest
+(the quarter turn for square patches only; probability 0.5), a small rotation in [−20°, 20°] (0.2), a scaling in [0.7, 1.4] (0.2); labels by nearest
 neighbour only. Output ``{"image": float32 (1, P, P), "label": int64 (1, P, P)}``.
 
 The 3D patch pipeline for volumetric models (``--model unet3d``) as MONAI dictionary transforms.
@@ -226,7 +226,7 @@ def get_slice_patch_transforms(
 
     Args:
         phase: ``"train"`` (resample, pad, crop, augment) or ``"val"`` (resample and pad only).
-        patch_size: the plan's square patch side (an int or two equal ints).
+        patch_size: the plan's patch ``(py, px)`` (or one int: square).
         target_spacing: the plan's in-plane spacing ``(sy, sx)``.
         spacings: case → in-plane spacing ``(sy, sx)`` (or ``(sz, sy, sx)``) of the training cases.
         num_classes: classes including background.
@@ -239,8 +239,8 @@ def get_slice_patch_transforms(
     if phase not in ("train", "val"):
         raise ValueError(f"phase must be 'train' or 'val', got {phase!r}")
     side = [int(patch_size)] * 2 if isinstance(patch_size, (int, np.integer)) else [int(v) for v in patch_size]
-    if len(side) != 2 or side[0] != side[1] or side[0] < 1:
-        raise ValueError(f"patch_size must be one positive int or two equal ints, got {patch_size!r}")
+    if len(side) != 2 or min(side) < 1:
+        raise ValueError(f"patch_size must be one positive int or two, got {patch_size!r}")
     if not 0.0 <= float(fg_fraction) <= 1.0:
         raise ValueError(f"fg_fraction must be in [0, 1], got {fg_fraction}")
     if int(num_classes) < 2:
@@ -254,11 +254,13 @@ def get_slice_patch_transforms(
     ]
     if phase == "train":
         k = int(num_classes) - 1
+        # a quarter turn only for a square patch (it would change a rectangle's shape); flips always
+        rotate = [RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(0, 1))] if side[0] == side[1] else []
         ratios = [1.0 - float(fg_fraction)] + [float(fg_fraction) / k] * k
         steps += [
             _OneCrop(RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=side, ratios=ratios,
                                              num_classes=int(num_classes), num_samples=1, warn=False)),
-            OneOf([Compose([RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(0, 1)),
+            OneOf([Compose([*rotate,
                             OneOf([RandFlipd(keys=keys, prob=1.0, spatial_axis=0),
                                    RandFlipd(keys=keys, prob=1.0, spatial_axis=1)])]),
                    Compose([])], weights=[0.5, 0.5]),

@@ -24,7 +24,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["deprecated_alias", "add_output", "add_no_progress", "add_device", "add_sw_batch_size", "positive",
+__all__ = ["name_lines", "dataset_help", "deprecated_alias", "add_output", "add_no_progress", "add_device", "add_sw_batch_size", "positive",
            "fraction", "check_required_aliases"]
 
 
@@ -112,3 +112,17 @@ def add_sw_batch_size(parser: argparse.ArgumentParser | Any, old_batch_size: boo
     if old_batch_size:
         parser.add_argument("--batch-size", dest="sw_batch_size", type=positive, action=_Deprecated,
                             new="--sw-batch-size", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def name_lines(entries: dict[str, str]) -> str:
+    """One help line per accepted name (``  name  description``), for names generated from a registry (so the help
+    cannot go stale); :class:`resfu_med.cli.HelpFormatter` keeps the lines."""
+    width = max(len(n) for n in entries)
+    return "\n".join(f"  {n:<{width}}  {d}" for n, d in entries.items())
+
+
+def dataset_help(text: str) -> str:
+    """``text``, then every registered dataset with its one-line description."""
+    from resfu_med.data.registry import DATASETS
+
+    return f"{text}:\n" + name_lines({n: e.description for n, e in DATASETS.items()})

@@ -16,7 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resfu_med.cli._options import add_device, add_no_progress, add_output, add_sw_batch_size, deprecated_alias
+from resfu_med.cli._options import (
+    add_device,
+    add_no_progress,
+    add_output,
+    add_sw_batch_size,
+    dataset_help,
+    deprecated_alias,
+)
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -27,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` flags."""
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
     parser.add_argument("--dataset", default=None, metavar="NAME",
-                        help="a dataset of the data registry (docs/datasets.md); default: the checkpoint's")
+                        help=dataset_help("dataset (default: the checkpoint's)"))
     parser.add_argument("--data-root", default=None,
                         help="dataset folder; default: the one recorded in the checkpoint (when --dataset is its dataset)")
     parser.add_argument("--split", default="test", help="evaluation split (test or val)")

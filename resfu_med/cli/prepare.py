@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resfu_med.cli._options import add_no_progress, add_output, deprecated_alias, positive
+from resfu_med.cli._options import add_no_progress, add_output, dataset_help, deprecated_alias, positive
 
 __all__ = ["COMMAND", "add_arguments", "run"]
 
@@ -32,7 +32,7 @@ COMMAND = "prepare"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``prepare`` options."""
     parser.add_argument("--dataset", required=True, metavar="NAME",
-                        help="a dataset of the data registry (docs/datasets.md)")
+                        help=dataset_help("dataset (docs/datasets.md)"))
     parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                         help="raw release folder (BTCV with img/ and label/; ACDC database; MSD folder with dataset.json)")
     deprecated_alias(parser, "--raw-root", "--data-root", "data_root", type=Path)

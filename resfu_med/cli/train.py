@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from resfu_med.cli._options import add_no_progress
+from resfu_med.cli._options import add_no_progress, name_lines
 
 __all__ = ["COMMAND", "add_arguments", "run", "flag_overrides"]
 
@@ -43,17 +43,11 @@ def _default(key: str) -> str:
     return f"default: {shown}" + (f"; demo: {demo}" if demo is not None and demo != paper else "")
 
 
-def _names(entries: dict[str, str]) -> str:
-    """One help line per accepted name (``name  description``), generated from a registry so it cannot go stale."""
-    width = max(len(n) for n in entries)
-    return "\n".join(f"  {n:<{width}}  {d}" for n, d in entries.items())
-
-
 def _help(opt) -> str:
     """A flag's help from its schema option: the text, every accepted value with one line each, the default."""
     default = f" ({_default(opt.key)})" if opt.default not in (None, False) else ""
     if opt.described is not None:
-        return f"{opt.help}:\n{_names(opt.described())}\n{default.strip()}"
+        return f"{opt.help}:\n{name_lines(opt.described())}\n{default.strip()}"
     return opt.help + default
 
 
@@ -74,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", default=s, metavar="FILE", help="YAML/JSON file of config overrides (docs/training.md)")
     g.add_argument("--preset", default=s, metavar="NAME",
                    help="training recipe on top of the dataset's (docs/training.md):\n"
-                        + _names({n: recipe_summary(n) for n in RECIPES}))
+                        + name_lines({n: recipe_summary(n) for n in RECIPES}))
     g = groups["run"]
     g.add_argument("-o", "--output", default=s, metavar="DIR", help="run folder (default: runs/<dataset>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")

@@ -196,7 +196,12 @@ class DataConfig:
     img_size: Optional[int] = option(224, "slice size; null: the slices' own size, at most 128 (a multiple of 16)",
                                      flag="--img-size", positive=True, metavar="N")
     num_workers: int = option(2, "data loader workers", flag="--num-workers", minimum=0, runtime=True, metavar="N")
-    cache_rate: float = option(0.0, "fraction of loaded training slices kept in memory (MONAI CacheDataset)",
+    # scale (#29): the training cache is sized by memory, not by a fraction of the dataset (docs/scale.md)
+    cache_gb: Optional[float] = option(
+        None, "memory budget of the training cache in GB per process (MONAI CacheDataset: the first items that fit "
+              "stay in memory, the others are read from disk); null: a quarter of the memory available at start; "
+              "0: no cache", flag="--cache-gb", minimum=0, runtime=True, metavar="GB")
+    cache_rate: float = option(1.0, "at most this fraction of the training items is cached (within --cache-gb)",
                                minimum=0, maximum=1)
     val_split: str = option("val", "split used to pick best.pt; none when the dataset has no such split")
     val_cases: int = option(0, "validation cases, 0 = every case of the validation split", minimum=0)

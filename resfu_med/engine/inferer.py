@@ -161,6 +161,21 @@ def predict_slices(
     return labels, probs
 
 
+def _checked_plan(plan: Any) -> dict[str, Any]:
+    """The checkpoint's 2D plan, checked: one line naming the bad key (a checkpoint is data, never trusted)."""
+    if not isinstance(plan, Mapping):
+        raise CheckpointError(f"checkpoint config data.plan: expected the 2D plan (an object), got {plan!r}")
+    for key, kind in (("spacing", float), ("patch_size", int)):
+        v = plan.get(key)
+        ok = isinstance(v, list) and len(v) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and (kind is float or float(x).is_integer())
+            for x in v)
+        if not ok:
+            raise CheckpointError(f"checkpoint config data.plan.{key}: expected 2 positive "
+                                  f"{'numbers' if kind is float else 'integers'}, got {v!r}")
+    return {"spacing": [float(x) for x in plan["spacing"]], "patch_size": [int(x) for x in plan["patch_size"]]}
+
+
 def _resize(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Bilinear resize of ``(B, C, H, W)`` to ``shape`` with ``align_corners=True`` (scipy ``zoom`` order 1's grid)."""
     if tuple(x.shape[-2:]) == tuple(shape):
@@ -187,7 +202,7 @@ def predict_slices_planned(
     Args:
         model: 2D network in eval mode.
         image: ``(Z, H, W)`` float volume, already intensity-normalised.
-        plan: the 2D plan the model trained with (``target_spacing``, ``patch_size``).
+        plan: the 2D plan the model trained with (``spacing`` ``(sy, sx)`` mm, ``patch_size`` ``(py, px)``).
         spacing: the image's ``(sz, sy, sx)`` (or ``(sy, sx)``) in mm; ``None``: taken to be the target spacing.
         device: where the network runs.
         batch_size: slices per network call (each slice is tiled by windows).
@@ -206,7 +221,7 @@ def predict_slices_planned(
         raise ValueError(f"image must be (Z, H, W), got shape {image.shape}")
     roi = _pair(plan["patch_size"], 2, "plan.patch_size")
     depth, h, w = image.shape
-    factors = inplane_factors(None if spacing is None else tuple(spacing)[-2:], plan["target_spacing"])
+    factors = inplane_factors(None if spacing is None else tuple(spacing)[-2:], plan["spacing"])
     work = (h, w) if factors is None else tuple(max(1, int(round(n * f))) for n, f in zip((h, w), factors))
     predictor = make_predictor(model, 2, tta, num_classes)
     labels = np.zeros(image.shape, dtype=np.uint8)
@@ -316,12 +331,7 @@ def predict_volume(
     data = config.get("data", {}) or {}
     spec = get_model_spec((config.get("model") or {}).get("name"))
     if spec.spatial_dims == 2 and data.get("pipeline") == "plan":
-        from resfu_med.data.plans import validate_plan
-
-        try:
-            plan = validate_plan(data.get("plan"), "checkpoint config data.plan")
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
+        plan = _checked_plan(data.get("plan"))
         return predict_slices_planned(model, image, plan, spacing, device, batch_size, overlap=overlap,
                                       tta=tta, num_classes=data.get("num_classes"), probabilities=probabilities,
                                       progress=progress)

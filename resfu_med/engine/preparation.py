@@ -77,6 +77,11 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 data[key] = [int(v) for v in getattr(info, key)]
         if getattr(info, "ignore_index", None) is not None:  # nnU-Net "ignore": not trained, not predicted, not scored
             data["ignore_index"] = int(info.ignore_index)
+        from resfu_med.data import read_plans
+
+        plans = read_plans(data["root"])  # the dataset's fingerprint and plans (plans.json), kept in every checkpoint
+        if plans is not None:
+            cfg["plan"] = plans
     names = data.get("class_names")
     if names is not None:
         if len(names) != int(data["num_classes"]) - 1 or not all(isinstance(n, str) and n for n in names):
@@ -84,12 +89,12 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
                              f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
         data["label_names"] = list(names)
     if spec.spatial_dims == 2 and data.get("pipeline") == "plan":  # the plan fixes the patch (img_size) and spacing
-        from resfu_med.data.plans import dataset_plans, validate_plan
-
-        if data.get("plan") is None:
-            data["plan"] = {"configuration": "2d", **dataset_plans(name, data["root"])["configurations"]["2d"]}
-        data["plan"] = validate_plan(data["plan"], "data.plan")
-        data["img_size"] = int(data["plan"]["patch_size"][0])
+        if data.get("plan") is None:  # the 2D plan this model trains with (inference applies exactly it)
+            plans = cfg.get("plan") or _plans_in_memory(name, data["root"])
+            data["plan"] = dict(plans["plans"]["2d"])
+            if spec.name == "transunet":  # its positional embedding needs a square input: the larger side
+                data["plan"]["patch_size"] = [max(data["plan"]["patch_size"])] * 2
+        data["img_size"] = int(max(data["plan"]["patch_size"]))
     if data.get("img_size") is None:
         data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]
@@ -100,6 +105,24 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
                                    model.get("upsampler"), model.get("kwargs"),
                                    patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
     return cfg
+
+
+def _plans_in_memory(dataset: str, root: str) -> dict[str, Any]:
+    """Plans for a dataset without ``plans.json`` (the demo, a folder prepared before plans existed, TransUNet's
+    release), made from its training cases in memory: the input folder is never written."""
+    from resfu_med.data import get_dataset
+    from resfu_med.data.layout import read_dataset_json
+    from resfu_med.data.plans import case_fingerprint, make_plans
+
+    meta = read_dataset_json(root) or {}
+    cases = meta.get("cases") or {}
+    ds = get_dataset(dataset, root, "train", volumes=True)
+    fps = []
+    for i in range(len(ds)):
+        item = ds[i]
+        spacing = (cases.get(str(item.get("case"))) or {}).get("spacing") or item.get("spacing") or (1.0, 1.0, 1.0)
+        fps.append(case_fingerprint(np.asarray(item["image"]), np.asarray(item["label"]), spacing))
+    return make_plans(fps, meta.get("label_names"), meta.get("modality"))
 
 
 def native_img_size(dataset: str, root: str | None, cap: int = 128) -> int:

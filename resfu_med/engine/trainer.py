@@ -23,6 +23,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,7 @@ class Trainer:
         self.dist = dist or ddp.DistInfo()
         self.device = device or torch.device("cpu")
         self.progress = progress and self.dist.is_main
+        self.writer: Any = None  # TensorBoard, opened by on_train_start on rank 0
         self.ckpt = load_checkpoint(self.run_dir / "last.pt") if resume else None
         if self.ckpt is not None:
             config = self.ckpt["config"]
@@ -203,20 +205,33 @@ class Trainer:
             xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"],
                                          fg_oversample=self.cfg["train"].get("fg_oversample"),
                                          num_classes=int(d["num_classes"]))
-            return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform,
-                               volumes=True)
+            return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform, volumes=True)
         if d.get("pipeline") == "plan" and d.get("plan"):  # native-resolution patches (#26, data/patch_transforms.py)
             from resfu_med.data import get_slice_patch_transforms
             from resfu_med.data.layout import read_dataset_json
 
             cases = (read_dataset_json(d["root"]) or {}).get("cases") or {}
             xform = get_slice_patch_transforms(
-                "train", d["plan"]["patch_size"], d["plan"]["target_spacing"],
+                "train", d["plan"]["patch_size"], d["plan"]["spacing"],
                 spacings={c: m.get("spacing") for c, m in cases.items()}, num_classes=int(d["num_classes"]),
                 fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
-            return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"], transform=xform)
-        return get_dataset(d["dataset"], d["root"], "train", cache_rate=d["cache_rate"],
-                           transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
+            return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform)
+        return self._budgeted(get_dataset, d["dataset"], d["root"], "train",
+                              transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
+
+    def _budgeted(self, get_dataset: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """The training set with as many items cached as fit in ``data.cache_gb`` (scale: docs/scale.md)."""
+        from resfu_med.data.cache import budget_cache_rate, cache_budget
+
+        d = self.cfg["data"]
+        budget = cache_budget(d.get("cache_gb"))  # an impossible request: one line, before any data is loaded
+        ds = get_dataset(*args, cache_rate=0.0, **kw)  # the item list only
+        rate, per_item = budget_cache_rate(ds.data, ds.transform.transforms[0], budget, float(d["cache_rate"]))
+        if self.dist.is_main and self.progress:
+            print(f"resfu-med train: caching {int(rate * len(ds.data))} of {len(ds.data)} training items in memory "
+                  f"(~{rate * len(ds.data) * per_item / 1e9:.2f} GB of a {budget / 1e9:.1f} GB budget, --cache-gb)",
+                  file=sys.stderr)
+        return get_dataset(*args, cache_rate=rate, **kw) if rate > 0 else ds
 
     def _default_val_data(self) -> Any:
         from resfu_med.data import get_dataset
@@ -288,6 +303,7 @@ class Trainer:
     def _save(self, best: bool = False) -> None:
         state = self._state()  # collective under DDP: every rank calls it
         if self.dist.is_main:
+            state = self.on_checkpoint(state)
             save_checkpoint(self.run_dir / "last.pt", state)
             if best:
                 save_checkpoint(self.run_dir / "best.pt", state)
@@ -321,16 +337,100 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _step(self, batch: dict[str, Any]) -> float:
+    # -- hooks: override them in a subclass (docs/training.md, "Extending the Trainer") ---------------------------
+    def compute_loss(self, outputs: Any, label: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch: ``outputs`` are the logits ``(N, C, *spatial)`` in float32 (a list of them
+        with deep supervision), ``label`` the class indices ``(N, 1, *spatial)``. Default: the configured
+        ``ce_weight`` × cross-entropy + ``dice_weight`` × Dice."""
+        return self.loss_fn(outputs, label)
+
+    def training_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Forward pass and loss of one batch (``{"image", "label"}``); the loop does the backward pass, the
+        optimiser and scheduler steps, the NaN/inf checks and AMP scaling."""
         image = torch.as_tensor(batch["image"]).to(self.device, non_blocking=True).float()
         label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).long()
-        finite = bool(torch.isfinite(image).all())
+        with self._autocast():
+            logits = self.net(image)
+        outputs = list(torch.unbind(logits.float(), dim=1)) if self.deep_supervision else logits.float()
+        return self.compute_loss(outputs, label)
+
+    def on_train_start(self) -> None:
+        """Before the first iteration of :meth:`fit` (also when resuming). Default (rank 0): write ``config.json``,
+        ``history.json`` and ``progress.png`` and open the TensorBoard writer (``self.writer``)."""
+        if not self.dist.is_main:
+            return
+        # A kill while saving leaves the temporary file of an atomic write behind (never the final name): tidy up.
+        for stale in self.run_dir.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+        atomic_write_json(self.run_dir / "config.json", self.cfg)
+        atomic_write_json(self.run_dir / "history.json", self.history)
+        write_progress(self.run_dir, self.epoch_log, self.history, self.cfg["train"]["epochs"])
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step drops events a killed run wrote after its last checkpoint.
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.iteration or None)
+
+    def on_epoch_start(self) -> None:
+        """Before the batches of an epoch (also a resumed, half-done one). Default: position the sampler."""
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(self.batch_in_epoch * self.batch_size)
+
+    def on_train_batch_end(self, loss: float, lr: float) -> None:
+        """After each optimiser step (``self.iteration`` counts it). Default: TensorBoard's ``train/loss`` and
+        ``train/lr`` every ``train.log_every`` iterations."""
+        if self.writer is not None and self.iteration % self.cfg["train"]["log_every"] == 0:
+            self.writer.add_scalar("train/loss", loss, self.iteration)
+            self.writer.add_scalar("train/lr", lr, self.iteration)
+
+    def on_validation_end(self, metric: float, result: dict[str, Any]) -> None:
+        """After a validation on rank 0: ``metric`` is the mean Dice, ``result`` :func:`validate`'s answer
+        (``dice`` per class, ``images``). Default: append to the history and write TensorBoard scalars and overlays.
+        A subclass may add its own metric to ``self.history[-1]`` (it is saved in ``history.json``)."""
+        d = self.cfg["data"]
+        names = list(d.get("label_names") or [str(c) for c in range(1, d["num_classes"])])
+        entry = {"epoch": self.epoch, "iteration": self.iteration, "mean_dice": metric,
+                 "dice": dict(zip(names, result["dice"]))}
+        self.history.append(entry)
+        if self.writer is not None:
+            self.writer.add_scalar("val/mean_dice", metric, self.iteration)
+            for name, value in entry["dice"].items():
+                self.writer.add_scalar(f"val/dice/{name}", value, self.iteration)
+            for case, img in result["images"]:
+                self.writer.add_image(f"val/overlay/{case}", img, self.iteration)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        """After an epoch (and its validation), before its checkpoint; ``record`` is its ``epoch_log`` entry (loss,
+        lr, seconds). Default (rank 0): rewrite ``history.json`` and the progress plot ``progress.png``."""
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "history.json", self.history)  # also when nothing was validated
+            write_progress(self.run_dir, self.epoch_log, self.history, self.cfg["train"]["epochs"])
+
+    def on_checkpoint(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint about to be written (``last.pt``, and ``best.pt`` when best); return it, with extra entries
+        if wanted (tensors and plain values only: checkpoints are read with ``weights_only=True``)."""
+        return state
+
+    def should_stop(self) -> str | None:
+        """Checked after every iteration (collectively under DDP): a reason to stop early, or ``None``. Default:
+        ``"signal"`` after SIGINT/SIGTERM, ``"max_iters"`` at ``train.max_iters``. A subclass adding its own rule
+        (early stopping on a plateau) should return ``super().should_stop()`` first; the loop then saves
+        ``last.pt`` and returns."""
+        if not ddp.all_true(self._stop_signal is None, self.dist, self.device):
+            return "signal"
+        max_iters = self.cfg["train"]["max_iters"]
+        if max_iters and self.iteration >= max_iters:
+            return "max_iters"
+        return None
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        """After the loop with its summary (not after a stop by signal, which raises). Default: nothing."""
+
+    # -- the step ------------------------------------------------------------------------------------------------
+    def _step(self, batch: dict[str, Any]) -> float:
+        finite = bool(torch.isfinite(torch.as_tensor(batch["image"])).all())
         loss = None
         if finite:
-            with self._autocast():
-                logits = self.net(image)
-            outputs = list(torch.unbind(logits.float(), dim=1)) if self.deep_supervision else logits.float()
-            loss = self.loss_fn(outputs, label)
+            loss = self.training_step(batch)
             finite = bool(torch.isfinite(loss.detach()))
         if not ddp.all_true(finite, self.dist, self.device):
             what = "a training batch contains NaN/inf voxels" if loss is None else "the loss is not finite"
@@ -346,29 +446,19 @@ class Trainer:
         self.scheduler.step()
         return float(loss.detach())
 
-    def _validate(self, writer: Any) -> float | None:
+    def _validate(self) -> float | None:
         """Validate on rank 0 (others wait); returns the mean Dice or ``None`` without validation data."""
         metric = None
         if self.val_data is not None and self.dist.is_main:
-            d = self.cfg["data"]
             result = validate(self.model, self.val_data, self.cfg, device=self.device,
                               amp_dtype=self.amp_dtype, num_images=self.cfg["train"]["num_images"])
             self.model.train()
             metric = result["mean_dice"]
-            names = list(d.get("label_names") or [str(c) for c in range(1, d["num_classes"])])
-            entry = {"epoch": self.epoch, "iteration": self.iteration, "mean_dice": metric,
-                     "dice": dict(zip(names, result["dice"]))}
-            self.history.append(entry)
-            if writer is not None:
-                writer.add_scalar("val/mean_dice", metric, self.iteration)
-                for name, value in entry["dice"].items():
-                    writer.add_scalar(f"val/dice/{name}", value, self.iteration)
-                for case, img in result["images"]:
-                    writer.add_image(f"val/overlay/{case}", img, self.iteration)
+            self.on_validation_end(metric, result)
         ddp.barrier(self.dist)
         return metric
 
-    def _end_epoch(self, writer: Any) -> None:
+    def _end_epoch(self) -> None:
         self.epoch += 1
         self.batch_in_epoch = 0
         t = self.cfg["train"]
@@ -377,14 +467,12 @@ class Trainer:
         record = {"epoch": self.epoch, "iteration": self.iteration, "loss": total / max(count, 1),
                   "lr": float(self.optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - self._epoch_start}
         t0 = time.perf_counter()
-        metric = self._validate(writer) if due else None
+        metric = self._validate() if due else None
         if metric is not None:
             record["val_seconds"] = time.perf_counter() - t0
         self.epoch_log.append(record)
         self._epoch_loss, self._epoch_start = [0.0, 0], time.perf_counter()
-        if self.dist.is_main:
-            atomic_write_json(self.run_dir / "history.json", self.history)  # also when nothing was validated
-            write_progress(self.run_dir, self.epoch_log, self.history, t["epochs"])
+        self.on_epoch_end(record)
         best = False
         if self.val_data is None or not t["eval"]:
             best = self.epoch == t["epochs"]  # no validation: best.pt is the final model
@@ -404,19 +492,8 @@ class Trainer:
         """
         t = self.cfg["train"]
         max_iters = t["max_iters"]
-        if self.dist.is_main:
-            # A kill while saving leaves the temporary file of an atomic write behind (never the final name): tidy up.
-            for stale in self.run_dir.glob(".*.tmp*"):
-                stale.unlink(missing_ok=True)
-            atomic_write_json(self.run_dir / "config.json", self.cfg)
-            atomic_write_json(self.run_dir / "history.json", self.history)
-            write_progress(self.run_dir, self.epoch_log, self.history, t["epochs"])
-        writer = None
-        if self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a killed run wrote after its last checkpoint.
-            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.iteration or None)
+        self.writer = None
+        self.on_train_start()
         handlers = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -432,8 +509,7 @@ class Trainer:
         stopped = "max_iters" if max_iters and self.iteration >= max_iters else None
         try:
             while self.epoch < t["epochs"] and stopped is None:
-                self.sampler.set_epoch(self.epoch)
-                self.sampler.set_start(self.batch_in_epoch * self.batch_size)
+                self.on_epoch_start()
                 if self.batch_in_epoch < self.iters_per_epoch:
                     for batch in self._batches():
                         lr = self.optimizer.param_groups[0]["lr"]
@@ -445,26 +521,20 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(epoch=f"{self.epoch + 1}/{t['epochs']}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                         refresh=False)
-                        if writer is not None and self.iteration % t["log_every"] == 0:
-                            writer.add_scalar("train/loss", loss, self.iteration)
-                            writer.add_scalar("train/lr", lr, self.iteration)
-                        stop_now = not ddp.all_true(self._stop_signal is None, self.dist, self.device)
-                        if stop_now:
-                            stopped = "signal"
-                        elif max_iters and self.iteration >= max_iters:
-                            stopped = "max_iters"
+                        self.on_train_batch_end(loss, lr)
+                        stopped = self.should_stop()
                         if stopped:
                             break
                         if t["checkpoint_every"] and self.iteration % t["checkpoint_every"] == 0:
                             self._save()
                 if self.batch_in_epoch >= self.iters_per_epoch:
-                    self._end_epoch(writer)
+                    self._end_epoch()
                 elif stopped:
                     self._save()
         finally:
             bar.close()
-            if writer is not None:
-                writer.close()
+            if self.writer is not None:
+                self.writer.close()
             for sig, old in handlers.items():
                 signal.signal(sig, old)
         best = self.run_dir / "best.pt"
@@ -475,5 +545,7 @@ class Trainer:
             signum = self._stop_signal or signal.SIGTERM  # under DDP another rank may have received it
             raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at iteration {self.iteration}; "
                                       f"{self.run_dir / 'last.pt'} saved, continue with --resume", signum)
-        return {"epoch": self.epoch, "iteration": self.iteration, "best_metric": self.best_metric,
-                "finished": self.epoch >= t["epochs"], "history": self.history}
+        summary = {"epoch": self.epoch, "iteration": self.iteration, "best_metric": self.best_metric,
+                   "finished": self.epoch >= t["epochs"], "history": self.history}
+        self.on_train_end(summary)
+        return summary

@@ -1,136 +1,130 @@
-"""Dataset fingerprint and plans: hand-computed plans of a synthetic dataset, validation of an edited plans.json,
-``prepare`` writing plans.json, and the native-resolution slice patches (padding, class balance over an epoch)."""
+"""The dataset fingerprint and plans written by ``prepare`` (data/plans.py), checked against hand-computed values."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from resfu_med.data.layout import CaseSource, PreparedCase, write_prepared
-from resfu_med.data.patch_transforms import get_slice_patch_transforms
-from resfu_med.data.plans import (
-    case_fingerprint,
-    dataset_fingerprint,
-    get_pool_and_conv_props,
-    make_plans,
-    read_plans,
-    write_plans,
-)
+from resfu_med.data.plans import make_plan, read_plans
 from resfu_med.errors import InputError
 
+# (shape (Z, Y, X), spacing (sz, sy, sx)) of the training cases, and one test case that must not shape the plan.
+TRAIN = {"a": ((10, 96, 80), (2.0, 0.5, 0.5)), "b": ((20, 60, 60), (1.0, 1.0, 1.0)), "c": ((12, 90, 90), (3.0, 0.8, 0.8))}
+TEST = {"d": ((5, 500, 500), (9.0, 0.1, 0.1))}
 
-def _cases(n=3, shape=(20, 100, 80), spacing=(3.0, 0.8, 0.8)):
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
+
+def _prepare(root: Path) -> Path:
+    cases = {**TRAIN, **TEST}
+
+    def load(src: CaseSource) -> PreparedCase:
+        shape, spacing = cases[src.case]
         label = np.zeros(shape, np.uint8)
-        label[5:10, 20:40, 20:30] = 1
-        label[12:14, 60:70, 50:52] = 2
-        image = rng.normal(0, 1, shape).astype(np.float32) + 3 * label
-        out.append((image, label, spacing))
-    return out
+        label[:, :4, :5] = 1  # 20 voxels per slice of class 1 with intensity 2, 1 voxel per slice of class 2 (4)
+        label[:, -1, -1] = 2
+        image = np.where(label == 1, 2.0, np.where(label == 2, 4.0, 0.0)).astype(np.float32)
+        return PreparedCase(image, label, np.diag([*spacing[::-1], 1.0]), spacing)
+
+    sources = [CaseSource(c, "train" if c in TRAIN else "test", root / f"{c}.nii.gz", root / f"{c}_seg.nii.gz")
+               for c in cases]
+    for src in sources:  # the source files are only stamped (size, mtime), never read here
+        for f in (src.image, src.label):
+            f.touch()
+    return write_prepared(root / "prepared", sources, load, info={"dataset": "synthetic", "modality": "CT",
+                                                                   "label_names": ["liver", "vessel", "tumour"]},
+                          list_name="Synthetic", progress=False)
 
 
-def test_synthetic_dataset_gives_the_hand_computed_plan():
-    fp = dataset_fingerprint([case_fingerprint(i, l, s, num_classes=3) for i, l, s in _cases()], ["MRI"])
-    assert fp["spacing"]["median"] == [3.0, 0.8, 0.8] and fp["shape"]["median"] == [20, 100, 80]
-    assert fp["class_voxels"] == [3 * (20 * 100 * 80 - 1000 - 40), 3 * 1000, 3 * 40]
-    fg = fp["foreground_intensity"]["MRI"]
-    assert 3.0 < fg["mean"] < 4.0 and 0.5 < fg["sd"] < 1.5  # labels 1/2 were shifted by 3/6, unit noise
-    plans = make_plans(fp, "synthetic")
-    p2 = plans["configurations"]["2d"]
-    # in-plane median spacing; the larger median side 100 rounded up to 16 → 112; batch 8*128²//112² = 10
-    assert p2["target_spacing"] == [0.8, 0.8] and p2["patch_size"] == [112, 112] and p2["batch_size"] == 10
-    p3 = plans["configurations"]["3d"]
-    assert p3["target_spacing"] == [3.0, 0.8, 0.8] and p3["patch_size"] == [32, 112, 80] and p3["batch_size"] == 8
-    # thick slices: the first stage pools and convolves in-plane only (nnU-Net's rule), worked by hand
-    assert p3["dynunet"]["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
-    assert p3["dynunet"]["kernel_size"] == [[1, 3, 3]] + [[3, 3, 3]] * 4
-
-
-def test_pool_and_conv_props_isotropic():
-    pools, strides, kernels, patch, div = get_pool_and_conv_props([1.0, 1.0, 1.0], [64, 64, 64], max_numpool=5)
-    # 64 → 32 → 16 → 8 → 4: four halvings, then 4 < 2 * 4 stops
-    assert pools == [4, 4, 4] and strides[1:] == [[2, 2, 2]] * 4 and kernels == [[3, 3, 3]] * 5 and patch == [64] * 3
-    assert div == [16, 16, 16]
-
-
-def test_edited_plans_json_is_validated_by_key(tmp_path):
-    fp = dataset_fingerprint([case_fingerprint(i, l, s) for i, l, s in _cases(1)])
-    path = write_plans(tmp_path, make_plans(fp, "x"))
-    text = path.read_text()
-    assert "\n  " in text  # indented, readable
-    assert read_plans(tmp_path)["configurations"]["2d"]["patch_size"] == [112, 112]
-    for edit, key in [(lambda p: p["configurations"]["2d"].update(patch_size=[100, 100]), "2d.patch_size"),
-                      (lambda p: p["configurations"]["3d"].update(batch_size=0), "3d.batch_size"),
-                      (lambda p: p["configurations"]["2d"].update(target_spacing=[1.0]), "2d.target_spacing"),
-                      (lambda p: p["configurations"]["2d"].update(colour="red"), "2d.colour")]:
-        plans = json.loads(text)
-        edit(plans)
-        path.write_text(json.dumps(plans))
-        with pytest.raises(InputError, match=f"plans.json: configurations.{key}") as err:
-            read_plans(tmp_path)
-        assert "\n" not in str(err.value)
-    path.write_text("{not json")
-    with pytest.raises(InputError, match="not valid JSON"):
-        read_plans(tmp_path)
-
-
-def test_prepare_writes_plans_json(tmp_path):
-    cases = _cases(2) + _cases(1, shape=(10, 64, 64))
-    sources = []
-    for k, split in enumerate(["train", "train", "test"]):
-        for kind in ("img", "lab"):
-            (tmp_path / f"{kind}{k}").write_bytes(b"x")
-        sources.append(CaseSource(f"case{k}", split, tmp_path / f"img{k}", tmp_path / f"lab{k}"))
-
-    def load(src):
-        image, label, spacing = cases[int(src.case[-1])]
-        return PreparedCase(image, label, np.eye(4), spacing)
-
-    root = write_prepared(tmp_path / "out", sources, load, info={"dataset": "msd", "modality": "MRI"},
-                          list_name="x", progress=False)
+def test_plan_of_a_synthetic_dataset_is_the_hand_computed_one(tmp_path):
+    root = _prepare(tmp_path)
     plans = read_plans(root)
-    assert plans["fingerprint"]["num_cases"] == 2  # the training cases only
-    assert plans["configurations"]["2d"]["patch_size"] == [112, 112]
-    assert "fingerprint" not in json.loads((root / "dataset.json").read_text())["cases"]["case0"]
+    fp = plans["fingerprint"]
+    assert fp["num_cases"] == 3  # the test case is left out
+    assert fp["spacing"]["median"] == [2.0, 0.8, 0.8] and fp["spacing"]["max"] == [3.0, 1.0, 1.0]
+    assert fp["shape"]["median"] == [12, 90, 80] and fp["shape"]["min"] == [10, 60, 60]
+    depth = 10 + 20 + 12
+    assert fp["class_voxels"] == {"liver": 20 * depth, "vessel": depth, "tumour": 0}
+    n1, n2 = 20 * depth, depth
+    mean = (2.0 * n1 + 4.0 * n2) / (n1 + n2)
+    assert fp["intensity"]["voxels"] == n1 + n2 and fp["intensity"]["modality"] == "CT"
+    assert fp["intensity"]["mean"] == pytest.approx(mean)
+    assert fp["intensity"]["std"] == pytest.approx(np.sqrt((4.0 * n1 + 16.0 * n2) / (n1 + n2) - mean ** 2))
+    assert (fp["intensity"]["min"], fp["intensity"]["max"]) == (2.0, 4.0)
+    # 2D: target (0.8, 0.8); slices resampled: Y 96*0.5/0.8 = 60, 60/0.8 = 75, 90 -> median 75; X 50, 75, 90 -> 75;
+    # patch rounded up to 16: 80 x 80 = 6,400 pixels; batch 65,536 // 6,400 = 10.
+    assert plans["plans"]["2d"] == {"spacing": [0.8, 0.8], "median_shape": [75, 75], "patch_size": [80, 80],
+                                    "batch_size": 10, "divisor": 16}
+    # 3D: target (2, 0.8, 0.8); Z 10*2/2 = 10, 20/2 = 10, 12*3/2 = 18 -> 10, rounded up to 16;
+    # batch 2,097,152 // (16*80*80 = 102,400) = 20, capped at 8.
+    assert plans["plans"]["3d"] == {"spacing": [2.0, 0.8, 0.8], "median_shape": [10, 75, 75],
+                                    "patch_size": [16, 80, 80], "batch_size": 8, "divisor": 16}
+    assert "fingerprint" not in json.loads((root / "dataset.json").read_text())["cases"]["a"]
 
 
-def test_slice_smaller_than_patch_is_padded_not_zoomed():
-    label = np.zeros((1, 20, 30), np.uint8)
-    label[0, 5:9, 10:14] = 1
-    xform = get_slice_patch_transforms("val", 64, (1.0, 1.0), num_classes=2)
-    out = xform({"image": label.astype(np.float32), "label": label, "case": "a"})
-    assert tuple(out["label"].shape) == (1, 64, 64) and int(out["label"].sum()) == 16  # every pixel kept, none added
+def test_plan_is_capped_by_the_memory_budget():
+    # 512² slices at 0.5 mm: 512 x 512 > 256², the side spanning the most mm loses 16 (first axis on ties) until
+    # the patch holds at most 65,536 pixels: 256 x 256; batch 65,536 // 65,536 = 1, raised to the minimum 2.
+    plan = make_plan(np.array([[512.0, 512.0]] * 3), np.array([[0.5, 0.5]] * 3), "2d")
+    assert plan["patch_size"] == [256, 256] and plan["batch_size"] == 2
+    # anisotropic in-plane spacing: the coarse axis (2 mm, 64 px = 128 mm) vs the fine one (0.5 mm, 400 px = 200 mm)
+    plan = make_plan(np.array([[64.0, 400.0]]), np.array([[2.0, 0.5]]), "2d")
+    assert plan["median_shape"] == [64, 400] and plan["patch_size"] == [64, 400]
 
 
-def test_slice_resampled_to_the_planned_spacing():
-    label = np.zeros((1, 40, 40), np.uint8)
-    label[0, 10:30, 10:30] = 1
-    xform = get_slice_patch_transforms("val", 16, (1.0, 1.0), spacings={"a": (3.0, 0.5, 0.5)}, num_classes=2)
-    out = xform({"image": label.astype(np.float32), "label": label, "case": "a"})
-    assert tuple(out["label"].shape) == (1, 20, 20) and 90 <= int(out["label"].sum()) <= 110  # 20*20*0.5² = 100
+def test_plans_are_rebuilt_for_cases_prepared_before_fingerprints(tmp_path):
+    root = _prepare(tmp_path)
+    first = read_plans(root)
+    for meta in (root / "meta").glob("*.json"):  # an older prepare recorded no fingerprint
+        record = json.loads(meta.read_text())
+        record.pop("fingerprint")
+        meta.write_text(json.dumps(record))
+    (root / "plans.json").unlink()
+    _prepare(tmp_path)  # the finished cases are skipped, their fingerprint read back from the prepared files
+    assert read_plans(root) == first
 
 
-def test_patch_class_balance_over_an_epoch():
-    """Two classes of very different size in far corners: class-balanced centres pick each about equally."""
-    label = np.zeros((1, 160, 160), np.uint8)
-    label[0, 5:45, 5:45] = 1  # 1600 pixels
-    label[0, 150:153, 150:153] = 2  # 9 pixels
-    item = {"image": label.astype(np.float32), "label": label, "case": "a"}
-    xform = get_slice_patch_transforms("train", 48, (1.0, 1.0), num_classes=3, fg_fraction=1.0)
-    counts = {1: 0, 2: 0}
-    for seed in range(200):
-        xform.set_random_state(seed=seed)
-        present = set(np.unique(np.asarray(xform(dict(item))["label"]))) - {0}
-        assert len(present) <= 1
-        for c in present:
-            counts[int(c)] += 1
-    assert counts[1] > 70 and counts[2] > 70, counts  # a uniform-voxel crop would pick class 2 under 1 % of the time
-    # deterministic: the same seed gives the same patch
-    xform.set_random_state(seed=3)
-    a = np.asarray(xform(dict(item))["image"])
-    xform.set_random_state(seed=3)
-    np.testing.assert_array_equal(a, np.asarray(xform(dict(item))["image"]))
+@pytest.mark.parametrize("key, value, message", [
+    ("patch_size", [100, 80], r"plans\.2d\.patch_size must be 2 positive integers, each a multiple of 16"),
+    ("spacing", [0.8, -1], r"plans\.2d\.spacing must be 2 positive numbers"),
+    ("batch_size", "8", r"plans\.2d\.batch_size must be a positive integer"),
+    ("patchsize", [64, 64], r"plans\.2d\.patchsize is not a plan key"),
+])
+def test_a_bad_edit_is_one_line_naming_the_file_and_the_key(tmp_path, key, value, message):
+    root = _prepare(tmp_path)
+    path = root / "plans.json"
+    plans = json.loads(path.read_text())
+    plans["plans"]["2d"][key] = value
+    path.write_text(json.dumps(plans, indent=2))
+    with pytest.raises(InputError, match=message) as err:
+        read_plans(root)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="plans.json: not valid JSON"):
+        read_plans(root)
+
+
+def test_the_plan_travels_from_prepare_into_the_config_and_every_checkpoint(tmp_path, fake):
+    from resfu_med.data import prepare_dataset
+    from resfu_med.engine.checkpoint import load_checkpoint
+    from resfu_med.engine.config import resolve_config
+    from resfu_med.engine.preparation import complete_config
+    from resfu_med.engine.trainer import Trainer
+
+    fake.make_msd(tmp_path / "raw")
+    out = prepare_dataset("msd", tmp_path / "raw", tmp_path / "prepared", progress=False)
+    plans = read_plans(out)
+    assert plans["plans"]["2d"]["spacing"] and plans["fingerprint"]["class_voxels"].keys() == {"organ", "tumour"}
+    cfg = resolve_config("msd", overrides={
+        "model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [4, 4, 8, 8, 16, 4]}},
+        "data": {"root": str(out), "img_size": 32, "num_workers": 0},
+        "train": {"epochs": 1, "batch_size": 2, "eval": False, "max_iters": 1}})
+    cfg = complete_config(cfg)
+    assert cfg["plan"] == plans
+    run = tmp_path / "run"
+    run.mkdir()
+    Trainer(cfg, run, progress=False).fit()
+    assert load_checkpoint(run / "last.pt")["config"]["plan"] == plans
+    assert json.loads((run / "config.json").read_text())["plan"] == plans

@@ -31,7 +31,7 @@ def _blocks(shape, seed=0):
     return image
 
 
-PLAN = {"spatial_dims": 2, "target_spacing": [1.0, 1.0], "patch_size": [32, 32], "batch_size": 2, "divisor": 16}
+PLAN = {"spacing": [1.0, 1.0], "patch_size": [32, 32], "median_shape": [32, 32], "batch_size": 2, "divisor": 16}
 
 
 @pytest.mark.parametrize("shape", [(3, 20, 27), (3, 32, 32), (3, 90, 71)])  # smaller than, equal to, larger than the patch
@@ -66,6 +66,6 @@ def test_predict_volume_applies_the_checkpoint_plan():
     config = {"model": {"name": "unet"}, "data": {"pipeline": "plan", "plan": PLAN, "num_classes": 2, "img_size": 32}}
     labels, _ = predict_volume(Threshold(), image, config, spacing=(1.0, 1.0, 1.0))
     np.testing.assert_array_equal(labels, (image > 0.5).astype(np.uint8))
-    bad = {**config, "data": {**config["data"], "plan": {**PLAN, "patch_size": [30, 30]}}}
+    bad = {**config, "data": {**config["data"], "plan": {**PLAN, "patch_size": [30.5, 30]}}}
     with pytest.raises(CheckpointError, match="data.plan.patch_size"):
         predict_volume(Threshold(), image, bad)
