@@ -214,7 +214,8 @@ class DataConfig:
                               metavar=("Z", "Y", "X"))
     patches_per_volume: int = option(2, "3D models: patches drawn per volume and batch item",
                                      flag="--patches-per-volume", positive=True, metavar="N")
-    pipeline: str = option("zoom", "2D slice pipeline (default plan for msd and --preset quick)", flag="--pipeline",
+    pipeline: str = option("zoom", "2D slice pipeline (plan: 2D models; bundles apply the plan once #25's bundle "
+                                   "inferer passes the image spacing)", flag="--pipeline",
                            choices=_PIPELINES)
     # filled in from the dataset when a run starts (complete_config); a written config.json carries them
     plan: Optional[dict] = option(None, "the 2D plan the model trains with (from the dataset's plans.json)",
@@ -344,7 +345,7 @@ CHOICES: dict[str, tuple[str, ...]] = {k: o.choices() for k, o in OPTIONS.items(
 #: which TransUNet's follow-ups also apply to ACDC; the paper gives no other schedule).
 PRESETS: dict[str, dict[str, Any]] = {
     # MSD: nnU-Net's foreground oversampling (a third of every batch from slices holding a class)
-    "msd": {"data": {"pipeline": "plan"}, "train": {"fg_oversample": 0.33}},
+    "msd": {"train": {"fg_oversample": 0.33}},
     # The demo: a small ReSFU U-Net and a short schedule so train + evaluate finish in minutes on 2 CPU cores.
     "demo": {
         "model": {
@@ -383,7 +384,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": {"name": "unet", "upsampler": "resfu", "kwargs": copy.deepcopy(PRESETS["demo"]["model"]["kwargs"])},
         "threads": 1,
         # the slices' own size up to 128 (Synapse's 512² slices train at 128²): small structures keep their pixels
-        "data": {"img_size": None, "num_workers": 0, "cache_rate": 1.0, "pipeline": "plan"},
+        "data": {"img_size": None, "num_workers": 0, "cache_rate": 1.0},
         "train": {
             # 300 iterations (whole epochs covering them): on the real T1 benchmark (64² slices) warm-up + constant lr
             # reached 75.7 % mean Dice in 336 iterations, cosine 60.4 %, warm-up + poly 66.9 % (docs/real_benchmark.md)

@@ -90,7 +90,7 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         data["label_names"] = list(names)
     if spec.spatial_dims == 2 and data.get("pipeline") == "plan":  # the plan fixes the patch (img_size) and spacing
         if data.get("plan") is None:  # the 2D plan this model trains with (inference applies exactly it)
-            plans = cfg.get("plan") or _plans_in_memory(name, data["root"])
+            plans = cfg.get("plan") or _plans_in_memory(name, data["root"])  # a raw root: its prepared copy's
             data["plan"] = dict(plans["plans"]["2d"])
             if spec.name == "transunet":  # its positional embedding needs a square input: the larger side
                 data["plan"]["patch_size"] = [max(data["plan"]["patch_size"])] * 2
@@ -108,15 +108,20 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plans_in_memory(dataset: str, root: str) -> dict[str, Any]:
-    """Plans for a dataset without ``plans.json`` (the demo, a folder prepared before plans existed, TransUNet's
-    release), made from its training cases in memory: the input folder is never written."""
-    from resfu_med.data import get_dataset
+    """The plans of a dataset given as a raw folder (its prepared copy's ``plans.json``) or without ``plans.json``
+    (the demo, a folder prepared before plans existed, TransUNet's release: made from its training cases in memory,
+    the input folder is never written)."""
+    from resfu_med.data import get_dataset, read_plans
     from resfu_med.data.layout import read_dataset_json
     from resfu_med.data.plans import case_fingerprint, make_plans
 
-    meta = read_dataset_json(root) or {}
+    ds = get_dataset(dataset, root, "train", volumes=True)  # a raw folder: the prepared copy (ds.root)
+    prepared = getattr(ds, "root", root)
+    plans = read_plans(prepared)
+    if plans is not None:
+        return plans
+    meta = read_dataset_json(prepared) or {}
     cases = meta.get("cases") or {}
-    ds = get_dataset(dataset, root, "train", volumes=True)
     fps = []
     for i in range(len(ds)):
         item = ds[i]

@@ -210,7 +210,8 @@ class Trainer:
             from resfu_med.data import get_slice_patch_transforms
             from resfu_med.data.layout import read_dataset_json
 
-            cases = (read_dataset_json(d["root"]) or {}).get("cases") or {}
+            prepared = getattr(get_dataset(d["dataset"], d["root"], "train", cache_rate=0.0), "root", d["root"])
+            cases = (read_dataset_json(prepared) or {}).get("cases") or {}  # per-case spacing (a raw root: its copy)
             xform = get_slice_patch_transforms(
                 "train", d["plan"]["patch_size"], d["plan"]["spacing"],
                 spacings={c: m.get("spacing") for c, m in cases.items()}, num_classes=int(d["num_classes"]),
