@@ -3,7 +3,7 @@ models.
 
 2D (:func:`get_slice_patch_transforms`, ``data.pipeline: plan``): each training slice ``{"image": (1, H, W),
 "label": (1, H, W), "case"}`` is resampled in-plane to the plan's target spacing when its case's spacing differs
-(image linear, label nearest; the same factor the inferer uses, so training and inference see the same scale), padded
+(image cubic, label nearest: as the inferer resamples, so training and inference see the same scale), padded
 to the plan's patch when smaller (never zoomed), and one patch is cropped: with probability ``fg_fraction``
 centred on a voxel of a foreground class drawn uniformly among the classes present in the slice, otherwise on a
 background voxel (a slice without foreground: always). Augmentation (nnU-Net's, reduced for a CPU): a random multiple of 90° plus a flip of a random axis
@@ -173,7 +173,7 @@ def inplane_factors(spacing: Sequence[float] | None, target: Sequence[float]) ->
 def resample_slice(a: np.ndarray, factors: Sequence[float], order: int) -> np.ndarray:
     """Zoom a 2D array by ``factors`` (output size ``round(n * f)``, at least 1) with spline ``order``."""
     shape = [max(1, int(round(n * f))) for n, f in zip(a.shape, factors)]
-    return zoom(a, [t / n for t, n in zip(shape, a.shape)], order=order, mode="nearest", grid_mode=False)
+    return zoom(a, [t / n for t, n in zip(shape, a.shape)], order=order)  # as the inferer resamples (_zoom_to)
 
 
 class ResampleSliced(MapTransform):
@@ -194,7 +194,7 @@ class ResampleSliced(MapTransform):
         if factors is None:
             return data
         d = dict(data)
-        d["image"] = resample_slice(np.asarray(d["image"], dtype=np.float32)[0], factors, 1)[None]
+        d["image"] = resample_slice(np.asarray(d["image"], dtype=np.float32)[0], factors, 3)[None]
         d["label"] = resample_slice(np.asarray(d["label"])[0], factors, 0)[None]
         return d
 

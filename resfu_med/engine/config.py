@@ -240,6 +240,10 @@ class TrainConfig:
     max_iters: Optional[int] = option(None, "stop after N iterations in total, saving last.pt (the lr schedule still "
                                             "spans all epochs)", flag="--max-iters", minimum=0, runtime=True,
                                       metavar="N")
+    time_budget: Optional[float] = option(None, "wall-clock cap in seconds on this session's training loop: stop at the "
+                                                "first iteration past it and save last.pt (--resume continues; the lr "
+                                                "schedule still spans all epochs)", flag="--time-budget",
+                                          positive=True, runtime=True, metavar="SECONDS")
     batch_size: int = option(24, "global batch size (split across DDP processes)", flag="--batch-size", positive=True,
                              metavar="N")
     optimizer: str = option("sgd", "optimizer", choices=_OPTIMIZERS)
@@ -278,6 +282,8 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    plan: Optional[dict] = option(None, "the dataset's fingerprint and plans (plans.json), recorded from the prepared "
+                                        "dataset", derived=True)
     sources: Optional[dict] = option(None, "the layer that set each non-default value (written by resfu-med train)",
                                      derived=True)
 

@@ -7,13 +7,13 @@ Files in and out are :mod:`resfu_med.engine.predictor` (nnU-Net's sense of "pred
 order 3), predicted, and the argmax zoomed back to the slice's size (nearest, order 0). Slices are batched for speed.
 The network call goes through MONAI ``sliding_window_inference`` with Gaussian blending, so a ``roi`` smaller than
 ``img_size`` tiles the zoomed slice; with ``roi == img_size`` it is one window and exactly the evaluation protocol.
+With a dataset plan's ``target_spacing`` (``plans.json``, :mod:`resfu_med.data.plans`) 2D models instead predict each
+whole slice at the planned in-plane spacing by Gaussian-weighted sliding windows of the plan's patch, and the
+probabilities are resampled back to the slice's own grid (:func:`predict_slices`).
 
-A 2D model trained by the plan pipeline (``data.pipeline: plan``, the plan stored in its checkpoint as
-``data.plan``) is run at native resolution instead (:func:`predict_slices_planned`): each slice is resampled in-plane
-to the plan's target spacing (linear, ``align_corners`` like the training resampling), predicted whole by
-Gaussian-weighted sliding windows of the plan's patch (MONAI ``sliding_window_inference``, which pads a slice smaller
-than the patch), and its probabilities are resampled back (linear) to the slice's own grid before the argmax, so the
-labels come back on the image's grid whatever its size or spacing.
+A 2D model trained by the plan pipeline (``data.pipeline: plan``) carries its 2D plan in its checkpoint
+(``data.plan``: ``spacing``, ``patch_size``); :func:`predict_volume` then runs :func:`predict_slices` at the plan's
+spacing with windows of the plan's patch, whatever ``img_size``, ``roi`` or ``resample`` say.
 
 3D models run MONAI ``sliding_window_inference`` over the volume at its own voxel grid, in overlapping slabs along
 the first axis so that memory stays bounded for large CT volumes (only one slab's probabilities exist at a time,
@@ -30,14 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from scipy.ndimage import zoom
 
 from resfu_med.errors import CheckpointError
 from resfu_med.networks.model_registry import DEFAULT_IMG_SIZE, get_model_spec
 
-__all__ = ["make_predictor", "predict_slices", "predict_slices_planned", "predict_volume_3d", "predict_volume"]
+__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
 
 
 def _pair(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -98,6 +97,19 @@ def _zoom_to(a: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     return out
 
 
+def _planned_shape(shape: Sequence[int], spacing: Sequence[float] | None,
+                   target_spacing: Sequence[float]) -> tuple[int, int]:
+    """A slice's size once resampled from ``spacing`` to ``target_spacing`` (at least 1 pixel per side)."""
+    if spacing is None:
+        raise ValueError("spacing (the slices' own (sy, sx) in mm) is required with target_spacing")
+    src = tuple(float(v) for v in spacing)[-2:]
+    dst = tuple(float(v) for v in target_spacing)[-2:]
+    if len(src) != 2 or len(dst) != 2 or min(src + dst) <= 0 or not all(np.isfinite(src + dst)):
+        raise ValueError(f"spacing and target_spacing must be 2 positive numbers each, got {spacing!r} and "
+                         f"{target_spacing!r}")
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, src, dst))
+
+
 @torch.no_grad()
 def predict_slices(
     model: torch.nn.Module,
@@ -112,8 +124,17 @@ def predict_slices(
     resample: bool = True,
     probabilities: bool = False,
     progress: Callable[[int], None] | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
+    target_spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a ``(Z, H, W)`` volume with a 2D model, slice by slice (docs/evaluation.md).
+
+    With ``target_spacing`` (a dataset plan's 2D spacing, ``plans.json``), slices are predicted at the planned
+    resolution instead of being zoomed to ``img_size``: each slice is resampled from its own ``spacing`` to
+    ``target_spacing`` (cubic), tiled by Gaussian-weighted sliding windows of ``roi`` (default ``img_size``: the
+    plan's patch; slices smaller than a window are padded by MONAI, never zoomed), and the class probabilities are
+    resampled back to the slice's own grid (linear) before the argmax, as nnU-Net does.
 
     Args:
         model: 2D network in eval mode, input ``(B, 1, h, w)``.
@@ -126,6 +147,8 @@ def predict_slices(
         tta: mirror test-time augmentation.
         num_classes: expected logit channels (checked).
         resample: zoom slices to ``img_size`` and back; ``False`` runs windows at the native slice grid.
+        spacing: the slices' in-plane spacing ``(sy, sx)`` in mm (required with ``target_spacing``).
+        target_spacing: predict at this in-plane spacing ``(ty, tx)`` (see above); overrides ``resample``.
         probabilities: also return ``(C, Z, H, W)`` float32 probabilities (zoomed back linearly).
         progress: called with the number of slices done after each batch.
 
@@ -138,6 +161,9 @@ def predict_slices(
     roi_t = _pair(roi if roi is not None else size, 2, "roi")
     depth, h, w = image.shape
     target = size if resample else (h, w)
+    planned = target_spacing is not None
+    if planned:
+        target = _planned_shape((h, w), spacing, target_spacing)
     predictor = make_predictor(model, 2, tta, num_classes)
     labels = np.zeros(image.shape, dtype=np.uint8)
     probs = None
@@ -146,6 +172,18 @@ def predict_slices(
         batch = np.stack([_zoom_to(np.asarray(image[z], dtype=np.float32), target, 3) for z in range(z0, z1)])
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(device)
         p = sliding_window_inference(x, roi_t, x.shape[0], predictor, overlap=overlap, mode="gaussian")
+        if planned:  # probabilities back to the slice's own grid, then the argmax
+            pn = p.cpu().numpy()
+            back = np.stack([np.stack([_zoom_to(pn[i, c], (h, w), 1) for c in range(pn.shape[1])])
+                             for i in range(pn.shape[0])])
+            labels[z0:z1] = np.argmax(back, axis=1).astype(np.uint8)
+            if probabilities:
+                if probs is None:
+                    probs = np.zeros((pn.shape[1], depth, h, w), dtype=np.float32)
+                probs[:, z0:z1] = back.transpose(1, 0, 2, 3)
+            if progress is not None:
+                progress(z1 - z0)
+            continue
         lab = torch.argmax(p, dim=1).to(torch.uint8).cpu().numpy()
         for i, z in enumerate(range(z0, z1)):
             labels[z] = _zoom_to(lab[i], (h, w), 0)
@@ -174,72 +212,6 @@ def _checked_plan(plan: Any) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint config data.plan.{key}: expected 2 positive "
                                   f"{'numbers' if kind is float else 'integers'}, got {v!r}")
     return {"spacing": [float(x) for x in plan["spacing"]], "patch_size": [int(x) for x in plan["patch_size"]]}
-
-
-def _resize(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of ``(B, C, H, W)`` to ``shape`` with ``align_corners=True`` (scipy ``zoom`` order 1's grid)."""
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    return F.interpolate(x, size=tuple(int(v) for v in shape), mode="bilinear", align_corners=True)
-
-
-@torch.no_grad()
-def predict_slices_planned(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    plan: Mapping[str, Any],
-    spacing: Sequence[float] | None = None,
-    device: str | torch.device = "cpu",
-    batch_size: int = 8,
-    overlap: float = 0.5,
-    tta: bool = False,
-    num_classes: int | None = None,
-    probabilities: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predict a ``(Z, H, W)`` volume with a 2D model of the plan pipeline (see the module doc).
-
-    Args:
-        model: 2D network in eval mode.
-        image: ``(Z, H, W)`` float volume, already intensity-normalised.
-        plan: the 2D plan the model trained with (``spacing`` ``(sy, sx)`` mm, ``patch_size`` ``(py, px)``).
-        spacing: the image's ``(sz, sy, sx)`` (or ``(sy, sx)``) in mm; ``None``: taken to be the target spacing.
-        device: where the network runs.
-        batch_size: slices per network call (each slice is tiled by windows).
-        overlap: window overlap fraction in [0, 1) (nnU-Net: 0.5).
-        tta: mirror test-time augmentation.
-        num_classes: expected logit channels (checked).
-        probabilities: also return ``(C, Z, H, W)`` float32 probabilities on the image grid.
-        progress: called with the number of slices done after each batch.
-
-    Returns:
-        ``(labels, probs)``: labels ``(Z, H, W)`` uint8 on the image grid; probs or ``None``.
-    """
-    from resfu_med.data.patch_transforms import inplane_factors
-
-    if image.ndim != 3:
-        raise ValueError(f"image must be (Z, H, W), got shape {image.shape}")
-    roi = _pair(plan["patch_size"], 2, "plan.patch_size")
-    depth, h, w = image.shape
-    factors = inplane_factors(None if spacing is None else tuple(spacing)[-2:], plan["spacing"])
-    work = (h, w) if factors is None else tuple(max(1, int(round(n * f))) for n, f in zip((h, w), factors))
-    predictor = make_predictor(model, 2, tta, num_classes)
-    labels = np.zeros(image.shape, dtype=np.uint8)
-    probs = None
-    step = max(1, int(batch_size))
-    for z0 in range(0, depth, step):
-        z1 = min(depth, z0 + step)
-        x = torch.from_numpy(np.ascontiguousarray(image[z0:z1], dtype=np.float32)).unsqueeze(1).to(device)
-        p = sliding_window_inference(_resize(x, work), roi, x.shape[0], predictor, overlap=overlap, mode="gaussian")
-        p = _resize(p, (h, w))
-        labels[z0:z1] = torch.argmax(p, dim=1).to(torch.uint8).cpu().numpy()
-        if probabilities:
-            if probs is None:
-                probs = np.zeros((p.shape[1], depth, h, w), dtype=np.float32)
-            probs[:, z0:z1] = p.cpu().numpy().transpose(1, 0, 2, 3)
-        if progress is not None:
-            progress(z1 - z0)
-    return labels, probs
 
 
 @torch.no_grad()
@@ -325,16 +297,17 @@ def predict_volume(
 
     ``config["data"]`` gives ``img_size`` and ``num_classes``; the window is ``roi`` or the model's default
     (:meth:`resfu_med.networks.ModelSpec.default_roi`). A 2D model trained by the plan pipeline
-    (``data.pipeline == "plan"``) is run by :func:`predict_slices_planned` with the checkpoint's ``data.plan`` and the
-    image's ``spacing`` ``(sz, sy, sx)`` (``roi`` and ``resample`` do not apply: the plan fixes both).
+    (``data.pipeline == "plan"``) is run by :func:`predict_slices` at the checkpoint's ``data.plan`` spacing from the
+    image's ``spacing`` ``(sz, sy, sx)`` (``None``: the planned spacing); ``roi`` and ``resample`` do not apply.
     """
     data = config.get("data", {}) or {}
     spec = get_model_spec((config.get("model") or {}).get("name"))
     if spec.spatial_dims == 2 and data.get("pipeline") == "plan":
         plan = _checked_plan(data.get("plan"))
-        return predict_slices_planned(model, image, plan, spacing, device, batch_size, overlap=overlap,
-                                      tta=tta, num_classes=data.get("num_classes"), probabilities=probabilities,
-                                      progress=progress)
+        own = spacing if spacing is not None else plan["spacing"]  # unknown spacing: taken as the planned one
+        return predict_slices(model, image, plan["patch_size"], device, batch_size, plan["patch_size"], overlap, tta,
+                              data.get("num_classes"), True, probabilities, progress, spacing=tuple(own)[-2:],
+                              target_spacing=plan["spacing"])
     window = roi if roi is not None else spec.default_roi(data)
     if spec.spatial_dims == 3:
         return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),

@@ -197,14 +197,15 @@ def resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         overrides: the nested settings given now (the flags).
 
     Returns:
-        The runtime changes (dotted keys); ``train.max_iters`` is reset (the old stop point no longer applies).
+        The runtime changes (dotted keys); ``train.max_iters`` and ``train.time_budget`` are reset (the old stop points
+        no longer apply).
 
     Raises:
         InputError: a non-runtime setting differs from the saved run (names it and both values).
     """
     from resfu_med.engine.config import flatten
 
-    runtime: dict[str, Any] = {"train.max_iters": None}
+    runtime: dict[str, Any] = {"train.max_iters": None, "train.time_budget": None}
     flat_saved = flatten(saved)
     for key, value in flatten(overrides).items():
         if key in RUNTIME_KEYS:

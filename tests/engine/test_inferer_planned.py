@@ -1,8 +1,5 @@
-"""Plan-pipeline slice inference: Gaussian sliding windows at the planned spacing, predictions on the image grid.
-
-A pointwise model (a 1x1 convolution thresholding the intensity) is the independent expectation: its answer at any
-pixel is known without the network, so resampling, padding and window blending can be checked exactly or nearly.
-"""
+"""Sliding-window slice inference at a plan's spacing (``predict_slices(..., target_spacing=...)``): slices smaller
+and larger than the window, anisotropic spacing, predictions back on the image's own grid."""
 
 from __future__ import annotations
 
@@ -10,62 +7,65 @@ import numpy as np
 import pytest
 import torch
 
-from resfu_med.engine.inferer import predict_slices_planned, predict_volume
-from resfu_med.errors import CheckpointError
+import resfu_med.engine.inferer as inferer
+from resfu_med.engine.inferer import predict_slices
 
 
 class Threshold(torch.nn.Module):
-    """Class 1 where the intensity is above 0.5: logits (0, 20 * (x - 0.5)) — pointwise, so windows cannot matter."""
+    """A pointwise 2-class model: class 1 where the image exceeds 0.5 (its answer does not depend on the window)."""
 
-    def forward(self, x):
-        return torch.cat([torch.zeros_like(x), 20 * (x - 0.5)], dim=1)
-
-
-def _blocks(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    image = np.zeros(shape, np.float32)
-    for _ in range(6):
-        z = rng.integers(shape[0])
-        y, x = rng.integers(0, shape[1] - 8), rng.integers(0, shape[2] - 8)
-        image[z, y:y + 8, x:x + 8] = 1.0
-    return image
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.full_like(x, 0.5), x], dim=1) * 20.0
 
 
-PLAN = {"spacing": [1.0, 1.0], "patch_size": [32, 32], "median_shape": [32, 32], "batch_size": 2, "divisor": 16}
-
-
-@pytest.mark.parametrize("shape", [(3, 20, 27), (3, 32, 32), (3, 90, 71)])  # smaller than, equal to, larger than the patch
-def test_any_slice_size_at_the_planned_spacing_is_exact(shape):
-    image = _blocks(shape)
-    labels, probs = predict_slices_planned(Threshold(), image, PLAN, spacing=(2.0, 1.0, 1.0), probabilities=True)
-    assert labels.shape == shape and probs.shape == (2, *shape)
-    np.testing.assert_array_equal(labels, (image > 0.5).astype(np.uint8))
-    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-
-
-def test_anisotropic_spacing_comes_back_on_the_image_grid():
-    image = _blocks((2, 60, 40), seed=1)
+def _seen_shapes(monkeypatch) -> list:
     seen = []
+    real = inferer.sliding_window_inference
 
-    class Recording(Threshold):
-        def forward(self, x):
-            seen.append(tuple(x.shape[-2:]))
-            return super().forward(x)
+    def spy(x, roi, *args, **kwargs):
+        seen.append((tuple(x.shape[-2:]), tuple(roi)))
+        return real(x, roi, *args, **kwargs)
 
-    # 0.5 mm rows and 2 mm columns, planned at 1 mm: the network sees 30 x 80 pixels, the labels come back 60 x 40
-    labels, _ = predict_slices_planned(Recording(), image, PLAN, spacing=(3.0, 0.5, 2.0))
+    monkeypatch.setattr(inferer, "sliding_window_inference", spy)
+    return seen
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (100, 70)])  # smaller than the 32² window; larger (several windows)
+def test_slices_smaller_and_larger_than_the_window_at_their_own_spacing(monkeypatch, shape):
+    rng = np.random.default_rng(0)
+    image = (rng.random((3, *shape)) > 0.6).astype(np.float32)
+    seen = _seen_shapes(monkeypatch)
+    labels, probs = predict_slices(Threshold().eval(), image, 32, spacing=(0.8, 0.8), target_spacing=(0.8, 0.8),
+                                   probabilities=True)
+    assert seen == [(shape, (32, 32))]  # the slice as it is: padded by the sliding window, never zoomed
+    assert labels.shape == image.shape and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, image > 0.5)
+    assert probs.shape == (2, *image.shape)
+    np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-5)
+
+
+def test_anisotropic_slices_are_predicted_at_the_planned_spacing_and_come_back_on_their_grid(monkeypatch):
+    image = np.zeros((2, 40, 40), np.float32)
+    image[:, 10:30, 8:32] = 1.0  # 20 rows x 2 mm = 40 mm, 24 columns x 0.5 mm = 12 mm
+    seen = _seen_shapes(monkeypatch)
+    labels, _ = predict_slices(Threshold().eval(), image, 32, spacing=(2.0, 0.5), target_spacing=(1.0, 1.0))
+    # resampled to 1 mm: 40 x 2 / 1 = 80 rows, 40 x 0.5 / 1 = 20 columns; windows of the plan's patch (32²)
+    assert seen == [((80, 20), (32, 32))]
     assert labels.shape == image.shape
-    assert all(s == (32, 32) for s in seen)  # windows of the planned patch only
-    truth = (image > 0.5).astype(np.uint8)
-    assert (labels == truth).mean() > 0.97  # the block borders move by at most a resampled pixel
-    assert labels.sum() > 0.8 * truth.sum()
+    truth = image > 0.5
+    dice = 2 * (labels.astype(bool) & truth).sum() / (labels.sum() + truth.sum())
+    assert dice > 0.95
+    # on the image's own grid: the same centre, and identical away from the rectangle's edges
+    np.testing.assert_allclose(np.argwhere(labels[0]).mean(0), np.argwhere(truth[0]).mean(0), atol=0.5)
+    inner, outer = np.zeros_like(truth), np.ones_like(truth)
+    inner[:, 12:28, 11:29] = True
+    outer[:, 8:32, 5:35] = False
+    assert labels[inner].all() and not labels[outer].any()
 
 
-def test_predict_volume_applies_the_checkpoint_plan():
-    image = _blocks((2, 50, 50))
-    config = {"model": {"name": "unet"}, "data": {"pipeline": "plan", "plan": PLAN, "num_classes": 2, "img_size": 32}}
-    labels, _ = predict_volume(Threshold(), image, config, spacing=(1.0, 1.0, 1.0))
-    np.testing.assert_array_equal(labels, (image > 0.5).astype(np.uint8))
-    bad = {**config, "data": {**config["data"], "plan": {**PLAN, "patch_size": [30.5, 30]}}}
-    with pytest.raises(CheckpointError, match="data.plan.patch_size"):
-        predict_volume(Threshold(), image, bad)
+def test_target_spacing_needs_the_slices_spacing():
+    with pytest.raises(ValueError, match="spacing"):
+        predict_slices(Threshold().eval(), np.zeros((1, 8, 8), np.float32), 32, target_spacing=(1.0, 1.0))
+    with pytest.raises(ValueError, match="2 positive numbers"):
+        predict_slices(Threshold().eval(), np.zeros((1, 8, 8), np.float32), 32, spacing=(1.0, 0.0),
+                       target_spacing=(1.0, 1.0))
