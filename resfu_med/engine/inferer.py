@@ -11,6 +11,10 @@ With a dataset plan's ``target_spacing`` (``plans.json``, :mod:`resfu_med.data.p
 whole slice at the planned in-plane spacing by Gaussian-weighted sliding windows of the plan's patch, and the
 probabilities are resampled back to the slice's own grid (:func:`predict_slices`).
 
+A 2D model trained by the plan pipeline (``data.pipeline: plan``) carries its 2D plan in its checkpoint
+(``data.plan``: ``spacing``, ``patch_size``); :func:`predict_volume` then runs :func:`predict_slices` at the plan's
+spacing with windows of the plan's patch, whatever ``img_size``, ``roi`` or ``resample`` say.
+
 3D models run MONAI ``sliding_window_inference`` over the volume at its own voxel grid, in overlapping slabs along
 the first axis so that memory stays bounded for large CT volumes (only one slab's probabilities exist at a time,
 however many slices the volume has).
@@ -195,6 +199,21 @@ def predict_slices(
     return labels, probs
 
 
+def _checked_plan(plan: Any) -> dict[str, Any]:
+    """The checkpoint's 2D plan, checked: one line naming the bad key (a checkpoint is data, never trusted)."""
+    if not isinstance(plan, Mapping):
+        raise CheckpointError(f"checkpoint config data.plan: expected the 2D plan (an object), got {plan!r}")
+    for key, kind in (("spacing", float), ("patch_size", int)):
+        v = plan.get(key)
+        ok = isinstance(v, list) and len(v) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and (kind is float or float(x).is_integer())
+            for x in v)
+        if not ok:
+            raise CheckpointError(f"checkpoint config data.plan.{key}: expected 2 positive "
+                                  f"{'numbers' if kind is float else 'integers'}, got {v!r}")
+    return {"spacing": [float(x) for x in plan["spacing"]], "patch_size": [int(x) for x in plan["patch_size"]]}
+
+
 @torch.no_grad()
 def predict_volume_3d(
     model: torch.nn.Module,
@@ -272,14 +291,23 @@ def predict_volume(
     probabilities: bool = False,
     resample: bool = True,
     progress: Callable[[int], None] | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a ``(Z, Y, X)`` normalised volume with the model a checkpoint ``config`` describes (2D or 3D).
 
     ``config["data"]`` gives ``img_size`` and ``num_classes``; the window is ``roi`` or the model's default
-    (:meth:`resfu_med.networks.ModelSpec.default_roi`).
+    (:meth:`resfu_med.networks.ModelSpec.default_roi`). A 2D model trained by the plan pipeline
+    (``data.pipeline == "plan"``) is run by :func:`predict_slices` at the checkpoint's ``data.plan`` spacing from the
+    image's ``spacing`` ``(sz, sy, sx)`` (``None``: the planned spacing); ``roi`` and ``resample`` do not apply.
     """
     data = config.get("data", {}) or {}
     spec = get_model_spec((config.get("model") or {}).get("name"))
+    if spec.spatial_dims == 2 and data.get("pipeline") == "plan":
+        plan = _checked_plan(data.get("plan"))
+        own = spacing if spacing is not None else plan["spacing"]  # unknown spacing: taken as the planned one
+        return predict_slices(model, image, plan["patch_size"], device, batch_size, plan["patch_size"], overlap, tta,
+                              data.get("num_classes"), True, probabilities, progress, spacing=tuple(own)[-2:],
+                              target_spacing=plan["spacing"])
     window = roi if roi is not None else spec.default_roi(data)
     if spec.spatial_dims == 3:
         return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),

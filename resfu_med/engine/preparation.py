@@ -89,6 +89,13 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
                              f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
         data["label_names"] = list(names)
+    if spec.spatial_dims == 2 and data.get("pipeline") == "plan":  # the plan fixes the patch (img_size) and spacing
+        if data.get("plan") is None:  # the 2D plan this model trains with (inference applies exactly it)
+            plans = cfg.get("plan") or _plans_in_memory(name, data["root"])  # a raw root: its prepared copy's
+            data["plan"] = dict(plans["plans"]["2d"])
+            if spec.name == "transunet":  # its positional embedding needs a square input: the larger side
+                data["plan"]["patch_size"] = [max(data["plan"]["patch_size"])] * 2
+        data["img_size"] = int(max(data["plan"]["patch_size"]))
     if data.get("img_size") is None:
         data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]
@@ -105,6 +112,29 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         # axis gets 1-voxel kernels and is halved later), not the isotropic default
         model["kwargs"].update(dynunet_plan(data["patch_size"], plan3d["spacing"]))
     return cfg
+
+
+def _plans_in_memory(dataset: str, root: str) -> dict[str, Any]:
+    """The plans of a dataset given as a raw folder (its prepared copy's ``plans.json``) or without ``plans.json``
+    (the demo, a folder prepared before plans existed, TransUNet's release: made from its training cases in memory,
+    the input folder is never written)."""
+    from resfu_med.data import get_dataset, read_plans
+    from resfu_med.data.layout import read_dataset_json
+    from resfu_med.data.plans import case_fingerprint, make_plans
+
+    ds = get_dataset(dataset, root, "train", volumes=True)  # a raw folder: the prepared copy (ds.root)
+    prepared = getattr(ds, "root", root)
+    plans = read_plans(prepared)
+    if plans is not None:
+        return plans
+    meta = read_dataset_json(prepared) or {}
+    cases = meta.get("cases") or {}
+    fps = []
+    for i in range(len(ds)):
+        item = ds[i]
+        spacing = (cases.get(str(item.get("case"))) or {}).get("spacing") or item.get("spacing") or (1.0, 1.0, 1.0)
+        fps.append(case_fingerprint(np.asarray(item["image"]), np.asarray(item["label"]), spacing))
+    return make_plans(fps, meta.get("label_names"), meta.get("modality"))
 
 
 def native_img_size(dataset: str, root: str | None, cap: int = 128) -> int:

@@ -208,6 +208,17 @@ class Trainer:
                                          fg_oversample=self.cfg["train"].get("fg_oversample"),
                                          num_classes=int(d["num_classes"]))
             return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform, volumes=True)
+        if d.get("pipeline") == "plan" and d.get("plan"):  # native-resolution patches (#26, data/patch_transforms.py)
+            from resfu_med.data import get_slice_patch_transforms
+            from resfu_med.data.layout import read_dataset_json
+
+            prepared = getattr(get_dataset(d["dataset"], d["root"], "train", cache_rate=0.0), "root", d["root"])
+            cases = (read_dataset_json(prepared) or {}).get("cases") or {}  # per-case spacing (a raw root: its copy)
+            xform = get_slice_patch_transforms(
+                "train", d["plan"]["patch_size"], d["plan"]["spacing"],
+                spacings={c: m.get("spacing") for c, m in cases.items()}, num_classes=int(d["num_classes"]),
+                fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
+            return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform)
         return self._budgeted(get_dataset, d["dataset"], d["root"], "train",
                               transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
 
