@@ -44,3 +44,27 @@ def test_patch_class_balance_over_an_epoch():
     a = np.asarray(xform(dict(item))["image"])
     xform.set_random_state(seed=3)
     np.testing.assert_array_equal(a, np.asarray(xform(dict(item))["image"]))
+
+
+def test_patches_are_a_function_of_index_and_seed():
+    """Through the sampler's SeededDataset, a patch depends only on (index, seed): resumable, worker- and
+    order-independent (what ResumableSampler relies on)."""
+    from monai.data import Dataset
+
+    from resfu_med.engine.sampling import SeededDataset
+
+    rng = np.random.default_rng(0)
+    items = []
+    for _ in range(3):
+        label = np.zeros((1, 70, 50), np.uint8)
+        label[0, 10:20, 10:20] = 1
+        label[0, 50:60, 30:40] = 2
+        items.append({"image": rng.normal(size=(1, 70, 50)).astype(np.float32), "label": label, "case": "a"})
+    xform = get_slice_patch_transforms("train", 32, (1.0, 1.0), spacings={"a": (1.0, 0.8)}, num_classes=3)
+    ds = SeededDataset(Dataset(items, transform=xform))
+    first = [np.asarray(ds[(i, 100 + i)]["image"]) for i in range(3)]
+    ds[(1, 7)]  # something else in between
+    again = [np.asarray(ds[(i, 100 + i)]["image"]) for i in reversed(range(3))][::-1]
+    for a, b in zip(first, again):
+        assert a.shape == (1, 32, 32)
+        np.testing.assert_array_equal(a, b)

@@ -4,6 +4,9 @@ native-resolution patches of the 2D plan and stores that plan in the checkpoint,
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -37,8 +40,7 @@ def _msd(root, n=4, shape=(40, 36, 5)):
     return root
 
 
-@pytest.mark.slow
-def test_plan_pipeline_trains_stores_and_applies_the_plan(tmp_path, monkeypatch):
+def _train_and_infer(tmp_path, monkeypatch):
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
     task = _msd(tmp_path / "Task")
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))
@@ -60,3 +62,33 @@ def test_plan_pipeline_trains_stores_and_applies_the_plan(tmp_path, monkeypatch)
                  str(run / "last.pt"), "--device", "cpu", "--no-progress"]) == 0
     seg = nib.load(str(tmp_path / "seg" / "c_000_seg.nii.gz"))
     assert seg.shape == (40, 36, 5) and np.allclose(seg.affine, np.diag([0.7, 1.1, 3.0, 1.0]))
+    return task, run, seg
+
+
+@pytest.mark.slow
+def test_plan_pipeline_trains_stores_and_applies_the_plan(tmp_path, monkeypatch):
+    _train_and_infer(tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the 2D bundle still zooms slices to img_size (ZoomSlicesd); it must run "
+                   "resfu_med.engine.inferer.predict_volume with the checkpoint's data.plan and the image spacing (#25)")
+def test_plan_pipeline_bundle_applies_the_plan(tmp_path, monkeypatch):
+    task, run, seg = _train_and_infer(tmp_path, monkeypatch)
+
+
+    # the bundle records the checkpoint's data section (plan included) and runs the same inference: same labels
+    # (every case here is at the planned spacing; a bundle input at another spacing needs the spacing passed on)
+    bundle = tmp_path / "bundle"
+    assert main(["export-bundle", "--checkpoint", str(run / "last.pt"), "--output", str(bundle),
+                 "--no-torchscript"]) == 0
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert '"pipeline": "plan"' in json.dumps(inference) and '"patch_size": [48, 48]' in json.dumps(inference)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                           "--dataset_dir", str(task / "imagesTr"), "--output_dir", str(tmp_path / "bundle_out")],
+                          cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = sorted((tmp_path / "bundle_out").glob("c_000*_seg.nii.gz"))[0]
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), np.asarray(seg.dataobj))
