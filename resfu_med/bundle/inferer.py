@@ -27,7 +27,7 @@ __all__ = ["EngineInferer", "PREDICTION_DATA_KEYS", "recorded_settings"]
 
 #: The keys of a checkpoint's ``data`` section that :func:`resfu_med.engine.inferer.predict_volume` reads. Only these go
 #: into a bundle: the section also holds the user's own paths (``root``), which a shared bundle must not carry.
-PREDICTION_DATA_KEYS = ("img_size", "num_classes", "roi_size", "patch_size")
+PREDICTION_DATA_KEYS = ("img_size", "num_classes", "roi_size", "patch_size", "pipeline", "plan")
 
 
 def recorded_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,6 +39,18 @@ def recorded_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("plan") is not None:
         out["plan"] = copy.deepcopy(dict(config["plan"]))
     return out
+
+
+def _zyx_spacing(inputs: torch.Tensor) -> tuple[float, float, float] | None:
+    """The voxel spacing ``(sz, sy, sx)`` of the loaded image: column norms of its affine (as
+    :func:`resfu_med.data.io.spacing_from_affine`); the affine is that of the file's ``(X, Y, Z)`` axes, which
+    ``Transposed`` leaves untouched. ``None`` without metadata (the engine then takes the planned spacing)."""
+    affine = getattr(inputs, "affine", None)
+    if affine is None:
+        return None
+    a = torch.as_tensor(affine, dtype=torch.float64).reshape(-1, 4, 4)[0]
+    sx, sy, sz = (float(v) if v > 0 else 1.0 for v in torch.linalg.norm(a[:3, :3], dim=0))
+    return sz, sy, sx
 
 
 class EngineInferer(Inferer):
@@ -106,6 +118,7 @@ class EngineInferer(Inferer):
         volume = np.ascontiguousarray(torch.as_tensor(inputs[0, 0]).detach().cpu().numpy(), dtype=np.float32)
         roi = None if self.roi_size is None else (self.roi_size[0] if len(self.roi_size) == 1 else tuple(self.roi_size))
         labels, _ = predict_volume(network, volume, self.config, device=inputs.device, batch_size=self.sw_batch_size,
-                                   roi=roi, overlap=self.overlap, tta=self.tta, resample=self.resample)
+                                   roi=roi, overlap=self.overlap, tta=self.tta, resample=self.resample,
+                                   spacing=_zyx_spacing(inputs))
         out = torch.from_numpy(labels.astype(np.float32))[None, None]
         return convert_to_dst_type(out, inputs, device=inputs.device)[0]

@@ -107,9 +107,11 @@ def test_recorded_settings_keep_what_prediction_reads_and_no_user_paths():
     from resfu_med.bundle.inferer import recorded_settings
 
     config = {"model": {"name": "unet", "kwargs": {"out_channels": 3}}, "train": {"lr": 0.01},
-              "data": {**DATA_CFG, "root": "/home/someone/private/Synapse", "num_workers": 2},
+              "data": {**DATA_CFG, "root": "/home/someone/private/Synapse", "num_workers": 2, "pipeline": "plan",
+                       "plan": {"spacing": [1.1, 0.7], "patch_size": [48, 48]}},
               "plan": {"spacing": [1.0, 0.8, 0.8]}}
     recorded = recorded_settings(config)
-    assert recorded == {"model": config["model"], "data": {"img_size": 32, "num_classes": 3},
+    assert recorded == {"model": config["model"], "data": {"img_size": 32, "num_classes": 3, "pipeline": "plan",
+                                                           "plan": {"spacing": [1.1, 0.7], "patch_size": [48, 48]}},
                         "plan": {"spacing": [1.0, 0.8, 0.8]}}
     assert "plan" not in recorded_settings({k: v for k, v in config.items() if k != "plan"})

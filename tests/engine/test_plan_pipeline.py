@@ -71,8 +71,6 @@ def test_plan_pipeline_trains_stores_and_applies_the_plan(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the 2D bundle still zooms slices to img_size (ZoomSlicesd); it must run "
-                   "resfu_med.engine.inferer.predict_volume with the checkpoint's data.plan and the image spacing (#25)")
 def test_plan_pipeline_bundle_applies_the_plan(tmp_path, monkeypatch):
     task, run, seg = _train_and_infer(tmp_path, monkeypatch)
 
