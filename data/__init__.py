@@ -14,7 +14,7 @@ from .demo import make_demo_dataset
 from .intensity import RobustZScored, make_intensity_transform
 from .msd import MSDDataset, msd_info, prepare_msd
 from .plans import PLANS_FILE, read_plans
-from .patch_transforms import check_patch_size, get_patch_transforms
+from .patch_transforms import check_patch_size, get_patch_transforms, get_slice_patch_transforms
 from .io import Geometry, from_nifti_array, read_image, spacing_from_affine, to_nifti_array, write_image
 from .registry import (
     DATASET_NAMES,
@@ -50,6 +50,7 @@ __all__ = [
     "get_dataset",
     "prepare_dataset",
     "get_patch_transforms",
+    "get_slice_patch_transforms",
     "get_transforms",
     "read_image",
     "make_demo_dataset",

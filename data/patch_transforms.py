@@ -1,4 +1,16 @@
-"""The 3D patch pipeline for volumetric models (``--model unet3d``) as MONAI dictionary transforms.
+"""Patch pipelines: native-resolution slice patches for 2D models (the plan pipeline) and 3D patches for volumetric
+models.
+
+2D (:func:`get_slice_patch_transforms`, ``data.pipeline: plan``): each training slice ``{"image": (1, H, W),
+"label": (1, H, W), "case"}`` is resampled in-plane to the plan's target spacing when its case's spacing differs
+(image cubic, label nearest: as the inferer resamples, so training and inference see the same scale), padded
+to the plan's patch when smaller (never zoomed), and one patch is cropped: with probability ``fg_fraction``
+centred on a voxel of a foreground class drawn uniformly among the classes present in the slice, otherwise on a
+background voxel (a slice without foreground: always). Augmentation (nnU-Net's, reduced for a CPU): a random multiple of 90° plus a flip of a random axis
+(the quarter turn for square patches only; probability 0.5), a small rotation in [−20°, 20°] (0.2), a scaling in [0.7, 1.4] (0.2); labels by nearest
+neighbour only. Output ``{"image": float32 (1, P, P), "label": int64 (1, P, P)}``.
+
+The 3D patch pipeline for volumetric models (``--model unet3d``) as MONAI dictionary transforms.
 
 Input: a training volume ``{"image": (Z, Y, X), "label": (Z, Y, X), ...}`` (the slices of one case stacked back,
 ``get_dataset(..., volumes=True)``), already intensity-normalised like the 2D slices. Train: add the channel axis, pad
@@ -20,7 +32,8 @@ The output of ``train`` is a list of ``num_samples`` dicts ``{"image": float32 (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,12 +45,16 @@ from monai.transforms import (
     OneOf,
     RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
+    Randomizable,
     RandFlipd,
     RandRotate90d,
+    RandRotated,
+    RandZoomd,
     SpatialPadd,
 )
+from scipy.ndimage import zoom
 
-__all__ = ["get_patch_transforms", "AddChanneld", "check_patch_size"]
+__all__ = ["get_patch_transforms", "get_slice_patch_transforms", "ResampleSliced", "AddChanneld", "check_patch_size"]
 
 KEYS = ("image", "label")
 
@@ -138,6 +155,120 @@ def get_patch_transforms(
             OneOf([RandFlipd(keys=keys, prob=1.0, spatial_axis=1), RandFlipd(keys=keys, prob=1.0, spatial_axis=2)]),
         ])
         steps.append(OneOf([rot_flip, Compose([])], weights=[0.5, 0.5]))
+    steps += [CastToTyped(keys=keys, dtype=(torch.float32, torch.int64)), EnsureTyped(keys=keys, track_meta=False)]
+    xform = Compose(steps)
+    if seed is not None:
+        xform.set_random_state(seed=int(seed))
+    return xform
+
+
+def inplane_factors(spacing: Sequence[float] | None, target: Sequence[float]) -> tuple[float, float] | None:
+    """Zoom factors ``(fy, fx)`` taking a slice of in-plane ``spacing`` to ``target`` (``None``: within 0.1 %)."""
+    if spacing is None:
+        return None
+    f = (float(spacing[0]) / float(target[0]), float(spacing[1]) / float(target[1]))
+    return None if all(abs(v - 1.0) < 1e-3 for v in f) else f
+
+
+def resample_slice(a: np.ndarray, factors: Sequence[float], order: int) -> np.ndarray:
+    """Zoom a 2D array by ``factors`` (output size ``round(n * f)``, at least 1) with spline ``order``."""
+    shape = [max(1, int(round(n * f))) for n, f in zip(a.shape, factors)]
+    return zoom(a, [t / n for t, n in zip(shape, a.shape)], order=order)  # as the inferer resamples (_zoom_to)
+
+
+class ResampleSliced(MapTransform):
+    """Resample a ``(1, H, W)`` slice item to ``target_spacing`` using its case's in-plane spacing.
+
+    Args:
+        target_spacing: ``(sy, sx)`` mm.
+        spacings: case name → ``(sy, sx)``; a case not listed (or ``None``) is taken to be at the target spacing.
+    """
+
+    def __init__(self, target_spacing: Sequence[float], spacings: Mapping[str, Sequence[float]] | None = None) -> None:
+        super().__init__(keys=list(KEYS))
+        self.target = (float(target_spacing[0]), float(target_spacing[1]))
+        self.spacings = {str(k): (float(v[-2]), float(v[-1])) for k, v in (spacings or {}).items() if v is not None}
+
+    def __call__(self, data: dict) -> dict:
+        factors = inplane_factors(self.spacings.get(str(data.get("case"))), self.target)
+        if factors is None:
+            return data
+        d = dict(data)
+        d["image"] = resample_slice(np.asarray(d["image"], dtype=np.float32)[0], factors, 3)[None]
+        d["label"] = resample_slice(np.asarray(d["label"])[0], factors, 0)[None]
+        return d
+
+
+class _OneCrop(Randomizable, MapTransform):
+    """A one-sample MONAI crop returning its dict rather than a one-element list (slices stay one item each)."""
+
+    def __init__(self, crop: RandCropByLabelClassesd) -> None:
+        MapTransform.__init__(self, keys=list(KEYS))
+        self.crop = crop
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> _OneCrop:
+        self.crop.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: object = None) -> None:
+        pass
+
+    def __call__(self, data: dict) -> dict:
+        return self.crop(data)[0]
+
+
+def get_slice_patch_transforms(
+    phase: str, patch_size: int | Sequence[int], target_spacing: Sequence[float] = (1.0, 1.0),
+    spacings: Mapping[str, Sequence[float]] | None = None, num_classes: int = 2, fg_fraction: float = 0.5,
+    seed: int | None = None,
+) -> Compose:
+    """Build the native-resolution 2D patch pipeline of ``phase`` (see the module doc).
+
+    Args:
+        phase: ``"train"`` (resample, pad, crop, augment) or ``"val"`` (resample and pad only).
+        patch_size: the plan's patch ``(py, px)`` (or one int: square).
+        target_spacing: the plan's in-plane spacing ``(sy, sx)``.
+        spacings: case → in-plane spacing ``(sy, sx)`` (or ``(sz, sy, sx)``) of the training cases.
+        num_classes: classes including background.
+        fg_fraction: share of patches centred on a foreground class drawn uniformly among those present.
+        seed: if given, seeds every random transform.
+
+    Raises:
+        ValueError: unknown ``phase``, a bad patch size, ``fg_fraction`` outside [0, 1] or ``num_classes < 2``.
+    """
+    if phase not in ("train", "val"):
+        raise ValueError(f"phase must be 'train' or 'val', got {phase!r}")
+    side = [int(patch_size)] * 2 if isinstance(patch_size, (int, np.integer)) else [int(v) for v in patch_size]
+    if len(side) != 2 or min(side) < 1:
+        raise ValueError(f"patch_size must be one positive int or two, got {patch_size!r}")
+    if not 0.0 <= float(fg_fraction) <= 1.0:
+        raise ValueError(f"fg_fraction must be in [0, 1], got {fg_fraction}")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+    keys = list(KEYS)
+    steps: list = [
+        ResampleSliced(target_spacing, spacings),
+        EnsureTyped(keys=keys, track_meta=False),
+        CastToTyped(keys=keys, dtype=(torch.float32, torch.float32)),
+        SpatialPadd(keys=keys, spatial_size=side),
+    ]
+    if phase == "train":
+        k = int(num_classes) - 1
+        # a quarter turn only for a square patch (it would change a rectangle's shape); flips always
+        rotate = [RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(0, 1))] if side[0] == side[1] else []
+        ratios = [1.0 - float(fg_fraction)] + [float(fg_fraction) / k] * k
+        steps += [
+            _OneCrop(RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=side, ratios=ratios,
+                                             num_classes=int(num_classes), num_samples=1, warn=False)),
+            OneOf([Compose([*rotate,
+                            OneOf([RandFlipd(keys=keys, prob=1.0, spatial_axis=0),
+                                   RandFlipd(keys=keys, prob=1.0, spatial_axis=1)])]),
+                   Compose([])], weights=[0.5, 0.5]),
+            RandRotated(keys=keys, range_x=math.radians(20.0), prob=0.2, mode=("bilinear", "nearest"),
+                        padding_mode="zeros"),
+            RandZoomd(keys=keys, prob=0.2, min_zoom=0.7, max_zoom=1.4, mode=("bilinear", "nearest"),
+                      padding_mode="constant", keep_size=True),
+        ]
     steps += [CastToTyped(keys=keys, dtype=(torch.float32, torch.int64)), EnsureTyped(keys=keys, track_meta=False)]
     xform = Compose(steps)
     if seed is not None:

@@ -1,10 +1,10 @@
 """The MONAI bundle configs (``inference.json``, ``train.json``, ``evaluate.json``) of a resfu-med checkpoint.
 
 They are MONAI components named by ``_target_`` with plain arguments: ``LoadImaged``/``EnsureChannelFirstd``, the
-checkpoint's intensity transform as MONAI transforms, ``SliceInferer`` (2D models, slice by slice) or
-``SlidingWindowInferer`` (3D models), ``AsDiscreted`` and ``SaveImaged``; the steps MONAI bundles usually write as
-``$`` expressions (paths, device, data lists, softmax, the 2D slice zooms, running the engine) are the small
-components of :mod:`resfu_med.bundle.components`. No value is an expression: a config that holds one is refused by
+checkpoint's intensity transform as MONAI transforms, :class:`resfu_med.bundle.EngineInferer` (``resfu-med infer``'s
+own window inference, :mod:`resfu_med.engine.inferer`, with the checkpoint's recorded settings: one implementation for
+infer, evaluate and bundles) and ``SaveImaged``; the steps MONAI bundles usually write as ``$`` expressions (paths,
+device, data lists, running the engine) are the small components of :mod:`resfu_med.bundle.components`. No value is an expression: a config that holds one is refused by
 ``verify-bundle`` (:func:`check_standard_config`).
 
 Axis convention. ``resfu-med`` works on arrays in ``(Z, Y, X)`` order (``resfu_med.data.read_image``), so a 2D model
@@ -120,23 +120,26 @@ def inferer_problem(roi_size: Any, overlap: Any, mode: Any, sw_batch_size: Any) 
     return None
 
 
-def inferer_def(spatial_dims: int, roi_size: list[int], overlap: float, mode: str, sw_batch_size: int) -> dict:
-    """``SliceInferer`` over the Z axis of a ``(1, Z, Y, X)`` volume for 2D models, ``SlidingWindowInferer`` for 3D.
+def inferer_def(recorded: dict[str, Any], roi_size: list[int], overlap: float, sw_batch_size: int,
+                resample: bool = True) -> dict[str, Any]:
+    """The ``inferer`` item: :class:`resfu_med.bundle.EngineInferer` with the checkpoint's recorded settings.
 
-    Slices (2D) are cut in Z order and ``sw_batch_size`` of them go through the network per call, the batches
-    ``resfu-med infer --batch-size`` forms, so the two give bit-identical network outputs.
+    Args:
+        recorded: the checkpoint's ``model``/``data``/``plan`` sections that decide prediction
+            (:func:`resfu_med.bundle.inferer.recorded_settings`).
+        roi_size: window size (2D: on the zoomed slice; 3D: on the volume's grid).
+        overlap: window overlap in ``[0, 1)``.
+        sw_batch_size: slices (2D) or windows (3D) per network call.
+        resample: 2D models: zoom slices to the training size and back (``False``: ``infer --no-resample``).
 
     Raises:
         InputError: settings :func:`inferer_problem` rejects (named as the ``export-bundle`` option).
     """
-    problem = inferer_problem(list(roi_size), overlap, mode, sw_batch_size)
+    problem = inferer_problem(list(roi_size), overlap, "gaussian", sw_batch_size)
     if problem is not None:
         raise InputError(f"--{problem[0].replace('_', '-')} {problem[1]}")
-    common = {"roi_size": list(roi_size), "sw_batch_size": sw_batch_size, "overlap": overlap, "mode": mode,
-              "padding_mode": "constant", "cval": 0.0, "progress": False}
-    if spatial_dims == 2:
-        return {"_target_": "SliceInferer", "spatial_dim": 0, **common}
-    return {"_target_": "SlidingWindowInferer", **common}
+    return {"_target_": "resfu_med.bundle.EngineInferer", **copy.deepcopy(recorded), "roi_size": list(roi_size),
+            "overlap": overlap, "sw_batch_size": sw_batch_size, "resample": bool(resample)}
 
 
 def _load_transforms(intensity: list[dict], keys: list[str]) -> list[dict]:
@@ -145,20 +148,10 @@ def _load_transforms(intensity: list[dict], keys: list[str]) -> list[dict]:
     return image + intensity + [{"_target_": "Transposed", "keys": keys, "indices": _TO_ZYX}]
 
 
-def _preprocessing(intensity: dict, keys: list[str], zoom_to: int | None) -> dict:
+def _preprocessing(intensity: dict, keys: list[str]) -> dict:
     transforms = _load_transforms(intensity_transforms(intensity), keys)
     transforms.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "float32"})
-    if zoom_to is not None:
-        transforms.append({"_target_": "resfu_med.bundle.components.ZoomSlicesd", "keys": "image", "size": int(zoom_to)})
     return {"_target_": "Compose", "transforms": transforms}
-
-
-def _label_transforms(zoomed: bool) -> list[dict]:
-    """``pred`` probabilities → labels in the loaded volume's ``(1, Z, Y, X)`` grid."""
-    out = [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
-    if zoomed:
-        out.append({"_target_": "resfu_med.bundle.components.ZoomSlicesBackd", "keys": "pred"})
-    return out
 
 
 def label_value_transforms(key: str, label_values: list[int] | None, to_values: bool) -> list[dict[str, Any]]:
@@ -195,49 +188,43 @@ def _header(net_def: dict[str, Any], output: str) -> dict[str, Any]:
 def inference_config(
     net_def: dict[str, Any],
     intensity: dict[str, Any],
-    spatial_dims: int,
+    recorded: dict[str, Any],
     roi_size: list[int],
     overlap: float = 0.25,
-    mode: str = "gaussian",
     sw_batch_size: int = 8,
-    img_size: int | None = None,
+    resample: bool = True,
     label_values: list[int] | None = None,
 ) -> dict[str, Any]:
     """``configs/inference.json``: segment every ``*.nii``/``*.nii.gz`` of ``dataset_dir`` into ``output_dir``.
 
-    The steps are those of ``resfu-med infer`` with its defaults, so the labels are identical: 2D models see every
-    ``(Y, X)`` slice zoomed to ``img_size`` (cubic), windows of ``roi_size`` blended with ``mode``, softmax, argmax,
-    labels zoomed back (nearest); 3D models run sliding windows on the volume's own grid. Outputs are
-    ``<name>_seg.nii.gz`` (uint8 labels with the input's affine and shape). Override ``dataset_dir``,
-    ``output_dir``, ``bundle_root`` and ``device`` on the ``monai.bundle run`` command line.
+    MONAI loads the scan and normalises it (the checkpoint's intensity transform), :class:`resfu_med.bundle.EngineInferer`
+    predicts it with ``resfu-med infer``'s own function and the checkpoint's recorded settings (2D: slices zoomed to
+    the training size and back; 3D: sliding windows), so the labels are identical to ``resfu-med infer``'s. Outputs are
+    ``<name>_seg.nii.gz`` (uint8 labels, or uint16 for label values above 255, with the input's affine and shape).
+    Override ``dataset_dir``, ``output_dir``, ``bundle_root`` and ``device`` on the ``monai.bundle run`` command line.
 
     Args:
         net_def: the ``network_def`` item.
         intensity: the checkpoint's intensity spec.
-        spatial_dims: 2 (slice-wise) or 3.
-        roi_size: sliding-window size.
+        recorded: the checkpoint's sections that decide prediction (:func:`resfu_med.bundle.inferer.recorded_settings`).
+        roi_size: window size.
         overlap: window overlap.
-        mode: window blending.
         sw_batch_size: slices (2D) or windows (3D) per network call.
-        img_size: 2D only: the size slices are zoomed to (the training size); ``None`` runs on the native grid
-            (``resfu-med infer --no-resample``).
+        resample: 2D only: zoom slices to the training size (``False``: ``resfu-med infer --no-resample``).
         label_values: the value written for each class (the dataset's own labels); ``None``: the class indices.
     """
-    zoom = img_size if spatial_dims == 2 else None
     out_dtype = "uint16" if label_values and max(label_values) > 255 else "uint8"
     return {
         **_header(net_def, "eval"),
-        # resfu-med blends softmax probabilities (not logits) across windows: the evaluator runs network + softmax.
-        "predictor": {"_target_": "resfu_med.bundle.components.SoftmaxNetwork", "network": "@network"},
         "datalist": {"_target_": "resfu_med.bundle.components.image_list", "folder": "@dataset_dir"},
-        "preprocessing": _preprocessing(intensity, ["image"], zoom),
+        "preprocessing": _preprocessing(intensity, ["image"]),
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
-        "inferer": inferer_def(spatial_dims, roi_size, overlap, mode, sw_batch_size),
+        "inferer": inferer_def(recorded, roi_size, overlap, sw_batch_size, resample),
         "postprocessing": {
             "_target_": "Compose",
-            "transforms": _label_transforms(zoom is not None) + label_value_transforms("pred", label_values, True) + [
+            "transforms": label_value_transforms("pred", label_values, True) + [
                 {"_target_": "Transposed", "keys": "pred", "indices": _TO_ZYX},
                 {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                  "output_dtype": out_dtype, "resample": False, "separate_folder": False,
@@ -253,7 +240,8 @@ def inference_config(
             "_target_": "SupervisedEvaluator",
             "device": "@device",
             "val_data_loader": "@dataloader",
-            "network": "@predictor",
+            # the engine's inferer applies the softmax and blends probabilities across windows: the raw network
+            "network": "@network",
             "inferer": "@inferer",
             "postprocessing": "@postprocessing",
             "val_handlers": "@handlers",
@@ -339,23 +327,22 @@ def train_config(
     }
 
 
-def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_classes: int, spatial_dims: int,
-                    img_size: int | None = None, label_values: list[int] | None = None) -> dict[str, Any]:
+def evaluate_config(inference: dict[str, Any], intensity: dict[str, Any], num_classes: int,
+                    label_values: list[int] | None = None) -> dict[str, Any]:
     """``configs/evaluate.json``: ``inference.json``'s predictions scored by mean foreground Dice, nothing written.
 
     A complete config (not an overlay): ``python -m monai.bundle run --config_file configs/evaluate.json
     --dataset_dir DIR`` with ``DIR/imagesTs`` and ``DIR/labelsTs`` holding images and labels in the same sorted order.
     """
-    zoom = img_size if spatial_dims == 2 else None
     keys = ["image", "label"]
     cfg = copy.deepcopy(inference)
     cfg.update({
         "datalist": {"_target_": "resfu_med.bundle.components.paired_list", "folder": "@dataset_dir", "images": "imagesTs", "labels": "labelsTs"},
         "num_classes": num_classes,
-        "preprocessing": _preprocessing(intensity, keys, zoom),
+        "preprocessing": _preprocessing(intensity, keys),
         "postprocessing": {
             "_target_": "Compose",
-            "transforms": _label_transforms(zoom is not None) + label_value_transforms("label", label_values, False) + [
+            "transforms": label_value_transforms("label", label_values, False) + [
                 {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": ["@num_classes", "@num_classes"]},
             ],
         },
@@ -389,15 +376,14 @@ def _standard_targets() -> frozenset[str]:
     intensities = [{"kind": "ct", "a_min": 0.0, "a_max": 1.0}, {"kind": "mri", "mode": "minmax"},
                    {"kind": "mri", "mode": "zscore"}, {"kind": "mri", "mode": "robust", "percentiles": [0.5, 99.5]}]
     net = {"_target_": "network"}
+    recorded = {"model": {"name": "unet"}, "data": {}}
     for intensity in intensities:
         for dims in (2, 3):
-            for zoom in (None, 16):
-                inference = inference_config(net, intensity, dims, [16] * dims, img_size=zoom)
-                valued = inference_config(net, intensity, dims, [16] * dims, img_size=zoom, label_values=[0, 1, 300])
-                for cfg in (inference, valued, train_config(net, intensity, dims, [16] * dims, 2),
-                            evaluate_config(inference, intensity, 2, dims, zoom),
-                            evaluate_config(valued, intensity, 3, dims, zoom, [0, 1, 300])):
-                    targets.update(item for _, key, item in _walk(cfg) if key == "_target_")
+            inference = inference_config(net, intensity, recorded, [16] * dims)
+            valued = inference_config(net, intensity, recorded, [16] * dims, label_values=[0, 1, 300])
+            for cfg in (inference, valued, train_config(net, intensity, dims, [16] * dims, 2),
+                        evaluate_config(inference, intensity, 2), evaluate_config(valued, intensity, 3, [0, 1, 300])):
+                targets.update(item for _, key, item in _walk(cfg) if key == "_target_")
     targets.discard("network")
     return frozenset(targets)
 
@@ -446,7 +432,7 @@ def check_standard_config(config: Any, source: str) -> None:
                              "config; refusing")
     inferer = config.get("inferer")
     if isinstance(inferer, dict):
-        problem = inferer_problem(inferer.get("roi_size"), inferer.get("overlap"), inferer.get("mode"),
+        problem = inferer_problem(inferer.get("roi_size"), inferer.get("overlap"), "gaussian",
                                   inferer.get("sw_batch_size"))
         if problem is not None:
             raise InputError(f"{source}: config value inferer.{problem[0]} {problem[1]}")

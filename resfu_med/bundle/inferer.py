@@ -23,10 +23,22 @@ from resfu_med.engine.inferer import predict_volume
 from resfu_med.networks.model_registry import get_model_spec
 from resfu_med.safety import check_plain_data
 
-__all__ = ["EngineInferer", "RECORDED_SECTIONS"]
+__all__ = ["EngineInferer", "PREDICTION_DATA_KEYS", "recorded_settings"]
 
-#: The sections of a checkpoint's config that decide how a volume is predicted (what a bundle records).
-RECORDED_SECTIONS = ("model", "data", "plan")
+#: The keys of a checkpoint's ``data`` section that :func:`resfu_med.engine.inferer.predict_volume` reads. Only these go
+#: into a bundle: the section also holds the user's own paths (``root``), which a shared bundle must not carry.
+PREDICTION_DATA_KEYS = ("img_size", "num_classes", "roi_size", "patch_size")
+
+
+def recorded_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a bundle records of a checkpoint's ``config`` for :class:`EngineInferer`: ``model``, the prediction keys of
+    ``data`` and, when the checkpoint has one, the whole ``plan`` section."""
+    data = config.get("data") or {}
+    out: dict[str, Any] = {"model": copy.deepcopy(dict(config["model"])),
+                           "data": {k: copy.deepcopy(data[k]) for k in PREDICTION_DATA_KEYS if k in data}}
+    if config.get("plan") is not None:
+        out["plan"] = copy.deepcopy(dict(config["plan"]))
+    return out
 
 
 class EngineInferer(Inferer):

@@ -53,8 +53,9 @@ the volume is viewed as `(Z, Y, X)`. The network sees `{inp['num_channels']}`-ch
 ## Output
 
 `<input name>_seg.nii.gz` in `output_dir`: uint8 labels with the input's affine and shape. `{inferer['_target_']}`
-with roi `{inferer['roi_size']}`, overlap `{inferer['overlap']}`, `{inferer['mode']}` blending, then argmax over the
-{out['num_channels']} output channels:
+(`resfu-med infer`'s own inference: 2D models slice by slice at the training size, 3D models by sliding windows)
+with roi `{inferer['roi_size']}`, overlap `{inferer['overlap']}`, Gaussian blending of the softmax, then argmax over
+the {out['num_channels']} output channels:
 
 | label | structure |
 | --- | --- |

@@ -34,6 +34,7 @@ from resfu_med.bundle.configs import (
     network_def,
     train_config,
 )
+from resfu_med.bundle.inferer import recorded_settings
 from resfu_med.bundle.metadata import build_metadata, eval_metrics_from
 from resfu_med.bundle.readme import render_license, render_readme
 from resfu_med.bundle.schema import validate_metadata
@@ -109,7 +110,12 @@ def export_bundle(
     roi = list(roi_size) if roi_size else default_roi_size(config)
     if len(roi) != dims:
         raise InputError(f"--roi-size {' '.join(map(str, roi))} has {len(roi)} entries for a {dims}D model")
-    inferer_def(dims, roi, overlap, mode, sw_batch_size)  # InputError naming the option, before anything is written
+    if mode != "gaussian":
+        raise InputError(f"--mode {mode}: bundles segment with resfu-med infer's own inference, which blends windows "
+                         "with a Gaussian (mode gaussian)")
+    recorded = recorded_settings(config)
+    check_plain_data(recorded, source, "config", error=CheckpointError)
+    inferer_def(recorded, roi, overlap, sw_batch_size, resample)  # InputError naming the option, before writing
     data = config["data"]
     if isinstance(metrics, (str, os.PathLike)):
         metrics = read_metrics_file(metrics)
@@ -118,18 +124,17 @@ def export_bundle(
     metadata = build_metadata(config, roi, name=name or out.resolve().name, version=version, metrics=metrics,
                               spatial_dims=dims, raw_labels=raw_labels)
     validate_metadata(metadata, source=str(out / "configs" / "metadata.json"))
-    img_size = img_size_of(config["data"]) if dims == 2 and resample else None
     try:
         values = output_values(data, raw=raw_labels)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
-    inference = inference_config(net_def, data["intensity"], dims, roi, overlap, mode, sw_batch_size, img_size, values)
+    inference = inference_config(net_def, data["intensity"], recorded, roi, overlap, sw_batch_size, resample, values)
     train_patch = [img_size_of(config["data"])] * 2 if dims == 2 else roi
     configs = {
         "metadata.json": metadata,
         "inference.json": inference,
         "train.json": train_config(net_def, data["intensity"], dims, train_patch, int(data["num_classes"])),
-        "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), dims, img_size, values),
+        "evaluate.json": evaluate_config(inference, data["intensity"], int(data["num_classes"]), values),
     }
     with output_folder(out, "export-bundle", inputs=[checkpoint], overwrite=overwrite, owned=_is_bundle_part):
         for fname, content in configs.items():

@@ -78,6 +78,8 @@ AMP_MODES: dict[str, str] = {
     "fp16": "float16 autocast with gradient scaling (GPUs)",
 }
 _OPTIMIZERS = {"sgd": "SGD with momentum (the paper)", "adamw": "AdamW (converges faster on short schedules)"}
+_PIPELINES = {"zoom": "whole slices zoomed to img_size (the TransUNet paper protocol)",
+              "plan": "native-resolution patches of the dataset plan (plans.json), Gaussian sliding-window inference"}
 _SCHEDULES = {"poly": "polynomial decay (TransUNet)", "cosine": "cosine decay", "constant": "constant"}
 
 
@@ -212,7 +214,12 @@ class DataConfig:
                               metavar=("Z", "Y", "X"))
     patches_per_volume: int = option(2, "3D models: patches drawn per volume and batch item",
                                      flag="--patches-per-volume", positive=True, metavar="N")
+    pipeline: str = option("zoom", "2D slice pipeline (plan: 2D models; bundles apply the plan once #25's bundle "
+                                   "inferer passes the image spacing)", flag="--pipeline",
+                           choices=_PIPELINES)
     # filled in from the dataset when a run starts (complete_config); a written config.json carries them
+    plan: Optional[dict] = option(None, "the 2D plan the model trains with (from the dataset's plans.json)",
+                                  derived=True)
     num_classes: Optional[int] = option(None, "classes including background (from the dataset)", derived=True)
     label_names: Optional[list] = option(None, "foreground class names (from the dataset)", derived=True)
     intensity: Optional[dict] = option(None, "intensity normalisation (from the dataset)", derived=True)
@@ -233,6 +240,10 @@ class TrainConfig:
     max_iters: Optional[int] = option(None, "stop after N iterations in total, saving last.pt (the lr schedule still "
                                             "spans all epochs)", flag="--max-iters", minimum=0, runtime=True,
                                       metavar="N")
+    time_budget: Optional[float] = option(None, "wall-clock cap in seconds on this session's training loop: stop at the "
+                                                "first iteration past it and save last.pt (--resume continues; the lr "
+                                                "schedule still spans all epochs)", flag="--time-budget",
+                                          positive=True, runtime=True, metavar="SECONDS")
     batch_size: int = option(24, "global batch size (split across DDP processes)", flag="--batch-size", positive=True,
                              metavar="N")
     optimizer: str = option("sgd", "optimizer", choices=_OPTIMIZERS)
@@ -271,6 +282,8 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    plan: Optional[dict] = option(None, "the dataset's fingerprint and plans (plans.json), recorded from the prepared "
+                                        "dataset", derived=True)
     sources: Optional[dict] = option(None, "the layer that set each non-default value (written by resfu-med train)",
                                      derived=True)
 

@@ -146,7 +146,8 @@ def evaluate_model(
             name = str(item.get("case", name))
             bar.set_postfix_str(name)
             image, label = _as_volume(item, name)
-            pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size)
+            pred, _ = predict_volume(model, image, config, device=device, batch_size=batch_size,
+                                     spacing=item.get("spacing"))
             saved, (pred, label) = pred, drop_ignored(pred, label, data.get("ignore_index"))
             tu[name] = transunet_metrics(pred, label, num_classes)
             spacing = item.get("spacing")

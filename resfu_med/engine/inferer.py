@@ -7,6 +7,13 @@ Files in and out are :mod:`resfu_med.engine.predictor` (nnU-Net's sense of "pred
 order 3), predicted, and the argmax zoomed back to the slice's size (nearest, order 0). Slices are batched for speed.
 The network call goes through MONAI ``sliding_window_inference`` with Gaussian blending, so a ``roi`` smaller than
 ``img_size`` tiles the zoomed slice; with ``roi == img_size`` it is one window and exactly the evaluation protocol.
+With a dataset plan's ``target_spacing`` (``plans.json``, :mod:`resfu_med.data.plans`) 2D models instead predict each
+whole slice at the planned in-plane spacing by Gaussian-weighted sliding windows of the plan's patch, and the
+probabilities are resampled back to the slice's own grid (:func:`predict_slices`).
+
+A 2D model trained by the plan pipeline (``data.pipeline: plan``) carries its 2D plan in its checkpoint
+(``data.plan``: ``spacing``, ``patch_size``); :func:`predict_volume` then runs :func:`predict_slices` at the plan's
+spacing with windows of the plan's patch, whatever ``img_size``, ``roi`` or ``resample`` say.
 
 3D models run MONAI ``sliding_window_inference`` over the volume at its own voxel grid, in overlapping slabs along
 the first axis so that memory stays bounded for large CT volumes (only one slab's probabilities exist at a time,
@@ -90,6 +97,19 @@ def _zoom_to(a: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     return out
 
 
+def _planned_shape(shape: Sequence[int], spacing: Sequence[float] | None,
+                   target_spacing: Sequence[float]) -> tuple[int, int]:
+    """A slice's size once resampled from ``spacing`` to ``target_spacing`` (at least 1 pixel per side)."""
+    if spacing is None:
+        raise ValueError("spacing (the slices' own (sy, sx) in mm) is required with target_spacing")
+    src = tuple(float(v) for v in spacing)[-2:]
+    dst = tuple(float(v) for v in target_spacing)[-2:]
+    if len(src) != 2 or len(dst) != 2 or min(src + dst) <= 0 or not all(np.isfinite(src + dst)):
+        raise ValueError(f"spacing and target_spacing must be 2 positive numbers each, got {spacing!r} and "
+                         f"{target_spacing!r}")
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, src, dst))
+
+
 @torch.no_grad()
 def predict_slices(
     model: torch.nn.Module,
@@ -104,8 +124,17 @@ def predict_slices(
     resample: bool = True,
     probabilities: bool = False,
     progress: Callable[[int], None] | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
+    target_spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a ``(Z, H, W)`` volume with a 2D model, slice by slice (docs/evaluation.md).
+
+    With ``target_spacing`` (a dataset plan's 2D spacing, ``plans.json``), slices are predicted at the planned
+    resolution instead of being zoomed to ``img_size``: each slice is resampled from its own ``spacing`` to
+    ``target_spacing`` (cubic), tiled by Gaussian-weighted sliding windows of ``roi`` (default ``img_size``: the
+    plan's patch; slices smaller than a window are padded by MONAI, never zoomed), and the class probabilities are
+    resampled back to the slice's own grid (linear) before the argmax, as nnU-Net does.
 
     Args:
         model: 2D network in eval mode, input ``(B, 1, h, w)``.
@@ -118,6 +147,8 @@ def predict_slices(
         tta: mirror test-time augmentation.
         num_classes: expected logit channels (checked).
         resample: zoom slices to ``img_size`` and back; ``False`` runs windows at the native slice grid.
+        spacing: the slices' in-plane spacing ``(sy, sx)`` in mm (required with ``target_spacing``).
+        target_spacing: predict at this in-plane spacing ``(ty, tx)`` (see above); overrides ``resample``.
         probabilities: also return ``(C, Z, H, W)`` float32 probabilities (zoomed back linearly).
         progress: called with the number of slices done after each batch.
 
@@ -130,6 +161,9 @@ def predict_slices(
     roi_t = _pair(roi if roi is not None else size, 2, "roi")
     depth, h, w = image.shape
     target = size if resample else (h, w)
+    planned = target_spacing is not None
+    if planned:
+        target = _planned_shape((h, w), spacing, target_spacing)
     predictor = make_predictor(model, 2, tta, num_classes)
     labels = np.zeros(image.shape, dtype=np.uint8)
     probs = None
@@ -138,6 +172,18 @@ def predict_slices(
         batch = np.stack([_zoom_to(np.asarray(image[z], dtype=np.float32), target, 3) for z in range(z0, z1)])
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(device)
         p = sliding_window_inference(x, roi_t, x.shape[0], predictor, overlap=overlap, mode="gaussian")
+        if planned:  # probabilities back to the slice's own grid, then the argmax
+            pn = p.cpu().numpy()
+            back = np.stack([np.stack([_zoom_to(pn[i, c], (h, w), 1) for c in range(pn.shape[1])])
+                             for i in range(pn.shape[0])])
+            labels[z0:z1] = np.argmax(back, axis=1).astype(np.uint8)
+            if probabilities:
+                if probs is None:
+                    probs = np.zeros((pn.shape[1], depth, h, w), dtype=np.float32)
+                probs[:, z0:z1] = back.transpose(1, 0, 2, 3)
+            if progress is not None:
+                progress(z1 - z0)
+            continue
         lab = torch.argmax(p, dim=1).to(torch.uint8).cpu().numpy()
         for i, z in enumerate(range(z0, z1)):
             labels[z] = _zoom_to(lab[i], (h, w), 0)
@@ -151,6 +197,21 @@ def predict_slices(
         if progress is not None:
             progress(z1 - z0)
     return labels, probs
+
+
+def _checked_plan(plan: Any) -> dict[str, Any]:
+    """The checkpoint's 2D plan, checked: one line naming the bad key (a checkpoint is data, never trusted)."""
+    if not isinstance(plan, Mapping):
+        raise CheckpointError(f"checkpoint config data.plan: expected the 2D plan (an object), got {plan!r}")
+    for key, kind in (("spacing", float), ("patch_size", int)):
+        v = plan.get(key)
+        ok = isinstance(v, list) and len(v) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and (kind is float or float(x).is_integer())
+            for x in v)
+        if not ok:
+            raise CheckpointError(f"checkpoint config data.plan.{key}: expected 2 positive "
+                                  f"{'numbers' if kind is float else 'integers'}, got {v!r}")
+    return {"spacing": [float(x) for x in plan["spacing"]], "patch_size": [int(x) for x in plan["patch_size"]]}
 
 
 @torch.no_grad()
@@ -230,14 +291,23 @@ def predict_volume(
     probabilities: bool = False,
     resample: bool = True,
     progress: Callable[[int], None] | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a ``(Z, Y, X)`` normalised volume with the model a checkpoint ``config`` describes (2D or 3D).
 
     ``config["data"]`` gives ``img_size`` and ``num_classes``; the window is ``roi`` or the model's default
-    (:meth:`resfu_med.networks.ModelSpec.default_roi`).
+    (:meth:`resfu_med.networks.ModelSpec.default_roi`). A 2D model trained by the plan pipeline
+    (``data.pipeline == "plan"``) is run by :func:`predict_slices` at the checkpoint's ``data.plan`` spacing from the
+    image's ``spacing`` ``(sz, sy, sx)`` (``None``: the planned spacing); ``roi`` and ``resample`` do not apply.
     """
     data = config.get("data", {}) or {}
     spec = get_model_spec((config.get("model") or {}).get("name"))
+    if spec.spatial_dims == 2 and data.get("pipeline") == "plan":
+        plan = _checked_plan(data.get("plan"))
+        own = spacing if spacing is not None else plan["spacing"]  # unknown spacing: taken as the planned one
+        return predict_slices(model, image, plan["patch_size"], device, batch_size, plan["patch_size"], overlap, tta,
+                              data.get("num_classes"), True, probabilities, progress, spacing=tuple(own)[-2:],
+                              target_spacing=plan["spacing"])
     window = roi if roi is not None else spec.default_roi(data)
     if spec.spatial_dims == 3:
         return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),

@@ -194,6 +194,7 @@ def infer_file(
         labels, probs = predict_volume(
             model, vol, config, device=opts.device, batch_size=opts.batch_size, roi=opts.roi, overlap=opts.overlap,
             tta=opts.tta, probabilities=opts.save_probabilities, resample=opts.resample, progress=bar.update,
+            spacing=tuple(geometry.spacing)[::-1],
         )
     finally:
         bar.close()

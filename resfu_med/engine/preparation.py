@@ -19,6 +19,7 @@ from resfu_med.atomic import atomic_write_json
 from resfu_med.engine.config import OPTIONS
 from resfu_med.errors import InputError
 from resfu_med.outputs import MARKER, claim_output
+from resfu_med.networks.dynunet import dynunet_plan
 from resfu_med.networks.model_registry import get_model_spec, model_kwargs
 
 __all__ = ["native_img_size", "complete_config", "prepare_run_dir", "resume_runtime", "RUN_FILES", "RUNTIME_KEYS"]
@@ -88,16 +89,52 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"--class-names: {len(names)} name(s) given, the dataset has {int(data['num_classes']) - 1} "
                              f"foreground classes (now named {', '.join(data.get('label_names') or [])})")
         data["label_names"] = list(names)
+    if spec.spatial_dims == 2 and data.get("pipeline") == "plan":  # the plan fixes the patch (img_size) and spacing
+        if data.get("plan") is None:  # the 2D plan this model trains with (inference applies exactly it)
+            plans = cfg.get("plan") or _plans_in_memory(name, data["root"])  # a raw root: its prepared copy's
+            data["plan"] = dict(plans["plans"]["2d"])
+            if spec.name == "transunet":  # its positional embedding needs a square input: the larger side
+                data["plan"]["patch_size"] = [max(data["plan"]["patch_size"])] * 2
+        data["img_size"] = int(max(data["plan"]["patch_size"]))
     if data.get("img_size") is None:
         data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]
     if spec.spatial_dims == 2 and int(data["img_size"]) < spec.min_img_size:
         raise InputError(f"--img-size {data['img_size']} is too small for model {spec.name!r}: it must be at least "
                          f"{spec.min_img_size}")
+    given = set(model.get("kwargs") or {})
     model["kwargs"] = model_kwargs(model["name"], int(data["num_classes"]), int(data["img_size"]),
                                    model.get("upsampler"), model.get("kwargs"),
                                    patch_size=data["patch_size"] if spec.spatial_dims == 3 else None)
+    plan3d = ((cfg.get("plan") or {}).get("plans") or {}).get("3d")
+    if spec.patch_kwargs is dynunet_plan and plan3d and not given & {"kernel_size", "strides", "upsample_kernel_size"}:
+        # DynUNet's kernels and strides from the patch at the dataset's planned spacing (anisotropic data: the coarse
+        # axis gets 1-voxel kernels and is halved later), not the isotropic default
+        model["kwargs"].update(dynunet_plan(data["patch_size"], plan3d["spacing"]))
     return cfg
+
+
+def _plans_in_memory(dataset: str, root: str) -> dict[str, Any]:
+    """The plans of a dataset given as a raw folder (its prepared copy's ``plans.json``) or without ``plans.json``
+    (the demo, a folder prepared before plans existed, TransUNet's release: made from its training cases in memory,
+    the input folder is never written)."""
+    from resfu_med.data import get_dataset, read_plans
+    from resfu_med.data.layout import read_dataset_json
+    from resfu_med.data.plans import case_fingerprint, make_plans
+
+    ds = get_dataset(dataset, root, "train", volumes=True)  # a raw folder: the prepared copy (ds.root)
+    prepared = getattr(ds, "root", root)
+    plans = read_plans(prepared)
+    if plans is not None:
+        return plans
+    meta = read_dataset_json(prepared) or {}
+    cases = meta.get("cases") or {}
+    fps = []
+    for i in range(len(ds)):
+        item = ds[i]
+        spacing = (cases.get(str(item.get("case"))) or {}).get("spacing") or item.get("spacing") or (1.0, 1.0, 1.0)
+        fps.append(case_fingerprint(np.asarray(item["image"]), np.asarray(item["label"]), spacing))
+    return make_plans(fps, meta.get("label_names"), meta.get("modality"))
 
 
 def native_img_size(dataset: str, root: str | None, cap: int = 128) -> int:
@@ -167,14 +204,15 @@ def resume_runtime(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         overrides: the nested settings given now (the flags).
 
     Returns:
-        The runtime changes (dotted keys); ``train.max_iters`` is reset (the old stop point no longer applies).
+        The runtime changes (dotted keys); ``train.max_iters`` and ``train.time_budget`` are reset (the old stop points
+        no longer apply).
 
     Raises:
         InputError: a non-runtime setting differs from the saved run (names it and both values).
     """
     from resfu_med.engine.config import flatten
 
-    runtime: dict[str, Any] = {"train.max_iters": None}
+    runtime: dict[str, Any] = {"train.max_iters": None, "train.time_budget": None}
     flat_saved = flatten(saved)
     for key, value in flatten(overrides).items():
         if key in RUNTIME_KEYS:

@@ -43,6 +43,8 @@ from resfu_med.networks.model_registry import build_model, get_model_spec, model
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "AMP_DTYPES"]
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Iterations timed (after the first, which carries the warm-up) for the expected-time line printed before training.
+MEASURED_ITERS = 5
 
 
 def _deterministic_resfu(model: nn.Module) -> None:
@@ -206,6 +208,17 @@ class Trainer:
                                          fg_oversample=self.cfg["train"].get("fg_oversample"),
                                          num_classes=int(d["num_classes"]))
             return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform, volumes=True)
+        if d.get("pipeline") == "plan" and d.get("plan"):  # native-resolution patches (#26, data/patch_transforms.py)
+            from resfu_med.data import get_slice_patch_transforms
+            from resfu_med.data.layout import read_dataset_json
+
+            prepared = getattr(get_dataset(d["dataset"], d["root"], "train", cache_rate=0.0), "root", d["root"])
+            cases = (read_dataset_json(prepared) or {}).get("cases") or {}  # per-case spacing (a raw root: its copy)
+            xform = get_slice_patch_transforms(
+                "train", d["plan"]["patch_size"], d["plan"]["spacing"],
+                spacings={c: m.get("spacing") for c, m in cases.items()}, num_classes=int(d["num_classes"]),
+                fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
+            return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform)
         return self._budgeted(get_dataset, d["dataset"], d["root"], "train",
                               transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
 
@@ -402,7 +415,8 @@ class Trainer:
 
     def should_stop(self) -> str | None:
         """Checked after every iteration (collectively under DDP): a reason to stop early, or ``None``. Default:
-        ``"signal"`` after SIGINT/SIGTERM, ``"max_iters"`` at ``train.max_iters``. A subclass adding its own rule
+        ``"signal"`` after SIGINT/SIGTERM, ``"max_iters"`` at ``train.max_iters``, ``"time_budget"`` once this
+        session has trained ``train.time_budget`` seconds. A subclass adding its own rule
         (early stopping on a plateau) should return ``super().should_stop()`` first; the loop then saves
         ``last.pt`` and returns."""
         if not ddp.all_true(self._stop_signal is None, self.dist, self.device):
@@ -410,7 +424,47 @@ class Trainer:
         max_iters = self.cfg["train"]["max_iters"]
         if max_iters and self.iteration >= max_iters:
             return "max_iters"
+        budget = self.cfg["train"].get("time_budget")
+        if budget and not ddp.all_true(time.perf_counter() - self._session_start < budget, self.dist, self.device):
+            return "time_budget"
         return None
+
+    # -- the iteration budget, said before training (#26) -----------------------------------------------------------
+    def _budget_source(self) -> str:
+        """What sets this run's iterations, in words."""
+        t, ipe = self.cfg["train"], self.iters_per_epoch
+        per_epoch = (f"{ipe} iterations per epoch ({self.sampler.num_samples} items per process / batch "
+                     f"{self.batch_size})")
+        if t.get("iterations"):
+            text = f"train.iterations {t['iterations']} rounded up to whole epochs: {t['epochs']} x {per_epoch}"
+        else:
+            text = f"train.epochs {t['epochs']} x {per_epoch}"
+        if t["max_iters"] and t["max_iters"] < self.max_iterations:
+            text += f"; stopping at train.max_iters {t['max_iters']}"
+        if t.get("time_budget"):
+            text += f"; at most {t['time_budget']:g} s of training (train.time_budget)"
+        return text
+
+    def _report_budget(self, session_iters: int, total: int) -> None:
+        """Rank 0: the iterations and what sets them before training; after :data:`MEASURED_ITERS` iterations
+        (the first, with its warm-up, left out) the measured time per iteration and the expected time."""
+        if not self.dist.is_main:
+            return
+        if session_iters == 0:
+            print(f"resfu-med train: {total} iterations ({max(0, total - self.iteration)} to go), set by "
+                  f"{self._budget_source()}", file=sys.stderr)
+        elif session_iters == 1:
+            self._measure_start = time.perf_counter()
+        elif session_iters == MEASURED_ITERS + 1:
+            per_it = (time.perf_counter() - self._measure_start) / MEASURED_ITERS
+            left = max(0, total - self.iteration)
+            budget = self.cfg["train"].get("time_budget")
+            line = (f"resfu-med train: {per_it:.3g} s per iteration (measured over iterations 2-{MEASURED_ITERS + 1} "
+                    f"of this session): expected {left * per_it:.0f} s for the {left} iterations to go")
+            if budget:
+                left_s = budget - (time.perf_counter() - self._session_start)
+                line += f"; the time budget leaves {max(0.0, left_s):.0f} s, about {int(max(0.0, left_s) / per_it)} iterations"
+            print(line, file=sys.stderr)
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         """After the loop with its summary (not after a stop by signal, which raises). Default: nothing."""
@@ -497,6 +551,8 @@ class Trainer:
                    desc="train", dynamic_ncols=True, file=sys.stderr)
         self.net.train()
         stopped = "max_iters" if max_iters and self.iteration >= max_iters else None
+        self._session_start, session_iters = time.perf_counter(), 0
+        self._report_budget(session_iters, total)
         try:
             while self.epoch < t["epochs"] and stopped is None:
                 self.on_epoch_start()
@@ -508,6 +564,8 @@ class Trainer:
                         self._epoch_loss[1] += 1
                         self.iteration += 1
                         self.batch_in_epoch += 1
+                        session_iters += 1
+                        self._report_budget(session_iters, total)
                         bar.update(1)
                         bar.set_postfix(epoch=f"{self.epoch + 1}/{t['epochs']}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                         refresh=False)
@@ -531,6 +589,9 @@ class Trainer:
         if stopped != "signal" and self.dist.is_main and not best.exists() and (self.run_dir / "last.pt").exists():
             # stopped by max_iters before any validation: the documented `--checkpoint runs/x/best.pt` still works
             atomic_write_bytes(best, (self.run_dir / "last.pt").read_bytes())
+        if stopped == "time_budget" and self.dist.is_main:
+            print(f"resfu-med train: time budget of {t['time_budget']:g} s reached at iteration {self.iteration} of "
+                  f"{total}; {self.run_dir / 'last.pt'} saved, continue with --resume", file=sys.stderr)
         if stopped == "signal":
             signum = self._stop_signal or signal.SIGTERM  # under DDP another rank may have received it
             raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at iteration {self.iteration}; "

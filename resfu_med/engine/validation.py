@@ -79,7 +79,8 @@ def validate(model: nn.Module, cases: Iterable[dict[str, Any]], config: dict[str
         if image.ndim == 4 and image.shape[0] == 1:  # a channel-first volume
             image, label = image[0], label.reshape(image.shape[-3:]) if label.ndim == 4 else label
         with autocast:
-            pred, _ = predict_volume(model, image, config, device=device, batch_size=16)
+            pred, _ = predict_volume(model, image, config, device=device, batch_size=16,
+                                     spacing=item.get("spacing") if isinstance(item, dict) else None)
         per_case.append(transunet_dice(*drop_ignored(pred, label, config["data"].get("ignore_index")), num_classes))
         if len(images) < num_images:
             z = int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))

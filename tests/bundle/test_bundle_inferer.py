@@ -37,14 +37,22 @@ def _bundle_like_labels(scan, out_dir, net, config, **options):
     return nib.load(out_dir / "case1_seg.nii.gz")
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_engine_inferer_equals_resfu_med_infer(tmp_path, stand_in_targets, ct_volume, spatial_dims):
+@pytest.mark.parametrize("spatial_dims, depth", [(2, None), (3, None), (3, 40)])
+def test_engine_inferer_equals_resfu_med_infer(tmp_path, stand_in_targets, ct_volume, spatial_dims, depth):
+    """40 slices, roi_z 16: infer streams the volume in slabs, and so does the bundle (MONAI's one-pass sliding
+    window, which bundles ran before, can differ near slab borders)."""
     from resfu_med.engine.predictor import InferOptions, infer_file
 
     data = DATA_CFG if spatial_dims == 2 else {**DATA_CFG, "roi_size": [16, 32, 32]}
     ckpt, net = make_checkpoint(tmp_path / "ckpt.pt", spatial_dims=spatial_dims, data=data)
     config = torch.load(ckpt, weights_only=True)["config"]
     _, scan = ct_volume
+    if depth is not None:
+        deep = tmp_path / "deep" / "case1.nii.gz"
+        deep.parent.mkdir()
+        vol = np.random.default_rng(1).normal(50, 200, (40, 37, depth)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, nib.load(scan).affine), deep)
+        scan = deep
     written = _bundle_like_labels(scan, tmp_path / "bundle_segs", net, config)
     (infer_out,) = infer_file(scan, tmp_path / "infer_segs", net, config, InferOptions(progress=False))
     expected, source = nib.load(infer_out), nib.load(scan)
@@ -93,3 +101,15 @@ def test_engine_inferer_rejects_a_batch_of_volumes():
     inferer = EngineInferer({"name": "unet", "kwargs": {}}, DATA_CFG)
     with pytest.raises(ValueError, match=r"\(1, 1, Z, Y, X\)"):
         inferer(torch.zeros(2, 1, 3, 8, 8), torch.nn.Identity())
+
+
+def test_recorded_settings_keep_what_prediction_reads_and_no_user_paths():
+    from resfu_med.bundle.inferer import recorded_settings
+
+    config = {"model": {"name": "unet", "kwargs": {"out_channels": 3}}, "train": {"lr": 0.01},
+              "data": {**DATA_CFG, "root": "/home/someone/private/Synapse", "num_workers": 2},
+              "plan": {"spacing": [1.0, 0.8, 0.8]}}
+    recorded = recorded_settings(config)
+    assert recorded == {"model": config["model"], "data": {"img_size": 32, "num_classes": 3},
+                        "plan": {"spacing": [1.0, 0.8, 0.8]}}
+    assert "plan" not in recorded_settings({k: v for k, v in config.items() if k != "plan"})

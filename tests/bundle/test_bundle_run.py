@@ -70,7 +70,7 @@ def test_3d_bundle_run_equals_resfu_med_infer(tmp_path, stand_in_targets, ct_vol
     folder, scan = ct_volume
     bundle = export_bundle(ckpt, tmp_path / "bundle3d", torchscript=False)
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
-    assert inference["inferer"]["_target_"] == "SlidingWindowInferer" and inference["inferer"]["roi_size"] == [16, 32, 32]
+    assert inference["inferer"]["_target_"] == "resfu_med.bundle.EngineInferer" and inference["inferer"]["roi_size"] == [16, 32, 32]
     run(config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle), dataset_dir=str(folder),
         output_dir=str(tmp_path / "bundle_segs"))
     labels = np.asarray(nib.load(tmp_path / "bundle_segs" / "case1_seg.nii.gz").dataobj)

@@ -47,7 +47,10 @@ def test_output_tree_and_contents(bundle):
                                                                              "2": "spleen"}
     inference = json.loads((out / "configs" / "inference.json").read_text())
     assert inference["network_def"] == {"_target_": STAND_IN, **TINY_UNET, "spatial_dims": 2}
-    assert inference["inferer"]["_target_"] == "SliceInferer" and inference["inferer"]["roi_size"] == [32, 32]
+    # resfu-med infer's own inference with the checkpoint's recorded settings (only the keys prediction reads)
+    assert inference["inferer"]["_target_"] == "resfu_med.bundle.EngineInferer" and inference["inferer"]["roi_size"] == [32, 32]
+    assert inference["inferer"]["data"] == {"img_size": 32, "num_classes": 3}
+    assert inference["inferer"]["model"]["name"] == "unet" and inference["evaluator"]["network"] == "@network"
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert state.keys() == net.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())

@@ -128,3 +128,27 @@ def test_the_plan_travels_from_prepare_into_the_config_and_every_checkpoint(tmp_
     Trainer(cfg, run, progress=False).fit()
     assert load_checkpoint(run / "last.pt")["config"]["plan"] == plans
     assert json.loads((run / "config.json").read_text())["plan"] == plans
+
+
+def test_dynunet_kernels_and_strides_come_from_the_planned_spacing(tmp_path, fake):
+    from resfu_med.data import prepare_dataset
+    from resfu_med.engine.config import resolve_config
+    from resfu_med.engine.preparation import complete_config
+
+    fake.make_msd(tmp_path / "raw")  # voxels of 0.7 x 0.9 x 3.0 mm (x, y, z): (sz, sy, sx) = (3.0, 0.9, 0.7)
+    out = prepare_dataset("msd", tmp_path / "raw", tmp_path / "prepared", progress=False)
+    assert read_plans(out)["plans"]["3d"]["spacing"] == pytest.approx([3.0, 0.9, 0.7])
+
+    def kwargs(**model):
+        cfg = resolve_config("msd", overrides={"model": {"name": "dynunet", "upsampler": "bilinear", **model},
+                                               "data": {"root": str(out), "patch_size": [16, 32, 32]}})
+        return complete_config(cfg)["model"]["kwargs"]
+
+    # nnU-Net's rule by hand: z (3 mm, over twice the finest 0.7 mm) is not halved and gets 1-voxel kernels until the
+    # in-plane axes have been halved twice (1.8 and 1.4 mm, then 3.6 and 2.8 mm); y and x stop at 4 voxels.
+    k = kwargs()
+    assert k["strides"] == [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 1, 1]]
+    assert k["kernel_size"] == [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+    # the user's own kernels and strides win over the plan
+    mine = {"kernel_size": [3, 3, 3], "strides": [1, 2, 2], "upsample_kernel_size": [2, 2]}
+    assert kwargs(kwargs=mine)["strides"] == [1, 2, 2]

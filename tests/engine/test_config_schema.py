@@ -63,7 +63,7 @@ def test_sources_name_the_layer_of_every_non_default_value(tmp_path):
     assert sources["train.lr"] == f"config file {f}"
     assert sources["train.batch_size"] == "flags"
     assert sources["train.optimizer"] == "recipe quick"
-    assert sources["data.cache_rate"] == "recipe quick"  # the demo preset set it too; the recipe came later
+    assert sources["data.img_size"] == "recipe quick"  # the demo preset set it too (96); the recipe came later (null)
     assert sources["model.name"] == "recipe quick"
     assert "train.momentum" not in sources  # a default
     assert "train.lr" in C.describe_sources(cfg, sources)

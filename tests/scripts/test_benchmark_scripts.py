@@ -176,4 +176,4 @@ def test_networks_benchmark_monai_models_at_deconv_are_monais(model):
     reference = {"dynunet": nets.DynUNet, "swinunetr": nets.SwinUNETR, "unetr": nets.UNETR}[model](**kwargs)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
     slim = networks.monai_kwargs(model, "resfu-slim", 64, True)
-    assert slim["upsampler"] == "resfu" and slim["upsampler_kwargs"]["embed_dim"] == 8
+    assert slim["upsample"] == "resfu" and slim["upsampler_kwargs"]["embed_dim"] == 8

@@ -1,0 +1,94 @@
+"""The plan pipeline end to end on a tiny MSD task: prepare writes plans.json, ``train --pipeline plan`` trains on
+native-resolution patches of the 2D plan and stores that plan in the checkpoint, and ``infer`` applies exactly it (Gaussian sliding windows at the planned spacing, labels on the image's own grid)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from resfu_med.cli import main
+from resfu_med.engine.checkpoint import load_checkpoint
+
+TINY = {"model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [8, 8, 8, 8, 8, 8]}},
+        "data": {"num_workers": 0}, "train": {"batch_size": 2}}
+
+
+def _msd(root, n=4, shape=(40, 36, 5)):
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(n):
+        lab = np.zeros(shape, np.uint8)
+        lab[4:14, 4:14] = 1
+        lab[20:34, 10:30] = 2
+        hu = (lab.astype(np.int16) * 120 - 60 + rng.integers(-20, 20, shape)).astype(np.int16)
+        aff = np.diag([0.7, 1.1, 3.0, 1.0])  # anisotropic in-plane: the plan's spacing is (1.1, 0.7) in (Y, X)
+        nib.save(nib.Nifti1Image(hu, aff), str(root / "imagesTr" / f"c_{i:03d}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, aff), str(root / "labelsTr" / f"c_{i:03d}.nii.gz"))
+        training.append({"image": f"./imagesTr/c_{i:03d}.nii.gz", "label": f"./labelsTr/c_{i:03d}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "tiny", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "a", "2": "b"},
+        "training": training}))
+    return root
+
+
+def _train_and_infer(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
+    task = _msd(tmp_path / "Task")
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--dataset", "msd", "--data-root", str(task), "--config", str(tmp_path / "tiny.json"),
+                     "--pipeline", "plan", "--max-iters", "6", "--device", "cpu", "--no-progress",
+                     "--output", str(run)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    data = load_checkpoint(run / "last.pt")["config"]["data"]
+    assert data["pipeline"] == "plan"
+    plan = data["plan"]
+    assert plan["spacing"] == pytest.approx([1.1, 0.7]) and plan["patch_size"] == [48, 48]  # (Y, X) = (36, 40) rounded up to 16
+    assert data["img_size"] == 48
+    assert main(["infer", "-i", str(task / "imagesTr"), "-o", str(tmp_path / "seg"), "--checkpoint",
+                 str(run / "last.pt"), "--device", "cpu", "--no-progress"]) == 0
+    seg = nib.load(str(tmp_path / "seg" / "c_000_seg.nii.gz"))
+    assert seg.shape == (40, 36, 5) and np.allclose(seg.affine, np.diag([0.7, 1.1, 3.0, 1.0]))
+    return task, run, seg
+
+
+@pytest.mark.slow
+def test_plan_pipeline_trains_stores_and_applies_the_plan(tmp_path, monkeypatch):
+    _train_and_infer(tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the 2D bundle still zooms slices to img_size (ZoomSlicesd); it must run "
+                   "resfu_med.engine.inferer.predict_volume with the checkpoint's data.plan and the image spacing (#25)")
+def test_plan_pipeline_bundle_applies_the_plan(tmp_path, monkeypatch):
+    task, run, seg = _train_and_infer(tmp_path, monkeypatch)
+
+
+    # the bundle records the checkpoint's data section (plan included) and runs the same inference: same labels
+    # (every case here is at the planned spacing; a bundle input at another spacing needs the spacing passed on)
+    bundle = tmp_path / "bundle"
+    assert main(["export-bundle", "--checkpoint", str(run / "last.pt"), "--output", str(bundle),
+                 "--no-torchscript"]) == 0
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert '"pipeline": "plan"' in json.dumps(inference) and '"patch_size": [48, 48]' in json.dumps(inference)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
+                           "--dataset_dir", str(task / "imagesTr"), "--output_dir", str(tmp_path / "bundle_out")],
+                          cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = sorted((tmp_path / "bundle_out").glob("c_000*_seg.nii.gz"))[0]
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), np.asarray(seg.dataobj))
