@@ -1,0 +1,155 @@
+"""Scale benchmark (docs/scale.md): parallel prepare, training memory vs dataset size, sharded inference.
+
+Generates a synthetic MSD-format dataset on the fly (small CT-like volumes, several classes), then measures, each
+command in its own process (peak RSS = the largest single process of the command, from ``getrusage``):
+
+1. ``resfu-med prepare -np 1`` vs ``-np 2`` on ``--cases`` cases: wall time, peak RSS, files and bytes written
+   (and that both outputs are byte-identical);
+2. one training epoch (``unet``, fixed ``--cache-gb``) on ``--small`` vs ``--cases`` cases: peak RSS;
+3. ``resfu-med infer`` of ``--infer-cases`` volumes with 1 process vs 2 shards run at once: wall time.
+
+Targets (issue #29): prepare -np 2 >= 1.7x faster; training RSS at --cases within 10 % of --small; 2 shards >= 1.7x.
+
+    python scripts/benchmark_scale.py --work /tmp/scale --cases 1000 --small 100 --infer-cases 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+CLI = [sys.executable, "-m", "resfu_med"]
+
+
+def make_msd(root: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -> None:
+    """``n`` cases of ``shape`` (Z, Y, X): smooth blobs of 3 organ classes in noisy HU, MSD layout."""
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij")
+    training = []
+    for i in range(n):
+        lab = np.zeros(shape, np.uint8)
+        for k in (1, 2, 3):
+            c = rng.uniform(-0.5, 0.5, 3)
+            lab[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < rng.uniform(0.05, 0.15)] = k
+        img = (np.array([-100, 40, 120, 250], np.float32)[lab] + rng.normal(0, 20, shape)).astype(np.int16)
+        aff = np.diag([0.8, 0.8, 2.5, 1.0])
+        name = f"case_{i:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(img.transpose(2, 1, 0), aff), str(root / "imagesTr" / name))
+        nib.save(nib.Nifti1Image(lab.transpose(2, 1, 0), aff), str(root / "labelsTr" / name))
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {"name": "Task99_Scale", "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": "a", "2": "b", "3": "c"}, "numTraining": n, "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def measured(cmds: list[list[str]]) -> dict:
+    """Run ``cmds`` at once, each under a fresh wrapper process; wall time and the largest process's peak RSS."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--_child", "--", *c], stdout=subprocess.PIPE, text=True)
+             for c in cmds]
+    outs = [p.communicate()[0] for p in procs]
+    wall = time.perf_counter() - t0
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"failed: {cmds}")
+    rss = max(json.loads(o.strip().splitlines()[-1])["max_rss_mb"] for o in outs)
+    return {"seconds": round(wall, 2), "peak_rss_mb": round(rss, 1), "load": os.getloadavg()}
+
+
+def child(cmd: list[str]) -> None:
+    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"rc": rc, "max_rss_mb": ru.ru_maxrss / 1024}))
+    sys.exit(rc)
+
+
+def tree_size(root: Path) -> tuple[int, int]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    fa = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    fb = sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
+    return fa == fb and all(filecmp.cmp(a / f, b / f, shallow=False) for f in fa)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="scratch folder (emptied)")
+    ap.add_argument("--cases", type=int, default=1000)
+    ap.add_argument("--small", type=int, default=100)
+    ap.add_argument("--infer-cases", type=int, default=200)
+    ap.add_argument("--shape", type=int, nargs=3, default=[6, 32, 32], help="training volume size Z Y X")
+    ap.add_argument("--infer-shape", type=int, nargs=3, default=[16, 64, 64], help="inference volume size Z Y X")
+    ap.add_argument("--cache-gb", type=float, default=0.02, help="training cache budget (the same for both sizes)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env_note = {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.processor() or
+                platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    res: dict = {"env": env_note, "args": {k: str(v) for k, v in vars(args).items()}}
+    t = time.perf_counter()
+    make_msd(work / "raw_big", args.cases, tuple(args.shape))
+    make_msd(work / "raw_small", args.small, tuple(args.shape))
+    print(f"generated in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+
+    prep = {}
+    for np_ in (1, 2):
+        out = work / f"prep_np{np_}"
+        prep[np_] = measured([[*CLI, "prepare", "--dataset", "msd", "--data-root", str(work / "raw_big"),
+                               "--output", str(out), "--no-progress", "-np", str(np_)]])
+        prep[np_]["files"], prep[np_]["bytes"] = tree_size(out)
+        print(f"prepare -np {np_}: {prep[np_]}", file=sys.stderr)
+    res["prepare"] = prep
+    res["prepare_speedup"] = round(prep[1]["seconds"] / prep[2]["seconds"], 2)
+    res["prepare_identical"] = same_tree(work / "prep_np1", work / "prep_np2")
+    measured([[*CLI, "prepare", "--dataset", "msd", "--data-root", str(work / "raw_small"), "--output",
+               str(work / "prep_small"), "--no-progress", "-np", "2"]])
+
+    train = {}
+    for label, root in (("small", work / "prep_small"), ("big", work / "prep_np1")):
+        cmd = [*CLI, "train", "--dataset", "msd", "--data-root", str(root), "--output", str(work / f"run_{label}"),
+               "--model", "unet", "--upsampler", "bilinear", "--img-size", "32", "--epochs", "1", "--batch-size",
+               "16", "--num-workers", "0", "--no-eval", "--cache-gb", str(args.cache_gb), "--device", "cpu",
+               "--no-progress"]
+        train[label] = measured([cmd])
+        train[label]["train_slices"] = sum(1 for _ in (root / "train_npz").glob("*.npz"))
+        print(f"train {label}: {train[label]}", file=sys.stderr)
+    res["train"] = train
+    res["train_rss_ratio"] = round(train["big"]["peak_rss_mb"] / train["small"]["peak_rss_mb"], 3)
+
+    make_msd(work / "raw_infer", args.infer_cases, tuple(args.infer_shape), seed=1)
+    ckpt = work / "run_small" / "last.pt"
+    base = [*CLI, "infer", "-i", str(work / "raw_infer" / "imagesTr"), "--checkpoint", str(ckpt), "--device", "cpu",
+            "--no-progress"]
+    inf = {"1": measured([[*base, "-o", str(work / "infer1")]]),
+           "2": measured([[*base, "-o", str(work / "infer2"), "--shard", f"{i}/2"] for i in range(2)])}
+    res["infer"] = inf
+    res["infer_speedup"] = round(inf["1"]["seconds"] / inf["2"]["seconds"], 2)
+    res["infer_identical"] = same_tree(work / "infer1", work / "infer2")
+    print(json.dumps(res, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--_child":
+        child(sys.argv[3:])
+    else:
+        main()
