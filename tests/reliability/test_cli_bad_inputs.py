@@ -211,11 +211,18 @@ def test_prepare_bad_pair_named_and_other_cases_prepared(damage, file, words, tm
     raw = make_btcv(tmp_path / "raw", ids=(1, 5, 6))
     damage(raw)
     out = tmp_path / "prep"
-    rc, err = run_cli(["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(out), "--no-progress"],
-                      capsys)
+    argv = ["prepare", "--dataset", "synapse", "--data-root", str(raw), "--output", str(out), "--no-progress"]
+    rc, err = run_cli(argv, capsys)
     assert_one_line_error(rc, err, "prepare", file, words)
-    # the cases before and after the bad one are prepared (a rerun after fixing the file only redoes that one)
-    assert (out / "meta" / "case0001.json").is_file() and (out / "meta" / "case0006.json").is_file()
+    # default (nnU-Net's): stop at the first bad case, nothing half-written; the cases before it are kept
+    assert (out / "meta" / "case0001.json").is_file()
+    assert not (out / "meta" / "case0005.json").exists()
+    assert not (out / "dataset.json").exists(), "an incomplete preparation must not look finished"
+    # --continue-on-error: the other cases are prepared and the bad one is named (a rerun after fixing the file
+    # only redoes that one)
+    rc, err = run_cli(argv + ["--continue-on-error"], capsys)
+    assert rc != 0 and file in err
+    assert (out / "meta" / "case0006.json").is_file()
     assert not (out / "meta" / "case0005.json").exists()
     assert not (out / "dataset.json").exists(), "an incomplete preparation must not look finished"
 
