@@ -72,8 +72,11 @@ def parameters_of(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def load_weights(network: torch.nn.Module, path: str, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Load a state dict into ``network`` (strict), reading it with ``weights_only=True``."""
-    network.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    """Load a state dict into ``network`` (strict) through resfu-med's one reader: ``weights_only=True``, wrapper
+    prefixes (``module.``, ``_orig_mod.``) removed."""
+    from resfu_med.engine.checkpoint import read_torch_file, unwrap_state_dict
+
+    network.load_state_dict(unwrap_state_dict(read_torch_file(path, "bundle weights", map_location=device)))
     return network
 
 

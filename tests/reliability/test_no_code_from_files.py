@@ -144,7 +144,9 @@ def test_bundle_train_json_loads_weights_only(good_bundle, tmp_path):
 
     evil = tmp_path / "model.pt"
     evil.write_bytes(pickle.dumps({"w": Payload()}))
-    with pytest.raises(pickle.UnpicklingError):
+    from resfu_med.errors import CheckpointError
+
+    with pytest.raises(CheckpointError):
         load_weights(torch.nn.Linear(1, 1), str(evil))
     assert not marker.exists()
 
