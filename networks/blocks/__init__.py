@@ -7,6 +7,7 @@ from resfu_med.networks.blocks.guided_filter import GuidedFilter, box_filter, fa
 from resfu_med.networks.blocks.inner_product import InnerProductSimilarity
 from resfu_med.networks.blocks.lr_gather import lr_neighbour_gather
 from resfu_med.networks.blocks.norm import group_count, group_norm
+from resfu_med.networks.blocks.padding import replicate_pad
 from resfu_med.networks.blocks.pcdc import PCDC, PCDCBlock
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "group_norm",
     "guided_filter",
     "lr_neighbour_gather",
+    "replicate_pad",
 ]

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 from torch import nn
 
+from resfu_med.networks.blocks.padding import replicate_pad
+
 __all__ = ["GaussianSmoothing", "gaussian_kernel"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -82,5 +84,5 @@ class GaussianSmoothing(nn.Module):
             raise ValueError(
                 f"GaussianSmoothing: x must be (N, {self.channels}, {self.spatial_dims} spatial dims), got {tuple(x.shape)}"
             )
-        padded = F.pad(x, (self.radius,) * (2 * self.spatial_dims), mode="replicate")
+        padded = replicate_pad(x, [self.radius] * (2 * self.spatial_dims))
         return _CONV[self.spatial_dims](padded, self.weight.to(x.dtype), groups=self.channels)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resfu_med.networks.blocks.padding import replicate_pad
+
 from resfu_med.networks.blocks.norm import group_norm
 from resfu_med.networks.blocks.pcdc import as_dilation
 
@@ -49,7 +51,7 @@ class InnerProductSimilarity(nn.Module):
         pad: list[int] = []
         for d in reversed(dil):
             pad += [d * radius, d * radius]
-        k = F.pad(k, pad, mode="replicate")
+        k = replicate_pad(k, pad)
         size = [int(s) for s in q.shape[2:]]
         scores = []
         for t in range(self.kernel_size**self.spatial_dims):

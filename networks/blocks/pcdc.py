@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
+from resfu_med.networks.blocks.padding import replicate_pad
+
 from resfu_med.networks.blocks.norm import group_norm
 
 __all__ = ["PCDC", "PCDCBlock", "as_dilation"]
@@ -88,7 +90,7 @@ class PCDC(nn.Module):
         pad: list[int] = []
         for d in reversed(dil):  # F.pad lists the last axis first
             pad += [d * radius, d * radius]
-        neighbours = conv(F.pad(key, pad, mode="replicate"), weight, self.bias, groups=self.groups, dilation=dil)
+        neighbours = conv(replicate_pad(key, pad), weight, self.bias, groups=self.groups, dilation=dil)
         centre_weight = weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True)
         centre = conv(query, centre_weight, groups=self.groups)
         return neighbours.sub_(centre)  # in place: a convolution does not save its output, one L-channel map less

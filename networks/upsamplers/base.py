@@ -13,6 +13,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
+from resfu_med.networks.blocks.padding import replicate_pad
+
 __all__ = ["target_size", "match_size", "linear_mode"]
 
 
@@ -63,7 +65,7 @@ def match_size(y: torch.Tensor, size: List[int]) -> torch.Tensor:
         y = F.pad(y, crop)  # negative padding crops
     grow = [max(p, 0) for p in pad]
     if max(grow) > 0:
-        y = F.pad(y, grow, mode="replicate")
+        y = replicate_pad(y, grow)
     return y
 
 

@@ -1,0 +1,38 @@
+"""Replicate padding by clamped indexing, identical in value to ``F.pad(..., mode="replicate")``.
+
+Why not ``F.pad``: under ``torch.compile`` (inductor) the backward of ``replication_pad{1,2,3}d`` on a channels-last
+tensor fails inductor's ``assert_size_stride`` (eager returns a different memory format than the op's meta function
+declares). ``index_select`` with clamped indices copies the same border values and its backward (``index_add``)
+compiles for every memory format, so ReSFU networks compile with the default backend and ``fullgraph=True``.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+__all__ = ["replicate_pad"]
+
+
+def replicate_pad(x: torch.Tensor, pad: List[int]) -> torch.Tensor:
+    """Pad the trailing ``len(pad) // 2`` axes of ``x`` by repeating their border values.
+
+    Args:
+        x: tensor ``(N, C, *spatial)``.
+        pad: non-negative amounts in ``F.pad`` order (last axis first: ``[left, right, top, bottom, ...]``).
+
+    Returns:
+        the padded tensor, equal to ``F.pad(x, pad, mode="replicate")``.
+    """
+    if len(pad) % 2 != 0 or min(pad) < 0:
+        raise ValueError(f"replicate_pad: pad must be pairs of non-negative amounts, got {pad}")
+    for i in range(len(pad) // 2):
+        before, after = pad[2 * i], pad[2 * i + 1]
+        if before == 0 and after == 0:
+            continue
+        axis = x.dim() - 1 - i
+        size = x.shape[axis]
+        index = torch.arange(-before, size + after, device=x.device).clamp_(0, size - 1)
+        x = x.index_select(axis, index)
+    return x
