@@ -38,7 +38,7 @@ from resfu_med.engine.progress_log import write_progress
 from resfu_med.engine.sampling import ResumableSampler, SeededDataset, foreground_index, item_labels
 from resfu_med.engine.validation import validate
 from resfu_med.errors import InputError, ResfuMedError
-from resfu_med.networks.model_registry import build_model, get_model_spec, model_names, spatial_dims_of
+from resfu_med.networks.model_registry import build_model, get_model_spec, model_names, saved_model_config, spatial_dims_of
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted", "AMP_DTYPES"]
 
@@ -101,6 +101,7 @@ class Trainer:
         self.ckpt = load_checkpoint(self.run_dir / "last.pt") if resume else None
         if self.ckpt is not None:
             config = self.ckpt["config"]
+            config["model"] = saved_model_config(config["model"], self.ckpt["model"].keys())  # earlier releases' nets
             for key, value in (runtime or {}).items():
                 section, _, leaf = key.rpartition(".")
                 (config[section] if section else config)[leaf] = value
