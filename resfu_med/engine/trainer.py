@@ -128,9 +128,12 @@ class Trainer:
                                         shuffle=True, seed=config["seed"], fg_oversample=0.0 if volumes else fg,
                                         fg_index=fg_index, batch_size=t["batch_size"])
         self.iters_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
-        if t.get("iterations"):  # an iteration budget (--preset quick): whole epochs that cover it, recorded in cfg
+        if t.get("iterations"):  # an iteration budget (--preset quick): exactly that many, whatever the dataset's
+            # size; the epochs that hold them are recorded in cfg, the last one cut short
             t["epochs"] = max(1, math.ceil(int(t["iterations"]) / self.iters_per_epoch))
-        self.max_iterations = t["epochs"] * self.iters_per_epoch
+            self.max_iterations = int(t["iterations"])
+        else:
+            self.max_iterations = t["epochs"] * self.iters_per_epoch
 
         # Model, optimisation.
         self.model = build_model(config["model"]).to(self.device)
@@ -437,7 +440,8 @@ class Trainer:
         per_epoch = (f"{ipe} iterations per epoch ({self.sampler.num_samples} items per process / batch "
                      f"{self.batch_size})")
         if t.get("iterations"):
-            text = f"train.iterations {t['iterations']} rounded up to whole epochs: {t['epochs']} x {per_epoch}"
+            text = (f"train.iterations {t['iterations']} (exactly, whatever the dataset's size: {t['epochs']} epoch(s) "
+                    f"of {per_epoch}, the last cut short; the lr schedule spans the {t['iterations']})")
         else:
             text = f"train.epochs {t['epochs']} x {per_epoch}"
         if t["max_iters"] and t["max_iters"] < self.max_iterations:
@@ -572,12 +576,12 @@ class Trainer:
                                         refresh=False)
                         self.on_train_batch_end(loss, lr)
                         stopped = self.should_stop()
-                        if stopped:
+                        if stopped or self.iteration >= self.max_iterations:
                             break
                         if t["checkpoint_every"] and self.iteration % t["checkpoint_every"] == 0:
                             self._save()
-                if self.batch_in_epoch >= self.iters_per_epoch:
-                    self._end_epoch()
+                if self.batch_in_epoch >= self.iters_per_epoch or self.iteration >= self.max_iterations:
+                    self._end_epoch()  # the budget's last iteration ends the (last) epoch early
                 elif stopped:
                     self._save()
         finally:
