@@ -125,8 +125,8 @@ def main() -> None:
     train = {}
     for label, root in (("small", work / "prep_small"), ("big", work / "prep_np1")):
         cmd = [*CLI, "train", "--dataset", "msd", "--data-root", str(root), "--output", str(work / f"run_{label}"),
-               "--model", "unet", "--upsampler", "bilinear", "--img-size", "32", "--epochs", "1", "--batch-size",
-               "16", "--num-workers", "0", "--no-eval", "--cache-gb", str(args.cache_gb), "--device", "cpu",
+               "--model", "unet", "--upsampler", "bilinear", "--pipeline", "zoom", "--img-size", "32", "--epochs", "1",
+               "--batch-size", "16", "--num-workers", "0", "--no-eval", "--cache-gb", str(args.cache_gb), "--device", "cpu",
                "--no-progress"]
         train[label] = measured([cmd])
         train[label]["train_slices"] = sum(1 for _ in (root / "train_npz").glob("*.npz"))

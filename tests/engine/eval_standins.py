@@ -1,7 +1,9 @@
 """Stand-in models and volumes for the evaluate/infer tests: predictions we know in advance.
 
 :class:`BinModel` predicts, voxel by voxel, the class nearest to ``x * (C - 1)`` — so the expected segmentation of
-any image is ``round(x * (C - 1))`` whatever the windowing, blending or batching.
+any image is ``round(x * (C - 1))`` whatever the windowing, blending or batching. :class:`Threshold` is its
+two-class form (class 1 where the image exceeds 0.5), and :func:`window_spy` records the slices and windows that
+the sliding-window inference of :mod:`resfu_med.engine.inferer` sees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,30 @@ class BinModel(torch.nn.Module):
         assert x.ndim == 2 + self.spatial_dims and x.shape[1] == 1
         c = torch.arange(self.out_channels, dtype=x.dtype).view(1, -1, *([1] * self.spatial_dims))
         return -self.scale * (x * (self.num_classes - 1) - c) ** 2
+
+
+class Threshold(torch.nn.Module):
+    """A pointwise 2-class model (2D or 3D): class 1 where the image exceeds 0.5 (its answer does not depend on the
+    window)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 20.0 * (x - 0.5)], dim=1)
+
+
+def window_spy(monkeypatch) -> list:
+    """Record ``(input's spatial shape ((H, W) or (Z, Y, X)), window)`` of every call of the inferer's
+    ``sliding_window_inference``; the list fills as the inference runs."""
+    import resfu_med.engine.inferer as inferer
+
+    seen: list = []
+    real = inferer.sliding_window_inference
+
+    def spy(x, roi, *args, **kwargs):
+        seen.append((tuple(x.shape[2:]), tuple(roi)))
+        return real(x, roi, *args, **kwargs)
+
+    monkeypatch.setattr(inferer, "sliding_window_inference", spy)
+    return seen
 
 
 def expected_labels(x: np.ndarray, num_classes: int) -> np.ndarray:
