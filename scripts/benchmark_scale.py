@@ -14,8 +14,9 @@ command in its own process (peak RSS = the largest single process of the command
    the cores.
 
 ``--repeat R`` measures the prepare and inference pairs R times, each pair side by side (for a loaded machine); the
-load average is recorded before and after every command. ``--steps prepare`` measures only step 1 (e.g. at a
-realistic volume size, ``--shape 32 128 128``).
+load average is recorded before and after every command. ``--steps`` measures a subset (``--steps prepare`` e.g. at a
+realistic volume size, ``--shape 32 128 128``); what a step needs from an earlier one (the prepared data, the small
+run's checkpoint for inference) is then made without being measured.
 
 Targets (issue #29): prepare -np 2 >= 1.7x faster; training RSS at --cases within 10 % of --small; 2 shards >= 1.7x.
 
@@ -117,10 +118,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (after every step)")
     ap.add_argument("--repeat", type=int, default=1, help="measure the prepare and inference pairs this many times")
     ap.add_argument("--steps", nargs="+", choices=["prepare", "train", "infer"], default=["prepare", "train", "infer"],
-                    help="what to measure (train needs prepare, infer needs train)")
+                    help="what to measure")
     args = ap.parse_args()
-    if ("train" in args.steps and "prepare" not in args.steps) or ("infer" in args.steps and "train" not in args.steps):
-        ap.error("train needs prepare, infer needs train (its checkpoint)")
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -129,7 +128,7 @@ def main() -> None:
     res: dict = {"env": env_note, "args": {k: str(v) for k, v in vars(args).items()}}
     t = time.perf_counter()
     make_msd(work / "raw_big", args.cases, tuple(args.shape))
-    if "train" in args.steps:
+    if "train" in args.steps or "infer" in args.steps:
         make_msd(work / "raw_small", args.small, tuple(args.shape))
     print(f"generated in {time.perf_counter() - t:.1f}s", file=sys.stderr)
 
@@ -157,20 +156,24 @@ def main() -> None:
             runs.append(prep)
             res["prepare"] = runs
             save()
-        if "train" in args.steps:
-            measured([prepare_cmd(work / "raw_small", work / "prep_small", 2)])
+    if "train" in args.steps or "infer" in args.steps:
+        measured([prepare_cmd(work / "raw_small", work / "prep_small", 2)])
+
+    def train_cmd(root: Path, label: str) -> list[str]:
+        # the zoom pipeline at a fixed size (the msd preset's default is now the plan pipeline): comparable with the
+        # earlier measurements in docs/scale.md
+        return [*CLI, "train", "--dataset", "msd", "--data-root", str(root), "--output", str(work / f"run_{label}"),
+                "--model", "unet", "--upsampler", "bilinear", "--pipeline", "zoom", "--img-size", "32", "--epochs", "1",
+                "--batch-size", "16", "--num-workers", "0", "--no-eval", "--cache-gb", str(args.cache_gb), "--device",
+                "cpu", "--no-progress"]
 
     if "train" in args.steps:
+        if not (work / "prep_np1" / "dataset.json").is_file():
+            measured([prepare_cmd(work / "raw_big", work / "prep_np1", 2)])
         train = {}
         for label, root in (("small", work / "prep_small"), ("big", work / "prep_np1")):
-            # the zoom pipeline at a fixed size (the msd preset's default is now the plan pipeline): comparable with the
-            # earlier measurements in docs/scale.md
-            cmd = [*CLI, "train", "--dataset", "msd", "--data-root", str(root), "--output", str(work / f"run_{label}"),
-                   "--model", "unet", "--upsampler", "bilinear", "--pipeline", "zoom", "--img-size", "32", "--epochs",
-                   "1", "--batch-size", "16", "--num-workers", "0", "--no-eval", "--cache-gb", str(args.cache_gb),
-                   "--device", "cpu", "--no-progress"]
             shutil.rmtree(work / f"run_{label}", ignore_errors=True)
-            train[label] = measured([cmd])
+            train[label] = measured([train_cmd(root, label)])
             train[label]["train_slices"] = sum(1 for _ in (root / "train_npz").glob("*.npz"))
             print(f"train {label}: {train[label]}", file=sys.stderr)
         res["train"] = train
@@ -180,6 +183,8 @@ def main() -> None:
     if "infer" in args.steps:
         make_msd(work / "raw_infer", args.infer_cases, tuple(args.infer_shape), seed=1)
         ckpt = work / "run_small" / "last.pt"
+        if not ckpt.is_file():
+            measured([train_cmd(work / "prep_small", "small")])
         base = [*CLI, "infer", "-i", str(work / "raw_infer" / "imagesTr"), "--checkpoint", str(ckpt), "--device",
                 "cpu", "--no-progress"]
         shard_threads = max(1, (os.cpu_count() or 2) // 2)
