@@ -214,8 +214,7 @@ class DataConfig:
                               metavar=("Z", "Y", "X"))
     patches_per_volume: int = option(2, "3D models: patches drawn per volume and batch item",
                                      flag="--patches-per-volume", positive=True, metavar="N")
-    pipeline: str = option("zoom", "2D models' slice pipeline (msd and --preset quick: plan; synapse, acdc and the "
-                                   "demo: zoom, the paper protocol)", flag="--pipeline", choices=_PIPELINES)
+    pipeline: str = option("zoom", "2D models' slice pipeline", flag="--pipeline", choices=_PIPELINES)
     # filled in from the dataset when a run starts (complete_config); a written config.json carries them
     plan: Optional[dict] = option(None, "the 2D plan the model trains with (from the dataset's plans.json)",
                                   derived=True)
@@ -255,7 +254,7 @@ class TrainConfig:
     warmup_iters: int = option(0, "linear lr warm-up iterations", minimum=0)
     fg_oversample: Optional[float] = option(
         None, "share of every batch drawn from slices holding a foreground class, the class drawn uniformly (3D: "
-              "class-balanced patch centres); null: the dataset's default (msd 0.33, quick 0.5, others uniform)",
+              "class-balanced patch centres); null: uniform",
         flag="--fg-oversample", minimum=0, maximum=1, metavar="P")
     ce_weight: float = option(0.5, "weight of the cross-entropy loss", minimum=0)
     dice_weight: float = option(0.5, "weight of the Dice loss", minimum=0)

@@ -36,7 +36,7 @@ from scipy.ndimage import zoom
 from resfu_med.errors import CheckpointError
 from resfu_med.networks.model_registry import DEFAULT_IMG_SIZE, get_model_spec
 
-__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
+__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume_planned_3d", "predict_volume"]
 
 
 def _pair(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -199,17 +199,17 @@ def predict_slices(
     return labels, probs
 
 
-def _checked_plan(plan: Any) -> dict[str, Any]:
-    """The checkpoint's 2D plan, checked: one line naming the bad key (a checkpoint is data, never trusted)."""
+def _checked_plan(plan: Any, dims: int = 2) -> dict[str, Any]:
+    """The checkpoint's 2D (or 3D) plan, checked: one line naming the bad key (a checkpoint is data, never trusted)."""
     if not isinstance(plan, Mapping):
-        raise CheckpointError(f"checkpoint config data.plan: expected the 2D plan (an object), got {plan!r}")
+        raise CheckpointError(f"checkpoint config data.plan: expected the {dims}D plan (an object), got {plan!r}")
     for key, kind in (("spacing", float), ("patch_size", int)):
         v = plan.get(key)
-        ok = isinstance(v, list) and len(v) == 2 and all(
+        ok = isinstance(v, list) and len(v) == dims and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and (kind is float or float(x).is_integer())
             for x in v)
         if not ok:
-            raise CheckpointError(f"checkpoint config data.plan.{key}: expected 2 positive "
+            raise CheckpointError(f"checkpoint config data.plan.{key}: expected {dims} positive "
                                   f"{'numbers' if kind is float else 'integers'}, got {v!r}")
     return {"spacing": [float(x) for x in plan["spacing"]], "patch_size": [int(x) for x in plan["patch_size"]]}
 
@@ -279,6 +279,50 @@ def predict_volume_3d(
     return labels, probs
 
 
+def predict_volume_planned_3d(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    roi: int | Sequence[int],
+    spacing: Sequence[float],
+    target_spacing: Sequence[float],
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    tta: bool = False,
+    num_classes: int | None = None,
+    probabilities: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_volume_3d` at a 3D plan's spacing: the ``(Z, Y, X)`` volume of ``spacing`` ``(sz, sy, sx)`` is
+    resampled (trilinear, as the plan pipeline's training resamples) to ``target_spacing``, predicted by Gaussian
+    sliding windows there, and its probabilities are resampled (linear) back to the volume's own grid before the
+    argmax. Peak memory: the class probabilities at both grids.
+
+    Returns:
+        ``(labels, probs)`` on the input's grid: labels ``(Z, Y, X)`` uint8; probs ``(C, Z, Y, X)`` or ``None``.
+    """
+    from resfu_med.data.patch_transforms import resample_array, spacing_factors
+
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, Y, X), got shape {image.shape}")
+    if len(spacing) != 3 or min(float(v) for v in spacing) <= 0:
+        raise ValueError(f"spacing must be 3 positive numbers (sz, sy, sx), got {spacing!r}")
+    factors = spacing_factors(spacing, target_spacing)
+    if factors is None:
+        return predict_volume_3d(model, image, roi, device, sw_batch_size, overlap, tta, num_classes, probabilities,
+                                 progress=progress)
+    planned = resample_array(np.asarray(image, dtype=np.float32), factors, 1)
+    _, p = predict_volume_3d(model, planned, roi, device, sw_batch_size, overlap, tta, num_classes, True)
+    assert p is not None
+    del planned
+    back = np.stack([_zoom_to(p[c], image.shape, 1) for c in range(p.shape[0])])
+    del p
+    labels = np.argmax(back, axis=0).astype(np.uint8)
+    if progress is not None:
+        progress(image.shape[0])
+    return labels, (back if probabilities else None)
+
+
 def predict_volume(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -298,7 +342,9 @@ def predict_volume(
     ``config["data"]`` gives ``img_size`` and ``num_classes``; the window is ``roi`` or the model's default
     (:meth:`resfu_med.networks.ModelSpec.default_roi`). A 2D model trained by the plan pipeline
     (``data.pipeline == "plan"``) is run by :func:`predict_slices` at the checkpoint's ``data.plan`` spacing from the
-    image's ``spacing`` ``(sz, sy, sx)`` (``None``: the planned spacing); ``roi`` and ``resample`` do not apply.
+    image's ``spacing`` ``(sz, sy, sx)`` (``None``: the planned spacing); ``roi`` and ``resample`` do not apply. A 3D
+    model trained by the plan pipeline is run by :func:`predict_volume_planned_3d` at ``data.plan.spacing`` (windows
+    of ``roi`` or ``data.patch_size``).
     """
     data = config.get("data", {}) or {}
     spec = get_model_spec((config.get("model") or {}).get("name"))
@@ -309,6 +355,11 @@ def predict_volume(
                               data.get("num_classes"), True, probabilities, progress, spacing=tuple(own)[-2:],
                               target_spacing=plan["spacing"])
     window = roi if roi is not None else spec.default_roi(data)
+    if spec.spatial_dims == 3 and data.get("pipeline") == "plan" and data.get("plan") is not None:
+        plan = _checked_plan(data["plan"], 3)
+        own = spacing if spacing is not None else plan["spacing"]  # unknown spacing: taken as the planned one
+        return predict_volume_planned_3d(model, image, window, own, plan["spacing"], device, batch_size, overlap, tta,
+                                         data.get("num_classes"), probabilities, progress)
     if spec.spatial_dims == 3:
         return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),
                                  probabilities, progress=progress)

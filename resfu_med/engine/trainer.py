@@ -207,24 +207,33 @@ class Trainer:
     def _default_train_data(self) -> Any:
         from resfu_med.data import get_dataset, get_patch_transforms, get_transforms
         d = self.cfg["data"]
+        planned = d.get("pipeline") == "plan" and bool(d.get("plan"))  # the plan's spacing (#26)
         if spatial_dims_of(self.cfg["model"]) == 3:  # whole training volumes, random patches drawn per item
             xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"],
                                          fg_oversample=self.cfg["train"].get("fg_oversample"),
-                                         num_classes=int(d["num_classes"]))
+                                         num_classes=int(d["num_classes"]),
+                                         target_spacing=d["plan"]["spacing"] if planned else None,
+                                         spacings=self._case_spacings() if planned else None)
             return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform, volumes=True)
-        if d.get("pipeline") == "plan" and d.get("plan"):  # native-resolution patches (#26, data/patch_transforms.py)
+        if planned:  # native-resolution patches (#26, data/patch_transforms.py)
             from resfu_med.data import get_slice_patch_transforms
-            from resfu_med.data.layout import read_dataset_json
 
-            prepared = getattr(get_dataset(d["dataset"], d["root"], "train", cache_rate=0.0), "root", d["root"])
-            cases = (read_dataset_json(prepared) or {}).get("cases") or {}  # per-case spacing (a raw root: its copy)
             xform = get_slice_patch_transforms(
-                "train", d["plan"]["patch_size"], d["plan"]["spacing"],
-                spacings={c: m.get("spacing") for c, m in cases.items()}, num_classes=int(d["num_classes"]),
-                fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
+                "train", d["plan"]["patch_size"], d["plan"]["spacing"], spacings=self._case_spacings(),
+                num_classes=int(d["num_classes"]), fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
             return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform)
         return self._budgeted(get_dataset, d["dataset"], d["root"], "train",
                               transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
+
+    def _case_spacings(self) -> dict[str, Any]:
+        """Case → ``(sz, sy, sx)`` of the training data, from its prepared ``dataset.json`` (a raw root: its copy)."""
+        from resfu_med.data import get_dataset
+        from resfu_med.data.layout import read_dataset_json
+
+        d = self.cfg["data"]
+        prepared = getattr(get_dataset(d["dataset"], d["root"], "train", cache_rate=0.0), "root", d["root"])
+        cases = (read_dataset_json(prepared) or {}).get("cases") or {}
+        return {c: m.get("spacing") for c, m in cases.items()}
 
     def _budgeted(self, get_dataset: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """The training set with as many items cached as fit in ``data.cache_gb`` (scale: docs/scale.md)."""

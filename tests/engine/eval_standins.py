@@ -28,22 +28,23 @@ class BinModel(torch.nn.Module):
 
 
 class Threshold(torch.nn.Module):
-    """A pointwise 2-class model: class 1 where the image exceeds 0.5 (its answer does not depend on the window)."""
+    """A pointwise 2-class model (2D or 3D): class 1 where the image exceeds 0.5 (its answer does not depend on the
+    window)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros_like(x), 20.0 * (x - 0.5)], dim=1)
 
 
 def window_spy(monkeypatch) -> list:
-    """Record ``(slice shape (H, W), window)`` of every call of the inferer's ``sliding_window_inference``; the
-    list fills as the inference runs."""
+    """Record ``(input's spatial shape ((H, W) or (Z, Y, X)), window)`` of every call of the inferer's
+    ``sliding_window_inference``; the list fills as the inference runs."""
     import resfu_med.engine.inferer as inferer
 
     seen: list = []
     real = inferer.sliding_window_inference
 
     def spy(x, roi, *args, **kwargs):
-        seen.append((tuple(x.shape[-2:]), tuple(roi)))
+        seen.append((tuple(x.shape[2:]), tuple(roi)))
         return real(x, roi, *args, **kwargs)
 
     monkeypatch.setattr(inferer, "sliding_window_inference", spy)
