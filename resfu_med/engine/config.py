@@ -688,7 +688,8 @@ def _check_img_size_applies(cfg: dict[str, Any], sources: dict[str, str], file_s
     from resfu_med.networks.model_registry import get_model_spec
 
     if get_model_spec(cfg["model"]["name"]).spatial_dims == 2:
-        raise InputError(f"{_flag_or_key('data.img_size', source)} applies to --pipeline zoom only; "
+        where = "" if source == "flags" else f"{source}: "
+        raise InputError(f"{where}{_flag_or_key('data.img_size', source)} applies to --pipeline zoom only; "
                          f"the plan pipeline ({sources.get('data.pipeline', 'preset ' + cfg['data']['dataset'])}) "
                          "trains on the dataset plan's patch (plans.2d.patch_size in plans.json): drop it or add "
                          "--pipeline zoom")

@@ -138,3 +138,30 @@ def _recording(window):
         return real(model, image, *args, **kwargs)
 
     return record
+
+
+@pytest.mark.parametrize("model", ["unet3d", "unet"])
+def test_the_trainer_resamples_each_training_case_from_its_own_spacing(tmp_path, monkeypatch, model):
+    from resfu_med.data.patch_transforms import ResampleSliced, ResampleVolumed
+    from resfu_med.engine.config import resolve_config
+    from resfu_med.engine.preparation import complete_config
+    from resfu_med.engine.trainer import Trainer
+
+    monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
+    task = _msd(tmp_path / "Task")
+    patch = {"patch_size": [16, 32, 32]} if model == "unet3d" else {}
+    cfg = complete_config(resolve_config("msd", overrides={
+        "data": {"root": str(task), "num_workers": 0, **patch},
+        "model": {"name": model, "upsampler": "bilinear", "kwargs": {"features": [4] * 6}},
+        "train": {"eval": False, "batch_size": 2}}))
+    (tmp_path / "run").mkdir()
+    data = Trainer(cfg, tmp_path / "run", progress=False).train_data.dataset
+    resample = next(t for t in data.transform.transforms if isinstance(t, (ResampleVolumed, ResampleSliced)))
+    assert isinstance(resample, ResampleVolumed if model == "unet3d" else ResampleSliced)
+    cases = {str(item["case"]) for item in data.data}
+    assert len(cases) == 3  # the training split
+    for case in cases:  # every training case is resampled from its own spacing (raw affine: 0.7, 1.1, 1.5 or 3 mm)
+        own = resample.spacings[case]
+        assert own[-2:] == pytest.approx((1.1, 0.7))
+        if model == "unet3d":
+            assert own[0] == pytest.approx(3.0 if int(case[-1]) % 2 else 1.5)
