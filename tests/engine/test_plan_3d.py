@@ -43,7 +43,8 @@ def test_training_volumes_are_resampled_to_the_plan_spacing_before_the_patches()
     assert tuple(same["image"].shape) == (1, 16, 24, 20)
     train = get_patch_transforms("train", (16, 16, 16), num_samples=2, target_spacing=(1.0, 1.0, 1.0),
                                  spacings={"a": (2.0, 0.5, 1.0)}, seed=0)
-    assert [tuple(p["image"].shape) for p in train({"image": image, "label": label, "case": "a"})] == [(1, 16, 16, 16)] * 2
+    patches = train({"image": image, "label": label, "case": "a"})
+    assert [tuple(p["image"].shape) for p in patches] == [(1, 16, 16, 16)] * 2
 
 
 @pytest.mark.parametrize("spacing", [(2.0, 0.5, 1.0), None])
