@@ -25,8 +25,12 @@ def test_3d_plan_bundle_equals_infer_at_the_planned_spacing(tmp_path, stand_in_t
     folder, scan = ct_volume  # (Z, Y, X) = (11, 37, 40) at (2.5, 0.8, 0.7) mm
     grids = []
     real = inferer.predict_volume_3d
-    monkeypatch.setattr(inferer, "predict_volume_3d",
-                        lambda m, image, *a, **k: grids.append(image.shape) or real(m, image, *a, **k))
+    def record(m, image, *a, **k):  # the grid the windows run on (the call that resamples passes target_spacing)
+        if k.get("target_spacing") is None:
+            grids.append(image.shape)
+        return real(m, image, *a, **k)
+
+    monkeypatch.setattr(inferer, "predict_volume_3d", record)
     bundle = export_bundle(ckpt, tmp_path / "bundle3d", torchscript=False)
     assert '"pipeline": "plan"' in json.dumps(json.loads((bundle / "configs" / "inference.json").read_text()))
     run(config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle), dataset_dir=str(folder),
