@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ __all__ = [
     "spatial_dims_of",
     "img_size_of",
     "build_model",
+    "saved_model_config",
     "load_state_strict",
     "DEFAULT_IMG_SIZE",
 ]
@@ -77,6 +78,11 @@ class ModelSpec:
         min_img_size: 2D models: the smallest training slice size.
         patch_kwargs: 3D models: ``f(patch_size) -> kwargs``, constructor arguments derived from the training patch
             (UNETR's ``img_size``, DynUNet's kernel sizes and strides); the config's own ``kwargs`` win over them.
+        recorded: constructor defaults written into every new config (:func:`model_kwargs`), so a later change of
+            the default cannot change the network a checkpoint rebuilds (TransUNet's ``final_upsampler``).
+        legacy_kwargs: ``f(kwargs, state_keys) -> kwargs``: the arguments that rebuild a network saved by an earlier
+            release (whose config lacks a ``recorded`` key) from its recorded kwargs and weight names; applied to
+            checkpoints and bundles only (:func:`saved_model_config`), never to new configs.
     """
 
     name: str
@@ -93,6 +99,8 @@ class ModelSpec:
     patch_divisor: int = 1
     min_img_size: int = 1
     patch_kwargs: Callable[[list[int]], Mapping[str, Any]] | None = None
+    recorded: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    legacy_kwargs: Callable[[dict[str, Any], Collection[str]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -207,6 +215,7 @@ def model_kwargs(name: str, num_classes: int, img_size: int, upsampler: str | No
         kwargs[spec.upsampler_key] = upsampler
     if spec.patch_kwargs is not None and patch_size is not None:
         kwargs.update(spec.patch_kwargs([int(s) for s in patch_size]))
+    kwargs.update(spec.recorded)
     kwargs.update(extra or {})
     kwargs[spec.classes_key] = num_classes
     return kwargs
@@ -250,6 +259,28 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         return spec.constructor(**kwargs)
     except (TypeError, ValueError, KeyError) as err:
         raise InputError(f"model {spec.name!r} rejected its arguments {kwargs}: {err}") from err
+
+
+def saved_model_config(model_cfg: Mapping[str, Any], state_keys: Collection[str]) -> dict[str, Any]:
+    """The model config that rebuilds a saved network: ``model_cfg`` (from a checkpoint or bundle) with the entry's
+    :attr:`ModelSpec.legacy_kwargs` applied when it lacks a key that configs record since (e.g. a TransUNet of the
+    four-step default of earlier releases keeps its four steps).
+
+    Args:
+        model_cfg: ``{"name": ..., "kwargs": {...}}`` as saved.
+        state_keys: the saved weights' names.
+
+    Returns:
+        A new config; ``model_cfg`` itself is not changed.
+
+    Raises:
+        InputError: unknown model name.
+    """
+    spec = get_model_spec(model_cfg.get("name"))
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    if spec.legacy_kwargs is not None and any(k not in kwargs for k in spec.recorded):
+        kwargs = spec.legacy_kwargs(kwargs, state_keys)
+    return {**model_cfg, "kwargs": kwargs}
 
 
 def _few(items: list[str]) -> str:
@@ -297,12 +328,12 @@ def _img_size_is_patch(patch_size: list[int]) -> dict[str, Any]:
 
 def _register_builtins() -> None:
     from resfu_med.networks.basic_unet import BasicUNet
-    from resfu_med.networks.transunet import TransUNet
+    from resfu_med.networks.transunet import TransUNet, legacy_transunet_kwargs
 
     register_model("transunet", TransUNet, description="TransUNet R50-ViT-B/16, 2D slices (the paper's network)",
                    classes_key="num_classes", upsampler_key="upsampler",
                    img_size_key="img_size", target="resfu_med.networks.TransUNet", pretrained=_transunet_pretrained,
-                   min_img_size=16)
+                   min_img_size=16, recorded={"final_upsampler": "bilinear"}, legacy_kwargs=legacy_transunet_kwargs)
     # BasicUNet halves its input 4 times: 3D patches are multiples of 16; below 32 its deepest 2D feature is 1x1,
     # which instance norm cannot train on.
     unet = {"classes_key": "out_channels", "upsampler_key": "upsampler", "in_channels_key": "in_channels",

@@ -21,7 +21,7 @@ back: the evaluation protocol).
 
 Examples:
     python scripts/benchmark_networks.py                       # paper size: batch 2, 224², all upsamplers
-    python scripts/benchmark_networks.py --upsamplers bilinear resfu resfu-3 --rounds 3   # interleaved, best of 3
+    python scripts/benchmark_networks.py --upsamplers bilinear resfu resfu-4 --rounds 3   # interleaved, best of 3
     python scripts/benchmark_networks.py --model unet --batch 8 --size 96      # BasicUNet with every upsampler
     python scripts/benchmark_networks.py --model unet --unet-widths demo --batch 4 --size 96   # the study's network
     python scripts/benchmark_networks.py --upsamplers bilinear resfu --infer-shape 512 512 100   # + a CT volume
@@ -118,14 +118,14 @@ def build(model: str, name: str, size: int, lite: bool, unet_widths: str = "mona
     if name == "resfu-slim":
         raise ValueError("resfu-slim is a variant of the MONAI networks (--model dynunet|swinunetr|unetr)")
     if model == "unet":
-        if name == "resfu-3":
-            raise ValueError("resfu-3 is a TransUNet variant")
+        if name == "resfu-4":
+            raise ValueError("resfu-4 is a TransUNet variant")
         kw = unet_kwargs("lite" if lite else unet_widths, name)
         return BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=tuple(kw["features"]), upsample=name,
                          upsampler_kwargs=kw["upsampler_kwargs"] or None), size
     cfg = dict(LITE) if lite else {"img_size": size}
-    if name == "resfu-3":  # three ReSFU, the last (full-resolution) step bilinear
-        cfg["final_upsampler"] = "bilinear"
+    if name == "resfu-4":  # the four-step variant: ReSFU also at the last (full-resolution) step
+        cfg["final_upsampler"] = "resfu"
     return TransUNet(9, upsampler=name.split("-")[0], **cfg), cfg["img_size"]
 
 
@@ -203,7 +203,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--upsamplers", nargs="+", default=None,
-                   help="registry names, resfu-3 (TransUNet: ReSFU with final_upsampler='bilinear') or resfu-slim "
+                   help="registry names, resfu-4 (TransUNet: ReSFU with final_upsampler='resfu') or resfu-slim "
                         "(MONAI networks: ReSFU with the demo widths) (default: all names; MONAI networks: deconv "
                         "resfu resfu-slim)")
     p.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")

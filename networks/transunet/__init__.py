@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .decoder import DecoderBlock, DecoderCup
-from .model import ImageStem, TransUNet
+from .model import ImageStem, TransUNet, legacy_transunet_kwargs
 from .pretrained import load_npz, npz_key_map, resize_position_embedding
 from .resnet_v2 import Bottleneck, ResNetV2, StdConv2d
 from .vit import PatchEmbedding, ViTEncoder
@@ -18,6 +18,7 @@ __all__ = [
     "StdConv2d",
     "TransUNet",
     "ViTEncoder",
+    "legacy_transunet_kwargs",
     "load_npz",
     "npz_key_map",
     "resize_position_embedding",

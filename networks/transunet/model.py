@@ -1,15 +1,19 @@
 """TransUNet (Chen et al. 2021), R50-ViT-B/16 hybrid, with every decoder upsampler taken from the registry.
 
-Guidance (docs/networks.md): with ``upsampler="resfu"`` all decoder upsamplers are guided by C1 — area-pooled to 28² and 56²
-for the first two steps, C1 itself at 112², and for 112→224 a light stem on the image (``final_guidance="image"``)
-or C1 bilinearly upsampled (``"c1"``). Every other registry name gets the paper's iterative guidance C3, C2, C1 for
-the three skip steps (and the same final guide); unguided ones ignore it. ``upsampler="bilinear"`` is the original
-TransUNet (bilinear, align_corners=True).
+Placement (docs/networks.md): by default the registry upsampler replaces the three ×2 steps that meet a skip feature
+(14→28, 28→56, 56→112 at 224², the paper's Fig. 18) and the last step (112→224, no skip) stays the original
+TransUNet's bilinear interpolation (align_corners=True). ``final_upsampler`` puts a registry upsampler there too: the
+four-step full-resolution variant, guided by a light stem on the image (``final_guidance="image"``) or by C1 bilinearly
+upsampled (``"c1"``).
+
+Guidance: ReSFU is guided by C1 at every step — area-pooled to 28² and 56², C1 itself at 112². Every other guided
+name gets the paper's iterative guidance C3, C2, C1; unguided ones ignore it. ``upsampler="bilinear"`` is the original
+TransUNet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, List, Optional
 
 import torch
@@ -23,7 +27,7 @@ from .decoder import DecoderCup
 from .resnet_v2 import ResNetV2
 from .vit import PatchEmbedding, ViTEncoder
 
-__all__ = ["ImageStem", "TransUNet"]
+__all__ = ["ImageStem", "TransUNet", "legacy_transunet_kwargs"]
 
 
 class ImageStem(nn.Sequential):
@@ -36,6 +40,22 @@ class ImageStem(nn.Sequential):
         )
 
 
+def legacy_transunet_kwargs(kwargs: dict[str, Any], state_keys: Collection[str]) -> dict[str, Any]:
+    """The arguments that rebuild a TransUNet saved before ``final_upsampler`` was recorded in every config.
+
+    Earlier releases put ``upsampler`` at all four decoder steps by default. A saved config without
+    ``final_upsampler`` gets ``final_upsampler=upsampler`` back when its weights show a learned last step
+    (``decoder.blocks.3.up.*``) or its upsampler is ``nearest`` (the one parameter-free name besides bilinear);
+    otherwise (bilinear) both placements are the same network.
+    """
+    out = dict(kwargs)
+    name = str(out.get("upsampler", out.get("upsample", "resfu")))
+    learned_last = any(".blocks.3.up." in f".{k}" for k in state_keys)
+    if "final_upsampler" not in out and (learned_last or name == "nearest"):
+        out["final_upsampler"] = name
+    return out
+
+
 class TransUNet(nn.Module):
     """TransUNet with a choice of decoder upsampler.
 
@@ -44,9 +64,11 @@ class TransUNet(nn.Module):
         img_size: training/inference image side S (multiple of 16); fixes the position-embedding grid S/16.
         in_channels: encoder input channels (3); a 1-channel input is repeated to 3 inside ``forward``.
         upsampler: registry name for the decoder upsamplers (``resfu``, ``bilinear``, ``deconv``, ...).
-        final_upsampler: registry name for the last (112→224) step; None = same as ``upsampler``.
-            ``"bilinear"`` gives the three-upsampler reading.
-        final_guidance: guide of the last step for guided upsamplers: ``"image"`` (stem on the image) or ``"c1"``.
+        final_upsampler: registry name for the last (112→224, no skip) step. None (default) = ``"bilinear"``, the
+            original TransUNet's step: the paper's placement, ``upsampler`` at the three skip steps only.
+            ``final_upsampler=upsampler`` (e.g. ``"resfu"``) is the four-step full-resolution variant (the default
+            of earlier releases, whose checkpoints rebuild it; its cost is in docs/benchmarks.md).
+        final_guidance: guide of a guided last step: ``"image"`` (stem on the image) or ``"c1"``.
         vit_depth: transformer blocks (12).
         hidden_size: token dimension (768).
         mlp_dim: transformer MLP width (3072).
@@ -99,7 +121,7 @@ class TransUNet(nn.Module):
         if len(decoder_channels) != 4:
             raise ValueError(f"decoder_channels needs 4 entries, got {tuple(decoder_channels)}.")
         self.upsampler_name = upsampler_entry(upsampler).name
-        self.final_upsampler_name = upsampler_entry(final_upsampler or upsampler).name
+        self.final_upsampler_name = upsampler_entry(final_upsampler or "bilinear").name
         self.final_guidance = str(look_up_option(final_guidance, ("image", "c1")))
         self.img_size = img_size
         self.in_channels = in_channels

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from resfu_med.errors import CheckpointError
-from resfu_med.networks.model_registry import get_model_spec, load_state_strict
+from resfu_med.networks.model_registry import MODELS, get_model_spec, load_state_strict, saved_model_config
 
 __all__ = ["load_for_bundle", "read_checkpoint", "build_network", "network_from_def", "default_roi_size",
            "example_input"]
@@ -50,7 +50,6 @@ def network_from_def(net_def: Any, source: str = "checkpoint") -> torch.nn.Modul
     Raises:
         CheckpointError: another ``_target_``, an expression, an unknown argument, or a constructor failure.
     """
-    from resfu_med.networks.model_registry import MODELS
     from resfu_med.safety import check_kwargs
 
     if not isinstance(net_def, dict):
@@ -79,6 +78,10 @@ def build_network(net_def: dict[str, Any], state: dict[str, torch.Tensor] | None
             architecture (names the missing, unexpected and mis-shaped parameters).
     """
     target = net_def.get("_target_") if isinstance(net_def, dict) else None
+    specs = {spec.target: spec for spec in MODELS.values()}
+    if state is not None and target in specs:  # a bundle of an earlier release keeps its architecture
+        kwargs = {k: v for k, v in net_def.items() if k != "_target_"}
+        net_def = {"_target_": target, **saved_model_config({"name": specs[target].name, "kwargs": kwargs}, state)["kwargs"]}
     net = network_from_def(net_def, source)
     if state is None:
         return net.eval()

@@ -260,7 +260,7 @@ def load_trained(
             recorded architecture, or a mismatch with the expected ``num_classes``/``model_name``; the message names
             the file and the mismatch.
     """
-    from resfu_med.networks.model_registry import build_model, load_state_strict, num_classes_of
+    from resfu_med.networks.model_registry import build_model, load_state_strict, num_classes_of, saved_model_config
 
     source = str(checkpoint_path)
     ckpt = load_checkpoint(checkpoint_path)
@@ -284,6 +284,8 @@ def load_trained(
         raise CheckpointError(f"checkpoint {source} was trained for {have} classes (dataset {data.get('dataset')!r}), "
                               f"expected {num_classes}")
     try:
+        # a network saved by an earlier release keeps its architecture (e.g. TransUNet's four-step default)
+        mcfg = config["model"] = saved_model_config(mcfg, unwrap_state_dict(ckpt["model"]).keys())
         model = build_model(mcfg)
     except InputError as err:
         raise CheckpointError(f"checkpoint {source}: cannot rebuild its model: {err}") from err

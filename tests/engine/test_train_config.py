@@ -128,7 +128,8 @@ def test_error_in_file_names_the_file(tmp_path):
 
 
 def test_model_kwargs_per_architecture():
-    assert model_kwargs("transunet", 9, 224, "resfu") == {"img_size": 224, "upsampler": "resfu", "num_classes": 9}
+    assert model_kwargs("transunet", 9, 224, "resfu") == {"img_size": 224, "upsampler": "resfu", "num_classes": 9,
+                                                         "final_upsampler": "bilinear"}
     unet = model_kwargs("unet", 4, 96, "bilinear", {"features": [8] * 6})
     assert unet["out_channels"] == 4 and unet["upsampler"] == "bilinear" and unet["features"] == [8] * 6
     # the class count always comes from the dataset

@@ -57,8 +57,26 @@ def test_peer_guidance_is_iterative():
     net(torch.rand(1, 3, 64, 64))
     c3, c2, c1 = feats["skips"]
     assert seen[0][1] is c3 and seen[1][1] is c2 and seen[2][1] is c1
-    assert seen[3][1].shape == (1, 16, 64, 64)  # the image stem at full size
+    assert seen[3][1] is None and net.stem is None  # the paper's placement: the last step is the original bilinear
     assert [tuple(a[0].shape[2:]) for a in seen] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+    four = TransUNet(2, upsampler="sapa", final_upsampler="sapa", **LITE).eval()
+    seen = _record_guides(four)
+    four(torch.rand(1, 3, 64, 64))
+    assert seen[3][1].shape == (1, 16, 64, 64)  # the four-step variant: the image stem at full size
+
+
+def test_default_placement_is_the_papers():
+    """Fig. 18 of the paper: the upsampler at the three skip steps, the last step the original bilinear one."""
+    for name in NAMES:
+        net = TransUNet(2, upsampler=name, **LITE)
+        assert net.final_upsampler_name == "bilinear" and net.guide_sources[3] == "none" and net.stem is None
+        assert not list(net.decoder.blocks[3].up.parameters())
+    net = TransUNet(2, upsampler="resfu", **LITE).eval()
+    outs = []
+    net.decoder.blocks[3].up.register_forward_hook(lambda m, args, out: outs.append((args[0], out)))
+    net(torch.rand(1, 3, 64, 64))
+    x, y = outs[0]
+    torch.testing.assert_close(y, F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True))
 
 
 def test_bilinear_is_the_original_decoder():
@@ -85,7 +103,7 @@ def test_bad_names():
 
 def test_resfu_guidance_from_c1():
     net = TransUNet(2, upsampler="resfu", **LITE).eval()
-    assert _resfu_count(net) == 4
+    assert _resfu_count(net) == 3
     seen = _record_guides(net)
     feats = {}
     net.resnet.register_forward_hook(lambda m, i, o: feats.update(c1=o[1][2]))
@@ -94,12 +112,17 @@ def test_resfu_guidance_from_c1():
     torch.testing.assert_close(seen[0][1], F.avg_pool2d(c1, 4))  # area pooling 32 → 8 (112 → 28 at 224²)
     torch.testing.assert_close(seen[1][1], F.avg_pool2d(c1, 2))
     assert seen[2][1] is c1
-    assert seen[3][1].shape == (1, 16, 64, 64)
+    assert seen[3][1] is None
 
 
 def test_resfu_variants_module_counts():
     assert _resfu_count(TransUNet(2, upsampler="resfu", final_upsampler="bilinear", **LITE)) == 3
-    net = TransUNet(2, upsampler="resfu", final_guidance="c1", **LITE)
+    four = TransUNet(2, upsampler="resfu", final_upsampler="resfu", **LITE)  # the full-resolution variant
+    assert _resfu_count(four) == 4 and four.stem is not None
+    seen = _record_guides(four)
+    four.eval()(torch.rand(1, 3, 64, 64))
+    assert seen[3][1].shape == (1, 16, 64, 64)  # the image stem
+    net = TransUNet(2, upsampler="resfu", final_upsampler="resfu", final_guidance="c1", **LITE)
     assert _resfu_count(net) == 4 and net.stem is None
     seen = _record_guides(net)
     net.eval()(torch.rand(1, 3, 64, 64))
@@ -146,3 +169,50 @@ def test_full_size_parameter_count_and_forward_backward():
     out = net(torch.rand(1, 3, 224, 224))
     assert out.shape == (1, 9, 224, 224)
     out.mean().backward()
+
+
+def _legacy_checkpoint(tmp_path, final: str):
+    """A checkpoint as earlier releases wrote it: kwargs without ``final_upsampler`` (their default: ``upsampler``
+    at all four steps), DDP-prefixed weights."""
+    from resfu_med.data.registry import dataset_info
+    from resfu_med.engine.checkpoint import capture_rng, save_checkpoint
+
+    info = dataset_info("demo")
+    torch.manual_seed(0)
+    old = TransUNet(info.num_classes, upsampler="resfu", final_upsampler=final, **LITE).eval()
+    kwargs = {**{k: list(v) if isinstance(v, tuple) else v for k, v in LITE.items()}, "upsampler": "resfu",
+              "num_classes": info.num_classes}
+    data = {"dataset": "demo", "num_classes": info.num_classes, "label_names": info.label_names,
+            "intensity": info.intensity, "modality": info.modality, "img_size": 64}
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"model": {f"module.{k}": v for k, v in old.state_dict().items()}, "optimizer": {},
+                           "scheduler": {}, "scaler": {}, "epoch": 1, "iteration": 1, "rng": capture_rng(),
+                           "best_metric": 0.5, "config": {"model": {"name": "transunet", "kwargs": kwargs}, "data": data}})
+    return path, old, kwargs
+
+
+def test_checkpoint_of_the_old_four_step_default_still_loads(tmp_path):
+    from resfu_med.bundle.checkpoint_io import build_network
+    from resfu_med.engine.checkpoint import load_model
+
+    path, old, kwargs = _legacy_checkpoint(tmp_path, "resfu")
+    model, cfg = load_model(path)
+    assert _resfu_count(model) == 4 and cfg["model"]["kwargs"]["final_upsampler"] == "resfu"  # recorded from now on
+    x = torch.rand(1, 1, 64, 64)
+    torch.testing.assert_close(model(x), old(x))
+    # a bundle of an earlier release (network_def without final_upsampler) too
+    net = build_network({"_target_": "resfu_med.networks.TransUNet", **kwargs}, old.state_dict())
+    torch.testing.assert_close(net(x), old(x))
+
+
+def test_new_configs_record_the_placement():
+    from resfu_med.networks.model_registry import build_model, model_kwargs, saved_model_config
+
+    kw = model_kwargs("transunet", 9, 64, "resfu", {k: v for k, v in LITE.items() if k != "img_size"})
+    assert kw["final_upsampler"] == "bilinear"
+    net = build_model({"name": "transunet", "kwargs": kw})
+    assert _resfu_count(net) == 3
+    cfg = {"name": "transunet", "kwargs": kw}
+    assert saved_model_config(cfg, net.state_dict().keys()) == cfg  # recorded: never reinterpreted
+    four = model_kwargs("transunet", 9, 64, "resfu", {"final_upsampler": "resfu"})
+    assert four["final_upsampler"] == "resfu"
