@@ -21,7 +21,7 @@ from resfu_med.networks.blocks.guided_filter import GuidedFilter
 from resfu_med.networks.blocks.inner_product import InnerProductSimilarity
 from resfu_med.networks.blocks.lr_gather import lr_neighbour_gather
 from resfu_med.networks.blocks.norm import group_norm
-from resfu_med.networks.blocks.pcdc import PCDC, PCDCBlock
+from resfu_med.networks.blocks.pcdc import PCDC, PCDCBlock, integer_ratios
 from resfu_med.ops import fns_gather
 
 __all__ = ["ReSFU", "border_mask", "upsampling_dilation", "pcdc_parameter_groups"]
@@ -182,10 +182,12 @@ class ReSFU(nn.Module):
         if x.numel() == 0 or guide.numel() == 0:
             raise ValueError(f"ReSFU: empty input, x {tuple(x.shape)}, guide {tuple(guide.shape)}")
 
-    def _block(self, block: nn.Module, query: torch.Tensor, key: torch.Tensor, dilation: tuple[int, ...]) -> torch.Tensor:
+    def _block(self, block, *args) -> torch.Tensor:
+        """``block(*args)``; recomputed in the backward pass only with ``use_checkpoint`` (otherwise autograd keeps the
+        activations and nothing runs twice)."""
         if self.use_checkpoint and torch.is_grad_enabled() and not torch.jit.is_tracing():
-            return checkpoint(block, query, key, dilation, use_reentrant=False)
-        return block(query, key, dilation)
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def attention(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         """Upsampling kernels ``(N, K^d, *HR)`` (float32, or float64 for a float64 model), softmax-normalised over the neighbours, ~0 outside the image.
@@ -203,8 +205,14 @@ class ReSFU(nn.Module):
         detail_key = self.gaussian(q) if self.gaussian is not None else q
         # Without FNS, the semantic key's neighbours are the LR pixels around each HR pixel's nearest LR parent: the
         # nearest-upsampled key read at dilation s (exact for integer ratios).
-        semantic_key = k_up if self.fine_grained else F.interpolate(k, size=hr, mode="nearest")
-        scores = self._block(self.semantic_block, semantic_query, semantic_key, dilation)
+        ratios = integer_ratios(hr, lr)
+        if self.fine_grained and self.similarity == "pcdc" and ratios is not None:
+            # integer ratios: the key's PCDC convolution runs at LR and its result is upsampled (exact, see
+            # PCDC.forward_upsampled_key); k_up only supplies the key's GroupNorm statistics
+            scores = self._block(self.semantic_block.forward_upsampled_key, semantic_query, k, k_up, ratios)
+        else:
+            semantic_key = k_up if self.fine_grained else F.interpolate(k, size=hr, mode="nearest")
+            scores = self._block(self.semantic_block, semantic_query, semantic_key, dilation)
         scores = scores + self._block(self.detail_block, q, detail_key, dilation)
         valid = border_mask(hr, dilation, self.kernel_size, scores.device)
         # finfo.min / 2 instead of a fixed -1e7: representable in fp16/bf16 and cannot overflow to -inf when added to.
