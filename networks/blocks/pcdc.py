@@ -18,7 +18,7 @@ from resfu_med.networks.blocks.padding import replicate_pad
 
 from resfu_med.networks.blocks.norm import group_norm
 
-__all__ = ["PCDC", "PCDCBlock", "as_dilation", "integer_ratios", "group_norm_with_stats_of"]
+__all__ = ["PCDC", "PCDCBlock", "as_dilation", "integer_ratios", "group_norm_with_stats_of", "compress_sum"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -240,3 +240,27 @@ class PCDCBlock(nn.Module):
         commutes with the upsampling). Equal to :meth:`forward` up to rounding."""
         key_n = group_norm_with_stats_of(self.norm, key_lr, key_hr)
         return self.compressor(self.pcdc.forward_upsampled_key(self.norm(query), key_n, ratios))
+
+
+def compress_sum(blocks: Sequence[PCDCBlock], values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_b blocks[b].compressor(values[b])`` in one pass: the blocks' compressors side by side as grouped layers.
+
+    Exact: each block's first convolution is grouped and its GroupNorm's groups stay within the block, so
+    concatenating the blocks' channels with the groups added up computes the same per-block maps; the last
+    convolutions (to ``K^d``) become one convolution over the concatenated hidden channels with summed biases, which
+    is the sum of the blocks' scores. One ReLU, one grouped convolution, one GroupNorm and one convolution run instead
+    of one each per block, and the scores need no separate addition.
+    """
+    if len({b.pcdc.spatial_dims for b in blocks}) != 1 or len(blocks) != len(values):
+        raise ValueError("compress_sum: blocks must share spatial_dims, one value per block")
+    conv = _CONV[blocks[0].pcdc.spatial_dims]
+    first = [b.compressor[1] for b in blocks]
+    norms = [b.compressor[3] for b in blocks]
+    last = [b.compressor[4] for b in blocks]
+    v = torch.relu(torch.cat(list(values), dim=1))
+    h = conv(v, torch.cat([c.weight for c in first]), torch.cat([c.bias for c in first]), groups=sum(c.groups for c in first))
+    h = F.group_norm(
+        torch.relu_(h), sum(n.num_groups for n in norms), torch.cat([n.weight for n in norms]),
+        torch.cat([n.bias for n in norms]), norms[0].eps,
+    )
+    return conv(h, torch.cat([c.weight for c in last], dim=1), sum(c.bias for c in last))

@@ -127,3 +127,14 @@ def test_backward_recomputes_the_similarity_only_with_checkpointing(use_checkpoi
     with _CountConvolutions() as counter:
         out.square().sum().backward()
     assert (counter.count > 0) == use_checkpoint
+
+
+@pytest.mark.parametrize("lr,hr,dims", [((5, 6), (10, 12), 2), ((5, 3), (17, 11), 2), ((2, 3, 3), (4, 6, 6), 3)])
+def test_fused_similarity_blocks_match_v1(lr, hr, dims, monkeypatch):
+    """The one-pass variant of the two PCDC blocks (``ReSFU._fuse_blocks``, compress_sum) is exact too."""
+    monkeypatch.setattr(ReSFU, "_fuse_blocks", True)
+    torch.manual_seed(6)
+    new, old = _pair(8, 8, spatial_dims=dims, **SMALL)
+    _compare(new, old, torch.randn(2, 8, *lr, dtype=torch.float64), torch.randn(2, 8, *hr, dtype=torch.float64))
+    new_ck, old_ck = _pair(8, 8, spatial_dims=dims, use_checkpoint=True, **SMALL)
+    _compare(new_ck, old_ck, torch.randn(1, 8, *lr, dtype=torch.float64), torch.randn(1, 8, *hr, dtype=torch.float64))
