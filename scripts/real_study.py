@@ -138,9 +138,26 @@ def _train_peer(out: Path, method: str, seed: int, args: argparse.Namespace, log
                "--work", str(out / "nnunet" / name), "--seed", str(seed), "--cpu-budget", str(budget)]
     usage = _run(cmd, log, _threads_env(1))
     metrics = json.loads((ev / "metrics.json").read_text())
+    if "reports" not in metrics:  # nnU-Net's environment has no resfu-med: score its predictions here
+        metrics.update(_score_predictions(bench, ev / "predictions"))
     return {"train_wall_s": metrics.get("train_s"), "train_cpu_s": metrics.get("train_cpu_s"),
             "peak_rss_mb": usage["peak_rss_mb"], "iterations": metrics.get("iterations"),
             "total_wall_s": usage["wall_s"], "metrics": metrics, "command": " ".join(cmd)}
+
+
+def _score_predictions(bench: Path, predictions: Path) -> dict[str, Any]:
+    """Scores of ``<case>_pred.nii.gz`` against the benchmark's test labels, as ``resfu-med evaluate`` computes them."""
+    import nibabel as nib
+
+    sys.path.insert(0, str(HERE / "peers"))
+    from monai_loop import score
+
+    meta = json.loads((bench / "dataset.json").read_text())
+    names = [meta["labels"][k] for k in sorted(meta["labels"], key=int) if int(k) > 0]
+    read = lambda p: np.asarray(nib.load(str(p)).dataobj).transpose(2, 1, 0)  # noqa: E731  (X, Y, Z) → (Z, Y, X)
+    cases = meta["split"]["test"]
+    return score({c: read(predictions / f"{c}_pred.nii.gz") for c in cases},
+                 {c: read(bench / "labelsTr" / f"{c}.nii.gz") for c in cases}, names)
 
 
 def _one(out: Path, prepared: Path, method: str, seed: int, args: argparse.Namespace, log: Path) -> None:
@@ -304,6 +321,13 @@ def report(out: Path, seeds_planned: int, command: str, methods=METHODS, figure:
             mean, lo, hi, n = paired_difference(a, b)
             ci = "n/a (one pair)" if n < 2 else f"[{lo:+.1f}, {hi:+.1f}]"
             lines.append(f"| ReSFU − {LABELS.get(other, other)} | {n} | {mean:+.1f} | {ci} |")
+    runs = [r for r in _load(out) if r.get("command")]
+    if runs:
+        lines += ["", "The command behind each run (`resfu-med` runs were started with `OMP_NUM_THREADS=1`):", ""]
+        for r in sorted(runs, key=lambda r: (methods.index(r["upsampler"]) if r["upsampler"] in methods else 99,
+                                             r["seed"])):
+            note = f" — {r['note']}" if r.get("note") else ""
+            lines.append(f"- {LABELS.get(r['upsampler'], r['upsampler'])}, seed {r['seed']}: `{r['command']}`{note}")
     lines += ["", f"![montage](figures/{figure})", ""]
     return "\n".join(lines)
 

@@ -98,3 +98,26 @@ def test_monai_loop_patches_are_native_and_class_balanced():
     assert hits[1] > 60  # a one-voxel class is in about a quarter of the patches (half x one of two classes)
     normalised = loop.normalise(np.r_[np.zeros(10), np.arange(1.0, 101.0)].astype(np.float32))
     assert (normalised[:10] == 0).all() and abs(normalised[10:].mean()) < 1e-5
+
+
+def test_nnunet_peer_writes_nnunet_raw_layout(tmp_path):
+    """The nnU-Net peer's dataset conversion (runs without nnunetv2): training cases with labels, test cases in imagesTs."""
+    peer = _load_peer("nnunet_budget")
+    data = tmp_path / "bench"
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+        for case in ("a", "b", "c"):
+            (data / sub / f"{case}.nii.gz").write_bytes(f"{sub}/{case}".encode())
+    (data / "dataset.json").write_text(json.dumps({"name": "X", "modality": {"0": "T1"},
+                                                   "labels": {"0": "background", "1": "caudate"},
+                                                   "split": {"train": ["a", "b"], "test": ["c"]}}))
+    train, test = peer.to_nnunet_raw(data, tmp_path / "raw")
+    folder = tmp_path / "raw" / peer.DATASET
+    assert (train, test) == (["a", "b"], ["c"])
+    assert (folder / "imagesTr" / "a_0000.nii.gz").read_bytes() == b"imagesTr/a"
+    assert (folder / "labelsTr" / "b.nii.gz").read_bytes() == b"labelsTr/b"
+    assert (folder / "imagesTs" / "c_0000.nii.gz").read_bytes() == b"imagesTr/c"
+    assert not (folder / "labelsTr" / "c.nii.gz").exists()
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "T1"} and meta["labels"] == {"background": 0, "caudate": 1}
+    assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
