@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from resfu_med.networks import ReSFU
 from tests.networks.resfu_reference_v1 import ReSFUv1
@@ -104,3 +105,36 @@ def test_paper_configuration_matches_v1():
     torch.manual_seed(4)
     new, old = _pair(32, 16)
     _compare(new, old, torch.randn(1, 32, 6, 6, dtype=torch.float64), torch.randn(1, 16, 24, 24, dtype=torch.float64))
+
+
+class _CountConvolutions(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_checkpoint", [False, True])
+def test_backward_recomputes_the_similarity_only_with_checkpointing(use_checkpoint):
+    """Issue #27: no forward convolution runs again in backward unless ``use_checkpoint=True`` asks for it."""
+    torch.manual_seed(5)
+    m = ReSFU(16, 8, use_checkpoint=use_checkpoint, **SMALL)
+    out = m(torch.randn(1, 16, 4, 4, requires_grad=True), torch.randn(1, 8, 8, 8, requires_grad=True))
+    with _CountConvolutions() as counter:
+        out.square().sum().backward()
+    assert (counter.count > 0) == use_checkpoint
+
+
+@pytest.mark.parametrize("lr,hr,dims", [((5, 6), (10, 12), 2), ((5, 3), (17, 11), 2), ((2, 3, 3), (4, 6, 6), 3)])
+def test_fused_similarity_blocks_match_v1(lr, hr, dims, monkeypatch):
+    """The one-pass variant of the two PCDC blocks (``ReSFU._fuse_blocks``, compress_sum) is exact too."""
+    monkeypatch.setattr(ReSFU, "_fuse_blocks", True)
+    torch.manual_seed(6)
+    new, old = _pair(8, 8, spatial_dims=dims, **SMALL)
+    _compare(new, old, torch.randn(2, 8, *lr, dtype=torch.float64), torch.randn(2, 8, *hr, dtype=torch.float64))
+    new_ck, old_ck = _pair(8, 8, spatial_dims=dims, use_checkpoint=True, **SMALL)
+    _compare(new_ck, old_ck, torch.randn(1, 8, *lr, dtype=torch.float64), torch.randn(1, 8, *hr, dtype=torch.float64))
