@@ -12,14 +12,22 @@
 Training splits are stored as axial slices, evaluation splits as volumes (docs/datasets.md). Every file is written through
 :mod:`resfu_med.atomic`, so an interrupted ``prepare`` never leaves a torn file that looks complete, and cases finished
 earlier are skipped on the next run.
+
+Durability (power loss, not only a killed process): a case's slices or volume are written atomically without a
+per-file ``fsync``; finished cases are committed in groups (at most every :data:`COMMIT_SECONDS` and at the end): one
+:func:`resfu_med.atomic.flush_to_disk`, then their ``meta/<case>.json`` markers. A marker therefore never reaches the
+disk before its case's data; a case whose marker was lost (power loss, or a kill before its group was committed) is
+redone. ``dataset.json`` and the lists are written (with ``fsync``) after a final flush.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import fnmatch
 import multiprocessing
 import os
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,7 +39,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from resfu_med.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from resfu_med.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, flush_to_disk
 from resfu_med.errors import InputError
 
 from .plans import case_fingerprint, make_plans, write_plans
@@ -51,6 +59,8 @@ __all__ = [
 PREPARED_FORMAT = 1
 # Splits stored as 2D slices; every other split (test, val) is stored as volumes.
 TRAIN_SPLITS = ("train",)
+# Finished cases are flushed to disk and marked in groups at most this far apart: a kill loses at most this much work.
+COMMIT_SECONDS = 1.0
 
 
 @dataclass
@@ -121,18 +131,21 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
 
 
 def _write_slices(root: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:
+    # durable=False: made durable by the case's group commit, before its marker (module docstring)
     for z in range(image.shape[0]):
         data = _npz_bytes(image=image[z].astype(np.float32), label=label[z].astype(np.uint8))
-        atomic_write_bytes(root / "train_npz" / f"{slice_name(case, z)}.npz", data)
-    # A re-prepared case with fewer slices must not keep stale higher-numbered slices around.
-    for stale in (root / "train_npz").glob(f"{case}_slice*.npz"):
-        idx = stale.stem.rpartition("_slice")[2]
-        if idx.isdigit() and int(idx) >= image.shape[0]:
-            stale.unlink()
+        atomic_write_bytes(root / "train_npz" / f"{slice_name(case, z)}.npz", data, durable=False)
+    # A re-prepared case with fewer slices must not keep stale higher-numbered slices around. Slices are written in
+    # order, so any earlier version's slices are numbered contiguously: probe upwards (a glob of the folder per case
+    # would make preparing N cases O(N^2)).
+    z = image.shape[0]
+    while (stale := root / "train_npz" / f"{slice_name(case, z)}.npz").is_file():
+        stale.unlink()
+        z += 1
 
 
 def _write_volume(root: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:
-    with atomic_path(root / "test_vol_h5" / f"{case}.npy.h5", suffix=".h5") as tmp:
+    with atomic_path(root / "test_vol_h5" / f"{case}.npy.h5", suffix=".h5", durable=False) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("image", data=image.astype(np.float32), compression="gzip", compression_opts=4)
             f.create_dataset("label", data=label.astype(np.uint8), compression="gzip", compression_opts=4)
@@ -188,21 +201,27 @@ def write_prepared(
         meta = None if overwrite else _is_finished(root, src, settings)
         if meta is None:
             todo.append(i)
-            _remove_temporaries(root, src.case)
         else:
             metas[src.case] = meta
+    _remove_temporaries(root, [sources[i].case for i in todo])
     bar = tqdm(total=len(sources), initial=len(metas), desc=f"prepare {info.get('dataset', '')}", unit="case",
                disable=not progress)
     failed: list[str] = []
-    for i, meta, error in _run_cases(root, sources, todo, load_case, settings, num_processes):
-        bar.update()
-        if error is None:
-            metas[sources[i].case] = meta
-            continue
-        failed.append(error)
-        if not continue_on_error:
-            break  # _run_cases lets the cases already running finish (each complete or redone), starts no more
-    bar.close()
+    stop = False
+    commit = _GroupCommit(root)
+    try:
+        for i, meta, error in _run_cases(root, sources, todo, load_case, settings, num_processes, lambda: stop):
+            bar.update()
+            if error is None:
+                metas[sources[i].case] = meta
+                commit.add(meta)
+                continue
+            failed.append(error)
+            # Without --continue-on-error: start no more cases; those already running finish and are kept.
+            stop = stop or not continue_on_error
+    finally:
+        commit.flush()  # also on Ctrl-C / SIGTERM: the cases received so far are complete; mark them
+        bar.close()
     metas = {src.case: metas[src.case] for src in sources if src.case in metas}  # the sources' order, not finishing order
     if failed:
         # No lists or dataset.json: an incomplete preparation must not look finished. The good cases are kept, so a
@@ -214,6 +233,7 @@ def write_prepared(
             raise InputError(failed[0])
         raise InputError(f"{len(failed)} of {len(sources)} cases failed (the others are prepared): "
                          + "; ".join(failed))
+    flush_to_disk(root)  # every marker on disk before dataset.json says the preparation is complete
     list_dir = root / "lists" / f"lists_{list_name}"
     for split, cases in splits.items():
         if split in TRAIN_SPLITS:
@@ -249,18 +269,48 @@ def _fingerprint_from_files(root: Path, meta: dict) -> dict:
     return case_fingerprint(image, label, meta["spacing"])
 
 
-def _remove_temporaries(root: Path, case: str) -> None:
-    """Delete the temporary files a killed run left for ``case`` (:mod:`resfu_med.atomic` names them
-    ``.<file>.<random>.tmp*``); the case is redone."""
-    for folder in ("train_npz", "test_vol_h5", "meta"):
-        for pattern in (f".{case}_slice*.tmp*", f".{case}.*.tmp*"):
-            for tmp in (root / folder).glob(pattern):
-                tmp.unlink(missing_ok=True)
+class _GroupCommit:
+    """Marks finished cases in groups: one :func:`flush_to_disk` of their data, then their ``meta/<case>.json``
+    markers (module docstring). A group is committed when :data:`COMMIT_SECONDS` have passed since the last one, and
+    by :meth:`flush`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.pending, self.last = root, [], time.monotonic()
+
+    def add(self, meta: dict) -> None:
+        self.pending.append(meta)
+        if time.monotonic() - self.last >= COMMIT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            flush_to_disk(self.root)
+            for meta in self.pending:
+                # Not fsynced: a marker lost to a power loss only means the case is redone (an unreadable marker
+                # counts as missing); the final flush before dataset.json makes all of them durable.
+                atomic_write_json(self.root / "meta" / f"{meta['case']}.json", meta, durable=False)
+            self.pending = []
+        self.last = time.monotonic()
+
+
+def _remove_temporaries(root: Path, cases: Sequence[str]) -> None:
+    """Delete the temporary files a killed run left for ``cases`` (:mod:`resfu_med.atomic` names them
+    ``.<file>.<random>.tmp*``); those cases are redone. Each folder is listed once."""
+    temporaries = [p for folder in ("train_npz", "test_vol_h5", "meta") if (root / folder).is_dir()
+                   for p in (root / folder).iterdir() if p.name.startswith(".") and ".tmp" in p.name]
+    for tmp in temporaries:
+        if any(fnmatch.fnmatchcase(tmp.name, pattern) for case in cases
+               for pattern in (f".{case}_slice*.tmp*", f".{case}.*.tmp*")):
+            tmp.unlink(missing_ok=True)
 
 
 def _prepare_case(root: Path, src: CaseSource, load_case: Callable[[CaseSource], PreparedCase],
                   settings: dict) -> dict:
-    """Load, check and write one case; its meta record is written last and marks it finished."""
+    """Load, check and write one case's data; returns its meta record. The caller marks the case finished by
+    writing the record to ``meta/<case>.json`` after its data is flushed to disk (:class:`_GroupCommit`)."""
+    # An earlier version of the case (--overwrite, changed settings or sources) is no longer finished once its files
+    # start changing.
+    (root / "meta" / f"{src.case}.json").unlink(missing_ok=True)
     case = load_case(src)
     if case.image.shape != case.label.shape or case.image.ndim != 3:
         raise InputError(f"{src.label}: label shape {case.label.shape} differs from image shape {case.image.shape}")
@@ -283,7 +333,6 @@ def _prepare_case(root: Path, src: CaseSource, load_case: Callable[[CaseSource],
         "settings": settings,
         **src.extra,
     }
-    atomic_write_json(root / "meta" / f"{src.case}.json", meta)
     return meta
 
 
@@ -308,13 +357,15 @@ def _worker(i: int) -> tuple[int, dict | None, str | None]:
 
 
 def _run_cases(root: Path, sources: Sequence[CaseSource], todo: list[int], load_case: Callable, settings: dict,
-               num_processes: int) -> Iterator[tuple[int, dict | None, str | None]]:
+               num_processes: int, stopped: Callable[[], bool]) -> Iterator[tuple[int, dict | None, str | None]]:
     """Prepare ``sources[i]`` for each ``i`` of ``todo``; yields ``(i, meta, None)`` or ``(i, None, error)`` as
-    cases finish. With several processes, each worker holds one case at a time; when the caller stops iterating,
-    no new case starts and the running ones finish."""
+    cases finish. With several processes, each worker holds one case at a time. Once ``stopped()`` is true no new
+    case starts; the results of the cases already running are still yielded."""
     global _JOB
     if num_processes <= 1 or len(todo) <= 1:
         for i in todo:
+            if stopped():
+                return
             try:
                 yield i, _prepare_case(root, sources[i], load_case, settings), None
             except Exception as err:
@@ -325,7 +376,12 @@ def _run_cases(root: Path, sources: Sequence[CaseSource], todo: list[int], load_
     try:
         futures = [pool.submit(_worker, i) for i in todo]
         for fut in as_completed(futures):
+            if fut.cancelled():
+                continue
             yield fut.result()
+            if stopped():
+                for other in futures:
+                    other.cancel()  # only the ones not yet running
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _JOB = None

@@ -21,8 +21,11 @@ uniformly among the classes present in the volume, ``1 - p`` on a body voxel), t
 0.5 a random multiple of 90° in the axial plane (square in-plane patches only) followed by a flip of a random in-plane
 axis. The small-angle rotation
 of the 2D pipeline is left out in 3D: resampling a whole patch per sample costs more than the network step on a CPU,
-and the right-angle branch already covers the orientation changes. Patches stay on the volume's own voxel grid, the
-grid :func:`resfu_med.engine.inferer.predict_volume_3d` predicts on, so training and inference see the same
+and the right-angle branch already covers the orientation changes. With ``target_spacing`` (the plan pipeline,
+``data.pipeline: plan``) each volume is first resampled to the 3D plan's spacing (image trilinear, label nearest;
+a deterministic step, so MONAI's cache keeps its result), as :func:`resfu_med.engine.inferer.predict_volume`
+resamples a scan before its sliding windows; without it patches stay on the volume's own voxel grid, the grid
+:func:`resfu_med.engine.inferer.predict_volume_3d` predicts on. Either way training and inference see the same
 scale. Val: channel axis and padding only.
 
 The output of ``train`` is a list of ``num_samples`` dicts ``{"image": float32 (1, *patch), "label": int64
@@ -54,7 +57,8 @@ from monai.transforms import (
 )
 from scipy.ndimage import zoom
 
-__all__ = ["get_patch_transforms", "get_slice_patch_transforms", "ResampleSliced", "AddChanneld", "check_patch_size"]
+__all__ = ["get_patch_transforms", "get_slice_patch_transforms", "ResampleSliced", "ResampleVolumed", "AddChanneld",
+           "check_patch_size"]
 
 KEYS = ("image", "label")
 
@@ -107,6 +111,7 @@ def _crop(size: tuple[int, int, int], num_samples: int, fg: float | None, num_cl
 def get_patch_transforms(
     phase: str, patch_size: Sequence[int] = (96, 96, 96), num_samples: int = 2, seed: int | None = None,
     fg_oversample: float | None = None, num_classes: int | None = None,
+    target_spacing: Sequence[float] | None = None, spacings: Mapping[str, Sequence[float]] | None = None,
 ) -> Compose:
     """Build the 3D patch pipeline of ``phase`` (see the module doc).
 
@@ -120,6 +125,9 @@ def get_patch_transforms(
             foreground classes (a class missing from a volume gives its share to the others), ``1 - p`` on body
             voxels of the background.
         num_classes: classes including background; required with ``fg_oversample``.
+        target_spacing: the 3D plan's ``(sz, sy, sx)`` (``data.pipeline: plan``): each volume is first resampled to
+            it from its case's spacing (:class:`ResampleVolumed`); ``None``: volumes stay on their own grid.
+        spacings: case → ``(sz, sy, sx)`` of the training cases (with ``target_spacing``).
 
     Returns:
         A MONAI ``Compose`` over volume dicts.
@@ -141,6 +149,7 @@ def get_patch_transforms(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     keys = list(KEYS)
     steps: list = [
+        *([ResampleVolumed(target_spacing, spacings)] if target_spacing is not None else []),
         AddChanneld(keys=keys),
         EnsureTyped(keys=keys, track_meta=False),
         CastToTyped(keys=keys, dtype=(torch.float32, torch.float32)),
@@ -162,16 +171,19 @@ def get_patch_transforms(
     return xform
 
 
-def inplane_factors(spacing: Sequence[float] | None, target: Sequence[float]) -> tuple[float, float] | None:
-    """Zoom factors ``(fy, fx)`` taking a slice of in-plane ``spacing`` to ``target`` (``None``: within 0.1 %)."""
+def spacing_factors(spacing: Sequence[float] | None, target: Sequence[float]) -> tuple[float, ...] | None:
+    """Zoom factors taking an array of ``spacing`` to ``target``, over the last ``len(target)`` axes of ``spacing``
+    (a slice: ``(fy, fx)`` of ``(sz, sy, sx)``); ``None`` when they are all within 0.1 % of 1 or ``spacing`` is
+    unknown."""
     if spacing is None:
         return None
-    f = (float(spacing[0]) / float(target[0]), float(spacing[1]) / float(target[1]))
+    own = list(spacing)[-len(target):]
+    f = tuple(float(s) / float(t) for s, t in zip(own, target))
     return None if all(abs(v - 1.0) < 1e-3 for v in f) else f
 
 
-def resample_slice(a: np.ndarray, factors: Sequence[float], order: int) -> np.ndarray:
-    """Zoom a 2D array by ``factors`` (output size ``round(n * f)``, at least 1) with spline ``order``."""
+def resample_array(a: np.ndarray, factors: Sequence[float], order: int) -> np.ndarray:
+    """Zoom an array by ``factors`` (output size ``round(n * f)``, at least 1) with spline ``order``."""
     shape = [max(1, int(round(n * f))) for n, f in zip(a.shape, factors)]
     return zoom(a, [t / n for t, n in zip(shape, a.shape)], order=order)  # as the inferer resamples (_zoom_to)
 
@@ -190,12 +202,38 @@ class ResampleSliced(MapTransform):
         self.spacings = {str(k): (float(v[-2]), float(v[-1])) for k, v in (spacings or {}).items() if v is not None}
 
     def __call__(self, data: dict) -> dict:
-        factors = inplane_factors(self.spacings.get(str(data.get("case"))), self.target)
+        factors = spacing_factors(self.spacings.get(str(data.get("case"))), self.target)
         if factors is None:
             return data
         d = dict(data)
-        d["image"] = resample_slice(np.asarray(d["image"], dtype=np.float32)[0], factors, 3)[None]
-        d["label"] = resample_slice(np.asarray(d["label"])[0], factors, 0)[None]
+        d["image"] = resample_array(np.asarray(d["image"], dtype=np.float32)[0], factors, 3)[None]
+        d["label"] = resample_array(np.asarray(d["label"])[0], factors, 0)[None]
+        return d
+
+
+class ResampleVolumed(MapTransform):
+    """Resample a ``(Z, Y, X)`` volume item to ``target_spacing`` ``(sz, sy, sx)`` using its case's spacing: image
+    trilinear, label nearest (as :func:`resfu_med.engine.inferer.predict_volume` resamples a 3D plan's input).
+
+    Args:
+        target_spacing: ``(sz, sy, sx)`` mm.
+        spacings: case name → ``(sz, sy, sx)``; a case not listed (or ``None``) is taken to be at the target spacing.
+    """
+
+    def __init__(self, target_spacing: Sequence[float], spacings: Mapping[str, Sequence[float]] | None = None) -> None:
+        super().__init__(keys=list(KEYS))
+        if len(target_spacing) != 3:
+            raise ValueError(f"target_spacing must be (sz, sy, sx), got {target_spacing!r}")
+        self.target = tuple(float(v) for v in target_spacing)
+        self.spacings = {str(k): tuple(float(x) for x in v) for k, v in (spacings or {}).items() if v is not None}
+
+    def __call__(self, data: dict) -> dict:
+        factors = spacing_factors(self.spacings.get(str(data.get("case"))), self.target)
+        if factors is None:
+            return data
+        d = dict(data)
+        d["image"] = resample_array(np.asarray(d["image"], dtype=np.float32), factors, 1)
+        d["label"] = resample_array(np.asarray(d["label"]), factors, 0)
         return d
 
 

@@ -37,3 +37,16 @@ def test_permissions_follow_umask(tmp_path):
         assert stat.S_IMODE(target.stat().st_mode) == 0o644
     finally:
         os.umask(old)
+
+
+def test_durable_false_skips_fsync_and_flush_to_disk_runs(tmp_path, monkeypatch):
+    from resfu_med import atomic
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    atomic_write_text(tmp_path / "fast.txt", "x", durable=False)
+    assert calls == [] and (tmp_path / "fast.txt").read_text() == "x"
+    atomic_write_text(tmp_path / "safe.txt", "y")
+    assert len(calls) == 1
+    atomic.flush_to_disk(tmp_path)  # syncfs(2) on Linux, os.sync elsewhere; raises OSError on failure

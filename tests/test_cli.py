@@ -51,7 +51,7 @@ def test_wrapped_user_errors_print_one_line(capsys, monkeypatch):
 
     parser = argparse.ArgumentParser()
     parser.set_defaults(_run=run, command="train")
-    monkeypatch.setattr("resfu_med.cli.build_parser", lambda: parser)
+    monkeypatch.setattr("resfu_med.cli.build_parser", lambda **_: parser)
     assert main([]) == 2
     assert capsys.readouterr().err.strip() == (
         "resfu-med train: error: slices/case1_slice003.npz: cannot read prepared data")

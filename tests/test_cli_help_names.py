@@ -50,3 +50,14 @@ def test_a_newly_registered_model_appears_in_help(capsys):
         assert "my_test_unet" in text and "a test-only U-Net" in text
     finally:
         MODELS.pop("my_test_unet", None)
+
+
+def test_flag_help_gives_every_preset_and_recipe_value_from_the_presets(capsys, monkeypatch):
+    from resfu_med.engine import config
+
+    text = _train_help(capsys)
+    assert "(default: zoom; msd: plan; --preset quick: plan)" in text  # --pipeline
+    assert f"--preset quick: {config.RECIPES['quick']['train']['iterations']})" in text  # --iterations
+    # generated, not written: a changed preset shows up in the help
+    monkeypatch.setitem(config.PRESETS, "acdc", {"data": {"pipeline": "plan"}})
+    assert "(default: zoom; msd: plan; acdc: plan; --preset quick: plan)" in _train_help(capsys)

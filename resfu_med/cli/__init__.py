@@ -90,8 +90,14 @@ def _command_modules() -> list:
     return mods
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with one subparser per discovered command module."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with one subparser per discovered command module.
+
+    Args:
+        only: register the options of this command only (the others keep their name and summary). Some commands'
+            options are generated from registries that import torch, MONAI and the networks; :func:`main` passes the
+            command being run, so e.g. ``prepare`` does not pay for ``train``'s imports at start-up.
+    """
     parser = ArgumentParser(
         prog="resfu-med",
         description="ReSFU medical image segmentation: prepare data, train, evaluate, infer, export.",
@@ -111,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=HelpFormatter,
         )
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
-        mod.add_arguments(p)
+        if only is None or only == mod.COMMAND:
+            mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -122,7 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     User errors (:class:`~resfu_med.errors.ResfuMedError`) print one line ``resfu-med: error: ...`` and return 2
     (130 / 143 for a training run stopped by SIGINT / SIGTERM after saving).
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top-level options take no value, so the first other word is the command (argparse checks the rest).
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command or "")
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()

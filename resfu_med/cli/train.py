@@ -35,17 +35,23 @@ _GROUPS = {"data": "data and model", "model": "data and model", "train": "schedu
 
 
 def _default(key: str) -> str:
-    """``default: X`` (and ``; demo: Y`` where the demo preset differs) for a dotted config key."""
-    from resfu_med.engine.config import OPTIONS, PRESETS, flatten
+    """``default: X``, then ``; NAME: Y`` for each dataset preset and ``--preset`` recipe that sets another value of a
+    dotted config key (read from PRESETS and RECIPES, so the help cannot disagree with them)."""
+    from resfu_med.engine.config import OPTIONS, PRESETS, RECIPES, flatten
 
-    paper, demo = OPTIONS[key].default, flatten(PRESETS["demo"]).get(key)
+    paper = OPTIONS[key].default
     shown = "null" if paper is None else paper
-    return f"default: {shown}" + (f"; demo: {demo}" if demo is not None and demo != paper else "")
+    layers = [(name, layer) for name, layer in PRESETS.items()]
+    layers += [(f"--preset {name}", layer) for name, layer in RECIPES.items()]
+    others = [(name, flatten(layer).get(key)) for name, layer in layers]
+    return f"default: {shown}" + "".join(f"; {name}: {value}" for name, value in others
+                                         if value is not None and value != paper)
 
 
 def _help(opt) -> str:
     """A flag's help from its schema option: the text, every accepted value with one line each, the default."""
-    default = f" ({_default(opt.key)})" if opt.default not in (None, False) else ""
+    text = _default(opt.key)
+    default = f" ({text})" if opt.default not in (None, False) or ";" in text else ""
     if opt.described is not None:
         return f"{opt.help}:\n{name_lines(opt.described())}\n{default.strip()}"
     return opt.help + default

@@ -214,9 +214,7 @@ class DataConfig:
                               metavar=("Z", "Y", "X"))
     patches_per_volume: int = option(2, "3D models: patches drawn per volume and batch item",
                                      flag="--patches-per-volume", positive=True, metavar="N")
-    pipeline: str = option("zoom", "2D slice pipeline (plan: 2D models; bundles apply the plan once #25's bundle "
-                                   "inferer passes the image spacing)", flag="--pipeline",
-                           choices=_PIPELINES)
+    pipeline: str = option("zoom", "2D models' slice pipeline", flag="--pipeline", choices=_PIPELINES)
     # filled in from the dataset when a run starts (complete_config); a written config.json carries them
     plan: Optional[dict] = option(None, "the 2D plan the model trains with (from the dataset's plans.json)",
                                   derived=True)
@@ -234,8 +232,9 @@ class TrainConfig:
     """The optimisation schedule (``train.*``)."""
 
     epochs: int = option(150, "epochs", flag="--epochs", positive=True, excludes="train.iterations", metavar="N")
-    iterations: Optional[int] = option(None, "a budget in iterations: epochs become ceil(iterations / iterations per "
-                                              "epoch)", flag="--iterations", positive=True, excludes="train.epochs",
+    iterations: Optional[int] = option(None, "a budget of exactly N iterations whatever the dataset's size (the last "
+                                              "epoch is cut short; the lr schedule spans the N)", flag="--iterations",
+                                       positive=True, excludes="train.epochs",
                                        metavar="N")
     max_iters: Optional[int] = option(None, "stop after N iterations in total, saving last.pt (the lr schedule still "
                                             "spans all epochs)", flag="--max-iters", minimum=0, runtime=True,
@@ -255,7 +254,7 @@ class TrainConfig:
     warmup_iters: int = option(0, "linear lr warm-up iterations", minimum=0)
     fg_oversample: Optional[float] = option(
         None, "share of every batch drawn from slices holding a foreground class, the class drawn uniformly (3D: "
-              "class-balanced patch centres); null: the dataset's default (msd 0.33, quick 0.5, others uniform)",
+              "class-balanced patch centres); null: uniform",
         flag="--fg-oversample", minimum=0, maximum=1, metavar="P")
     ce_weight: float = option(0.5, "weight of the cross-entropy loss", minimum=0)
     dice_weight: float = option(0.5, "weight of the Dice loss", minimum=0)
@@ -350,8 +349,10 @@ CHOICES: dict[str, tuple[str, ...]] = {k: o.choices() for k, o in OPTIONS.items(
 #: Per-dataset presets applied on top of the defaults (a dataset without one uses the defaults: the Synapse protocol,
 #: which TransUNet's follow-ups also apply to ACDC; the paper gives no other schedule).
 PRESETS: dict[str, dict[str, Any]] = {
-    # MSD: nnU-Net's foreground oversampling (a third of every batch from slices holding a class)
-    "msd": {"train": {"fg_oversample": 0.33}},
+    # MSD: nnU-Net's way: native-resolution patches of the dataset plan, Gaussian sliding-window inference, and its
+    # foreground oversampling (a third of every batch from slices holding a class). Synapse and ACDC keep the
+    # TransUNet protocol (slices zoomed to 224²), on which the paper's figures are quoted.
+    "msd": {"data": {"pipeline": "plan"}, "train": {"fg_oversample": 0.33}},
     # The demo: a small ReSFU U-Net and a short schedule so train + evaluate finish in minutes on 2 CPU cores.
     "demo": {
         "model": {
@@ -384,16 +385,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Training recipes applied on top of any dataset's preset (``--preset NAME``).
 RECIPES: dict[str, dict[str, Any]] = {
-    # quick: check a dataset end to end on a CPU (about 15 min on 2 cores) before booking a GPU; measured on the
-    # real T1 benchmark (docs/real_benchmark.md).
+    # quick: check a dataset end to end on a CPU before booking a GPU (docs/training.md, docs/real_benchmark.md).
     "quick": {
         "model": {"name": "unet", "upsampler": "resfu", "kwargs": copy.deepcopy(PRESETS["demo"]["model"]["kwargs"])},
         "threads": 1,
-        # the slices' own size up to 128 (Synapse's 512² slices train at 128²): small structures keep their pixels
-        "data": {"img_size": None, "num_workers": 0, "cache_rate": 1.0},
+        # every dataset: native-resolution patches of its plan (zooming whole slices throws away the pixels of small
+        # structures and distorts anisotropic slices); img_size: the plan's patch (zoom pipeline: the slices' own
+        # size up to 128)
+        "data": {"pipeline": "plan", "img_size": None, "num_workers": 0, "cache_rate": 1.0},
         "train": {
-            # 300 iterations (whole epochs covering them): on the real T1 benchmark (64² slices) warm-up + constant lr
-            # reached 75.7 % mean Dice in 336 iterations, cosine 60.4 %, warm-up + poly 66.9 % (docs/real_benchmark.md)
+            # exactly this many iterations whatever the dataset's size (the last epoch is cut short, the lr schedule
+            # spans exactly them); warm-up + constant lr beat cosine and poly at this budget (docs/real_benchmark.md)
             "iterations": 300,
             "batch_size": 4,
             "optimizer": "adamw",
@@ -425,6 +427,7 @@ def recipe_summary(name: str) -> str:
              f", {train['iterations']:,} iterations" if train.get("iterations") else "",
              f", {train['epochs']} epochs" if "epochs" in train else "",
              f", batch {train['batch_size']}" if "batch_size" in train else "",
+             f", {recipe['data']['pipeline']} pipeline" if "pipeline" in recipe.get("data", {}) else "",
              f", foreground share {train['fg_oversample']:g}" if train.get("fg_oversample") else ""]
     return f"{RECIPE_PURPOSES.get(name, name)}: " + "".join(parts).strip(", ")
 
@@ -671,8 +674,25 @@ def resolve_layers(
         cfg["model"]["kwargs"].pop("upsampler_kwargs", None)
     cfg["data"]["dataset"] = name
     sources.setdefault("data.dataset", "flags")
+    _check_img_size_applies(cfg, sources, file_src)
     flat = flatten(cfg)
     return cfg, {k: v for k, v in sources.items() if flat.get(k) != OPTIONS[k].default}
+
+
+def _check_img_size_applies(cfg: dict[str, Any], sources: dict[str, str], file_src: str) -> None:
+    """An explicit ``img_size`` with the plan pipeline of a 2D model would be ignored (the plan's patch sets the
+    input): refuse it in one line rather than drop it silently."""
+    source = sources.get("data.img_size")
+    if source not in ("flags", file_src) or cfg["data"]["pipeline"] != "plan":
+        return
+    from resfu_med.networks.model_registry import get_model_spec
+
+    if get_model_spec(cfg["model"]["name"]).spatial_dims == 2:
+        where = "" if source == "flags" else f"{source}: "
+        raise InputError(f"{where}{_flag_or_key('data.img_size', source)} applies to --pipeline zoom only; "
+                         f"the plan pipeline ({sources.get('data.pipeline', 'preset ' + cfg['data']['dataset'])}) "
+                         "trains on the dataset plan's patch (plans.2d.patch_size in plans.json): drop it or add "
+                         "--pipeline zoom")
 
 
 def resolve_config(

@@ -91,11 +91,14 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         data["label_names"] = list(names)
     if spec.spatial_dims == 2 and data.get("pipeline") == "plan":  # the plan fixes the patch (img_size) and spacing
         if data.get("plan") is None:  # the 2D plan this model trains with (inference applies exactly it)
-            plans = cfg.get("plan") or _plans_in_memory(name, data["root"])  # a raw root: its prepared copy's
-            data["plan"] = dict(plans["plans"]["2d"])
+            data["plan"] = dict(_run_plans(cfg)["plans"]["2d"])
             if spec.name == "transunet":  # its positional embedding needs a square input: the larger side
                 data["plan"]["patch_size"] = [max(data["plan"]["patch_size"])] * 2
         data["img_size"] = int(max(data["plan"]["patch_size"]))
+    if spec.spatial_dims == 3 and data.get("pipeline") == "plan" and data.get("plan") is None:
+        # 3D: volumes resampled to the 3D plan's spacing; the patch stays --patch-size (data.patch_size)
+        spacing = list(_run_plans(cfg)["plans"]["3d"]["spacing"])
+        data["plan"] = {"spacing": spacing, "patch_size": list(data["patch_size"])}
     if data.get("img_size") is None:
         data["img_size"] = native_img_size(name, data.get("root"))
     model = cfg["model"]
@@ -112,6 +115,14 @@ def complete_config(cfg: dict[str, Any]) -> dict[str, Any]:
         # axis gets 1-voxel kernels and is halved later), not the isotropic default
         model["kwargs"].update(dynunet_plan(data["patch_size"], plan3d["spacing"]))
     return cfg
+
+
+def _run_plans(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's plans for a plan-pipeline run, recorded in ``cfg["plan"]`` (so every checkpoint carries the
+    fingerprint and plans it was trained with, also for a raw root or a dataset without ``plans.json``)."""
+    if not cfg.get("plan"):
+        cfg["plan"] = _plans_in_memory(cfg["data"]["dataset"], cfg["data"]["root"])
+    return cfg["plan"]
 
 
 def _plans_in_memory(dataset: str, root: str) -> dict[str, Any]:

@@ -128,8 +128,8 @@ def run_training(overrides: dict[str, Any], output: str | Path | None = None, co
             unit = "volumes" if spatial_dims_of(c["model"]) == 3 else "slices"
             print(f"resfu-med train: {'resuming' if resume else 'training'} {c['model']['name']} "
                   f"({c['model'].get('upsampler')}) on {c['data']['dataset']} ({len(trainer.train_data)} {unit}, "
-                  f"{c['data']['num_classes']} classes), {c['train']['epochs']} epochs x {trainer.iters_per_epoch} "
-                  f"iterations, device {device}, {dist.world_size} process(es) -> {run_dir}", file=sys.stderr)
+                  f"{c['data']['num_classes']} classes), {trainer.max_iterations} iterations ({c['train']['epochs']} "
+                  f"epochs of {trainer.iters_per_epoch}), device {device}, {dist.world_size} process(es) -> {run_dir}", file=sys.stderr)
         summary = trainer.fit()
         return TrainingRun(summary, trainer.cfg, run_dir) if dist.is_main else None
     finally:

@@ -128,9 +128,12 @@ class Trainer:
                                         shuffle=True, seed=config["seed"], fg_oversample=0.0 if volumes else fg,
                                         fg_index=fg_index, batch_size=t["batch_size"])
         self.iters_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
-        if t.get("iterations"):  # an iteration budget (--preset quick): whole epochs that cover it, recorded in cfg
+        if t.get("iterations"):  # an iteration budget (--preset quick): exactly that many, whatever the dataset's
+            # size; the epochs that hold them are recorded in cfg, the last one cut short
             t["epochs"] = max(1, math.ceil(int(t["iterations"]) / self.iters_per_epoch))
-        self.max_iterations = t["epochs"] * self.iters_per_epoch
+            self.max_iterations = int(t["iterations"])
+        else:
+            self.max_iterations = t["epochs"] * self.iters_per_epoch
 
         # Model, optimisation.
         self.model = build_model(config["model"]).to(self.device)
@@ -204,24 +207,33 @@ class Trainer:
     def _default_train_data(self) -> Any:
         from resfu_med.data import get_dataset, get_patch_transforms, get_transforms
         d = self.cfg["data"]
+        planned = d.get("pipeline") == "plan" and bool(d.get("plan"))  # the plan's spacing (#26)
         if spatial_dims_of(self.cfg["model"]) == 3:  # whole training volumes, random patches drawn per item
             xform = get_patch_transforms("train", d["patch_size"], num_samples=d["patches_per_volume"],
                                          fg_oversample=self.cfg["train"].get("fg_oversample"),
-                                         num_classes=int(d["num_classes"]))
+                                         num_classes=int(d["num_classes"]),
+                                         target_spacing=d["plan"]["spacing"] if planned else None,
+                                         spacings=self._case_spacings() if planned else None)
             return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform, volumes=True)
-        if d.get("pipeline") == "plan" and d.get("plan"):  # native-resolution patches (#26, data/patch_transforms.py)
+        if planned:  # native-resolution patches (#26, data/patch_transforms.py)
             from resfu_med.data import get_slice_patch_transforms
-            from resfu_med.data.layout import read_dataset_json
 
-            prepared = getattr(get_dataset(d["dataset"], d["root"], "train", cache_rate=0.0), "root", d["root"])
-            cases = (read_dataset_json(prepared) or {}).get("cases") or {}  # per-case spacing (a raw root: its copy)
             xform = get_slice_patch_transforms(
-                "train", d["plan"]["patch_size"], d["plan"]["spacing"],
-                spacings={c: m.get("spacing") for c, m in cases.items()}, num_classes=int(d["num_classes"]),
-                fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
+                "train", d["plan"]["patch_size"], d["plan"]["spacing"], spacings=self._case_spacings(),
+                num_classes=int(d["num_classes"]), fg_fraction=float(self.cfg["train"].get("fg_oversample") or 0.5))
             return self._budgeted(get_dataset, d["dataset"], d["root"], "train", transform=xform)
         return self._budgeted(get_dataset, d["dataset"], d["root"], "train",
                               transform=get_transforms(d["dataset"], "train", img_size=d["img_size"]))
+
+    def _case_spacings(self) -> dict[str, Any]:
+        """Case → ``(sz, sy, sx)`` of the training data, from its prepared ``dataset.json`` (a raw root: its copy)."""
+        from resfu_med.data import get_dataset
+        from resfu_med.data.layout import read_dataset_json
+
+        d = self.cfg["data"]
+        prepared = getattr(get_dataset(d["dataset"], d["root"], "train", cache_rate=0.0), "root", d["root"])
+        cases = (read_dataset_json(prepared) or {}).get("cases") or {}
+        return {c: m.get("spacing") for c, m in cases.items()}
 
     def _budgeted(self, get_dataset: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """The training set with as many items cached as fit in ``data.cache_gb`` (scale: docs/scale.md)."""
@@ -437,7 +449,8 @@ class Trainer:
         per_epoch = (f"{ipe} iterations per epoch ({self.sampler.num_samples} items per process / batch "
                      f"{self.batch_size})")
         if t.get("iterations"):
-            text = f"train.iterations {t['iterations']} rounded up to whole epochs: {t['epochs']} x {per_epoch}"
+            text = (f"train.iterations {t['iterations']} (exactly, whatever the dataset's size: {t['epochs']} epoch(s) "
+                    f"of {per_epoch}, the last cut short; the lr schedule spans the {t['iterations']})")
         else:
             text = f"train.epochs {t['epochs']} x {per_epoch}"
         if t["max_iters"] and t["max_iters"] < self.max_iterations:
@@ -572,12 +585,12 @@ class Trainer:
                                         refresh=False)
                         self.on_train_batch_end(loss, lr)
                         stopped = self.should_stop()
-                        if stopped:
+                        if stopped or self.iteration >= self.max_iterations:
                             break
                         if t["checkpoint_every"] and self.iteration % t["checkpoint_every"] == 0:
                             self._save()
-                if self.batch_in_epoch >= self.iters_per_epoch:
-                    self._end_epoch()
+                if self.batch_in_epoch >= self.iters_per_epoch or self.iteration >= self.max_iterations:
+                    self._end_epoch()  # the budget's last iteration ends the (last) epoch early
                 elif stopped:
                     self._save()
         finally:

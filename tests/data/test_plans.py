@@ -119,7 +119,7 @@ def test_the_plan_travels_from_prepare_into_the_config_and_every_checkpoint(tmp_
     assert plans["plans"]["2d"]["spacing"] and plans["fingerprint"]["class_voxels"].keys() == {"organ", "tumour"}
     cfg = resolve_config("msd", overrides={
         "model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [4, 4, 8, 8, 16, 4]}},
-        "data": {"root": str(out), "img_size": 32, "num_workers": 0},
+        "data": {"root": str(out), "num_workers": 0},
         "train": {"epochs": 1, "batch_size": 2, "eval": False, "max_iters": 1}})
     cfg = complete_config(cfg)
     assert cfg["plan"] == plans

@@ -111,3 +111,41 @@ def test_resumable_after_kill(tmp_path):
         assert (out / "meta" / name).stat().st_mtime_ns == mtime
     write_prepared(ref, slow_job.sources(raw), slow_job.load, info=slow_job.INFO, list_name="Slow", progress=False)
     assert tree(out) == tree(ref)  # the interrupted cases redone, no temporary file left behind
+
+
+@pytest.mark.parametrize("np_", [1, 2])
+def test_markers_follow_a_flush_of_their_data_and_fsyncs_do_not_grow_with_cases(tmp_path, monkeypatch, np_):
+    """Power-loss policy (resfu_med.atomic): data files without a per-file fsync, one flush per group of cases, then
+    the cases' meta markers; so a marker never reaches the disk before its data, and fsyncs are O(1), not O(files)."""
+    from resfu_med.data import layout
+
+    sys.path.insert(0, str(tmp_path))
+    (tmp_path / "slow_job2.py").write_text(SLOW_JOB)
+    try:
+        import slow_job2
+    finally:
+        sys.path.remove(str(tmp_path))
+    out = tmp_path / "out"
+    snapshots = []
+
+    def data_and_markers():
+        return ({p.name for p in out.rglob("*") if p.suffix in (".npz", ".h5") and not p.name.startswith(".")},
+                {p.stem for p in (out / "meta").glob("*.json")})
+
+    real_flush = layout.flush_to_disk
+    monkeypatch.setattr(layout, "flush_to_disk", lambda root: (snapshots.append(data_and_markers()), real_flush(root)))
+    monkeypatch.setattr(layout, "COMMIT_SECONDS", 0.0)  # a group per case: the strictest ordering check
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    write_prepared(out, slow_job2.sources(tmp_path / "raw"), slow_job2.load, info=slow_job2.INFO, list_name="Slow",
+                   progress=False, num_processes=np_)
+    snapshots.append(data_and_markers())
+    for case in sorted(snapshots[-1][1]):
+        first = next(k for k, (_, markers) in enumerate(snapshots) if case in markers)
+        assert first > 0, case
+        flushed_data = snapshots[first - 1][0]
+        assert any(name.startswith(case + "_slice") or name.startswith(case + ".") for name in flushed_data), case
+        assert not any(name.startswith(case) for name in snapshots[-1][0] - flushed_data), case
+    assert len(snapshots[-1][1]) == 8
+    assert len(fsyncs) <= 5  # lists, dataset.json, plans: not one per slice (41 data files here)

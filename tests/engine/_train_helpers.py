@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["TINY", "tiny_config", "slice_dataset", "volume_cases", "make_trainer", "params_of", "NaNAfter"]
+__all__ = ["TINY", "tiny_config", "tiny_plan_config", "slice_dataset", "plan_slice_dataset", "volume_cases",
+           "make_trainer", "params_of", "NaNAfter", "free_port"]
 
 TINY = "tiny-test-unet"
 NUM_CLASSES = 3
@@ -78,6 +79,28 @@ def slice_dataset(n: int = 20, seed: int = 0, nan_at: int | None = None) -> Any:
     return Dataset(data, transform=tf)
 
 
+#: The 2D plan of the plan-pipeline stand-in: 1 mm pixels, 32² patches; its slices are at 0.8 × 1.25 mm, so every
+#: slice is resampled (to 26 × 40) before its patch is cut (padded in Y, cropped in X).
+PLAN = {"spacing": [1.0, 1.0], "patch_size": [32, 32], "median_shape": [26, 40], "batch_size": 4, "divisor": 16}
+
+
+def plan_slice_dataset(n: int = 20, seed: int = 0, nan_at: int | None = None) -> Any:
+    """The slices of :func:`slice_dataset` through the plan pipeline's training transform
+    (``resfu_med.data.get_slice_patch_transforms``: resampling to :data:`PLAN`'s spacing, padding, class-balanced
+    patch centres, flips, quarter turns, rotation, scaling), as the trainer builds it for ``data.pipeline: plan``."""
+    from monai.data import Dataset
+
+    from resfu_med.data import get_slice_patch_transforms
+
+    data = [{**item, "case": f"case{i % 4}"} for i, item in enumerate(_slices(n, seed))]
+    if nan_at is not None:
+        data[nan_at]["image"][0, 3, 3] = np.nan
+    tf = get_slice_patch_transforms("train", PLAN["patch_size"], PLAN["spacing"],
+                                    spacings={f"case{c}": (3.0, 0.8, 1.25) for c in range(4)},
+                                    num_classes=NUM_CLASSES, fg_fraction=0.5)
+    return Dataset(data, transform=tf)
+
+
 def volume_cases(n: int = 2, depth: int = 4) -> list[dict[str, Any]]:
     cases = []
     for c in range(n):
@@ -105,6 +128,14 @@ def tiny_config(**train: Any) -> dict[str, Any]:
     return cfg
 
 
+def tiny_plan_config(**train: Any) -> dict[str, Any]:
+    """:func:`tiny_config` for the plan pipeline (``data.pipeline: plan`` with :data:`PLAN`; :func:`make_trainer`
+    then trains on :func:`plan_slice_dataset`)."""
+    cfg = tiny_config(**train)
+    cfg["data"].update(pipeline="plan", plan=copy.deepcopy(PLAN), img_size=max(PLAN["patch_size"]))
+    return cfg
+
+
 def make_trainer(cfg: dict[str, Any], run_dir: Path, resume: bool = False, n: int = 20, nan_at: int | None = None,
                  runtime: dict[str, Any] | None = None, **kw: Any):
     from resfu_med.engine.trainer import Trainer
@@ -112,7 +143,8 @@ def make_trainer(cfg: dict[str, Any], run_dir: Path, resume: bool = False, n: in
     _register()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(copy.deepcopy(cfg), run_dir, resume=resume, train_data=slice_dataset(n, nan_at=nan_at),
+    data = plan_slice_dataset if cfg["data"].get("pipeline") == "plan" else slice_dataset
+    return Trainer(copy.deepcopy(cfg), run_dir, resume=resume, train_data=data(n, nan_at=nan_at),
                    val_data=volume_cases(), runtime=runtime, progress=False, **kw)
 
 
@@ -130,6 +162,15 @@ def run_in_subprocess(run_dir: str, cfg_json: str) -> None:
     cfg = json.loads(Path(cfg_json).read_text())
     resume = (Path(run_dir) / "last.pt").exists()
     make_trainer(cfg, Path(run_dir), resume=resume).fit()
+
+
+def free_port() -> int:
+    """A free local TCP port for a DDP rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ddp_worker(rank: int, world: int, port: int, run_dir: str, cfg: dict[str, Any]) -> None:

@@ -6,19 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-import resfu_med.engine.inferer as inferer
+from eval_standins import Threshold, window_spy
 from resfu_med.engine.inferer import predict_volume
 from resfu_med.errors import CheckpointError
-
-
-class Threshold(torch.nn.Module):
-    """Class 1 where the intensity is above 0.5 (pointwise, so windows cannot change the answer)."""
-
-    def forward(self, x):
-        return torch.cat([torch.zeros_like(x), 20 * (x - 0.5)], dim=1)
-
 
 PLAN = {"spacing": [1.0, 1.0], "patch_size": [32, 48], "median_shape": [32, 48], "batch_size": 2, "divisor": 16}
 CONFIG = {"model": {"name": "unet"}, "data": {"pipeline": "plan", "plan": PLAN, "num_classes": 2, "img_size": 48}}
@@ -33,14 +24,7 @@ def _blocks(shape):
 @pytest.mark.parametrize("shape,spacing", [((2, 20, 27), (3.0, 1.0, 1.0)), ((2, 90, 71), None),
                                            ((2, 60, 40), (3.0, 0.5, 2.0))])
 def test_the_checkpoint_plan_sets_window_and_spacing(monkeypatch, shape, spacing):
-    seen = []
-    real = inferer.sliding_window_inference
-
-    def spy(x, roi, *args, **kwargs):
-        seen.append((tuple(x.shape[-2:]), tuple(roi)))
-        return real(x, roi, *args, **kwargs)
-
-    monkeypatch.setattr(inferer, "sliding_window_inference", spy)
+    seen = window_spy(monkeypatch)
     image = _blocks(shape)
     labels, _ = predict_volume(Threshold(), image, CONFIG, spacing=spacing, roi=[8, 8])  # the plan wins over roi
     assert labels.shape == shape

@@ -5,36 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-import resfu_med.engine.inferer as inferer
+from eval_standins import Threshold, window_spy
 from resfu_med.engine.inferer import predict_slices
-
-
-class Threshold(torch.nn.Module):
-    """A pointwise 2-class model: class 1 where the image exceeds 0.5 (its answer does not depend on the window)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.full_like(x, 0.5), x], dim=1) * 20.0
-
-
-def _seen_shapes(monkeypatch) -> list:
-    seen = []
-    real = inferer.sliding_window_inference
-
-    def spy(x, roi, *args, **kwargs):
-        seen.append((tuple(x.shape[-2:]), tuple(roi)))
-        return real(x, roi, *args, **kwargs)
-
-    monkeypatch.setattr(inferer, "sliding_window_inference", spy)
-    return seen
 
 
 @pytest.mark.parametrize("shape", [(20, 24), (100, 70)])  # smaller than the 32² window; larger (several windows)
 def test_slices_smaller_and_larger_than_the_window_at_their_own_spacing(monkeypatch, shape):
     rng = np.random.default_rng(0)
     image = (rng.random((3, *shape)) > 0.6).astype(np.float32)
-    seen = _seen_shapes(monkeypatch)
+    seen = window_spy(monkeypatch)
     labels, probs = predict_slices(Threshold().eval(), image, 32, spacing=(0.8, 0.8), target_spacing=(0.8, 0.8),
                                    probabilities=True)
     assert seen == [(shape, (32, 32))]  # the slice as it is: padded by the sliding window, never zoomed
@@ -47,7 +27,7 @@ def test_slices_smaller_and_larger_than_the_window_at_their_own_spacing(monkeypa
 def test_anisotropic_slices_are_predicted_at_the_planned_spacing_and_come_back_on_their_grid(monkeypatch):
     image = np.zeros((2, 40, 40), np.float32)
     image[:, 10:30, 8:32] = 1.0  # 20 rows x 2 mm = 40 mm, 24 columns x 0.5 mm = 12 mm
-    seen = _seen_shapes(monkeypatch)
+    seen = window_spy(monkeypatch)
     labels, _ = predict_slices(Threshold().eval(), image, 32, spacing=(2.0, 0.5), target_spacing=(1.0, 1.0))
     # resampled to 1 mm: 40 x 2 / 1 = 80 rows, 40 x 0.5 / 1 = 20 columns; windows of the plan's patch (32²)
     assert seen == [((80, 20), (32, 32))]

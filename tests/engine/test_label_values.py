@@ -21,7 +21,7 @@ from resfu_med.engine.predictor import InferOptions, infer_file
 
 VALUES = {0, 1, 2, 4}
 TINY = {"model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [8, 8, 8, 8, 8, 8]}},
-        "data": {"img_size": 32, "num_workers": 0}, "train": {"batch_size": 2}}
+        "data": {"num_workers": 0}, "train": {"batch_size": 2}}
 
 
 def test_label_map_helpers():

@@ -23,6 +23,7 @@ def test_quick_preset_on_every_dataset(dataset):
     assert cfg["model"]["kwargs"]["upsampler_kwargs"]["embed_dim"] == 8  # the slim ReSFU
     assert t["optimizer"] == "adamw" and t["iterations"] == 300 and t["warmup_iters"] > 0
     assert t["fg_oversample"] == 0.5 and t["eval"] is False and cfg["data"]["img_size"] is None
+    assert cfg["data"]["pipeline"] == "plan"  # native-resolution patches of the plan on every dataset
     # flags still win over the preset
     cfg = resolve_config(dataset, overrides={"train": {"fg_oversample": 0.0}, "model": {"upsampler": "bilinear"}},
                          preset="quick")
@@ -35,12 +36,28 @@ def test_paper_protocol_stays_the_default():
     assert syn["train"]["schedule"] == "poly" and syn["train"]["warmup_iters"] == 0
     assert syn["train"]["fg_oversample"] is None and resolve_config("acdc")["train"]["fg_oversample"] is None
     assert resolve_config("msd")["train"]["fg_oversample"] == 0.33
+    # the paper's figures are quoted on the 224² zoom protocol: synapse and acdc keep it; msd follows nnU-Net's plan
+    assert syn["data"]["pipeline"] == "zoom" and syn["data"]["img_size"] == 224
+    assert resolve_config("acdc")["data"]["pipeline"] == "zoom" and resolve_config("demo")["data"]["pipeline"] == "zoom"
+    assert resolve_config("msd")["data"]["pipeline"] == "plan"
+    assert resolve_config("synapse", overrides={"data": {"pipeline": "plan"}})["data"]["pipeline"] == "plan"
     with pytest.raises(InputError, match="unknown preset"):
         resolve_config("msd", preset="slow")
     with pytest.raises(InputError, match="fg_oversample must be <= 1"):
         resolve_config("msd", overrides={"train": {"fg_oversample": 1.5}})
     with pytest.raises(InputError, match="train.schedule must be one of"):
         resolve_config("msd", overrides={"train": {"schedule": "step"}})
+
+
+@pytest.mark.parametrize("dataset,preset", [("msd", None), ("synapse", "quick")])
+def test_img_size_with_the_plan_pipeline_is_refused_not_ignored(dataset, preset):
+    # the plan's patch sets a 2D model's input: an explicit --img-size would be dropped silently
+    with pytest.raises(InputError, match=r"--img-size \(data.img_size\) applies to --pipeline zoom only"):
+        resolve_config(dataset, overrides={"data": {"img_size": 64}}, preset=preset)
+    cfg = resolve_config(dataset, overrides={"data": {"img_size": 64, "pipeline": "zoom"}}, preset=preset)
+    assert cfg["data"]["img_size"] == 64 and cfg["data"]["pipeline"] == "zoom"
+    # 3D models take --patch-size; their img_size is not used either way
+    assert resolve_config(dataset, overrides={"data": {"img_size": 64}, "model": {"name": "unet3d"}}, preset=preset)
 
 
 def test_robust_zscore_by_hand_and_scanner_invariance():

@@ -34,7 +34,7 @@ def batches(monkeypatch):
 def test_unet3d_trains_on_patches_and_resumes_exactly(tmp_path, capsys, batches):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main(["train", *BASE, "--max-iters", "2", "--output", str(straight)]) == 0
-    assert "unet3d (resfu) on demo (8 volumes, 9 classes), 2 epochs x 4 iterations" in capsys.readouterr().err
+    assert "unet3d (resfu) on demo (8 volumes, 9 classes), 8 iterations (2 epochs of 4)" in capsys.readouterr().err
     # 2 volumes per batch x 2 patches per volume, (Z, Y, X) = the patch size, one channel
     assert batches == [((4, 1, 16, 32, 32), (4, 1, 16, 32, 32))] * 2
     ckpt = load_checkpoint(straight / "last.pt")
