@@ -371,7 +371,7 @@ def run_targets(args: argparse.Namespace) -> int:
         for threads in args.threads_list:
             for model in args.networks:
                 ref = TARGETS[model][0]
-                extra = [*TARGET_VARIANTS, *args.variants] if threads == 1 else []
+                extra = [*(TARGET_VARIANTS if args.variants is None else args.variants)] if threads == 1 else []
                 for variant in dict.fromkeys([ref, "resfu", *extra]):
                     jobs.append(("net", model, variant, threads))
             if not args.no_infer:
@@ -382,7 +382,7 @@ def run_targets(args: argparse.Namespace) -> int:
     if args.partial and Path(args.partial).is_file():  # a stopped sweep: keep its runs, measure the rest
         done = [json.loads(line) for line in Path(args.partial).read_text().splitlines() if line.strip()]
     measured = {(r["network"], r["variant"], r["threads"]) for r in done}
-    jobs = [j for j in jobs if j[1:] not in measured]
+    jobs = [] if args.report_only else [j for j in jobs if j[1:] not in measured]
     for kind, model, variant, threads in tqdm(jobs, desc="runs"):
         cmd = [sys.executable, __file__, "--targets", "--_target_child", json.dumps([kind, model, variant, threads]),
                "--iters", str(args.iters), "--warmup", str(args.warmup),
@@ -493,11 +493,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", action="store_true",
                    help="the cost table of docs/benchmarks.md: every network (--networks) at its default "
                         "configuration, ReSFU vs its own upsampler, 1 and 2 threads, FLOPs, 3D inference")
-    p.add_argument("--networks", nargs="+", default=list(TARGETS), choices=list(TARGETS),
-                   help="--targets: the networks (default: all)")
-    p.add_argument("--variants", nargs="*", default=[],
-                   help="--targets: extra variants measured beside the default resfu, e.g. "
-                        "resfu:pcdc_channels=128 (default: none)")
+    p.add_argument("--networks", nargs="*", default=list(TARGETS), choices=list(TARGETS),
+                   help="--targets: the networks (default: all; none: only the 3D inference pair)")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="--targets: variants measured beside the default resfu at 1 thread, e.g. resfu-full "
+                        "resfu:pcdc_channels=32 (default: resfu-full; give none to measure only the default)")
+    p.add_argument("--report-only", action="store_true",
+                   help="--targets: print the table of the --partial file without measuring anything")
     p.add_argument("--threads-list", type=int, nargs="+", default=[1, 2], help="--targets: thread counts (1 2)")
     p.add_argument("--infer3d-shape", type=int, nargs=3, default=[64, 256, 256], metavar=("Z", "Y", "X"),
                    help="--targets: volume of the 3D sliding-window inference pair (default: 64 256 256)")
