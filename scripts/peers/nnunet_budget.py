@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     plans = json.loads(plans_file.read_text())
+    plans["continue_training"] = False  # what nnunetv2.run.run_training.get_trainer_from_args sets for a new run
     dataset_json = json.loads((env["nnUNet_preprocessed"] / DATASET / "dataset.json").read_text())
     trainer_class = make_trainer_class(args.cpu_budget)
     trainer = trainer_class(plans, "2d", "all", dataset_json, torch.device("cpu"))
