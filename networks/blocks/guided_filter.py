@@ -19,6 +19,25 @@ _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
+def _box_axis(x: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
+    """Clipped box mean of a 2-D-pooling tensor ``(N, C, A, B)`` along spatial ``axis`` (0 or 1)."""
+    size = int(x.shape[2 + axis])
+    r = min(radius, size - 1)  # a window reaching past both ends covers the whole axis either way
+    if r == 0:
+        return x
+    kernel, padding = [1, 1], [0, 0]
+    kernel[axis] = 2 * r + 1
+    if size >= 2 * r + 1:  # pooling divides by the count of non-padded pixels itself
+        padding[axis] = r
+        return F.avg_pool2d(x, kernel, stride=1, padding=padding, count_include_pad=False)
+    # Pooling refuses an axis shorter than its window even with padding: zero-pad by hand, rescale by the valid count.
+    pad = [0, 0, r, r] if axis == 0 else [r, r, 0, 0]  # F.pad lists the last axis first
+    pos = torch.arange(size, device=x.device)
+    count = (pos + r).clamp(max=size - 1) - (pos - r).clamp(min=0) + 1
+    scale = ((2 * r + 1) / count.to(x.dtype)).view([size if a == axis else 1 for a in range(2)])
+    return F.avg_pool2d(F.pad(x, pad), kernel, stride=1) * scale
+
+
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over the ``(2r+1)^d`` window around every pixel, clipped at the border (divides by the valid count).
 
@@ -26,6 +45,11 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     axis with ``count_include_pad=False``: ``O(d · (2r+1))`` work per pixel instead of ``O((2r+1)^d)``. Pooling refuses
     an axis shorter than its window even with padding, so such an axis is zero-padded by hand and its window sums are
     divided by the per-axis count of pixels inside the image, ``min(i + r, S − 1) − max(i − r, 0) + 1``.
+
+    Speed: in 2D every axis is pooled by ``avg_pool2d`` on a channels-last tensor (channels innermost, so the window sums
+    are vectorised over all channels at once; on CPU about 10× faster than channels-first pooling), so the result may be
+    channels-last. 3D pools channels-first per axis (the layout copies of channels-last 3D pooling cost more than
+    they save); 1D pools ``(N, C, 1, L)``.
 
     Args:
         x: ``(N, C, *spatial)`` with 1–3 spatial dims.
@@ -39,25 +63,30 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
         raise ValueError(f"box_filter: x must have 1-3 spatial dims, got shape {tuple(x.shape)}")
     if radius < 0:
         raise ValueError(f"box_filter: radius must be >= 0, got {radius}")
-    out = x
-    for axis in range(dims):
+    cl = torch.channels_last
+    if dims == 1:
+        return _box_axis(x.unsqueeze(2), 1, radius).squeeze(2)
+    if dims == 2:
+        y = x.contiguous(memory_format=cl)
+        return _box_axis(_box_axis(y, 0, radius), 1, radius)
+    out = x  # 3D: channels-first 1-D pooling per axis (the layout copies of a channels-last 3D pooling cost more)
+    for axis in range(3):
         size = int(x.shape[2 + axis])
-        r = min(radius, size - 1)  # a window reaching past both ends covers the whole axis either way
+        r = min(radius, size - 1)
         if r == 0:
             continue
-        kernel = [1] * dims
+        kernel, padding = [1, 1, 1], [0, 0, 0]
         kernel[axis] = 2 * r + 1
-        if size >= 2 * r + 1:  # pooling divides by the count of non-padded pixels itself
-            padding = [0] * dims
+        if size >= 2 * r + 1:
             padding[axis] = r
-            out = _AVG_POOL[dims](out, kernel, stride=1, padding=padding, count_include_pad=False)
+            out = F.avg_pool3d(out, kernel, stride=1, padding=padding, count_include_pad=False)
             continue
-        pad = [0] * (2 * dims)
-        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = r  # F.pad lists the last axis first
+        pad = [0] * 6
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r  # F.pad lists the last axis first
         pos = torch.arange(size, device=x.device)
         count = (pos + r).clamp(max=size - 1) - (pos - r).clamp(min=0) + 1
-        scale = ((2 * r + 1) / count.to(x.dtype)).view([size if a == axis else 1 for a in range(dims)])
-        out = _AVG_POOL[dims](F.pad(out, pad), kernel, stride=1) * scale
+        scale = ((2 * r + 1) / count.to(x.dtype)).view([size if a == axis else 1 for a in range(3)])
+        out = F.avg_pool3d(F.pad(out, pad), kernel, stride=1) * scale
     return out
 
 
@@ -76,14 +105,19 @@ def nearest_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window means of the linear coefficients, ``(mean(a), mean(b))`` (eq. 5, then the averaging of eq. 6)."""
-    mean_g = box_filter(guide, radius)
-    mean_s = box_filter(src, radius)
-    cov_gs = box_filter(guide * src, radius) - mean_g * mean_s
-    var_g = box_filter(guide * guide, radius) - mean_g * mean_g
-    a = cov_gs / (var_g + eps)
+    """Window means of the linear coefficients, ``(mean(a), mean(b))`` (eq. 5, then the averaging of eq. 6).
+
+    Batched: the four window means of eq. 5 (``g``, ``s``, ``g·s``, ``g²``) are one box filter over the channel-wise
+    concatenation, and so are the two of eq. 6 (the box filter treats every channel alike, so the values are those of
+    separate calls).
+    """
+    c = int(guide.shape[1])
+    means = box_filter(torch.cat([guide, src, guide * src, guide * guide], dim=1), radius)
+    mean_g, mean_s, mean_gs, mean_gg = means.split(c, dim=1)
+    a = (mean_gs - mean_g * mean_s) / (mean_gg - mean_g * mean_g + eps)
     b = mean_s - a * mean_g
-    return box_filter(a, radius), box_filter(b, radius)
+    mean_a, mean_b = box_filter(torch.cat([a, b], dim=1), radius).split(c, dim=1)
+    return mean_a, mean_b
 
 
 def _check(guide: torch.Tensor, src: torch.Tensor) -> None:
@@ -92,6 +126,15 @@ def _check(guide: torch.Tensor, src: torch.Tensor) -> None:
             f"guided filter: guide and src must share one (N, C, *spatial) shape with 1-3 spatial dims, "
             f"got guide {tuple(guide.shape)}, src {tuple(src.shape)}"
         )
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """Channels-last when ``t`` is stored so (2D / 3D), else contiguous: results follow the caller's layout."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -114,7 +157,7 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     dtype = _compute_dtype(guide)
     with torch.autocast(device_type=guide.device.type, enabled=False):
         g, s = guide.to(dtype), src.to(dtype)
-        mean_a, mean_b = _coefficients(g, s, radius, eps)
+        mean_a, mean_b = (t.contiguous(memory_format=_memory_format(g)) for t in _coefficients(g, s, radius, eps))
         return (mean_a * g + mean_b).to(guide.dtype)
 
 
@@ -140,9 +183,10 @@ def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps:
         g, s = guide.to(dtype), src.to(dtype)
         mean_a, mean_b = _coefficients(nearest_half(g), nearest_half(s), max(1, radius // 2), eps)
         size = [int(s) for s in g.shape[2:]]
-        mode = _LINEAR_MODE[g.dim() - 2]
-        mean_a = F.interpolate(mean_a, size=size, mode=mode, align_corners=False)
-        mean_b = F.interpolate(mean_b, size=size, mode=mode, align_corners=False)
+        c = int(g.shape[1])
+        # one interpolation for both coefficient maps, back in the guide's memory format
+        coeffs = torch.cat([mean_a, mean_b], dim=1).contiguous(memory_format=_memory_format(g))
+        mean_a, mean_b = F.interpolate(coeffs, size=size, mode=_LINEAR_MODE[g.dim() - 2], align_corners=False).split(c, dim=1)
         return (mean_a * g + mean_b).to(guide.dtype)
 
 

@@ -18,9 +18,60 @@ from resfu_med.networks.blocks.padding import replicate_pad
 
 from resfu_med.networks.blocks.norm import group_norm
 
-__all__ = ["PCDC", "PCDCBlock", "as_dilation"]
+__all__ = ["PCDC", "PCDCBlock", "as_dilation", "integer_ratios", "group_norm_with_stats_of", "compress_sum"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def integer_ratios(hr_size: Sequence[int], lr_size: Sequence[int]) -> tuple[int, ...] | None:
+    """``H / h`` per axis when every axis is an integer multiple, else ``None``."""
+    if len(hr_size) != len(lr_size) or any(h < 1 or H % h for H, h in zip(hr_size, lr_size)):
+        return None
+    return tuple(H // h for H, h in zip(hr_size, lr_size))
+
+
+def _linear_upsample_axis(x: torch.Tensor, axis: int, ratio: int) -> torch.Tensor:
+    """Linear upsampling (``align_corners=False``) of spatial ``axis`` by the integer ``ratio`` WITHOUT the border
+    clamping, on the padded grid: output ``o`` holds ``Σ_m x[m] · max(0, 1 − |(o + ½)/s − ½ − m|)`` for
+    ``o = 0 … s·S − 1``, which equals ``F.interpolate(x, scale s)`` wherever it needs no clamping (all but the
+    ``≤ s`` outermost samples at each end, which the caller crops).
+
+    Computed as a depthwise transposed convolution with the ``s``-strided hat kernel (the taps ``u`` with non-zero
+    weight ``1 − |u + ½ − s/2| / s``); output ``o`` is transposed-convolution index ``o − u_min``.
+    """
+    if ratio == 1:
+        return x
+    dims, channels = x.dim() - 2, int(x.shape[1])
+    taps = [u for u in range(-2 * ratio, 2 * ratio) if abs(2 * u + 1 - ratio) < 2 * ratio]
+    hat = torch.tensor([1.0 - abs(u + 0.5 - ratio / 2) / ratio for u in taps], dtype=x.dtype, device=x.device)
+    shape, stride = [1] * dims, [1] * dims
+    shape[axis], stride[axis] = len(taps), ratio
+    weight = hat.view(1, 1, *shape).expand(channels, 1, *shape)
+    out = _CONV_T[dims](x, weight, stride=stride, groups=channels)
+    size = int(x.shape[2 + axis]) * ratio
+    pad = -taps[0]  # out[o - u_min] is position o; position 0 has index -u_min
+    return out.narrow(2 + axis, pad, size)
+
+
+def group_norm_with_stats_of(norm: nn.GroupNorm, x: torch.Tensor, stats_of: torch.Tensor) -> torch.Tensor:
+    """``norm`` applied to ``x`` with the per-(sample, group) mean and variance of ``stats_of`` instead of ``x``'s own.
+
+    ``norm(stats_of)`` is a per-channel affine map of ``stats_of``; when ``stats_of`` is a linear upsampling of ``x``
+    (weights summing to one), that map commutes with the upsampling: ``norm(U x) = U (this function)``.
+    """
+    n, c = int(x.shape[0]), int(x.shape[1])
+    groups = norm.num_groups
+    var, mean = torch.var_mean(stats_of.reshape(n, groups, -1), dim=2, unbiased=False)  # (N, G)
+    rstd = torch.rsqrt(var + norm.eps)
+    scale, mean = rstd.repeat_interleave(c // groups, dim=1), mean.repeat_interleave(c // groups, dim=1)  # (N, C)
+    if norm.affine:
+        scale = scale * norm.weight
+        shift = norm.bias - mean * scale
+    else:
+        shift = -mean * scale
+    view = (n, c) + (1,) * (x.dim() - 2)
+    return x * scale.view(view) + shift.view(view)
 
 
 def as_dilation(dilation: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
@@ -95,6 +146,48 @@ class PCDC(nn.Module):
         centre = conv(query, centre_weight, groups=self.groups)
         return neighbours.sub_(centre)  # in place: a convolution does not save its output, one L-channel map less
 
+    def forward_upsampled_key(self, query: torch.Tensor, key_lr: torch.Tensor, ratios: Sequence[int]) -> torch.Tensor:
+        """``forward(query, U(key_lr), dilation=ratios)`` without building the key at HR: exact for integer ratios.
+
+        ``U`` is linear upsampling with ``align_corners=False`` by the integer ``ratios`` (``H = s·h`` per axis). Why it
+        is exact: with ``src(i) = (i + ½)/s − ½``, ``U(k)(i) = lerp(k_ext, src(i))`` at every ``i``, where ``k_ext`` is
+        ``k`` replicate-extended (PyTorch's clamping of ``src`` and of the upper index gives exactly that). The HR
+        neighbour ``i + s·a`` has ``src(i) + a``, and the HR replicate padding repeats ``U(k)(0) = k(0)`` and
+        ``U(k)(H−1) = k(h−1)``, which is ``lerp(k_ext, ·)`` beyond the ends too. So
+        ``Σ_a W_a · pad(U k)(i + s·a) = lerp(F, src(i))`` with ``F = conv(k_ext, W)`` at LR, dilation 1, over
+        ``j = −1 … h`` (replicate padding ``R + 1``). ``F`` has ``h + 2`` samples; ``lerp(F, src(i))`` is the linear
+        upsampling of ``F`` to ``s·(h + 2)`` cropped by ``s`` at each end (``src'(i + s) = src(i) + 1``, no clamping).
+        The central-difference term and the bias are per HR pixel and stay as in :meth:`forward`.
+
+        Cost: the ``L·(D/G)·K^d`` multiply-adds per pixel run at LR (``∏s`` times fewer); the ``L``-channel result is
+        upsampled instead of the ``D``-channel key (one depthwise transposed convolution per axis, which measured faster
+        than ``F.interpolate`` on CPU).
+
+        Args:
+            query: ``(N, D, *HR)`` centre features ``q̄``.
+            key_lr: ``(N, D, *LR)`` neighbour features before upsampling.
+            ratios: integer ``H / h`` per axis (also the dilation).
+
+        Returns:
+            ``(N, L, *HR)``.
+        """
+        dims = self.spatial_dims
+        ratios = as_dilation(ratios, dims)
+        hr = [int(h) * s for h, s in zip(key_lr.shape[2:], ratios)]
+        if key_lr.dim() != dims + 2 or query.shape[1] != self.in_channels or list(query.shape[2:]) != hr:
+            raise ValueError(
+                f"PCDC: query {tuple(query.shape)} must be key {tuple(key_lr.shape)} upsampled by {ratios}, with "
+                f"{self.in_channels} channels"
+            )
+        radius = self.kernel_size // 2
+        conv = _CONV[dims]
+        weight = self.weight
+        neighbours = conv(replicate_pad(key_lr, [radius + 1] * (2 * dims)), weight, self.bias, groups=self.groups)
+        for axis, (s, length) in enumerate(zip(ratios, hr)):
+            neighbours = _linear_upsample_axis(neighbours, axis, s).narrow(2 + axis, s, length)
+        centre_weight = weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True)
+        return neighbours - conv(query, centre_weight, groups=self.groups)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, groups={self.groups}, "
@@ -159,3 +252,37 @@ class PCDCBlock(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, dilation: int | Sequence[int] = 1) -> torch.Tensor:
         """Scores ``(N, K^d, *spatial)`` of every centre ``query`` against its ``K^d`` dilated ``key`` neighbours."""
         return self.compressor(self.pcdc(self.norm(query), self.norm(key), dilation))
+
+    def forward_upsampled_key(
+        self, query: torch.Tensor, key_lr: torch.Tensor, key_hr: torch.Tensor, ratios: Sequence[int]
+    ) -> torch.Tensor:
+        """``forward(query, key_hr, ratios)`` where ``key_hr`` is the linear upsampling (``align_corners=False``) of
+        ``key_lr`` by integer ``ratios``: the PCDC convolution of the key runs at LR (:meth:`PCDC.forward_upsampled_key`)
+        and ``key_hr`` only provides the GroupNorm statistics (the normalisation is a per-channel affine map, which
+        commutes with the upsampling). Equal to :meth:`forward` up to rounding."""
+        key_n = group_norm_with_stats_of(self.norm, key_lr, key_hr)
+        return self.compressor(self.pcdc.forward_upsampled_key(self.norm(query), key_n, ratios))
+
+
+def compress_sum(blocks: Sequence[PCDCBlock], values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_b blocks[b].compressor(values[b])`` in one pass: the blocks' compressors side by side as grouped layers.
+
+    Exact: each block's first convolution is grouped and its GroupNorm's groups stay within the block, so
+    concatenating the blocks' channels with the groups added up computes the same per-block maps; the last
+    convolutions (to ``K^d``) become one convolution over the concatenated hidden channels with summed biases, which
+    is the sum of the blocks' scores. One ReLU, one grouped convolution, one GroupNorm and one convolution run instead
+    of one each per block, and the scores need no separate addition.
+    """
+    if len({b.pcdc.spatial_dims for b in blocks}) != 1 or len(blocks) != len(values):
+        raise ValueError("compress_sum: blocks must share spatial_dims, one value per block")
+    conv = _CONV[blocks[0].pcdc.spatial_dims]
+    first = [b.compressor[1] for b in blocks]
+    norms = [b.compressor[3] for b in blocks]
+    last = [b.compressor[4] for b in blocks]
+    v = torch.relu(torch.cat(list(values), dim=1))
+    h = conv(v, torch.cat([c.weight for c in first]), torch.cat([c.bias for c in first]), groups=sum(c.groups for c in first))
+    h = F.group_norm(
+        torch.relu_(h), sum(n.num_groups for n in norms), torch.cat([n.weight for n in norms]),
+        torch.cat([n.bias for n in norms]), norms[0].eps,
+    )
+    return conv(h, torch.cat([c.weight for c in last], dim=1), sum(c.bias for c in last))

@@ -36,7 +36,7 @@ from scipy.ndimage import zoom
 from resfu_med.errors import CheckpointError
 from resfu_med.networks.model_registry import DEFAULT_IMG_SIZE, get_model_spec
 
-__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume_planned_3d", "predict_volume"]
+__all__ = ["make_predictor", "predict_slices", "predict_volume_3d", "predict_volume"]
 
 
 def _pair(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -227,6 +227,8 @@ def predict_volume_3d(
     probabilities: bool = False,
     slab_depth: int | None = None,
     progress: Callable[[int], None] | None = None,
+    spacing: Sequence[float] | None = None,
+    target_spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Predict a ``(Z, Y, X)`` volume with a 3D model by Gaussian-blended sliding windows, streamed in slabs.
 
@@ -249,12 +251,20 @@ def predict_volume_3d(
         probabilities: also return ``(C, Z, Y, X)`` float32 probabilities.
         slab_depth: slices per slab; default ``roi_z``.
         progress: called with the number of slices done after each slab.
+        spacing: the volume's ``(sz, sy, sx)`` in mm; needed with ``target_spacing``.
+        target_spacing: a 3D plan's ``(sz, sy, sx)``: the volume is resampled to it (trilinear, as the plan
+            pipeline's training resamples), predicted there, and its probabilities are resampled (linear) back to the
+            volume's own grid before the argmax (peak memory: the probabilities at both grids). ``None``: the
+            volume's own grid.
 
     Returns:
-        ``(labels, probs)``: labels ``(Z, Y, X)`` uint8; probs or ``None``.
+        ``(labels, probs)`` on the input's grid: labels ``(Z, Y, X)`` uint8; probs or ``None``.
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (Z, Y, X), got shape {image.shape}")
+    if target_spacing is not None:
+        return _predict_at_spacing_3d(model, image, roi, device, sw_batch_size, overlap, tta, num_classes,
+                                      probabilities, slab_depth, progress, spacing, target_spacing)
     roi_t = _pair(roi, 3, "roi")
     depth = image.shape[0]
     slab = int(slab_depth) if slab_depth else roi_t[0]
@@ -279,43 +289,25 @@ def predict_volume_3d(
     return labels, probs
 
 
-def predict_volume_planned_3d(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    roi: int | Sequence[int],
-    spacing: Sequence[float],
-    target_spacing: Sequence[float],
-    device: str | torch.device = "cpu",
-    sw_batch_size: int = 1,
-    overlap: float = 0.25,
-    tta: bool = False,
-    num_classes: int | None = None,
-    probabilities: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`predict_volume_3d` at a 3D plan's spacing: the ``(Z, Y, X)`` volume of ``spacing`` ``(sz, sy, sx)`` is
-    resampled (trilinear, as the plan pipeline's training resamples) to ``target_spacing``, predicted by Gaussian
-    sliding windows there, and its probabilities are resampled (linear) back to the volume's own grid before the
-    argmax. Peak memory: the class probabilities at both grids.
-
-    Returns:
-        ``(labels, probs)`` on the input's grid: labels ``(Z, Y, X)`` uint8; probs ``(C, Z, Y, X)`` or ``None``.
-    """
+def _predict_at_spacing_3d(model: torch.nn.Module, image: np.ndarray, roi: int | Sequence[int],
+                           device: str | torch.device, sw_batch_size: int, overlap: float, tta: bool,
+                           num_classes: int | None, probabilities: bool, slab_depth: int | None,
+                           progress: Callable[[int], None] | None, spacing: Sequence[float] | None,
+                           target_spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_volume_3d` with ``target_spacing``: resample, predict, resample the probabilities back."""
     from resfu_med.data.patch_transforms import resample_array, spacing_factors
 
-    if image.ndim != 3:
-        raise ValueError(f"image must be (Z, Y, X), got shape {image.shape}")
-    if len(spacing) != 3 or min(float(v) for v in spacing) <= 0:
-        raise ValueError(f"spacing must be 3 positive numbers (sz, sy, sx), got {spacing!r}")
+    if spacing is None or len(spacing) != 3 or min(float(v) for v in spacing) <= 0:
+        raise ValueError(f"target_spacing needs the volume's spacing as 3 positive numbers (sz, sy, sx), "
+                         f"got {spacing!r}")
     factors = spacing_factors(spacing, target_spacing)
     if factors is None:
         return predict_volume_3d(model, image, roi, device, sw_batch_size, overlap, tta, num_classes, probabilities,
-                                 progress=progress)
+                                 slab_depth, progress)
     planned = resample_array(np.asarray(image, dtype=np.float32), factors, 1)
-    _, p = predict_volume_3d(model, planned, roi, device, sw_batch_size, overlap, tta, num_classes, True)
-    assert p is not None
+    _, p = predict_volume_3d(model, planned, roi, device, sw_batch_size, overlap, tta, num_classes, True, slab_depth)
     del planned
-    back = np.stack([_zoom_to(p[c], image.shape, 1) for c in range(p.shape[0])])
+    back = np.stack([_zoom_to(p[c], image.shape, 1) for c in range(p.shape[0])])  # type: ignore[index]
     del p
     labels = np.argmax(back, axis=0).astype(np.uint8)
     if progress is not None:
@@ -343,8 +335,8 @@ def predict_volume(
     (:meth:`resfu_med.networks.ModelSpec.default_roi`). A 2D model trained by the plan pipeline
     (``data.pipeline == "plan"``) is run by :func:`predict_slices` at the checkpoint's ``data.plan`` spacing from the
     image's ``spacing`` ``(sz, sy, sx)`` (``None``: the planned spacing); ``roi`` and ``resample`` do not apply. A 3D
-    model trained by the plan pipeline is run by :func:`predict_volume_planned_3d` at ``data.plan.spacing`` (windows
-    of ``roi`` or ``data.patch_size``).
+    model trained by the plan pipeline is run by :func:`predict_volume_3d` at ``data.plan.spacing`` (windows of
+    ``roi`` or ``data.patch_size``).
     """
     data = config.get("data", {}) or {}
     spec = get_model_spec((config.get("model") or {}).get("name"))
@@ -358,8 +350,8 @@ def predict_volume(
     if spec.spatial_dims == 3 and data.get("pipeline") == "plan" and data.get("plan") is not None:
         plan = _checked_plan(data["plan"], 3)
         own = spacing if spacing is not None else plan["spacing"]  # unknown spacing: taken as the planned one
-        return predict_volume_planned_3d(model, image, window, own, plan["spacing"], device, batch_size, overlap, tta,
-                                         data.get("num_classes"), probabilities, progress)
+        return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),
+                                 probabilities, progress=progress, spacing=tuple(own), target_spacing=plan["spacing"])
     if spec.spatial_dims == 3:
         return predict_volume_3d(model, image, window, device, batch_size, overlap, tta, data.get("num_classes"),
                                  probabilities, progress=progress)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["TINY", "tiny_config", "tiny_plan_config", "slice_dataset", "plan_slice_dataset", "volume_cases",
-           "make_trainer", "params_of", "NaNAfter"]
+           "make_trainer", "params_of", "NaNAfter", "free_port"]
 
 TINY = "tiny-test-unet"
 NUM_CLASSES = 3
@@ -162,6 +162,15 @@ def run_in_subprocess(run_dir: str, cfg_json: str) -> None:
     cfg = json.loads(Path(cfg_json).read_text())
     resume = (Path(run_dir) / "last.pt").exists()
     make_trainer(cfg, Path(run_dir), resume=resume).fit()
+
+
+def free_port() -> int:
+    """A free local TCP port for a DDP rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ddp_worker(rank: int, world: int, port: int, run_dir: str, cfg: dict[str, Any]) -> None:

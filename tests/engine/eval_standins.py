@@ -2,8 +2,9 @@
 
 :class:`BinModel` predicts, voxel by voxel, the class nearest to ``x * (C - 1)`` — so the expected segmentation of
 any image is ``round(x * (C - 1))`` whatever the windowing, blending or batching. :class:`Threshold` is its
-two-class form (class 1 where the image exceeds 0.5), and :func:`window_spy` records the slices and windows that
-the sliding-window inference of :mod:`resfu_med.engine.inferer` sees.
+two-class form (class 1 where the image exceeds 0.5), :func:`window_spy` records the slices and windows that
+the sliding-window inference of :mod:`resfu_med.engine.inferer` sees, and :func:`write_msd_task` writes a tiny raw MSD
+task.
 """
 
 from __future__ import annotations
@@ -93,3 +94,28 @@ def save_nifti(path, data_xyz, affine=None, dtype=np.float32, descrip=b"standin"
     img.set_sform(img.affine, code=2)
     nib.save(img, str(path))
     return path
+
+
+def write_msd_task(root, n: int = 4, shape: tuple = (40, 36, 5), slice_spacings: tuple = (3.0,)):
+    """A raw MSD task of ``n`` CT cases (NIfTI ``(x, y, z)`` = ``shape``, classes a and b as two boxes through every
+    slice) at 0.7 × 1.1 mm in-plane (anisotropic: the 2D plan's spacing is (1.1, 0.7) in (Y, X)); case ``i``'s slice
+    spacing is ``slice_spacings[i % len(slice_spacings)]``. Returns ``root``."""
+    import json
+
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(n):
+        lab = np.zeros(shape, np.uint8)
+        lab[4:14, 4:14] = 1
+        lab[20:34, 10:30] = 2
+        hu = (lab.astype(np.int16) * 120 - 60 + rng.integers(-20, 20, shape)).astype(np.int16)
+        aff = np.diag([0.7, 1.1, slice_spacings[i % len(slice_spacings)], 1.0])
+        for folder, arr in (("imagesTr", hu), ("labelsTr", lab)):
+            nib.save(nib.Nifti1Image(arr, aff), str(root / folder / f"c_{i:03d}.nii.gz"))
+        training.append({"image": f"./imagesTr/c_{i:03d}.nii.gz", "label": f"./labelsTr/c_{i:03d}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "tiny", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "a", "2": "b"},
+        "training": training}))
+    return root

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from eval_standins import Threshold, window_spy
+from eval_standins import Threshold, window_spy, write_msd_task
 
 from resfu_med.cli import main
 from resfu_med.data import get_patch_transforms
@@ -43,7 +43,8 @@ def test_training_volumes_are_resampled_to_the_plan_spacing_before_the_patches()
     assert tuple(same["image"].shape) == (1, 16, 24, 20)
     train = get_patch_transforms("train", (16, 16, 16), num_samples=2, target_spacing=(1.0, 1.0, 1.0),
                                  spacings={"a": (2.0, 0.5, 1.0)}, seed=0)
-    assert [tuple(p["image"].shape) for p in train({"image": image, "label": label, "case": "a"})] == [(1, 16, 16, 16)] * 2
+    patches = train({"image": image, "label": label, "case": "a"})
+    assert [tuple(p["image"].shape) for p in patches] == [(1, 16, 16, 16)] * 2
 
 
 @pytest.mark.parametrize("spacing", [(2.0, 0.5, 1.0), None])
@@ -61,32 +62,17 @@ def test_a_3d_plan_checkpoint_predicts_at_the_plan_spacing_on_the_image_grid(mon
     np.testing.assert_allclose(np.argwhere(labels).mean(0), np.argwhere(truth).mean(0), atol=0.5)
 
 
+def test_target_spacing_needs_the_volumes_spacing():
+    from resfu_med.engine.inferer import predict_volume_3d
+
+    with pytest.raises(ValueError, match="needs the volume's spacing"):
+        predict_volume_3d(Threshold(), _box((10, 24, 20)), 16, target_spacing=(1.0, 1.0, 1.0))
+
+
 def test_a_bad_recorded_3d_plan_is_one_line():
     bad = {**CONFIG, "data": {**CONFIG["data"], "plan": {"spacing": [1.0, 1.0], "patch_size": [16, 16, 16]}}}
     with pytest.raises(CheckpointError, match=r"data.plan.spacing: expected 3 positive numbers"):
         predict_volume(Threshold(), _box((10, 24, 20)), bad)
-
-
-def _msd(root, n=4, shape=(40, 36, 12)):
-    """Cases at two slice spacings (1.5 mm and 3 mm): the 3D plan's z spacing is the training cases' median, so the
-    cases at the other spacing are resampled."""
-    rng = np.random.default_rng(0)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
-    for i in range(n):
-        lab = np.zeros(shape, np.uint8)
-        lab[4:14, 4:14, 2:8] = 1
-        lab[20:34, 10:30, 3:10] = 2
-        hu = (lab.astype(np.int16) * 120 - 60 + rng.integers(-20, 20, shape)).astype(np.int16)
-        aff = np.diag([0.7, 1.1, 3.0 if i % 2 else 1.5, 1.0])
-        nib.save(nib.Nifti1Image(hu, aff), str(root / "imagesTr" / f"c_{i:03d}.nii.gz"))
-        nib.save(nib.Nifti1Image(lab, aff), str(root / "labelsTr" / f"c_{i:03d}.nii.gz"))
-        training.append({"image": f"./imagesTr/c_{i:03d}.nii.gz", "label": f"./labelsTr/c_{i:03d}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "tiny", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "a", "2": "b"},
-        "training": training}))
-    return root
 
 
 @pytest.mark.slow
@@ -94,7 +80,8 @@ def test_unet3d_on_msd_trains_and_infers_at_the_3d_plan_spacing(tmp_path, monkey
     from resfu_med.engine.trainer import Trainer
 
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
-    task = _msd(tmp_path / "Task")
+    # cases at 1.5 and 3 mm slices: the plan's z spacing is the training cases' median, the others are resampled
+    task = write_msd_task(tmp_path / "Task", shape=(40, 36, 12), slice_spacings=(1.5, 3.0))
     seen = []
     step = Trainer.training_step
     monkeypatch.setattr(Trainer, "training_step", lambda self, b: seen.append(tuple(b["image"].shape)) or step(self, b))
@@ -133,8 +120,36 @@ def _recording(window):
 
     real = inferer.predict_volume_3d
 
-    def record(model, image, *args, **kwargs):
-        window.append(tuple(image.shape))
+    def record(model, image, *args, **kwargs):  # the grid the windows run on (not the call that resamples)
+        if kwargs.get("target_spacing") is None:
+            window.append(tuple(image.shape))
         return real(model, image, *args, **kwargs)
 
     return record
+
+
+@pytest.mark.parametrize("model", ["unet3d", "unet"])
+def test_the_trainer_resamples_each_training_case_from_its_own_spacing(tmp_path, monkeypatch, model):
+    from resfu_med.data.patch_transforms import ResampleSliced, ResampleVolumed
+    from resfu_med.engine.config import resolve_config
+    from resfu_med.engine.preparation import complete_config
+    from resfu_med.engine.trainer import Trainer
+
+    monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
+    task = write_msd_task(tmp_path / "Task", shape=(40, 36, 12), slice_spacings=(1.5, 3.0))
+    patch = {"patch_size": [16, 32, 32]} if model == "unet3d" else {}
+    cfg = complete_config(resolve_config("msd", overrides={
+        "data": {"root": str(task), "num_workers": 0, **patch},
+        "model": {"name": model, "upsampler": "bilinear", "kwargs": {"features": [4] * 6}},
+        "train": {"eval": False, "batch_size": 2}}))
+    (tmp_path / "run").mkdir()
+    data = Trainer(cfg, tmp_path / "run", progress=False).train_data.dataset
+    resample = next(t for t in data.transform.transforms if isinstance(t, (ResampleVolumed, ResampleSliced)))
+    assert isinstance(resample, ResampleVolumed if model == "unet3d" else ResampleSliced)
+    cases = {str(item["case"]) for item in data.data}
+    assert len(cases) == 3  # the training split
+    for case in cases:  # every training case is resampled from its own spacing (raw affine: 0.7, 1.1, 1.5 or 3 mm)
+        own = resample.spacings[case]
+        assert own[-2:] == pytest.approx((1.1, 0.7))
+        if model == "unet3d":
+            assert own[0] == pytest.approx(3.0 if int(case[-1]) % 2 else 1.5)

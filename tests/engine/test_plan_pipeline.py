@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from eval_standins import write_msd_task
 
 from resfu_med.cli import main
 from resfu_med.engine.checkpoint import load_checkpoint
@@ -22,29 +23,9 @@ TINY = {"model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features"
         "data": {"num_workers": 0}, "train": {"batch_size": 2}}
 
 
-def _msd(root, n=4, shape=(40, 36, 5)):
-    rng = np.random.default_rng(0)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
-    for i in range(n):
-        lab = np.zeros(shape, np.uint8)
-        lab[4:14, 4:14] = 1
-        lab[20:34, 10:30] = 2
-        hu = (lab.astype(np.int16) * 120 - 60 + rng.integers(-20, 20, shape)).astype(np.int16)
-        aff = np.diag([0.7, 1.1, 3.0, 1.0])  # anisotropic in-plane: the plan's spacing is (1.1, 0.7) in (Y, X)
-        nib.save(nib.Nifti1Image(hu, aff), str(root / "imagesTr" / f"c_{i:03d}.nii.gz"))
-        nib.save(nib.Nifti1Image(lab, aff), str(root / "labelsTr" / f"c_{i:03d}.nii.gz"))
-        training.append({"image": f"./imagesTr/c_{i:03d}.nii.gz", "label": f"./labelsTr/c_{i:03d}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "tiny", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "a", "2": "b"},
-        "training": training}))
-    return root
-
-
 def _train_and_infer(tmp_path, monkeypatch):
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
-    task = _msd(tmp_path / "Task")
+    task = write_msd_task(tmp_path / "Task")
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))
     run = tmp_path / "run"
     threads = torch.get_num_threads()
@@ -99,7 +80,7 @@ def test_quick_preset_trains_the_plan_for_its_exact_budget(tmp_path, monkeypatch
     from resfu_med.engine.config import RECIPES
 
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
-    task = _msd(tmp_path / "Task", n=2)
+    task = write_msd_task(tmp_path / "Task", n=2)
     (tmp_path / "tiny.json").write_text(json.dumps({"model": {"kwargs": {"features": [8, 8, 8, 8, 8, 8]}}}))
     common = ["--dataset", "msd", "--data-root", str(task), "--preset", "quick",
               "--upsampler", "bilinear", "--config", str(tmp_path / "tiny.json"), "--device", "cpu", "--no-progress"]
@@ -111,7 +92,7 @@ def test_quick_preset_trains_the_plan_for_its_exact_budget(tmp_path, monkeypatch
         assert cfg["data"]["pipeline"] == "plan" and cfg["data"]["plan"]["patch_size"] == [48, 48]
         err = capsys.readouterr().err
         # 5 training slices, 2 iterations per epoch at batch 4: still exactly the recipe's budget, capped here
-        assert f"{budget} iterations (150 epochs of 2)" in err
+        assert f"{budget} iterations ({budget // 2} epochs of 2)" in err
         assert f"7 iterations (7 to go), set by train.iterations {budget} (exactly, whatever the dataset's size" in err
         assert "stopping at train.max_iters 7" in err
         assert "s per iteration (measured over iterations 2-6 of this session)" in err

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from _train_helpers import ddp_worker, make_trainer, params_of, tiny_plan_config
+from _train_helpers import ddp_worker, free_port, make_trainer, params_of, tiny_plan_config
 from resfu_med.engine.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -99,19 +98,13 @@ def test_plan_pipeline_sigkill_then_resume_matches(reference, tmp_path):
     _same(reference / "last.pt", run / "last.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_plan_pipeline_two_process_gloo_matches_single_process(tmp_path):
     # as test_train_ddp.py: cross-entropy only and no dropout, so the DDP gradient equals the single-process one when
     # every sample (slice, patch centre, augmentation, foreground draw) depends on its global position only
     cfg = tiny_plan_config(epochs=2, batch_size=4, ce_weight=1.0, dice_weight=0.0, fg_oversample=0.5, eval=False)
     cfg["model"]["kwargs"]["dropout"] = 0.0
-    mp.spawn(ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
     torch.set_num_threads(1)
     make_trainer(cfg, tmp_path / "single").fit()
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from _train_helpers import ddp_worker, make_trainer, params_of, tiny_config
+from _train_helpers import ddp_worker, free_port, make_trainer, params_of, tiny_config
 from resfu_med.engine.checkpoint import load_checkpoint
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -25,7 +17,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     # global positions 4k + r and 4k + 2 + r (and their augmentation is seeded by that position).
     cfg = tiny_config(epochs=2, batch_size=4, ce_weight=1.0, dice_weight=0.0)
     cfg["model"]["kwargs"]["dropout"] = 0.0
-    mp.spawn(ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path / "ddp"), cfg), nprocs=2, join=True)
     torch.set_num_threads(1)
     make_trainer(cfg, tmp_path / "single").fit()
 

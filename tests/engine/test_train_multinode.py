@@ -8,7 +8,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_helpers import make_trainer, params_of, tiny_config
+from _train_helpers import free_port, make_trainer, params_of, tiny_config
 from resfu_med.engine.checkpoint import load_checkpoint, save_checkpoint
 from resfu_med.errors import InputError
 
 NODE = Path(__file__).parent / "_ddp_node.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -36,7 +29,7 @@ def test_two_nodes_c10d_rendezvous_then_one_process_match_single_process(tmp_pat
     first = copy.deepcopy(cfg)
     first["train"]["max_iters"] = 5  # the 2 nodes train epoch 1 of 2 (5 iterations); one process does epoch 2
     (tmp_path / "cfg.json").write_text(json.dumps(first))
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "resfu-test",

@@ -132,3 +132,15 @@ def test_bad_shapes_raise():
         guided_filter(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 9), 2, 1e-3)
     with pytest.raises(ValueError):
         GuidedFilter(radius=0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_channels_last_input_gives_the_same_values_and_layout(fast):
+    torch.manual_seed(0)
+    g, s = torch.randn(2, 6, 13, 10, dtype=torch.float64), torch.randn(2, 6, 13, 10, dtype=torch.float64)
+    f = fast_guided_filter if fast else guided_filter
+    want = f(g, s, 4, 1e-3)
+    cl = torch.channels_last
+    got = f(g.contiguous(memory_format=cl), s.contiguous(memory_format=cl), 4, 1e-3)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=cl) and want.is_contiguous()

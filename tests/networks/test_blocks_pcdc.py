@@ -108,3 +108,26 @@ def test_inner_product_matches_loops(spatial, dilation):
                 j = _neighbour(spatial, i, offset, dilation)
                 expected = sum(qn[(n, d, *i)] * kn[(n, d, *j)] for d in range(D))
                 assert got[(n, t, *i)] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "dims,lr,ratios,k",
+    [(1, (5,), (3,), 3), (2, (4, 5), (2, 2), 3), (2, (3, 4), (4, 1), 3), (2, (6, 5), (2, 3), 5), (2, (1, 2), (3, 2), 3),
+     (3, (2, 3, 3), (1, 2, 2), 3), (3, (2, 2, 3), (3, 2, 2), 3)],
+)
+def test_pcdc_with_key_at_input_resolution_equals_upsample_then_pcdc(dims, lr, ratios, k):
+    """Conv-then-upsample (PCDC.forward_upsampled_key) vs upsample-then-conv, at every pixel including the border."""
+    torch.manual_seed(0)
+    pcdc = PCDC(8, 12, kernel_size=k, groups=4, spatial_dims=dims).double()
+    torch.nn.init.normal_(pcdc.bias)
+    hr = [h * s for h, s in zip(lr, ratios)]
+    key = torch.randn(2, 8, *lr, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(2, 8, *hr, dtype=torch.float64, requires_grad=True)
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dims]
+    want = pcdc(query, torch.nn.functional.interpolate(key, size=hr, mode=mode, align_corners=False), ratios)
+    got = pcdc.forward_upsampled_key(query, key, ratios)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(want)
+    for g, r in zip(torch.autograd.grad(got, (query, key, pcdc.weight, pcdc.bias), grad),
+                    torch.autograd.grad(want, (query, key, pcdc.weight, pcdc.bias), grad)):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
