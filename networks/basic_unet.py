@@ -1,4 +1,4 @@
-"""MONAI's ``BasicUNet`` (two-conv levels, max-pool down, ``UpCat`` up) with every decoder upsampler from the registry.
+"""MONAI's ``BasicUNet`` (two-conv levels, max-pool down, ``UpCat`` up) with its decoder upsamplers from the registry.
 
 Same encoder/decoder blocks as ``monai.networks.nets.BasicUNet`` (``TwoConv``, ``Down`` are MONAI's own); only the
 ``UpCat`` upsampling step is swapped for a registry module. Channel halving follows MONAI: learned upsamplers
