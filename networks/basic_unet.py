@@ -1,10 +1,12 @@
-"""MONAI's ``BasicUNet`` (two-conv levels, max-pool down, ``UpCat`` up) with every decoder upsampler from the registry.
+"""MONAI's ``BasicUNet`` (two-conv levels, max-pool down, ``UpCat`` up) with its decoder upsamplers from the registry.
 
 Same encoder/decoder blocks as ``monai.networks.nets.BasicUNet`` (``TwoConv``, ``Down`` are MONAI's own); only the
 ``UpCat`` upsampling step is swapped for a registry module. Channel halving follows MONAI: learned upsamplers
 (``deconv``, ``pixelshuffle``) map ``in → up`` channels themselves; the others get MONAI's 1×1 "pre_conv" first.
 Guidance: ``resfu`` is guided by C1 (x0, the first full-resolution feature) area-pooled to each target size; the
-guided peer ``sapa`` gets the iterative guidance (the encoder feature it is concatenated with).
+guided peer ``sapa`` gets the iterative guidance (the encoder feature it is concatenated with). Placement: with
+``upsampler="resfu"`` the last (full-resolution) step keeps MONAI's transposed convolution unless
+``final_upsampler="resfu"`` (docs/networks.md); every other name is used at all four steps.
 With ``upsampler="deconv"`` the network is MONAI's ``BasicUNet(upsample="deconv")`` module for module.
 """
 
@@ -20,9 +22,20 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.utils import ensure_tuple_rep
 
+from .guided_up import final_step_upsampler
 from .upsamplers import get_upsampler, guide_source, upsampler_keyword
 
 __all__ = ["UpCat", "BasicUNet"]
+
+
+def _options(name: str, network_name: str, upsampler_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The registry options of one step: ``upsampler_kwargs`` where the network's own ``upsampler`` runs, none at a
+    last step of another kind (``final_upsampler``); ``bilinear`` defaults to ``align_corners=True``, MONAI's
+    non-trainable mode."""
+    kw = dict(upsampler_kwargs or {}) if name == network_name else {}
+    if name == "bilinear":
+        kw.setdefault("align_corners", True)
+    return kw
 
 
 class UpCat(nn.Module):
@@ -97,6 +110,8 @@ class BasicUNet(nn.Module):
             ``sapa``, ``dysample``; the last three 2D only).
         upsampler_kwargs: extra registry options (for ``bilinear`` the default here is ``align_corners=True``,
             MONAI's non-trainable default).
+        final_upsampler: registry name of the last (full-resolution) step; None (default): ``upsampler``, except that
+            ReSFU keeps MONAI's transposed convolution there (``final_upsampler="resfu"``: ReSFU at every step).
         upsample: deprecated spelling of ``upsampler`` (one release; warns).
 
     Example::
@@ -118,6 +133,7 @@ class BasicUNet(nn.Module):
         dropout: float | tuple = 0.0,
         upsampler: str = "resfu",
         upsampler_kwargs: dict[str, Any] | None = None,
+        final_upsampler: str | None = None,
         upsample: str | None = None,
     ) -> None:
         super().__init__()
@@ -127,12 +143,13 @@ class BasicUNet(nn.Module):
         name = upsampler_keyword(upsampler, upsample, type(self).__name__)
         self.spatial_dims = spatial_dims
         self.upsampler = self.upsample = name  # ``upsample``: the attribute's name in earlier releases
-        kw = dict(upsampler_kwargs or {})
-        if name == "bilinear":
-            kw.setdefault("align_corners", True)
+        self.final_upsampler = final_step_upsampler(name, final_upsampler)
+        names = [name] * 3 + [self.final_upsampler]
+        kws = [_options(n, name, upsampler_kwargs) for n in names]
         # guide per decoder level (the registry's guide policy): C1 = x0, or the skip feature, or none
-        self.guide_mode = guide_source(name)
-        guides = [fea[0]] * 4 if self.guide_mode == "c1" else [fea[3], fea[2], fea[1], fea[0]]
+        self.guide_modes: List[str] = [guide_source(n) for n in names]
+        skips = [fea[3], fea[2], fea[1], fea[0]]
+        guides = [fea[0] if m == "c1" else skips[i] if m == "skip" else None for i, m in enumerate(self.guide_modes)]
 
         self.conv_0 = TwoConv(spatial_dims, in_channels, fea[0], act, norm, bias, dropout)
         self.down_1 = Down(spatial_dims, fea[0], fea[1], act, norm, bias, dropout)
@@ -140,17 +157,26 @@ class BasicUNet(nn.Module):
         self.down_3 = Down(spatial_dims, fea[2], fea[3], act, norm, bias, dropout)
         self.down_4 = Down(spatial_dims, fea[3], fea[4], act, norm, bias, dropout)
 
-        args = (act, norm, bias, dropout, name)
-        self.upcat_4 = UpCat(spatial_dims, fea[4], fea[3], fea[3], *args, guide_chns=guides[0], upsampler_kwargs=kw)
-        self.upcat_3 = UpCat(spatial_dims, fea[3], fea[2], fea[2], *args, guide_chns=guides[1], upsampler_kwargs=kw)
-        self.upcat_2 = UpCat(spatial_dims, fea[2], fea[1], fea[1], *args, guide_chns=guides[2], upsampler_kwargs=kw)
-        self.upcat_1 = UpCat(spatial_dims, fea[1], fea[0], fea[5], *args, guide_chns=guides[3], halves=False, upsampler_kwargs=kw)
+        args = (act, norm, bias, dropout)
+        self.upcat_4 = UpCat(spatial_dims, fea[4], fea[3], fea[3], *args, names[0], guides[0], upsampler_kwargs=kws[0])
+        self.upcat_3 = UpCat(spatial_dims, fea[3], fea[2], fea[2], *args, names[1], guides[1], upsampler_kwargs=kws[1])
+        self.upcat_2 = UpCat(spatial_dims, fea[2], fea[1], fea[1], *args, names[2], guides[2], upsampler_kwargs=kws[2])
+        self.upcat_1 = UpCat(spatial_dims, fea[1], fea[0], fea[5], *args, names[3], guides[3], halves=False,
+                             upsampler_kwargs=kws[3])
         self.final_conv = Conv[Conv.CONV, spatial_dims](fea[5], out_channels, kernel_size=1)
 
-    def _guide(self, c1: torch.Tensor, skip: torch.Tensor) -> Optional[torch.Tensor]:
-        if self.guide_mode == "skip":
+    __jit_unused_properties__ = ["guide_mode"]
+
+    @property
+    def guide_mode(self) -> str:
+        """The guide policy of the three lower decoder steps (``c1``, ``skip`` or ``none``; earlier releases' one
+        mode for all four)."""
+        return self.guide_modes[0]
+
+    def _guide(self, mode: str, c1: torch.Tensor, skip: torch.Tensor) -> Optional[torch.Tensor]:
+        if mode == "skip":
             return skip
-        if self.guide_mode == "c1":
+        if mode == "c1":
             size: List[int] = [int(s) for s in skip.shape[2:]]
             if size == [int(s) for s in c1.shape[2:]]:
                 return c1
@@ -166,8 +192,9 @@ class BasicUNet(nn.Module):
         x2 = self.down_2(x1)
         x3 = self.down_3(x2)
         x4 = self.down_4(x3)
-        u4 = self.upcat_4(x4, x3, self._guide(x0, x3))
-        u3 = self.upcat_3(u4, x2, self._guide(x0, x2))
-        u2 = self.upcat_2(u3, x1, self._guide(x0, x1))
-        u1 = self.upcat_1(u2, x0, self._guide(x0, x0))
+        modes = self.guide_modes
+        u4 = self.upcat_4(x4, x3, self._guide(modes[0], x0, x3))
+        u3 = self.upcat_3(u4, x2, self._guide(modes[1], x0, x2))
+        u2 = self.upcat_2(u3, x1, self._guide(modes[2], x0, x1))
+        u1 = self.upcat_1(u2, x0, self._guide(modes[3], x0, x0))
         return self.final_conv(u1)

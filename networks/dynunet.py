@@ -20,7 +20,7 @@ from monai.networks.nets import DynUNet as MonaiDynUNet
 from monai.networks.nets.dynunet import DynUNetSkipLayer
 from torch.nn.functional import interpolate
 
-from .guided_up import GuidedUpBlock, guided_up_block, up_step, with_upsample_signature
+from .guided_up import GuidedUpBlock, final_step_upsampler, guided_up_block, up_step, with_upsample_signature
 from .upsamplers import upsampler_keyword
 
 __all__ = ["DynUNet", "dynunet_plan"]
@@ -74,6 +74,9 @@ class DynUNet(MonaiDynUNet):
         upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``, ``carafe``,
             ``sapa``, ``dysample``; the last three 2D only; ``pixelshuffle`` needs the same ratio on every axis).
         upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``).
+        final_upsampler: registry name of the last (full-resolution) decoder step; None (default): ``upsampler``,
+            except that ReSFU keeps MONAI's transposed convolution there (``final_upsampler="resfu"``: ReSFU at every
+            step; docs/networks.md).
         kwargs: MONAI ``DynUNet``'s keyword arguments.
 
     Example::
@@ -85,15 +88,19 @@ class DynUNet(MonaiDynUNet):
     """
 
     def __init__(self, *args: Any, upsampler: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
-                 upsample: str | None = None, **kwargs: Any) -> None:
+                 final_upsampler: str | None = None, upsample: str | None = None, **kwargs: Any) -> None:
         name = upsampler_keyword(upsampler, upsample, type(self).__name__)
+        final = final_step_upsampler(name, final_upsampler)
         super().__init__(*args, **kwargs)
         self.upsampler = self.upsample = name  # ``upsample``: the attribute's name in earlier releases
+        self.final_upsampler = final
         c1_channels = int(self.filters[0])
         levels = self._levels()
-        # The skip layers hold the same up blocks as self.upsamples (deepest first there, shallowest first here).
+        # The skip layers hold the same up blocks as self.upsamples (deepest first there, shallowest first here); the
+        # shallowest (levels[0]) is the step to C1's, i.e. the highest, resolution.
         for layer, j in zip(levels, reversed(range(len(self.upsamples)))):
-            block = guided_up_block(self.upsamples[j], name, c1_channels, upsampler_kwargs)
+            step = final if layer is levels[0] else name
+            block = guided_up_block(self.upsamples[j], step, c1_channels, upsampler_kwargs if step == name else None)
             if isinstance(block, GuidedUpBlock) and block.pre_conv is not None:
                 block.pre_conv.apply(self.initialize_weights)  # MONAI's Kaiming init of DynUNet's convolutions
             self.upsamples[j] = block

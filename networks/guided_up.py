@@ -29,7 +29,40 @@ from monai.utils import look_up_option
 
 from .upsamplers import get_upsampler, guide_source, upsampler_entry, upsampler_keyword
 
-__all__ = ["GuidedUpBlock", "UNETRDecoderMixin", "guided_up_block", "up_step", "guide_source", "with_upsample_signature"]
+__all__ = ["GuidedUpBlock", "UNETRDecoderMixin", "guided_up_block", "up_step", "guide_source", "with_upsample_signature",
+           "final_step_upsampler", "legacy_unet_kwargs"]
+
+#: The U-Nets' default at the full-resolution (last) decoder step for ``upsampler="resfu"``: the network's own
+#: transposed convolution. There ReSFU's similarity runs at the input image's resolution and costs more than the whole
+#: rest of the decoder's ReSFU steps (docs/networks.md, "ReSFU placement in the U-Nets").
+RESFU_FINAL_DEFAULT = "deconv"
+
+
+def final_step_upsampler(upsampler: str, final_upsampler: str | None) -> str:
+    """The registry name of a U-Net's last (full-resolution) decoder step: ``final_upsampler`` when given, else
+    ``upsampler`` itself, except for ``resfu``, whose full-resolution step keeps the network's transposed convolution
+    (:data:`RESFU_FINAL_DEFAULT`); ``final_upsampler="resfu"`` puts ReSFU at every step."""
+    if final_upsampler is not None:
+        return upsampler_entry(final_upsampler).name
+    name = upsampler_entry(upsampler).name
+    return RESFU_FINAL_DEFAULT if name == "resfu" else name
+
+
+def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
+    """``legacy_kwargs`` of a U-Net's model-registry entry (:class:`~resfu_med.networks.model_registry.ModelSpec`):
+    a config saved before ``final_upsampler`` was recorded whose weights hold a ReSFU in the last decoder step (a
+    weight name containing ``<prefix>upsample.resfu.``, ``<prefix>`` one of ``final_prefixes``) was trained with ReSFU at
+    every step, the earlier default: ``final_upsampler="resfu"``."""
+
+    def upgrade(kwargs: dict[str, Any], state_keys: Any) -> dict[str, Any]:
+        out = dict(kwargs)
+        marks = [f".{p}upsample.resfu." for p in final_prefixes]
+        if "final_upsampler" not in out and any(m in f".{k}" for k in state_keys for m in marks):
+            out["final_upsampler"] = "resfu"
+        return out
+
+    return upgrade
+
 
 
 class GuidedUpBlock(nn.Module):
@@ -108,19 +141,25 @@ def guided_up_block(block: nn.Module, upsample: str, c1_channels: int,
 
 class UNETRDecoderMixin:
     """Constructor of SwinUNETR and UNETR (mixed in before the MONAI class): MONAI's constructor with all its
-    arguments, then each up block named in ``decoder_names`` swapped by :func:`guided_up_block`. C1 is ``encoder1``'s
-    output, ``feature_size`` channels: the width the output block takes."""
+    arguments, then each up block named in ``decoder_names`` swapped by :func:`guided_up_block` — the last one (the
+    full-resolution step) by ``final_upsampler`` (:func:`final_step_upsampler`). C1 is ``encoder1``'s output,
+    ``feature_size`` channels: the width the output block takes."""
 
     decoder_names: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, upsampler: str = "resfu", upsampler_kwargs: dict[str, Any] | None = None,
-                 upsample: str | None = None, **kwargs: Any) -> None:
+                 final_upsampler: str | None = None, upsample: str | None = None, **kwargs: Any) -> None:
         name = upsampler_keyword(upsampler, upsample, type(self).__name__)
+        final = final_step_upsampler(name, final_upsampler)
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.upsampler = self.upsample = name  # ``upsample``: the attribute's name in earlier releases
+        self.final_upsampler = final
         c1_channels = int(self.out.conv.conv.in_channels)  # type: ignore[attr-defined]
-        for block in self.decoder_names:
-            setattr(self, block, guided_up_block(getattr(self, block), name, c1_channels, upsampler_kwargs))
+        last = len(self.decoder_names) - 1
+        for i, block in enumerate(self.decoder_names):  # the last one is the full-resolution step
+            step = final if i == last else name
+            setattr(self, block, guided_up_block(getattr(self, block), step, c1_channels,
+                                                 upsampler_kwargs if step == name else None))
 
 
 def up_step(block: nn.Module, inp: torch.Tensor, skip: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
@@ -131,9 +170,10 @@ def up_step(block: nn.Module, inp: torch.Tensor, skip: torch.Tensor, c1: torch.T
 
 
 def with_upsample_signature(cls: type, monai_cls: type) -> type:
-    """Give ``cls`` (a subclass taking ``*args, upsampler, upsampler_kwargs, upsample, **kwargs``) the signature of
-    ``monai_cls.__init__`` plus ``upsampler``, ``upsampler_kwargs`` and the deprecated ``upsample``, so ``inspect.signature`` and ``help`` list the
-    real arguments of the installed MONAI version."""
+    """Give ``cls`` (a subclass taking ``*args, upsampler, upsampler_kwargs, final_upsampler, upsample, **kwargs``) the
+    signature of ``monai_cls.__init__`` plus its own keyword-only arguments (``upsampler``, ``upsampler_kwargs``,
+    ``final_upsampler`` and the deprecated ``upsample``), so ``inspect.signature`` and ``help`` list the real arguments
+    of the installed MONAI version."""
     monai_params = list(inspect.signature(monai_cls.__init__).parameters.values())[1:]
     own = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
     cls.__signature__ = inspect.Signature(monai_params + own)  # type: ignore[attr-defined]

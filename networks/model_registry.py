@@ -79,7 +79,8 @@ class ModelSpec:
         patch_kwargs: 3D models: ``f(patch_size) -> kwargs``, constructor arguments derived from the training patch
             (UNETR's ``img_size``, DynUNet's kernel sizes and strides); the config's own ``kwargs`` win over them.
         recorded: constructor defaults written into every new config (:func:`model_kwargs`), so a later change of
-            the default cannot change the network a checkpoint rebuilds (TransUNet's ``final_upsampler``).
+            the default cannot change the network a checkpoint rebuilds (the ``final_upsampler`` of TransUNet and the
+            U-Nets): a mapping, or ``f(kwargs) -> mapping`` when the value depends on other arguments.
         legacy_kwargs: ``f(kwargs, state_keys) -> kwargs``: the arguments that rebuild a network saved by an earlier
             release (whose config lacks a ``recorded`` key) from its recorded kwargs and weight names; applied to
             checkpoints and bundles only (:func:`saved_model_config`), never to new configs.
@@ -99,7 +100,7 @@ class ModelSpec:
     patch_divisor: int = 1
     min_img_size: int = 1
     patch_kwargs: Callable[[list[int]], Mapping[str, Any]] | None = None
-    recorded: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    recorded: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     legacy_kwargs: Callable[[dict[str, Any], Collection[str]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
@@ -139,6 +140,10 @@ class ModelSpec:
         window = size if self.spatial_dims == 2 else data.get("roi_size", data.get("patch_size", size))
         window = [int(window)] if isinstance(window, (int, float)) else [int(w) for w in window]
         return window * self.spatial_dims if len(window) == 1 else window
+
+    def recorded_defaults(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The :attr:`recorded` defaults for a config's ``kwargs``."""
+        return self.recorded(kwargs) if callable(self.recorded) else self.recorded
 
 
 #: name → entry. Use :func:`register_model` to add to it.
@@ -215,8 +220,9 @@ def model_kwargs(name: str, num_classes: int, img_size: int, upsampler: str | No
         kwargs[spec.upsampler_key] = upsampler
     if spec.patch_kwargs is not None and patch_size is not None:
         kwargs.update(spec.patch_kwargs([int(s) for s in patch_size]))
-    kwargs.update(spec.recorded)
     kwargs.update(extra or {})
+    for key, value in spec.recorded_defaults(kwargs).items():
+        kwargs.setdefault(key, value)
     kwargs[spec.classes_key] = num_classes
     return kwargs
 
@@ -278,7 +284,7 @@ def saved_model_config(model_cfg: Mapping[str, Any], state_keys: Collection[str]
     """
     spec = get_model_spec(model_cfg.get("name"))
     kwargs = dict(model_cfg.get("kwargs") or {})
-    if spec.legacy_kwargs is not None and any(k not in kwargs for k in spec.recorded):
+    if spec.legacy_kwargs is not None and any(k not in kwargs for k in spec.recorded_defaults(kwargs)):
         kwargs = spec.legacy_kwargs(kwargs, state_keys)
     return {**model_cfg, "kwargs": kwargs}
 
@@ -326,8 +332,17 @@ def _img_size_is_patch(patch_size: list[int]) -> dict[str, Any]:
     return {"img_size": list(patch_size)}  # UNETR's position embedding is fixed to the training patch
 
 
+def _recorded_final_step(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The U-Nets' recorded ``final_upsampler``: the name the network resolves it to for the config's upsampler."""
+    from resfu_med.networks.guided_up import final_step_upsampler
+
+    return {"final_upsampler": final_step_upsampler(str(kwargs.get("upsampler", kwargs.get("upsample", "resfu"))),
+                                                     kwargs.get("final_upsampler"))}
+
+
 def _register_builtins() -> None:
     from resfu_med.networks.basic_unet import BasicUNet
+    from resfu_med.networks.guided_up import legacy_unet_kwargs
     from resfu_med.networks.transunet import TransUNet, legacy_transunet_kwargs
 
     register_model("transunet", TransUNet, description="TransUNet R50-ViT-B/16, 2D slices (the paper's network)",
@@ -337,7 +352,8 @@ def _register_builtins() -> None:
     # BasicUNet halves its input 4 times: 3D patches are multiples of 16; below 32 its deepest 2D feature is 1x1,
     # which instance norm cannot train on.
     unet = {"classes_key": "out_channels", "upsampler_key": "upsampler", "in_channels_key": "in_channels",
-            "target": "resfu_med.networks.BasicUNet"}
+            "target": "resfu_med.networks.BasicUNet", "recorded": _recorded_final_step,
+            "legacy_kwargs": legacy_unet_kwargs(("upcat_1.",))}
     register_model("unet", BasicUNet, description="MONAI BasicUNet, 2D slices (small and CPU-friendly)",
                    spatial_dims=2, fixed={"spatial_dims": 2}, min_img_size=32, **unet)
     register_model("unet3d", BasicUNet, description="MONAI BasicUNet, 3D patches", spatial_dims=3,
@@ -349,13 +365,17 @@ def _register_builtins() -> None:
     from resfu_med.networks.unetr import UNETR
 
     monai3d = {"classes_key": "out_channels", "upsampler_key": "upsampler", "in_channels_key": "in_channels",
-               "spatial_dims": 3, "fixed": {"spatial_dims": 3}}
+               "spatial_dims": 3, "fixed": {"spatial_dims": 3}, "recorded": _recorded_final_step}
+    # legacy_kwargs: the module path of each network's last (full-resolution) decoder step
     register_model("dynunet", DynUNet, description="MONAI DynUNet with nnU-Net's plan for the patch, 3D patches",
-                   target="resfu_med.networks.DynUNet", patch_divisor=16, patch_kwargs=dynunet_plan, **monai3d)
+                   target="resfu_med.networks.DynUNet", patch_divisor=16, patch_kwargs=dynunet_plan,
+                   legacy_kwargs=legacy_unet_kwargs(("skip_layers.upsample.",)), **monai3d)
     register_model("swinunetr", SwinUNETR, description="MONAI SwinUNETR (Swin transformer encoder), 3D patches",
-                   target="resfu_med.networks.SwinUNETR", patch_divisor=32, **monai3d)
+                   target="resfu_med.networks.SwinUNETR", patch_divisor=32,
+                   legacy_kwargs=legacy_unet_kwargs(("decoder1.",)), **monai3d)
     register_model("unetr", UNETR, description="MONAI UNETR (ViT encoder), 3D patches",
-                   target="resfu_med.networks.UNETR", patch_divisor=16, patch_kwargs=_img_size_is_patch, **monai3d)
+                   target="resfu_med.networks.UNETR", patch_divisor=16, patch_kwargs=_img_size_is_patch,
+                   legacy_kwargs=legacy_unet_kwargs(("decoder2.",)), **monai3d)
 
 
 _register_builtins()

@@ -28,6 +28,9 @@ class UNETR(UNETRDecoderMixin, MonaiUNETR):
         upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``; in 2D also
             ``carafe``, ``sapa``, ``dysample``).
         upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``).
+        final_upsampler: registry name of the last (full-resolution) decoder step; None (default): ``upsampler``,
+            except that ReSFU keeps MONAI's transposed convolution there (``final_upsampler="resfu"``: ReSFU at every
+            step; docs/networks.md).
         kwargs: MONAI ``UNETR``'s keyword arguments.
 
     Example::

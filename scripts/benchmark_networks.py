@@ -46,7 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UNET_WIDTHS", "MONAI_MODELS", "main", "measure", "build", "unet_kwargs", "monai_kwargs", "measure_infer"]
+__all__ = ["UNET_WIDTHS", "MONAI_MODELS", "TARGETS", "main", "measure", "build", "unet_kwargs", "monai_kwargs", "measure_infer",
+           "target_network", "forward_flops", "measure_target", "measure_infer3d", "run_targets", "ratios"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,7 +77,7 @@ def _slim_resfu() -> dict:
 def monai_kwargs(model: str, name: str, size: int, lite: bool) -> dict:
     """Constructor arguments of the 3D ``model`` (DynUNet, SwinUNETR, UNETR) on a ``size``³ patch with upsampler
     ``name`` (``resfu-slim``: ReSFU with the demo preset's widths); ``lite`` shrinks the network."""
-    kw: dict[str, Any] = {"in_channels": 1, "out_channels": 9, "upsample": name.split("-")[0]}
+    kw: dict[str, Any] = {"in_channels": 1, "out_channels": 9, "upsampler": name.split("-")[0]}
     if name == "resfu-slim":
         kw["upsampler_kwargs"] = _slim_resfu()
     if model == "dynunet":
@@ -121,7 +122,7 @@ def build(model: str, name: str, size: int, lite: bool, unet_widths: str = "mona
         if name == "resfu-4":
             raise ValueError("resfu-4 is a TransUNet variant")
         kw = unet_kwargs("lite" if lite else unet_widths, name)
-        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=tuple(kw["features"]), upsample=name,
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=tuple(kw["features"]), upsampler=name,
                          upsampler_kwargs=kw["upsampler_kwargs"] or None), size
     cfg = dict(LITE) if lite else {"img_size": size}
     if name == "resfu-4":  # the four-step variant: ReSFU also at the last (full-resolution) step
@@ -198,6 +199,270 @@ def measure_infer(model: str, name: str, size: int, shape: list[int], threads: i
     return {"upsampler": name, "seconds": r["seconds"], "peak_rss_mib": r["peak_rss_kb"] / 1024, "rc": r["rc"]}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# --targets: the cost table of docs/benchmarks.md ("ReSFU cost in the networks"): every network at its default
+# configuration, ReSFU against the network's own upsampler, forward + backward, 1 and 2 threads, FLOPs.
+
+#: network → (reference upsampler, input ``(batch, *spatial)`` of the full run, of ``--lite``, time/memory target).
+TARGETS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...], float]] = {
+    "transunet": ("bilinear", (2, 224, 224), (1, 64, 64), 1.10),
+    "unet": ("deconv", (2, 160, 160), (1, 32, 32), 1.5),
+    "unet3d": ("deconv", (1, 64, 64, 64), (1, 32, 32, 32), 1.5),
+    "dynunet": ("deconv", (1, 64, 64, 64), (1, 16, 16, 16), 1.5),
+    "swinunetr": ("deconv", (1, 64, 64, 64), (1, 64, 32, 32), 1.5),
+    "unetr": ("deconv", (1, 64, 64, 64), (1, 16, 16, 16), 1.5),
+}
+
+#: Variants measured beside each network's default ``resfu`` at one thread: ``resfu-full`` is ReSFU at every decoder
+#: step, the full-resolution one included (``final_upsampler="resfu"``: TransUNet's four-step variant, the U-Nets'
+#: all-ReSFU decoder; the default of earlier releases). ``--variants`` adds more (``name:key=value,...`` sets ReSFU
+#: options, e.g. ``resfu-full:pcdc_channels=32``).
+TARGET_VARIANTS = ("resfu-full",)
+
+
+def _variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``"resfu:pcdc_channels=32,full_resolution=..."`` → ``("resfu", {"pcdc_channels": 32, ...})``."""
+    base, _, opts = name.partition(":")
+    kw: dict[str, Any] = {}
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        kw[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return base, kw
+
+
+def target_network(model: str, variant: str, lite: bool = False) -> tuple[Any, tuple[int, ...]]:
+    """``(network, input shape)`` of the targets table: ``model`` at its default configuration with upsampler
+    ``variant`` (a registry name, ``resfu-full``, or ``name:key=value,...`` with ReSFU options); ``lite`` shrinks it to
+    a smoke test. Only the upsampler arguments are given, so each release's own defaults are what is measured."""
+    from resfu_med.networks import BasicUNet, DynUNet, SwinUNETR, TransUNet, UNETR, dynunet_plan
+
+    ref, full, small, _ = TARGETS[model]
+    shape = small if lite else full
+    name, opts = _variant(variant)
+    extra: dict[str, Any] = {}
+    if name == "resfu-full":
+        name, extra = "resfu", {"final_upsampler": "resfu"}
+    up: dict[str, Any] = {"upsampler": name, **({"upsampler_kwargs": opts} if opts else {})}
+    spatial = list(shape[1:])
+    if model == "transunet":
+        cfg = dict(LITE, img_size=spatial[0]) if lite else {"img_size": spatial[0]}
+        return TransUNet(9, **cfg, **up, **extra), shape
+    if model in ("unet", "unet3d"):
+        dims = len(spatial)
+        feats = UNET_WIDTHS["lite"] if lite else UNET_WIDTHS["monai"]
+        return BasicUNet(spatial_dims=dims, in_channels=1, out_channels=9, features=feats, **up, **extra), shape
+    if model == "dynunet":
+        kw = dict(dynunet_plan(spatial, max_downsamplings=2 if lite else 5))
+        if lite:
+            kw["filters"] = [8, 16, 32][: len(kw["strides"])]
+        return DynUNet(spatial_dims=3, in_channels=1, out_channels=9, **kw, **up, **extra), shape
+    if model == "swinunetr":
+        small_kw = {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)} if lite else {}
+        return SwinUNETR(in_channels=1, out_channels=9, spatial_dims=3, **small_kw, **up, **extra), shape
+    if model == "unetr":
+        small_kw = {"feature_size": 8, "hidden_size": 24, "mlp_dim": 48, "num_heads": 2} if lite else {}
+        return UNETR(in_channels=1, out_channels=9, img_size=spatial, spatial_dims=3, **small_kw, **up, **extra), shape
+    raise ValueError(f"unknown network {model!r}: choose from {', '.join(TARGETS)}")
+
+
+def _register_fns_flops() -> None:
+    """Count ReSFU's FNS gather (a custom op FlopCounterMode does not know): 2 FLOPs per weight and channel."""
+    import torch
+    from torch.utils.flop_counter import register_flop_formula
+
+    op = getattr(getattr(torch.ops, "resfu_med", None), "fns_gather_forward", None)
+    if op is None:
+        return
+
+    def formula(attn_shape, x_shape, *args, out_shape=None, **kwargs) -> int:
+        n = 1
+        for s in attn_shape:
+            n *= int(s)
+        return 2 * n * int(x_shape[1])
+
+    try:
+        register_flop_formula(op)(formula)
+    except Exception:  # noqa: BLE001 - already registered, or an op without overloads: leave it uncounted
+        pass
+
+
+def forward_flops(net: Any, x: Any) -> int:
+    """Forward FLOPs of ``net(x)`` by ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add; convolutions,
+    matrix products, attention and the FNS gather; elementwise ops, norms, pooling and interpolation count 0)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_fns_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    return int(counter.get_total_flops())
+
+
+def measure_target(model: str, variant: str, threads: int, iters: int, warmup: int, lite: bool) -> dict:
+    """Forward+backward of ``model`` with ``variant`` in this (fresh) process: median CPU and wall seconds per step,
+    the step's peak resident memory above the built model and input, forward FLOPs and parameters."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net, shape = target_network(model, variant, lite)
+    net.train()
+    x = torch.rand(shape[0], 1, *shape[1:])
+    target = torch.randint(0, 9, (shape[0], *shape[1:]))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    base_rss = _rss_mib()
+    cpu, wall = [], []
+    for i in range(warmup + iters):
+        net.zero_grad(set_to_none=True)
+        c0, w0 = time.process_time(), time.perf_counter()
+        out = net(x)
+        loss_fn(out if out.dim() == x.dim() else out[:, 0], target).backward()  # DynUNet's deep supervision: head 0
+        if i >= warmup:
+            cpu.append(time.process_time() - c0)
+            wall.append(time.perf_counter() - w0)
+    step_mib = _rss_mib() - base_rss
+    net.zero_grad(set_to_none=True)
+    flops = forward_flops(net.eval(), x) if threads == 1 else None
+    return {"network": model, "variant": variant, "threads": threads, "cpu_s": statistics.median(cpu),
+            "wall_s": statistics.median(wall), "step_peak_mib": step_mib, "peak_rss_mib": _rss_mib(),
+            "flops": flops, "params": sum(p.numel() for p in net.parameters())}
+
+
+def measure_infer3d(variant: str, shape: list[int], threads: int, lite: bool) -> dict:
+    """CPU and wall seconds of the package's 3D sliding-window inference (``predict_volume_3d``: MONAI Gaussian
+    windows, streamed in slabs) of a random ``(Z, Y, X)`` volume with the demo preset's 3D U-Net (``unet3d`` with the
+    demo widths; ``trilinear`` = its linear upsampler, ``resfu`` with the preset's ReSFU options)."""
+    import numpy as np
+    import torch
+    from resfu_med.engine.config import PRESETS
+    from resfu_med.engine.inferer import predict_volume_3d
+    from resfu_med.networks import BasicUNet
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    demo = PRESETS["demo"]
+    kw = demo["model"]["kwargs"]
+    roi = [16, 32, 32] if lite else [int(s) for s in demo["data"]["patch_size"]]
+    name = "bilinear" if variant == "trilinear" else variant
+    net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=9, features=tuple(kw["features"]), upsampler=name,
+                    upsampler_kwargs=dict(kw["upsampler_kwargs"]) if name == "resfu" else None).eval()
+    image = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    c0, w0 = time.process_time(), time.perf_counter()
+    with torch.no_grad():
+        predict_volume_3d(net, image, roi)
+    return {"network": "infer3d", "variant": variant, "threads": threads, "cpu_s": time.process_time() - c0,
+            "wall_s": time.perf_counter() - w0, "roi": roi}
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    """Every network of :data:`TARGETS` (``--networks``), its reference and ReSFU variants, each in a fresh process
+    per thread count and round (interleaved), then the 3D inference pair; prints the table and writes ``--output``."""
+    from tqdm import tqdm
+
+    jobs = []
+    for _ in range(args.rounds):
+        for threads in args.threads_list:
+            for model in args.networks:
+                ref = TARGETS[model][0]
+                extra = [*(TARGET_VARIANTS if args.variants is None else args.variants)] if threads == 1 else []
+                for variant in dict.fromkeys([ref, "resfu", *extra]):
+                    jobs.append(("net", model, variant, threads))
+            if not args.no_infer:
+                jobs += [("infer", "infer3d", v, threads) for v in ("trilinear", "resfu")]
+    loads = [_load()]
+    best: dict[tuple, dict] = {}
+    done: list[dict] = []
+    if args.partial and Path(args.partial).is_file():  # a stopped sweep: keep its runs, measure the rest
+        done = [json.loads(line) for line in Path(args.partial).read_text().splitlines() if line.strip()]
+    measured = {(r["network"], r["variant"], r["threads"]) for r in done}
+    jobs = [] if args.report_only else [j for j in jobs if j[1:] not in measured]
+    for kind, model, variant, threads in tqdm(jobs, desc="runs"):
+        cmd = [sys.executable, __file__, "--targets", "--_target_child", json.dumps([kind, model, variant, threads]),
+               "--iters", str(args.iters), "--warmup", str(args.warmup),
+               "--infer3d-shape", *map(str, args.infer3d_shape)] + (["--lite"] if args.lite else [])
+        out = subprocess.run(cmd + (["--partial", args.partial] if args.partial else []), capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{model} {variant} ({threads} thread(s)): failed\n{out.stderr[-1500:]}", file=sys.stderr)
+            continue
+        done.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        loads.append(_load())
+    for r in done:
+        model, variant, threads = r["network"], r["variant"], r["threads"]
+        key = (model, variant, threads)
+        if key not in best or r["cpu_s"] < best[key]["cpu_s"]:
+            best[key] = {**r, "flops": r.get("flops") or best.get(key, {}).get("flops")}
+    results = list(best.values())
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = {"date": stamp, "load_averages": loads, "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
+            "lite": args.lite, "infer3d_shape": args.infer3d_shape, "command": " ".join(sys.argv)}
+    print_targets(results, meta, _read_json(args.before))
+    if args.output:
+        from resfu_med.atomic import atomic_write_json
+
+        atomic_write_json(args.output, {**meta, "results": results})
+    return 0
+
+
+def _read_json(path: str | None) -> list[dict]:
+    return json.loads(Path(path).read_text())["results"] if path else []
+
+
+def ratios(results: list[dict]) -> dict[tuple, dict]:
+    """``(network, variant, threads)`` → the variant's ratios to its network's reference of the same thread count:
+    ``cpu``, ``wall``, ``mem`` (step peak memory) and ``flops``."""
+    by = {(r["network"], r["variant"], r["threads"]): r for r in results}
+    out: dict[tuple, dict] = {}
+    for (model, variant, threads), r in by.items():
+        ref_name = "trilinear" if model == "infer3d" else TARGETS[model][0]
+        ref = by.get((model, ref_name, threads))
+        if ref is None or variant == ref_name:
+            continue
+        flops_r = by.get((model, variant, 1), {}).get("flops")
+        flops_ref = by.get((model, ref_name, 1), {}).get("flops")
+        out[(model, variant, threads)] = {
+            "cpu": r["cpu_s"] / ref["cpu_s"], "wall": r["wall_s"] / ref["wall_s"],
+            "mem": (r["step_peak_mib"] / max(ref["step_peak_mib"], 1.0)) if "step_peak_mib" in r else None,
+            "flops": (flops_r / flops_ref) if flops_r and flops_ref else None,
+            "gflops": flops_r / 1e9 if flops_r else None, "ref_gflops": flops_ref / 1e9 if flops_ref else None,
+            "cpu_s": r["cpu_s"], "ref_cpu_s": ref["cpu_s"], "mem_mib": r.get("step_peak_mib"),
+            "ref_mem_mib": ref.get("step_peak_mib")}
+    return out
+
+
+def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
+    """The markdown table: per network, variant and thread count, the time (CPU seconds per step; wall in brackets),
+    step-memory and forward-FLOP ratios to the network's own upsampler, the target and, with ``--before``, the same
+    ratios of the earlier run."""
+    now, old = ratios(results), ratios(before)
+    print(f"\n{meta['date']}, CPU {meta['cpu']} ({meta['cores']} cores, shared), load averages (1/5/15 min) "
+          f"{meta['load_averages'][0]} at the start, {meta['load_averages'][-1]} at the end; median of "
+          f"{meta['iters']} fwd+bwd after {meta['warmup']} warm-up, best of {meta['rounds']} round(s)\n")
+    fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}×"  # noqa: E731
+    print("| network (reference) | variant | threads | time ratio, CPU (wall) | step memory ratio | forward GFLOPs "
+          "(ratio) | target | met | before: time / memory / FLOPs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for key in sorted(now, key=lambda k: (list(TARGETS).index(k[0]) if k[0] in TARGETS else 99, k[2], k[1])):
+        model, variant, threads = key
+        r = now[key]
+        ref = "trilinear" if model == "infer3d" else TARGETS[model][0]
+        limit = 1.5 if model == "infer3d" else TARGETS[model][3]
+        met = r["cpu"] <= limit and (r["mem"] is None or r["mem"] <= limit)
+        flops = "–" if r["gflops"] is None else f"{r['gflops']:.2f} vs {r['ref_gflops']:.2f} ({100 * (r['flops'] - 1):+.1f} %)"
+        # earlier releases' default put ReSFU at every step: "before" of both placements is their resfu
+        o = old.get((model, "resfu" if variant in ("resfu", "resfu-full") else variant, threads))
+        prev = "–" if not o else f"{fmt(o['cpu'])} / {fmt(o['mem'])} / {fmt(o['flops'])}"
+        print(f"| {model} ({ref}) | {variant} | {threads} | {fmt(r['cpu'])} ({fmt(r['wall'])}) | {fmt(r['mem'])} | "
+              f"{flops} | ≤ {limit:.2f}× | {'yes' if met else 'NO'} | {prev} |")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     from resfu_med.networks.upsamplers import upsampler_names
 
@@ -225,7 +490,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="also time resfu-med infer (bilinear and resfu) on a CT volume of this shape (default: off)")
     p.add_argument("--infer-threads", type=int, default=2, help="threads of the infer runs (default: 2)")
     p.add_argument("--output", default=None, help="write the results as JSON here (default: none)")
+    p.add_argument("--targets", action="store_true",
+                   help="the cost table of docs/benchmarks.md: every network (--networks) at its default "
+                        "configuration, ReSFU vs its own upsampler, 1 and 2 threads, FLOPs, 3D inference")
+    p.add_argument("--networks", nargs="*", default=list(TARGETS), choices=list(TARGETS),
+                   help="--targets: the networks (default: all; none: only the 3D inference pair)")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="--targets: variants measured beside the default resfu at 1 thread, e.g. resfu-full "
+                        "resfu:pcdc_channels=32 (default: resfu-full; give none to measure only the default)")
+    p.add_argument("--report-only", action="store_true",
+                   help="--targets: print the table of the --partial file without measuring anything")
+    p.add_argument("--threads-list", type=int, nargs="+", default=[1, 2], help="--targets: thread counts (1 2)")
+    p.add_argument("--infer3d-shape", type=int, nargs=3, default=[64, 256, 256], metavar=("Z", "Y", "X"),
+                   help="--targets: volume of the 3D sliding-window inference pair (default: 64 256 256)")
+    p.add_argument("--no-infer", action="store_true", help="--targets: skip the 3D inference pair")
+    p.add_argument("--before", default=None, help="--targets: JSON of an earlier --targets run, shown beside")
+    p.add_argument("--partial", default=None,
+                   help="--targets: append each finished run as a JSON line to this file, and skip the runs it already "
+                        "holds (resumes a stopped sweep) (default: none)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_target_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     monai = args.model in MONAI_MODELS
     if args.upsamplers is None:
@@ -240,6 +524,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints a markdown table. Returns the exit code."""
     args = _parse(argv)
+    if args._target_child:
+        kind, model, variant, threads = json.loads(args._target_child)
+        if kind == "infer":
+            r = measure_infer3d(variant, args.infer3d_shape, threads, args.lite)
+        else:
+            r = measure_target(model, variant, threads, args.iters, args.warmup, args.lite)
+        if args.partial:  # one line per finished run: a stopped sweep keeps what it measured
+            with open(args.partial, "a") as f:
+                f.write(json.dumps({**r, "load": _load()}) + "\n")
+        print(json.dumps(r))
+        return 0
+    if args.targets:
+        return run_targets(args)
     if args._child:
         print(json.dumps(measure(args._child, args.batch, args.size, args.iters, args.warmup, args.threads, args.lite,
                                  args.model, args.unet_widths)))

@@ -33,6 +33,8 @@ from resfu_med.ops import backend
 if args["old"]:
     sys.path.insert(0, args["root"])
     from tests.networks.resfu_reference_v1 import ReSFUv1 as ReSFU
+else:
+    ReSFU._fuse_blocks = args["fused"]
 dev = torch.device(args["device"])
 n, c_in, c_g, lr, hr = args["n"], args["c"], args["cg"], args["lr"], args["hr"]
 model = ReSFU(c_in, c_g, spatial_dims=len(lr), use_checkpoint=args["checkpoint"]).to(dev)
@@ -123,6 +125,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up (default 3)")
     ap.add_argument("--old", action="store_true", help="also time the frozen module of before #27 (source checkout)")
+    ap.add_argument("--fused", action="store_true", help="current module with both PCDC blocks in one pass (ReSFU._fuse_blocks)")
     ap.add_argument("--profile", help="2D case N,C,c,h,H: fwd+bwd time of every block of the module on its own")
     args = ap.parse_args()
     if args.profile:
@@ -142,7 +145,8 @@ def main() -> None:
     cases += [_parse(c, 3) for c in (args.case3d or ([] if args.case else DEFAULT_3D))]
 
     def run(case: dict, ckpt: bool, old: bool) -> dict | str:
-        job = dict(case, checkpoint=ckpt, device=args.device, threads=args.threads, repeats=args.repeats, old=old, root=ROOT)
+        job = dict(case, checkpoint=ckpt, device=args.device, threads=args.threads, repeats=args.repeats, old=old, root=ROOT,
+                   fused=args.fused)
         res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(job)], capture_output=True, text=True)
         if res.returncode:
             return res.stderr.strip().splitlines()[-1]

@@ -7,11 +7,16 @@ On a CUDA machine it (1) runs the CUDA test subset (``pytest -m cuda tests/ops``
 present), (2) compares the CUDA op with the float64 reference on CPU (fp32 / fp16 / bf16; 2D and 3D; K = 3, 5; integer
 and non-integer ratios; forward and both gradients) and the deterministic backward with the atomic one, (3) times FNS
 against bilinear upsampling at the TransUNet decoder shapes (CUDA events), (4) trains TransUNet-ReSFU and bilinear
-TransUNet for ``--train-seconds`` each at batch 24, 224², under bf16 autocast (iterations/s, peak memory). It prints one
-table and writes the same rows as JSON. Without a GPU it says so in one line and exits 0.
+TransUNet for ``--train-seconds`` each at batch 24, 224², under bf16 autocast (iterations/s, peak memory), (5) times
+the networks of ``scripts/benchmark_networks.py --targets`` (TransUNet, BasicUNet 2D/3D, DynUNet, SwinUNETR, UNETR at
+their default configurations and shapes; fp32 training steps) with their own upsampler, the default ReSFU and ReSFU at
+every step, and checks the default's time and memory ratios against the targets (TransUNet ≤ 1.10× bilinear, the
+U-Nets ≤ 1.5× their transposed convolution). It prints one table and writes the same rows as JSON. Without a GPU it
+says so in one line and exits 0.
 
-Imports: torch (and, for the training rows, resfu-med's networks, i.e. MONAI) only, so it runs on a GPU box without
-nibabel / medpy / SimpleITK. ``--device cpu`` runs the same checks, tiny, on CPU (used by the tests of this script).
+Imports: torch (and, for the training and network rows, resfu-med's networks, i.e. MONAI) only, so it runs on a GPU
+box without nibabel / medpy / SimpleITK. ``--device cpu`` runs the same checks, tiny, on CPU (used by the tests of this
+script; the network rows then use ``--lite`` sizes and judge nothing).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ OP_CASES = [
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 # TransUNet decoder steps at 224²: (channels, LR side); HR = 2 * LR.
 TRANSUNET_STEPS = [(512, 14), (256, 28), (128, 56), (64, 112)]
+# The networks of scripts/benchmark_networks.py --targets: each at its default configuration, ReSFU against the
+# network's own upsampler; the same builder, so the GPU and the CPU tables measure the same networks.
+NETWORK_VARIANTS = ("resfu", "resfu-full")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,9 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timing-batch", type=int, default=24, help="batch of the FNS vs bilinear timings (default 24)")
     ap.add_argument("--skip-tests", action="store_true", help="do not run the pytest CUDA subset")
     ap.add_argument("--skip-train", action="store_true", help="do not run the training rows")
+    ap.add_argument("--skip-networks", action="store_true", help="do not time the networks (ReSFU vs their own upsampler)")
+    ap.add_argument("--net-iters", type=int, default=10, help="timed training steps per network and variant (default 10)")
     args = ap.parse_args(argv)
     if args.train_seconds <= 0 or args.batch < 1 or args.size < 32 or args.size % 16 or args.timing_batch < 1:
         ap.error("--train-seconds must be > 0, --batch and --timing-batch >= 1, --size a multiple of 16 >= 32")
+    if args.net_iters < 1:
+        ap.error("--net-iters must be >= 1")
     return args
 
 
@@ -201,6 +213,68 @@ def _train_rows(device: torch.device, args: argparse.Namespace, small: bool) -> 
     return rows
 
 
+def _network_step_cost(net: torch.nn.Module, shape: tuple, device: torch.device, iters: int, warmup: int) -> tuple[float, float]:
+    """Seconds per fp32 training step (forward + backward, cross-entropy) and the step's peak memory in MiB above the
+    model and input (CUDA: allocator statistics; CPU: 0, the CPU table of benchmark_networks.py measures memory)."""
+    x = torch.rand(shape[0], 1, *shape[1:], device=device)
+    target = torch.randint(0, 9, (shape[0], *shape[1:]), device=device)
+
+    def step() -> None:
+        net.zero_grad(set_to_none=True)
+        out = net(x)
+        torch.nn.functional.cross_entropy(out if out.dim() == x.dim() else out[:, 0], target).backward()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        net.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - start) / iters
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else 0.0
+    return seconds, peak
+
+
+def _network_rows(device: torch.device, args: argparse.Namespace, small: bool) -> list[dict]:
+    """Each network of benchmark_networks.py's targets table with its own upsampler, the default ReSFU and ReSFU at
+    every step: seconds per training step and peak step memory, and the ratios against the targets."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmark_networks import TARGETS, target_network
+
+    rows = []
+    for model, (ref, _, _, limit) in TARGETS.items():
+        cost = {}
+        for variant in (ref, *NETWORK_VARIANTS):
+            torch.manual_seed(0)
+            net, shape = target_network(model, variant, lite=small)
+            net = net.to(device).train()
+            cost[variant] = _network_step_cost(net, shape, device, 1 if small else args.net_iters, 0 if small else 2)
+            del net
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        case = f"{model} {'x'.join(map(str, shape))} fp32"
+        for variant, (sec, mib) in cost.items():
+            rows.append(row("network step", f"{case}, {variant}", round(sec, 4), "", None, "s"))
+            if device.type == "cuda":
+                rows.append(row("network step memory", f"{case}, {variant}", round(mib, 1), "", None, "MiB"))
+        for variant in NETWORK_VARIANTS:
+            ratio = cost[variant][0] / cost[ref][0]
+            judged = variant == "resfu" and not small  # the targets hold for the default; tiny CPU sizes say nothing
+            rows.append(row("time ratio", f"{case}, {variant}/{ref}", round(ratio, 3), f"<= {limit}",
+                            ratio <= limit if judged else None, "x"))
+            if device.type == "cuda":
+                mem = cost[variant][1] / max(cost[ref][1], 1e-9)
+                rows.append(row("memory ratio", f"{case}, {variant}/{ref}", round(mem, 3), f"<= {limit}",
+                                mem <= limit if judged else None, "x"))
+    return rows
+
+
 def _test_rows(device: torch.device) -> list[dict]:
     tests = REPO / "tests" / "ops"
     if not tests.is_dir():
@@ -254,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += _timing_rows(device, 2 if small else args.timing_batch, small)
     if not args.skip_train:
         rows += _train_rows(device, args, small)
+    if not args.skip_networks:
+        rows += _network_rows(device, args, small)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     failed = [r for r in rows if r["passed"] is False]
     report = {

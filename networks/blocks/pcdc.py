@@ -21,7 +21,7 @@ from resfu_med.networks.blocks.norm import group_norm
 __all__ = ["PCDC", "PCDCBlock", "as_dilation", "integer_ratios", "group_norm_with_stats_of", "compress_sum"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def integer_ratios(hr_size: Sequence[int], lr_size: Sequence[int]) -> tuple[int, ...] | None:
@@ -29,6 +29,29 @@ def integer_ratios(hr_size: Sequence[int], lr_size: Sequence[int]) -> tuple[int,
     if len(hr_size) != len(lr_size) or any(h < 1 or H % h for H, h in zip(hr_size, lr_size)):
         return None
     return tuple(H // h for H, h in zip(hr_size, lr_size))
+
+
+def _linear_upsample_axis(x: torch.Tensor, axis: int, ratio: int) -> torch.Tensor:
+    """Linear upsampling (``align_corners=False``) of spatial ``axis`` by the integer ``ratio`` WITHOUT the border
+    clamping, on the padded grid: output ``o`` holds ``Σ_m x[m] · max(0, 1 − |(o + ½)/s − ½ − m|)`` for
+    ``o = 0 … s·S − 1``, which equals ``F.interpolate(x, scale s)`` wherever it needs no clamping (all but the
+    ``≤ s`` outermost samples at each end, which the caller crops).
+
+    Computed as a depthwise transposed convolution with the ``s``-strided hat kernel (the taps ``u`` with non-zero
+    weight ``1 − |u + ½ − s/2| / s``); output ``o`` is transposed-convolution index ``o − u_min``.
+    """
+    if ratio == 1:
+        return x
+    dims, channels = x.dim() - 2, int(x.shape[1])
+    taps = [u for u in range(-2 * ratio, 2 * ratio) if abs(2 * u + 1 - ratio) < 2 * ratio]
+    hat = torch.tensor([1.0 - abs(u + 0.5 - ratio / 2) / ratio for u in taps], dtype=x.dtype, device=x.device)
+    shape, stride = [1] * dims, [1] * dims
+    shape[axis], stride[axis] = len(taps), ratio
+    weight = hat.view(1, 1, *shape).expand(channels, 1, *shape)
+    out = _CONV_T[dims](x, weight, stride=stride, groups=channels)
+    size = int(x.shape[2 + axis]) * ratio
+    pad = -taps[0]  # out[o - u_min] is position o; position 0 has index -u_min
+    return out.narrow(2 + axis, pad, size)
 
 
 def group_norm_with_stats_of(norm: nn.GroupNorm, x: torch.Tensor, stats_of: torch.Tensor) -> torch.Tensor:
@@ -137,7 +160,8 @@ class PCDC(nn.Module):
         The central-difference term and the bias are per HR pixel and stay as in :meth:`forward`.
 
         Cost: the ``L·(D/G)·K^d`` multiply-adds per pixel run at LR (``∏s`` times fewer); the ``L``-channel result is
-        upsampled instead of the ``D``-channel key.
+        upsampled instead of the ``D``-channel key (one depthwise transposed convolution per axis, which measured faster
+        than ``F.interpolate`` on CPU).
 
         Args:
             query: ``(N, D, *HR)`` centre features ``q̄``.
@@ -158,11 +182,9 @@ class PCDC(nn.Module):
         radius = self.kernel_size // 2
         conv = _CONV[dims]
         weight = self.weight
-        lr_conv = conv(replicate_pad(key_lr, [radius + 1] * (2 * dims)), weight, self.bias, groups=self.groups)
-        size = [(int(h) + 2) * s for h, s in zip(key_lr.shape[2:], ratios)]
-        neighbours = F.interpolate(lr_conv, size=size, mode=_LINEAR_MODE[dims], align_corners=False)
+        neighbours = conv(replicate_pad(key_lr, [radius + 1] * (2 * dims)), weight, self.bias, groups=self.groups)
         for axis, (s, length) in enumerate(zip(ratios, hr)):
-            neighbours = neighbours.narrow(2 + axis, s, length)
+            neighbours = _linear_upsample_axis(neighbours, axis, s).narrow(2 + axis, s, length)
         centre_weight = weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True)
         return neighbours - conv(query, centre_weight, groups=self.groups)
 

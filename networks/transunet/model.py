@@ -1,4 +1,4 @@
-"""TransUNet (Chen et al. 2021), R50-ViT-B/16 hybrid, with every decoder upsampler taken from the registry.
+"""TransUNet (Chen et al. 2021), R50-ViT-B/16 hybrid, with its decoder upsamplers taken from the registry.
 
 Placement (docs/networks.md): by default the registry upsampler replaces the three ×2 steps that meet a skip feature
 (14→28, 28→56, 56→112 at 224², the paper's Fig. 18) and the last step (112→224, no skip) stays the original

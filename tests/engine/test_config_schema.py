@@ -14,7 +14,7 @@ from resfu_med.errors import InputError
 
 
 def test_flag_epochs_beats_the_recipe_iteration_budget():
-    # train --preset quick --epochs 16: the recipe's 300-iteration budget must not silently override the flag
+    # train --preset quick --epochs 16: the recipe's iteration budget must not silently override the flag
     cfg = C.resolve_config("demo", overrides={"train": {"epochs": 16}}, preset="quick")
     assert cfg["train"]["epochs"] == 16 and cfg["train"]["iterations"] is None
 

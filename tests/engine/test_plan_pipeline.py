@@ -92,7 +92,7 @@ def test_quick_preset_trains_the_plan_for_its_exact_budget(tmp_path, monkeypatch
         assert cfg["data"]["pipeline"] == "plan" and cfg["data"]["plan"]["patch_size"] == [48, 48]
         err = capsys.readouterr().err
         # 5 training slices, 2 iterations per epoch at batch 4: still exactly the recipe's budget, capped here
-        assert f"{budget} iterations (150 epochs of 2)" in err
+        assert f"{budget} iterations ({budget // 2} epochs of 2)" in err
         assert f"7 iterations (7 to go), set by train.iterations {budget} (exactly, whatever the dataset's size" in err
         assert "stopping at train.max_iters 7" in err
         assert "s per iteration (measured over iterations 2-6 of this session)" in err

@@ -21,7 +21,7 @@ def test_quick_preset_on_every_dataset(dataset):
     t = cfg["train"]
     assert cfg["model"]["name"] == "unet" and cfg["model"]["upsampler"] == "resfu"
     assert cfg["model"]["kwargs"]["upsampler_kwargs"]["embed_dim"] == 8  # the slim ReSFU
-    assert t["optimizer"] == "adamw" and t["iterations"] == 300 and t["warmup_iters"] > 0
+    assert t["optimizer"] == "adamw" and t["iterations"] == 1500 and t["warmup_iters"] > 0
     assert t["fg_oversample"] == 0.5 and t["eval"] is False and cfg["data"]["img_size"] is None
     assert cfg["data"]["pipeline"] == "plan"  # native-resolution patches of the plan on every dataset
     # flags still win over the preset
@@ -116,7 +116,7 @@ def test_normalisation_round_trip_through_checkpoint_and_bundle(tmp_path, monkey
                  "--upsampler", "bilinear", "--max-iters", "2", "--output", str(run), "--no-progress"]) == 0
     cfg = load_checkpoint(run / "last.pt")["config"]
     assert cfg["data"]["intensity"] == MRI_ROBUST_SPEC and cfg["data"]["img_size"] == 32  # native size
-    assert cfg["train"]["fg_oversample"] == 0.5 and cfg["train"]["epochs"] == 150  # 300 iterations, 2 per epoch
+    assert cfg["train"]["fg_oversample"] == 0.5 and cfg["train"]["epochs"] == 750  # 1500 iterations, 2 per epoch
     vol = nib.load(str(raw / "imagesTr" / "c2.nii.gz")).get_fdata()
     expect = robust_zscore(vol)
     np.testing.assert_allclose(_intensity(cfg)[0](vol), expect, atol=1e-6)  # what `resfu-med infer` applies

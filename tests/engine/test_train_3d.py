@@ -42,7 +42,9 @@ def test_unet3d_trains_on_patches_and_resumes_exactly(tmp_path, capsys, batches)
     model, cfg = load_model(straight / "last.pt")
     convs3d = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
     upsamplers = [type(m).__name__ for m in model.modules() if type(m).__name__ == "ReSFU"]
-    assert convs3d and len(upsamplers) == 4 and cfg["model"]["name"] == "unet3d"
+    # ReSFU at the three lower steps, MONAI's transposed convolution at full resolution (docs/networks.md)
+    assert convs3d and len(upsamplers) == 3 and cfg["model"]["name"] == "unet3d"
+    assert cfg["model"]["kwargs"]["final_upsampler"] == "deconv"
 
     # stop after 1 iteration, resume to 2: the same weights as the uninterrupted run (patches are seeded per sample)
     assert main(["train", *BASE, "--max-iters", "1", "--output", str(split)]) == 0

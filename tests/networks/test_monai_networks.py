@@ -74,13 +74,14 @@ def test_same_constructor_arguments_as_monai():
         ours = inspect.signature(ours_cls).parameters
         theirs = inspect.signature(monai_cls).parameters
         assert list(ours)[: len(theirs)] == list(theirs)
-        assert list(ours)[len(theirs):] == ["upsampler", "upsampler_kwargs", "upsample"]
+        assert list(ours)[len(theirs):] == ["upsampler", "upsampler_kwargs", "final_upsampler", "upsample"]
         assert ours["upsampler"].default == "resfu"
 
 
 @pytest.mark.parametrize("name", upsampler_names())
 def test_dynunet_2d_every_upsampler(name):
-    net = DynUNet(**dynunet_args(2), upsampler=name, upsampler_kwargs=SLIM if name == "resfu" else None)
+    net = DynUNet(**dynunet_args(2), upsampler=name, upsampler_kwargs=SLIM if name == "resfu" else None,
+                  final_upsampler=name)
     assert all(isinstance(b, GuidedUpBlock) for b in net.upsamples) == (name != "deconv")
     out = net(torch.rand(2, 1, 32, 32))
     assert out.shape == (2, 3, 32, 32)
@@ -105,8 +106,11 @@ def test_3d_resfu_trains(net):
     kw, shape = args(3), _shape(net, 3)
     if net == "dynunet":
         kw, shape = dynunet_args(3, anisotropic=True), (1, 1, 8, 32, 32)
-    model = ours_cls(**kw, upsampler="resfu", upsampler_kwargs=SLIM)
-    assert sum(type(m).__name__ == "ReSFU" for m in model.modules()) == (3 if net == "dynunet" else 5 if net == "swinunetr" else 4)
+    steps = 3 if net == "dynunet" else 5 if net == "swinunetr" else 4
+    default = ours_cls(**kw, upsampler="resfu", upsampler_kwargs=SLIM)
+    assert sum(type(m).__name__ == "ReSFU" for m in default.modules()) == steps - 1  # full resolution: deconv
+    model = ours_cls(**kw, upsampler="resfu", upsampler_kwargs=SLIM, final_upsampler="resfu")
+    assert sum(type(m).__name__ == "ReSFU" for m in model.modules()) == steps
     out = model(torch.rand(shape))
     assert out.shape == (1, 3, *shape[2:])
     out.mean().backward()
@@ -126,7 +130,8 @@ def _c1_and_guides(model, c1_module, x):
 
 
 def test_dynunet_resfu_guided_by_area_pooled_c1_anisotropic():
-    model = DynUNet(**dynunet_args(3, anisotropic=True), upsampler="resfu", upsampler_kwargs=SLIM).eval()
+    model = DynUNet(**dynunet_args(3, anisotropic=True), upsampler="resfu", upsampler_kwargs=SLIM,
+                    final_upsampler="resfu").eval()
     c1, seen = _c1_and_guides(model, model.input_block, torch.rand(1, 1, 8, 32, 32))
     # strides 1, (1, 2, 2), 2, 2 on 8x32x32; steps deepest first: (2, 4, 4)→(4, 8, 8), (4, 8, 8)→(8, 16, 16),
     # (8, 16, 16)→C1 (8, 32, 32)
@@ -143,7 +148,7 @@ def test_dynunet_resfu_guided_by_area_pooled_c1_anisotropic():
 @pytest.mark.parametrize("net", ["swinunetr", "unetr"])
 def test_transformer_nets_resfu_guided_by_encoder1(net):
     ours_cls, _, args = NETS[net]
-    model = ours_cls(**args(2), upsampler="resfu", upsampler_kwargs=SLIM).eval()
+    model = ours_cls(**args(2), upsampler="resfu", upsampler_kwargs=SLIM, final_upsampler="resfu").eval()
     c1, seen = _c1_and_guides(model, model.encoder1, torch.rand(_shape(net, 2)))
     assert len(seen) == (5 if net == "swinunetr" else 4)
     for lr, guide in seen:
@@ -151,6 +156,25 @@ def test_transformer_nets_resfu_guided_by_encoder1(net):
         expected = c1 if size == list(c1.shape[2:]) else F.adaptive_avg_pool2d(c1, size)
         torch.testing.assert_close(guide, expected)
     assert seen[-1][1] is c1 or torch.equal(seen[-1][1], c1)
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_resfu_default_keeps_monais_up_block_at_full_resolution(net):
+    """Default placement (docs/networks.md): ReSFU guided by C1 at every step below full resolution; the step to C1's
+    resolution is MONAI's own up block (transposed convolution), weights and all; other names at every step."""
+    ours_cls, monai_cls, args = NETS[net]
+    model = ours_cls(**args(2), upsampler="resfu", upsampler_kwargs=SLIM)
+    theirs = monai_cls(**args(2))
+    last = {"dynunet": "skip_layers", "swinunetr": "decoder1", "unetr": "decoder2"}[net]
+    ours_last = model.skip_layers.upsample if net == "dynunet" else getattr(model, last)
+    their_last = theirs.skip_layers.upsample if net == "dynunet" else getattr(theirs, last)
+    assert type(ours_last) is type(their_last) and not isinstance(ours_last, GuidedUpBlock)
+    assert model.final_upsampler == "deconv"
+    blocks = [m for m in model.modules() if isinstance(m, GuidedUpBlock)]
+    assert blocks and all(b.guide == "c1" for b in blocks)
+    assert ours_cls(**args(2), upsampler="bilinear").final_upsampler == "bilinear"
+    out = model(torch.rand(_shape(net, 2)))
+    assert out.shape[-2:] == _shape(net, 2)[-2:]
 
 
 def test_dynunet_resfu_deep_supervision():

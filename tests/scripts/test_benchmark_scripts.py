@@ -172,8 +172,51 @@ def test_networks_benchmark_monai_models_at_deconv_are_monais(model):
     networks = _load("benchmark_networks")
     net, side = networks.build(model, "deconv", 64, True)
     kwargs = networks.monai_kwargs(model, "deconv", 64, True)
-    assert kwargs.pop("upsample") == "deconv" and side == 64
+    assert kwargs.pop("upsampler") == "deconv" and side == 64
     reference = {"dynunet": nets.DynUNet, "swinunetr": nets.SwinUNETR, "unetr": nets.UNETR}[model](**kwargs)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
     slim = networks.monai_kwargs(model, "resfu-slim", 64, True)
-    assert slim["upsample"] == "resfu" and slim["upsampler_kwargs"]["embed_dim"] == 8
+    assert slim["upsampler"] == "resfu" and slim["upsampler_kwargs"]["embed_dim"] == 8
+
+
+def test_networks_targets_every_default_network_builds_and_counts_flops():
+    import torch
+
+    networks = _load("benchmark_networks")
+    for model, (ref, _, small, _) in networks.TARGETS.items():
+        for variant in (ref, "resfu", "resfu-full"):
+            net, shape = networks.target_network(model, variant, lite=True)
+            assert shape == small
+            x = torch.rand(shape[0], 1, *shape[1:])
+            flops = networks.forward_flops(net.eval(), x)
+            assert flops > 0, (model, variant)
+        n_default = sum(type(m).__name__ == "ReSFU" for m in networks.target_network(model, "resfu", True)[0].modules())
+        n_full = sum(type(m).__name__ == "ReSFU" for m in networks.target_network(model, "resfu-full", True)[0].modules())
+        assert n_full == n_default + 1, model  # the default leaves the full-resolution step to the network's own
+    net, _ = networks.target_network("unet", "resfu:pcdc_channels=32", lite=True)
+    assert {m.pcdc.out_channels for m in net.modules() if type(m).__name__ == "PCDCBlock"} == {32}
+
+
+def test_networks_targets_table_and_resume(tmp_path, capsys):
+    networks = _load("benchmark_networks")
+    partial = tmp_path / "runs.jsonl"
+    # a stopped sweep: the deconv run is already there, only resfu and resfu-full are measured
+    partial.write_text(json.dumps({"network": "unet", "variant": "deconv", "threads": 1, "cpu_s": 0.5, "wall_s": 0.6,
+                                   "step_peak_mib": 10.0, "flops": 1e6, "params": 1}) + "\n")
+    out = tmp_path / "t.json"
+    assert networks.main(["--targets", "--lite", "--networks", "unet", "--threads-list", "1", "--no-infer", "--iters",
+                          "1", "--warmup", "0", "--partial", str(partial), "--output", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"deconv", "resfu", "resfu-full"} and rows["deconv"]["cpu_s"] == 0.5
+    assert rows["resfu-full"]["flops"] > rows["resfu"]["flops"] > 0
+    table = capsys.readouterr().out
+    assert "| unet (deconv) | resfu | 1 |" in table and "≤ 1.50×" in table and "load averages" in table
+    ratio = networks.ratios(json.loads(out.read_text())["results"])[("unet", "resfu", 1)]
+    assert ratio["cpu"] == rows["resfu"]["cpu_s"] / 0.5
+
+
+def test_networks_targets_infer3d_lite():
+    networks = _load("benchmark_networks")
+    for variant in ("trilinear", "resfu"):
+        r = networks.measure_infer3d(variant, [16, 40, 40], 1, lite=True)
+        assert r["cpu_s"] > 0 and r["roi"] == [16, 32, 32]

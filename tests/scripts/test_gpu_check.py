@@ -67,5 +67,11 @@ def test_cpu_run_writes_json_without_nibabel_medpy_simpleitk(tmp_path):
     report = json.loads(out.read_text())
     checks = {r["check"] for r in report["rows"]}
     assert report["passed"] and report["device"] == "cpu"
-    assert {"op vs reference", "deterministic vs atomic", "time FNS", "FNS / bilinear", "train it/s"} <= checks
+    assert {"op vs reference", "deterministic vs atomic", "time FNS", "FNS / bilinear", "train it/s", "network step",
+            "time ratio"} <= checks
+    # the networks of benchmark_networks.py --targets, each with its own upsampler, the default ReSFU and ReSFU everywhere
+    cases = {r["case"] for r in report["rows"] if r["check"] == "time ratio"}
+    for model, ref in (("transunet", "bilinear"), ("unet", "deconv"), ("unet3d", "deconv"), ("dynunet", "deconv"),
+                       ("swinunetr", "deconv"), ("unetr", "deconv")):
+        assert any(c.startswith(model + " ") and c.endswith(f"resfu/{ref}") for c in cases), (model, cases)
     assert "| check | case |" in proc.stdout and "all checks passed" in proc.stdout
