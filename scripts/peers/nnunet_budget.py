@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=args.tta,
                                 perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    trainer.set_deep_supervision_enabled(False)  # as nnU-Net's own validation does: one full-resolution output
     network = trainer.network
+    network.eval()
     predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
                                     [network.state_dict()], trainer.dataset_json, type(trainer).__name__,
                                     trainer.inference_allowed_mirroring_axes)
