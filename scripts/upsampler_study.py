@@ -73,12 +73,17 @@ def plan_runs(seeds, groups, upsamplers, resfu_width: str = "slim") -> list[dict
         up_kw = {**width, **(extra or {})} if up == "resfu" else {}
         return {**base, "upsampler_kwargs": up_kw} if up_kw else dict(base)
 
+    def every_step(up: str) -> dict[str, Any]:
+        # Like for like: every upsampler at all four BasicUNet steps (ReSFU's default keeps MONAI's transposed
+        # convolution at the full-resolution step, docs/networks.md), as the study was designed and measured.
+        return {"features": UNET_FEATURES, "final_upsampler": up}
+
     runs = []
     for seed in seeds:
         if "unet" in groups:
             for up in upsamplers:
                 runs.append({"variant": f"unet/{up}", "model": {
-                    "name": "unet", "upsampler": up, "kwargs": kwargs({"features": UNET_FEATURES}, up)}})
+                    "name": "unet", "upsampler": up, "kwargs": kwargs(every_step(up), up)}})
         if "transunet" in groups:
             for up in ("bilinear", "resfu"):
                 runs.append({"variant": f"transunet-lite/{up}",
@@ -86,7 +91,7 @@ def plan_runs(seeds, groups, upsamplers, resfu_width: str = "slim") -> list[dict
         if "ablation" in groups:
             for name, kw in ABLATIONS.items():
                 runs.append({"variant": f"unet/resfu {name}", "model": {
-                    "name": "unet", "upsampler": "resfu", "kwargs": kwargs({"features": UNET_FEATURES}, "resfu", kw)}})
+                    "name": "unet", "upsampler": "resfu", "kwargs": kwargs(every_step("resfu"), "resfu", kw)}})
         for r in runs:
             r.setdefault("seed", seed)
     for r in runs:

@@ -79,6 +79,9 @@ def test_study_plan_is_complete(study):
         {k: r["model"]["kwargs"]["upsampler_kwargs"][k] for k in slim} == slim for r in resfu)
     # no other upsampler gets ReSFU options
     assert all("upsampler_kwargs" not in r["model"]["kwargs"] for r in runs if r["model"]["upsampler"] != "resfu")
+    # like for like: every BasicUNet run has its upsampler at all four steps (ReSFU's network default differs)
+    unet = [r for r in runs if r["model"]["name"] == "unet"]
+    assert unet and all(r["model"]["kwargs"]["final_upsampler"] == r["model"]["upsampler"] for r in unet)
 
 
 def test_study_plan_default_widths(study):
