@@ -24,16 +24,11 @@ from resfu_med.engine.checkpoint import load_checkpoint
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical comparisons need the same reduction order
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/engine/conftest.py
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, _one_thread):
+def reference(tmp_path_factory, one_thread):
     """An uninterrupted 2-epoch plan-pipeline run (5 iterations per epoch, validation each epoch)."""
     run = tmp_path_factory.mktemp("plan_ref")
     summary = make_trainer(tiny_plan_config(epochs=2, fg_oversample=0.5, checkpoint_every=2), run).fit()

@@ -20,16 +20,11 @@ from resfu_med.engine.trainer import TrainingDiverged
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical comparisons need the same reduction order
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/engine/conftest.py
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, _one_thread):
+def reference_run(tmp_path_factory, one_thread):
     """An uninterrupted 3-epoch run (5 iterations per epoch) that the resume tests must reproduce."""
     run = tmp_path_factory.mktemp("ref")
     summary = make_trainer(tiny_config(), run).fit()
