@@ -119,3 +119,29 @@ def write_msd_task(root, n: int = 4, shape: tuple = (40, 36, 5), slice_spacings:
         "name": "tiny", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "a", "2": "b"},
         "training": training}))
     return root
+
+
+#: The smallest U-Net the training CLI accepts for end-to-end tests (bilinear, 8 channels everywhere).
+TINY_UNET = {"model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [8, 8, 8, 8, 8, 8]}},
+             "data": {"num_workers": 0}, "train": {"batch_size": 2}}
+
+
+def train_tiny_msd(tmp_path, task, max_iters: int):
+    """``resfu-med train --dataset msd`` of :data:`TINY_UNET` on ``task`` for ``max_iters`` iterations with one torch
+    thread (restored afterwards); returns the run folder ``tmp_path / "run"``."""
+    import json
+
+    import torch
+
+    from resfu_med.cli import main
+
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_UNET))
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--dataset", "msd", "--data-root", str(task), "--config", str(tmp_path / "tiny.json"),
+                     "--max-iters", str(max_iters), "--device", "cpu", "--no-progress", "--output", str(run)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return run

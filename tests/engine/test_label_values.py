@@ -14,14 +14,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from eval_standins import BinModel, config
+from eval_standins import BinModel, config, train_tiny_msd
 from resfu_med.cli import main
 from resfu_med.data.labels import apply_label_values, label_values_from_map, output_values
 from resfu_med.engine.predictor import InferOptions, infer_file
 
 VALUES = {0, 1, 2, 4}
-TINY = {"model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [8, 8, 8, 8, 8, 8]}},
-        "data": {"num_workers": 0}, "train": {"batch_size": 2}}
 
 
 def test_label_map_helpers():
@@ -74,15 +72,7 @@ def _msd(root, n=5, shape=(32, 32, 6)):
 def test_msd_labels_0124_come_back_from_infer_evaluate_and_bundle(tmp_path, monkeypatch):
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
     task = _msd(tmp_path / "Task")
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
-    run = tmp_path / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", "--dataset", "msd", "--data-root", str(task), "--config", str(tmp_path / "tiny.json"),
-                     "--max-iters", "20", "--device", "cpu", "--no-progress", "--output", str(run)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run = train_tiny_msd(tmp_path, task, max_iters=20)
     assert (run / "best.pt").is_file() and (run / "history.json").is_file() and (run / "train.log").is_file()
     ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert ckpt["config"]["data"]["label_values"] == [0, 1, 2, 4]

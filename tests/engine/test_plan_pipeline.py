@@ -14,28 +14,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from eval_standins import write_msd_task
+from eval_standins import train_tiny_msd, write_msd_task
 
 from resfu_med.cli import main
 from resfu_med.engine.checkpoint import load_checkpoint
 
-TINY = {"model": {"name": "unet", "upsampler": "bilinear", "kwargs": {"features": [8, 8, 8, 8, 8, 8]}},
-        "data": {"num_workers": 0}, "train": {"batch_size": 2}}
 
 
 def _train_and_infer(tmp_path, monkeypatch):
     monkeypatch.setenv("RESFU_MED_HOME", str(tmp_path / "home"))
     task = write_msd_task(tmp_path / "Task")
-    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
-    run = tmp_path / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", "--dataset", "msd", "--data-root", str(task), "--config", str(tmp_path / "tiny.json"),
-                     "--max-iters", "6", "--device", "cpu", "--no-progress",
-                     "--output", str(run)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    run = train_tiny_msd(tmp_path, task, max_iters=6)
     data = load_checkpoint(run / "last.pt")["config"]["data"]
     assert data["pipeline"] == "plan"
     plan = data["plan"]
