@@ -37,7 +37,10 @@ from upsampler_study import _claim  # noqa: E402  one file lock per run, shared 
 
 __all__ = ["UPSAMPLERS", "METHODS", "SEEDS", "plan_runs", "summarise", "paired_difference", "report", "main"]
 
-UPSAMPLERS = ("resfu", "bilinear", "dysample")  # resfu-med's quick preset with this upsampler
+UPSAMPLERS = ("resfu", "bilinear", "dysample", "resfu-every")  # resfu-med's quick preset with this upsampler
+#: Variants of an upsampler: ``resfu-every`` is ReSFU at every U-Net decoder step, the full-resolution one included
+#: (the default before issue 27 moved that step to MONAI's transposed convolution), given by a ``--config`` file.
+VARIANTS = {"resfu-every": ("resfu", {"model": {"kwargs": {"final_upsampler": "resfu"}}})}
 PEERS = ("monai", "nnunet")  # scripts/peers/: a plain MONAI loop, nnU-Net v2 at ReSFU's CPU time
 METHODS = UPSAMPLERS + PEERS
 SEEDS = (0, 1, 2)
@@ -99,9 +102,15 @@ def _train_resfu_med(out: Path, prepared: Path, method: str, seed: int, args: ar
         if (run / "last.pt").is_file():
             cmd = ["resfu-med", "train", "--resume", "--output", str(run), "--no-progress"]
         else:
+            upsampler, overrides = VARIANTS.get(method, (method, None))
             cmd = ["resfu-med", "train", "--dataset", "msd", "--data-root", str(prepared), "--preset", "quick",
-                   "--pipeline", args.pipeline, "--upsampler", method, "--seed", str(seed), "--output", str(run),
+                   "--pipeline", args.pipeline, "--upsampler", upsampler, "--seed", str(seed), "--output", str(run),
                    "--overwrite", "--no-progress"]
+            if overrides:
+                config = out / "configs" / f"{method}.json"
+                config.parent.mkdir(parents=True, exist_ok=True)
+                config.write_text(json.dumps(overrides))
+                cmd += ["--config", str(config)]
             if args.iterations:
                 cmd += ["--iterations", str(args.iterations)]
         usage = _run(cmd, log, _threads_env(1))
@@ -226,6 +235,7 @@ def _pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 
 LABELS = {"resfu": "ReSFU (quick)", "bilinear": "bilinear (quick)", "dysample": "DySample (quick)",
+          "resfu-every": "ReSFU at every step (quick, before issue 27)",
           "monai": "plain MONAI loop", "nnunet": "nnU-Net v2 2d"}
 
 
