@@ -60,6 +60,10 @@ UNET_RESFU_WIDTHS: dict[str, int] = {"embed_dim": 32, "pcdc_channels": 32, "comp
 _MODULE_WIDTHS: dict[str, int] = {"embed_dim": 32, "pcdc_channels": 128, "compressor_channels": 128}
 
 
+#: The ReSFU weights whose shapes give its widths (:func:`resfu_widths_of`).
+_WIDTH_SHAPES = ("proj_q.weight", "semantic_block.pcdc.weight", "semantic_block.compressor.4.weight")
+
+
 def step_options(name: str, upsampler_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     """The registry options of the U-Net decoder steps that run the network's ``upsampler`` ``name`` (those
     ``upsampler_kwargs`` apply to): ``upsampler_kwargs`` with, for ReSFU, :data:`UNET_RESFU_WIDTHS` filling the widths
@@ -77,8 +81,7 @@ def resfu_widths_of(state: Any) -> dict[str, int]:
     ``pcdc_channels`` (rows of the semantic PCDC) and ``compressor_channels`` (the compressor's hidden width) of the
     first ReSFU found; ReSFU's own defaults, the U-Nets' widths before they were recorded, when ``state`` holds no
     shapes (names only) or no ReSFU."""
-    shapes = {"proj_q.weight": ("embed_dim", 0), "semantic_block.pcdc.weight": ("pcdc_channels", 0),
-              "semantic_block.compressor.4.weight": ("compressor_channels", 1)}
+    shapes = dict(zip(_WIDTH_SHAPES, (("embed_dim", 0), ("pcdc_channels", 0), ("compressor_channels", 1))))
     found: dict[str, int] = {}
     if isinstance(state, Mapping):
         for key, value in state.items():
@@ -98,7 +101,8 @@ def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
       ``<prefix>`` one of ``final_prefixes``) were trained with ReSFU at every step, the earlier default:
       ``final_upsampler="resfu"``;
     - a ReSFU network's widths that ``upsampler_kwargs`` does not set are those of its weights
-      (:func:`resfu_widths_of`; ReSFU's own defaults before :data:`UNET_RESFU_WIDTHS`).
+      (:func:`resfu_widths_of`; ReSFU's own defaults before :data:`UNET_RESFU_WIDTHS`); weights without a ReSFU
+      (another network registered under the name) are left alone.
 
     ``state`` is the saved ``state_dict`` (its names alone are enough for the placement)."""
 
@@ -111,7 +115,7 @@ def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
         if upsampler_entry(name).name == "resfu":
             given = dict(out.get("upsampler_kwargs") or {})
             missing = [k for k in UNET_RESFU_WIDTHS if k not in given]
-            if missing:
+            if missing and any(f".resfu.{_WIDTH_SHAPES[0]}" in f".{k}" for k in state):  # widths only where a ReSFU is
                 saved = resfu_widths_of(state)
                 out["upsampler_kwargs"] = {**given, **{k: saved[k] for k in missing}}
         return out
