@@ -1,22 +1,26 @@
 """Scale benchmark (docs/scale.md): parallel prepare, training memory vs dataset size, sharded inference.
 
 Generates a synthetic MSD-format dataset on the fly (small CT-like volumes, several classes), then measures, each
-command in its own process (peak RSS = the largest single process of the command, from ``getrusage``):
+command in its own process (peak RSS = the largest single process of the command, from ``getrusage``; CPU = user +
+system seconds of all its processes, which the load of other jobs changes much less than the wall time):
 
 1. ``resfu-med prepare -np 1`` vs ``-np 2`` on ``--cases`` cases: wall time, peak RSS, files and bytes written
-   (and that both outputs are byte-identical); then the same command again on the finished folder (every case
-   skipped): the fixed cost of a run (start-up, mostly importing torch and MONAI, the scan and the final files), so
-   the speed-up of the per-case work, ``(t1 - fixed) / (t2 - fixed)``, is reported beside the command's;
+   (and that both outputs are byte-identical); then the fixed cost of a run, measured twice: the same command again
+   on the finished folder (every case skipped: start-up, the scan, the final files and the exit) and
+   ``prepare --help`` (start-up and exit only: importing torch and MONAI). Reported beside the command's speed-up:
+   the speed-up of the per-case work, ``(t1 - fixed) / (t2 - fixed)``, and the most any number of processes could
+   give with this fixed cost if the per-case work halved exactly, ``t1 / (fixed + (t1 - fixed) / 2)`` (Amdahl);
 2. one training epoch (``unet``, fixed ``--cache-gb``) on ``--small`` vs ``--cases`` cases: peak RSS;
-3. ``resfu-med infer`` of ``--infer-cases`` volumes with 1 process vs 2 shards run at once: wall time. Threads are
-   set as one process per device would have them: the single process keeps torch's default (all cores), each of the
-   2 shards gets ``OMP_NUM_THREADS = cores // 2`` (``torchrun`` sets 1 per process), so neither run oversubscribes
-   the cores.
+3. ``resfu-med infer`` of ``--infer-cases`` volumes: 1 process vs N shards run at once (``--shards``), every process
+   with the same ``--shard-threads`` threads (``OMP_NUM_THREADS``), as one process per device would have them: this
+   is the sharding's own scaling and what the target is judged on. Beside it, 1 process with torch's default
+   threads (all cores), which on a CPU-only machine already uses the cores the shards share out. The fixed cost of a
+   shard (start-up, model load, exit) is the same command again on the finished folder (every input skipped).
 
 ``--repeat R`` measures the prepare and inference pairs R times, each pair side by side (for a loaded machine); the
 load average is recorded before and after every command. ``--steps`` measures a subset (``--steps prepare`` e.g. at a
 realistic volume size, ``--shape 32 128 128``); what a step needs from an earlier one (the prepared data, the small
-run's checkpoint for inference) is then made without being measured.
+run's checkpoint for inference) is then made without being measured (``--checkpoint`` uses an existing one).
 
 Targets (issue #29): prepare -np 2 >= 1.7x faster; training RSS at --cases within 10 % of --small; 2 shards >= 1.7x.
 
@@ -66,11 +70,12 @@ def make_msd(root: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -> 
     (root / "dataset.json").write_text(json.dumps(meta))
 
 
-def measured(cmds: list[list[str]], env: dict[str, str] | None = None) -> dict:
-    """Run ``cmds`` at once, each under a fresh wrapper process (``env``: variables set for each); wall time, the
-    largest process's peak RSS and the load average before and after."""
+def measured(cmds: list[list[str]], env: dict[str, str | None] | None = None) -> dict:
+    """Run ``cmds`` at once, each under a fresh wrapper process (``env``: variables set for each, ``None`` = unset);
+    wall time, the
+    largest process's peak RSS, the CPU seconds of all of them and the load average before and after."""
     load_before = [round(x, 2) for x in os.getloadavg()]
-    child_env = {**os.environ, **(env or {})}
+    child_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, __file__, "--_child", "--", *c], stdout=subprocess.PIPE, text=True,
                               env=child_env) for c in cmds]
@@ -78,21 +83,30 @@ def measured(cmds: list[list[str]], env: dict[str, str] | None = None) -> dict:
     wall = time.perf_counter() - t0
     if any(p.returncode for p in procs):
         raise SystemExit(f"failed: {cmds}")
-    rss = max(json.loads(o.strip().splitlines()[-1])["max_rss_mb"] for o in outs)
-    return {"seconds": round(wall, 2), "peak_rss_mb": round(rss, 1), "load_before": load_before,
+    reports = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    return {"seconds": round(wall, 2), "cpu_seconds": round(sum(r["cpu_s"] for r in reports), 2),
+            "peak_rss_mb": round(max(r["max_rss_mb"] for r in reports), 1), "load_before": load_before,
             "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def child(cmd: list[str]) -> None:
     rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({"rc": rc, "max_rss_mb": ru.ru_maxrss / 1024}))
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and its worker processes
+    print(json.dumps({"rc": rc, "max_rss_mb": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime}))
     sys.exit(rc)
 
 
 def prepare_cmd(raw: Path, out: Path, np_: int) -> list[str]:
     return [*CLI, "prepare", "--dataset", "msd", "--data-root", str(raw), "--output", str(out), "--no-progress",
             "-np", str(np_)]
+
+
+def speedups(t1: float, t2: float, fixed: float, n: int = 2) -> dict[str, float]:
+    """The command's speed-up ``t1 / t2``, that of the per-case work ``(t1 - fixed) / (t2 - fixed)``, and the most
+    ``n`` processes can give with this fixed cost (the per-case work divided by ``n`` exactly):
+    ``t1 / (fixed + (t1 - fixed) / n)``."""
+    return {"speedup": round(t1 / t2, 2), "per_case_speedup": round((t1 - fixed) / max(t2 - fixed, 1e-3), 2),
+            "bound": round(t1 / (fixed + max(t1 - fixed, 0.0) / n), 2)}
 
 
 def tree_size(root: Path) -> tuple[int, int]:
@@ -119,6 +133,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="measure the prepare and inference pairs this many times")
     ap.add_argument("--steps", nargs="+", choices=["prepare", "train", "infer"], default=["prepare", "train", "infer"],
                     help="what to measure")
+    ap.add_argument("--shards", type=int, nargs="+", default=[2], help="shard counts compared with 1 process")
+    ap.add_argument("--shard-threads", type=int, default=1,
+                    help="threads of every inference process (1 process and each shard alike)")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="checkpoint for the inference step (default: train the small run, not measured)")
     args = ap.parse_args()
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
@@ -127,8 +146,10 @@ def main() -> None:
                 platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     res: dict = {"env": env_note, "args": {k: str(v) for k, v in vars(args).items()}}
     t = time.perf_counter()
-    make_msd(work / "raw_big", args.cases, tuple(args.shape))
-    if "train" in args.steps or "infer" in args.steps:
+    need_small = "train" in args.steps or ("infer" in args.steps and args.checkpoint is None)
+    if "prepare" in args.steps or "train" in args.steps:
+        make_msd(work / "raw_big", args.cases, tuple(args.shape))
+    if need_small:
         make_msd(work / "raw_small", args.small, tuple(args.shape))
     print(f"generated in {time.perf_counter() - t:.1f}s", file=sys.stderr)
 
@@ -146,17 +167,17 @@ def main() -> None:
                 prep[np_] = measured([prepare_cmd(work / "raw_big", out, np_)])
                 prep[np_]["files"], prep[np_]["bytes"] = tree_size(out)
                 print(f"prepare -np {np_}: {prep[np_]}", file=sys.stderr)
-            # the fixed cost: the same command again, every case finished and skipped
+            # the fixed cost: the same command again, every case finished and skipped; and the start-up alone
             prep["rerun"] = measured([prepare_cmd(work / "raw_big", work / "prep_np1", 1)])
             print(f"prepare re-run (nothing to do): {prep['rerun']}", file=sys.stderr)
-            fixed = prep["rerun"]["seconds"]
-            prep["speedup"] = round(prep[1]["seconds"] / prep[2]["seconds"], 2)
-            prep["per_case_speedup"] = round((prep[1]["seconds"] - fixed) / max(prep[2]["seconds"] - fixed, 1e-3), 2)
+            prep["startup"] = measured([[*CLI, "prepare", "--help"]])
+            print(f"prepare --help (start-up and exit): {prep['startup']}", file=sys.stderr)
+            prep.update(speedups(prep[1]["seconds"], prep[2]["seconds"], prep["rerun"]["seconds"]))
             prep["identical"] = same_tree(work / "prep_np1", work / "prep_np2")
             runs.append(prep)
             res["prepare"] = runs
             save()
-    if "train" in args.steps or "infer" in args.steps:
+    if need_small:
         measured([prepare_cmd(work / "raw_small", work / "prep_small", 2)])
 
     def train_cmd(root: Path, label: str) -> list[str]:
@@ -182,22 +203,36 @@ def main() -> None:
 
     if "infer" in args.steps:
         make_msd(work / "raw_infer", args.infer_cases, tuple(args.infer_shape), seed=1)
-        ckpt = work / "run_small" / "last.pt"
+        ckpt = args.checkpoint or work / "run_small" / "last.pt"
         if not ckpt.is_file():
             measured([train_cmd(work / "prep_small", "small")])
         base = [*CLI, "infer", "-i", str(work / "raw_infer" / "imagesTr"), "--checkpoint", str(ckpt), "--device",
                 "cpu", "--no-progress"]
-        shard_threads = max(1, (os.cpu_count() or 2) // 2)
+        threads = {"OMP_NUM_THREADS": str(args.shard_threads)}
+
+        def infer_cmds(out: Path, n: int) -> list[list[str]]:
+            if n == 1:  # --continue-prediction: a re-run skips the finished outputs, as a shard does
+                return [[*base, "-o", str(out), "--continue-prediction"]]
+            return [[*base, "-o", str(out), "--shard", f"{i}/{n}"] for i in range(n)]
+
         runs = []
         for rep in range(args.repeat):
-            for d in ("infer1", "infer2"):
-                shutil.rmtree(work / d, ignore_errors=True)
-            inf = {"1": measured([[*base, "-o", str(work / "infer1")]]),
-                   "2": measured([[*base, "-o", str(work / "infer2"), "--shard", f"{i}/2"] for i in range(2)],
-                                 env={"OMP_NUM_THREADS": str(shard_threads)})}
-            inf["2"]["threads_per_shard"] = shard_threads
-            inf["speedup"] = round(inf["1"]["seconds"] / inf["2"]["seconds"], 2)
-            inf["identical"] = same_tree(work / "infer1", work / "infer2")
+            inf: dict = {"threads_per_process": args.shard_threads}
+            for n in (1, *args.shards):
+                out = work / f"infer{n}"
+                shutil.rmtree(out, ignore_errors=True)
+                inf[str(n)] = measured(infer_cmds(out, n), env=threads)
+                # the fixed cost of this setting: the same processes again, every input finished and skipped
+                inf[str(n)]["rerun"] = measured(infer_cmds(out, n), env=threads)
+                print(f"infer {n} x {args.shard_threads} thread(s): {inf[str(n)]}", file=sys.stderr)
+            for n in args.shards:
+                inf[f"speedup_{n}"] = speedups(inf["1"]["seconds"], inf[str(n)]["seconds"],
+                                               inf["1"]["rerun"]["seconds"], n)
+                inf[f"identical_{n}"] = same_tree(work / "infer1", work / f"infer{n}")
+            # beside it: one process with torch's default threads (all cores)
+            shutil.rmtree(work / "infer1d", ignore_errors=True)
+            inf["1_default_threads"] = measured([[*base, "-o", str(work / "infer1d")]], env={"OMP_NUM_THREADS": None})
+            inf["1_default_threads"]["identical"] = same_tree(work / "infer1", work / "infer1d")
             print(f"infer: {inf}", file=sys.stderr)
             runs.append(inf)
             res["infer"] = runs

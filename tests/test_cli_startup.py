@@ -30,3 +30,12 @@ def test_top_level_help_imports_no_torch():
 def test_prepare_does_not_import_the_networks():
     # MONAI is needed by prepare itself (the intensity transforms, and the dataset registry behind --dataset's help)
     assert _imported(["prepare", "--help"]) == ["monai", "torch"]
+
+
+def test_exit_skips_the_final_collections():
+    # the command line registers gc.freeze at exit: the interpreter's final collections skip torch's and MONAI's
+    # objects (docs/scale.md, "fixed cost"); nothing else about the exit changes
+    probe = ("import atexit, gc, resfu_med.cli; assert gc.get_freeze_count() == 0; atexit._run_exitfuncs(); "
+             "print(gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) > 0
