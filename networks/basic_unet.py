@@ -22,17 +22,17 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets.basic_unet import Down, TwoConv
 from monai.utils import ensure_tuple_rep
 
-from .guided_up import final_step_upsampler
+from .guided_up import final_step_upsampler, step_options
 from .upsamplers import get_upsampler, guide_source, upsampler_keyword
 
 __all__ = ["UpCat", "BasicUNet"]
 
 
 def _options(name: str, network_name: str, upsampler_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """The registry options of one step: ``upsampler_kwargs`` where the network's own ``upsampler`` runs, none at a
-    last step of another kind (``final_upsampler``); ``bilinear`` defaults to ``align_corners=True``, MONAI's
-    non-trainable mode."""
-    kw = dict(upsampler_kwargs or {}) if name == network_name else {}
+    """The registry options of one step: ``upsampler_kwargs`` where the network's own ``upsampler`` runs (ReSFU's
+    widths they do not set: the U-Nets' ``guided_up.UNET_RESFU_WIDTHS``), none at a last step of another kind
+    (``final_upsampler``); ``bilinear`` defaults to ``align_corners=True``, MONAI's non-trainable mode."""
+    kw = step_options(name, upsampler_kwargs) if name == network_name else {}
     if name == "bilinear":
         kw.setdefault("align_corners", True)
     return kw
@@ -109,7 +109,8 @@ class BasicUNet(nn.Module):
         upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``, ``carafe``,
             ``sapa``, ``dysample``; the last three 2D only).
         upsampler_kwargs: extra registry options (for ``bilinear`` the default here is ``align_corners=True``,
-            MONAI's non-trainable default).
+            MONAI's non-trainable default; ReSFU's widths not given are the U-Nets' ``guided_up.UNET_RESFU_WIDTHS``:
+            PCDC 32, docs/networks.md).
         final_upsampler: registry name of the last (full-resolution) step; None (default): ``upsampler``, except that
             ReSFU keeps MONAI's transposed convolution there (``final_upsampler="resfu"``: ReSFU at every step).
         upsample: deprecated spelling of ``upsampler`` (one release; warns).

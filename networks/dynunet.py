@@ -20,7 +20,8 @@ from monai.networks.nets import DynUNet as MonaiDynUNet
 from monai.networks.nets.dynunet import DynUNetSkipLayer
 from torch.nn.functional import interpolate
 
-from .guided_up import GuidedUpBlock, final_step_upsampler, guided_up_block, up_step, with_upsample_signature
+from .guided_up import (GuidedUpBlock, final_step_upsampler, guided_up_block, step_options, up_step,
+                         with_upsample_signature)
 from .upsamplers import upsampler_keyword
 
 __all__ = ["DynUNet", "dynunet_plan"]
@@ -73,7 +74,8 @@ class DynUNet(MonaiDynUNet):
             ``deep_supervision``, ``deep_supr_num``, ``res_block``, ``trans_bias``).
         upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``, ``carafe``,
             ``sapa``, ``dysample``; the last three 2D only; ``pixelshuffle`` needs the same ratio on every axis).
-        upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``).
+        upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``);
+            ReSFU's widths not given are the U-Nets' (``guided_up.UNET_RESFU_WIDTHS``: PCDC 32, docs/networks.md).
         final_upsampler: registry name of the last (full-resolution) decoder step; None (default): ``upsampler``,
             except that ReSFU keeps MONAI's transposed convolution there (``final_upsampler="resfu"``: ReSFU at every
             step; docs/networks.md).
@@ -100,7 +102,8 @@ class DynUNet(MonaiDynUNet):
         # shallowest (levels[0]) is the step to C1's, i.e. the highest, resolution.
         for layer, j in zip(levels, reversed(range(len(self.upsamples)))):
             step = final if layer is levels[0] else name
-            block = guided_up_block(self.upsamples[j], step, c1_channels, upsampler_kwargs if step == name else None)
+            block = guided_up_block(self.upsamples[j], step, c1_channels,
+                                    step_options(step, upsampler_kwargs) if step == name else None)
             if isinstance(block, GuidedUpBlock) and block.pre_conv is not None:
                 block.pre_conv.apply(self.initialize_weights)  # MONAI's Kaiming init of DynUNet's convolutions
             self.upsamples[j] = block

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Mapping
 from typing import Any, List, Optional
 
 import torch
@@ -30,7 +31,7 @@ from monai.utils import look_up_option
 from .upsamplers import get_upsampler, guide_source, upsampler_entry, upsampler_keyword
 
 __all__ = ["GuidedUpBlock", "UNETRDecoderMixin", "guided_up_block", "up_step", "guide_source", "with_upsample_signature",
-           "final_step_upsampler", "legacy_unet_kwargs"]
+           "final_step_upsampler", "legacy_unet_kwargs", "UNET_RESFU_WIDTHS", "step_options", "resfu_widths_of"]
 
 #: The U-Nets' default at the full-resolution (last) decoder step for ``upsampler="resfu"``: the network's own
 #: transposed convolution. There ReSFU's similarity runs at the input image's resolution and costs more than the whole
@@ -48,21 +49,78 @@ def final_step_upsampler(upsampler: str, final_upsampler: str | None) -> str:
     return RESFU_FINAL_DEFAULT if name == "resfu" else name
 
 
-def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
-    """``legacy_kwargs`` of a U-Net's model-registry entry (:class:`~resfu_med.networks.model_registry.ModelSpec`):
-    a config saved before ``final_upsampler`` was recorded whose weights hold a ReSFU in the last decoder step (a
-    weight name containing ``<prefix>upsample.resfu.``, ``<prefix>`` one of ``final_prefixes``) was trained with ReSFU at
-    every step, the earlier default: ``final_upsampler="resfu"``."""
+#: ReSFU's widths in the U-Nets (BasicUNet 2D/3D, DynUNet, SwinUNETR, UNETR) wherever ``upsampler_kwargs`` does not
+#: set them: the paper's text (PCDC output channels L = 32, projection D = 32, compressor 128). ReSFU's own defaults
+#: (L = 128, the official code's) are sized for TransUNet's 256-channel decoder, which keeps them; in the U-Nets
+#: L = 128 misses the 1.5x cost target (docs/networks.md, "ReSFU widths in the U-Nets", has the measurements).
+UNET_RESFU_WIDTHS: dict[str, int] = {"embed_dim": 32, "pcdc_channels": 32, "compressor_channels": 128}
 
-    def upgrade(kwargs: dict[str, Any], state_keys: Any) -> dict[str, Any]:
+#: The widths a U-Net's ReSFU had before they were recorded in configs (ReSFU's own defaults): what a saved network
+#: whose weights hold no ReSFU to read them from was built with.
+_MODULE_WIDTHS: dict[str, int] = {"embed_dim": 32, "pcdc_channels": 128, "compressor_channels": 128}
+
+
+#: The ReSFU weights whose shapes give its widths (:func:`resfu_widths_of`).
+_WIDTH_SHAPES = ("proj_q.weight", "semantic_block.pcdc.weight", "semantic_block.compressor.4.weight")
+
+
+def step_options(name: str, upsampler_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The registry options of the U-Net decoder steps that run the network's ``upsampler`` ``name`` (those
+    ``upsampler_kwargs`` apply to): ``upsampler_kwargs`` with, for ReSFU, :data:`UNET_RESFU_WIDTHS` filling the widths
+    they do not set (a width given explicitly always wins). A last step of another kind (``final_upsampler``) gets no
+    options, so a ReSFU there alone keeps ReSFU's own defaults."""
+    kw = dict(upsampler_kwargs or {})
+    if upsampler_entry(name).name == "resfu":
+        for key, value in UNET_RESFU_WIDTHS.items():
+            kw.setdefault(key, value)
+    return kw
+
+
+def resfu_widths_of(state: Any) -> dict[str, int]:
+    """ReSFU's widths read from saved weights (a ``state_dict`` mapping): ``embed_dim`` (rows of ``proj_q``),
+    ``pcdc_channels`` (rows of the semantic PCDC) and ``compressor_channels`` (the compressor's hidden width) of the
+    first ReSFU found; ReSFU's own defaults, the U-Nets' widths before they were recorded, when ``state`` holds no
+    shapes (names only) or no ReSFU."""
+    shapes = dict(zip(_WIDTH_SHAPES, (("embed_dim", 0), ("pcdc_channels", 0), ("compressor_channels", 1))))
+    found: dict[str, int] = {}
+    if isinstance(state, Mapping):
+        for key, value in state.items():
+            for suffix, (width, axis) in shapes.items():
+                if width not in found and key.endswith(f".resfu.{suffix}") and hasattr(value, "shape"):
+                    found[width] = int(value.shape[axis])
+            if len(found) == len(shapes):
+                break
+    return found if len(found) == len(shapes) else dict(_MODULE_WIDTHS)
+
+
+def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
+    """``legacy_kwargs`` of a U-Net's model-registry entry (:class:`~resfu_med.networks.model_registry.ModelSpec`),
+    for a config saved before ``final_upsampler`` or ReSFU's widths were recorded:
+
+    - weights holding a ReSFU in the last decoder step (a weight name containing ``<prefix>upsample.resfu.``,
+      ``<prefix>`` one of ``final_prefixes``) were trained with ReSFU at every step, the earlier default:
+      ``final_upsampler="resfu"``;
+    - a ReSFU network's widths that ``upsampler_kwargs`` does not set are those of its weights
+      (:func:`resfu_widths_of`; ReSFU's own defaults before :data:`UNET_RESFU_WIDTHS`); weights without a ReSFU
+      (another network registered under the name) are left alone.
+
+    ``state`` is the saved ``state_dict`` (its names alone are enough for the placement)."""
+
+    def upgrade(kwargs: dict[str, Any], state: Any) -> dict[str, Any]:
         out = dict(kwargs)
         marks = [f".{p}upsample.resfu." for p in final_prefixes]
-        if "final_upsampler" not in out and any(m in f".{k}" for k in state_keys for m in marks):
+        if "final_upsampler" not in out and any(m in f".{k}" for k in state for m in marks):
             out["final_upsampler"] = "resfu"
+        name = str(out.get("upsampler", out.get("upsample", "resfu")))
+        if upsampler_entry(name).name == "resfu":
+            given = dict(out.get("upsampler_kwargs") or {})
+            missing = [k for k in UNET_RESFU_WIDTHS if k not in given]
+            if missing and any(f".resfu.{_WIDTH_SHAPES[0]}" in f".{k}" for k in state):  # widths only where a ReSFU is
+                saved = resfu_widths_of(state)
+                out["upsampler_kwargs"] = {**given, **{k: saved[k] for k in missing}}
         return out
 
     return upgrade
-
 
 
 class GuidedUpBlock(nn.Module):
@@ -107,7 +165,8 @@ def guided_up_block(block: nn.Module, upsample: str, c1_channels: int,
             ``conv_block``).
         upsample: registry name; ``deconv`` returns ``block`` itself.
         c1_channels: channels of the network's C1 (ReSFU's guide).
-        upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``).
+        upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``; the networks pass
+            :func:`step_options`).
 
     Returns:
         ``block`` (``deconv``) or a :class:`GuidedUpBlock` reusing ``block.conv_block``.
@@ -159,7 +218,7 @@ class UNETRDecoderMixin:
         for i, block in enumerate(self.decoder_names):  # the last one is the full-resolution step
             step = final if i == last else name
             setattr(self, block, guided_up_block(getattr(self, block), step, c1_channels,
-                                                 upsampler_kwargs if step == name else None))
+                                                 step_options(step, upsampler_kwargs) if step == name else None))
 
 
 def up_step(block: nn.Module, inp: torch.Tensor, skip: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:

@@ -80,9 +80,12 @@ class ModelSpec:
             (UNETR's ``img_size``, DynUNet's kernel sizes and strides); the config's own ``kwargs`` win over them.
         recorded: constructor defaults written into every new config (:func:`model_kwargs`), so a later change of
             the default cannot change the network a checkpoint rebuilds (the ``final_upsampler`` of TransUNet and the
-            U-Nets): a mapping, or ``f(kwargs) -> mapping`` when the value depends on other arguments.
-        legacy_kwargs: ``f(kwargs, state_keys) -> kwargs``: the arguments that rebuild a network saved by an earlier
-            release (whose config lacks a ``recorded`` key) from its recorded kwargs and weight names; applied to
+            U-Nets, the U-Nets' ReSFU widths in ``upsampler_kwargs``; a mapping value is merged key by key, the
+            config's own keys winning): a mapping, or ``f(kwargs) -> mapping`` when the value depends on other
+            arguments.
+        legacy_kwargs: ``f(kwargs, state) -> kwargs``: the arguments that rebuild a network saved by an earlier
+            release (whose config lacks a ``recorded`` key) from its recorded kwargs and weights (``state``: the
+            ``state_dict``, names and shapes, or only the names); applied to
             checkpoints and bundles only (:func:`saved_model_config`), never to new configs.
     """
 
@@ -222,7 +225,10 @@ def model_kwargs(name: str, num_classes: int, img_size: int, upsampler: str | No
         kwargs.update(spec.patch_kwargs([int(s) for s in patch_size]))
     kwargs.update(extra or {})
     for key, value in spec.recorded_defaults(kwargs).items():
-        kwargs.setdefault(key, value)
+        if isinstance(value, Mapping) and isinstance(kwargs.get(key), Mapping):  # the config's own keys win
+            kwargs[key] = {**kwargs[key], **{k: v for k, v in value.items() if k not in kwargs[key]}}
+        elif kwargs.get(key) is None:
+            kwargs[key] = value
     kwargs[spec.classes_key] = num_classes
     return kwargs
 
@@ -267,14 +273,15 @@ def build_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         raise InputError(f"model {spec.name!r} rejected its arguments {kwargs}: {err}") from err
 
 
-def saved_model_config(model_cfg: Mapping[str, Any], state_keys: Collection[str]) -> dict[str, Any]:
+def saved_model_config(model_cfg: Mapping[str, Any], state_keys: Collection[str] | Mapping[str, Any]) -> dict[str, Any]:
     """The model config that rebuilds a saved network: ``model_cfg`` (from a checkpoint or bundle) with the entry's
     :attr:`ModelSpec.legacy_kwargs` applied when it lacks a key that configs record since (e.g. a TransUNet of the
     four-step default of earlier releases keeps its four steps).
 
     Args:
         model_cfg: ``{"name": ..., "kwargs": {...}}`` as saved.
-        state_keys: the saved weights' names.
+        state_keys: the saved weights (``state_dict``: the U-Nets read ReSFU's widths from their shapes), or only
+            their names.
 
     Returns:
         A new config; ``model_cfg`` itself is not changed.
@@ -284,7 +291,7 @@ def saved_model_config(model_cfg: Mapping[str, Any], state_keys: Collection[str]
     """
     spec = get_model_spec(model_cfg.get("name"))
     kwargs = dict(model_cfg.get("kwargs") or {})
-    if spec.legacy_kwargs is not None and any(k not in kwargs for k in spec.recorded_defaults(kwargs)):
+    if spec.legacy_kwargs is not None and _lacks_recorded(kwargs, spec.recorded_defaults(kwargs)):
         kwargs = spec.legacy_kwargs(kwargs, state_keys)
     return {**model_cfg, "kwargs": kwargs}
 
@@ -332,12 +339,28 @@ def _img_size_is_patch(patch_size: list[int]) -> dict[str, Any]:
     return {"img_size": list(patch_size)}  # UNETR's position embedding is fixed to the training patch
 
 
-def _recorded_final_step(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The U-Nets' recorded ``final_upsampler``: the name the network resolves it to for the config's upsampler."""
-    from resfu_med.networks.guided_up import final_step_upsampler
+def _recorded_unet(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The U-Nets' recorded defaults: ``final_upsampler`` (the name the network resolves it to for the config's
+    upsampler) and, for ReSFU, its widths (``upsampler_kwargs``: :data:`~resfu_med.networks.guided_up.UNET_RESFU_WIDTHS`
+    filling the widths the config does not set)."""
+    from resfu_med.networks.guided_up import UNET_RESFU_WIDTHS, final_step_upsampler
+    from resfu_med.networks.upsamplers import upsampler_entry
 
-    return {"final_upsampler": final_step_upsampler(str(kwargs.get("upsampler", kwargs.get("upsample", "resfu"))),
-                                                     kwargs.get("final_upsampler"))}
+    name = str(kwargs.get("upsampler", kwargs.get("upsample", "resfu")))
+    out: dict[str, Any] = {"final_upsampler": final_step_upsampler(name, kwargs.get("final_upsampler"))}
+    if upsampler_entry(name).name == "resfu":
+        out["upsampler_kwargs"] = dict(UNET_RESFU_WIDTHS)
+    return out
+
+
+def _lacks_recorded(kwargs: Mapping[str, Any], recorded: Mapping[str, Any]) -> bool:
+    """Whether ``kwargs`` lack a recorded key, or a key of a recorded mapping (ReSFU's widths in
+    ``upsampler_kwargs``)."""
+    for key, value in recorded.items():
+        have = kwargs.get(key)
+        if key not in kwargs or (isinstance(value, Mapping) and not (isinstance(have, Mapping) and set(value) <= set(have))):
+            return True
+    return False
 
 
 def _register_builtins() -> None:
@@ -352,7 +375,7 @@ def _register_builtins() -> None:
     # BasicUNet halves its input 4 times: 3D patches are multiples of 16; below 32 its deepest 2D feature is 1x1,
     # which instance norm cannot train on.
     unet = {"classes_key": "out_channels", "upsampler_key": "upsampler", "in_channels_key": "in_channels",
-            "target": "resfu_med.networks.BasicUNet", "recorded": _recorded_final_step,
+            "target": "resfu_med.networks.BasicUNet", "recorded": _recorded_unet,
             "legacy_kwargs": legacy_unet_kwargs(("upcat_1.",))}
     register_model("unet", BasicUNet, description="MONAI BasicUNet, 2D slices (small and CPU-friendly)",
                    spatial_dims=2, fixed={"spatial_dims": 2}, min_img_size=32, **unet)
@@ -365,7 +388,7 @@ def _register_builtins() -> None:
     from resfu_med.networks.unetr import UNETR
 
     monai3d = {"classes_key": "out_channels", "upsampler_key": "upsampler", "in_channels_key": "in_channels",
-               "spatial_dims": 3, "fixed": {"spatial_dims": 3}, "recorded": _recorded_final_step}
+               "spatial_dims": 3, "fixed": {"spatial_dims": 3}, "recorded": _recorded_unet}
     # legacy_kwargs: the module path of each network's last (full-resolution) decoder step
     register_model("dynunet", DynUNet, description="MONAI DynUNet with nnU-Net's plan for the patch, 3D patches",
                    target="resfu_med.networks.DynUNet", patch_divisor=16, patch_kwargs=dynunet_plan,

@@ -25,7 +25,8 @@ class SwinUNETR(UNETRDecoderMixin, MonaiSwinUNETR):
             ``num_heads``, ``window_size``, ``feature_size``, ``norm_name``, ..., ``spatial_dims`` (default 3)).
         upsampler: registry name (``resfu``, ``bilinear``, ``nearest``, ``deconv``, ``pixelshuffle``; in 2D also
             ``carafe``, ``sapa``, ``dysample``).
-        upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``).
+        upsampler_kwargs: extra registry options (e.g. ReSFU's ``embed_dim``, ``pcdc_channels``, ``use_checkpoint``);
+            ReSFU's widths not given are the U-Nets' (``guided_up.UNET_RESFU_WIDTHS``: PCDC 32, docs/networks.md).
         final_upsampler: registry name of the last (full-resolution) decoder step; None (default): ``upsampler``,
             except that ReSFU keeps MONAI's transposed convolution there (``final_upsampler="resfu"``: ReSFU at every
             step; docs/networks.md).

@@ -285,7 +285,7 @@ def load_trained(
                               f"expected {num_classes}")
     try:
         # a network saved by an earlier release keeps its architecture (e.g. TransUNet's four-step default)
-        mcfg = config["model"] = saved_model_config(mcfg, unwrap_state_dict(ckpt["model"]).keys())
+        mcfg = config["model"] = saved_model_config(mcfg, unwrap_state_dict(ckpt["model"]))
         model = build_model(mcfg)
     except InputError as err:
         raise CheckpointError(f"checkpoint {source}: cannot rebuild its model: {err}") from err

@@ -101,7 +101,7 @@ class Trainer:
         self.ckpt = load_checkpoint(self.run_dir / "last.pt") if resume else None
         if self.ckpt is not None:
             config = self.ckpt["config"]
-            config["model"] = saved_model_config(config["model"], self.ckpt["model"].keys())  # earlier releases' nets
+            config["model"] = saved_model_config(config["model"], self.ckpt["model"])  # earlier releases' nets
             for key, value in (runtime or {}).items():
                 section, _, leaf = key.rpartition(".")
                 (config[section] if section else config)[leaf] = value
