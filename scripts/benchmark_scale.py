@@ -90,7 +90,11 @@ def measured(cmds: list[list[str]], env: dict[str, str | None] | None = None) ->
 
 
 def child(cmd: list[str]) -> None:
-    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+    # the commands' own lines (infer: one per file) are shown only when a command fails
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rc = done.returncode
+    if rc:
+        print(done.stderr[-4000:], file=sys.stderr)
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and its worker processes
     print(json.dumps({"rc": rc, "max_rss_mb": ru.ru_maxrss / 1024, "cpu_s": ru.ru_utime + ru.ru_stime}))
     sys.exit(rc)
