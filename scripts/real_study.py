@@ -122,9 +122,17 @@ def _train_resfu_med(out: Path, prepared: Path, method: str, seed: int, args: ar
          _threads_env(1))
     record["eval_wall_s"] = round(time.time() - t1, 1)
     record["metrics"] = json.loads((ev / "metrics.json").read_text())
-    record["iterations"] = json.loads((run / "history.json").read_text())[-1].get("iteration") \
-        if (run / "history.json").is_file() else None
+    record["iterations"] = _iterations(run)
     return record
+
+
+def _iterations(run: Path) -> int | None:
+    """Iterations the run trained: its checkpoint's counter (``history.json`` is empty when validation is off, as in
+    the quick preset)."""
+    import torch
+
+    last = run / "last.pt"
+    return int(torch.load(last, map_location="cpu", weights_only=True)["iteration"]) if last.is_file() else None
 
 
 def _train_peer(out: Path, method: str, seed: int, args: argparse.Namespace, log: Path) -> dict[str, Any]:
