@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         for method, seed in plan_runs(args.methods, args.seeds):
             _one(out, prepared, method, seed, args, log)
     command = f"python scripts/real_study.py --out {out} --variant {args.variant}" + (
-        f" --iterations {args.iterations}" if args.iterations else "")
+        f" --iterations {args.iterations}" if args.iterations else "") + (
+        f" --methods {' '.join(args.methods)}" if args.methods != parser.get_default("methods") else "")
     figure = f"real_benchmark_{args.variant}_montage.png"
     section = report(out, len(args.seeds), command, args.methods, figure)
     if args.doc is not None:
