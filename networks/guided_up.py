@@ -60,8 +60,9 @@ UNET_RESFU_WIDTHS: dict[str, int] = {"embed_dim": 32, "pcdc_channels": 32, "comp
 _MODULE_WIDTHS: dict[str, int] = {"embed_dim": 32, "pcdc_channels": 128, "compressor_channels": 128}
 
 
-#: The ReSFU weights whose shapes give its widths (:func:`resfu_widths_of`).
-_WIDTH_SHAPES = ("proj_q.weight", "semantic_block.pcdc.weight", "semantic_block.compressor.4.weight")
+#: The ReSFU weights whose shapes give its widths (:func:`resfu_widths_of`): weight → (width, axis of its shape).
+_WIDTH_SHAPES = {"proj_q.weight": ("embed_dim", 0), "semantic_block.pcdc.weight": ("pcdc_channels", 0),
+                 "semantic_block.compressor.4.weight": ("compressor_channels", 1)}
 
 
 def step_options(name: str, upsampler_kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -81,16 +82,15 @@ def resfu_widths_of(state: Any) -> dict[str, int]:
     ``pcdc_channels`` (rows of the semantic PCDC) and ``compressor_channels`` (the compressor's hidden width) of the
     first ReSFU found; ReSFU's own defaults, the U-Nets' widths before they were recorded, when ``state`` holds no
     shapes (names only) or no ReSFU."""
-    shapes = dict(zip(_WIDTH_SHAPES, (("embed_dim", 0), ("pcdc_channels", 0), ("compressor_channels", 1))))
     found: dict[str, int] = {}
     if isinstance(state, Mapping):
         for key, value in state.items():
-            for suffix, (width, axis) in shapes.items():
+            for suffix, (width, axis) in _WIDTH_SHAPES.items():
                 if width not in found and key.endswith(f".resfu.{suffix}") and hasattr(value, "shape"):
                     found[width] = int(value.shape[axis])
-            if len(found) == len(shapes):
+            if len(found) == len(_WIDTH_SHAPES):
                 break
-    return found if len(found) == len(shapes) else dict(_MODULE_WIDTHS)
+    return found if len(found) == len(_WIDTH_SHAPES) else dict(_MODULE_WIDTHS)
 
 
 def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
@@ -115,7 +115,7 @@ def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
         if upsampler_entry(name).name == "resfu":
             given = dict(out.get("upsampler_kwargs") or {})
             missing = [k for k in UNET_RESFU_WIDTHS if k not in given]
-            if missing and any(f".resfu.{_WIDTH_SHAPES[0]}" in f".{k}" for k in state):  # widths only where a ReSFU is
+            if missing and any(".resfu.proj_q.weight" in f".{k}" for k in state):  # widths only where a ReSFU is
                 saved = resfu_widths_of(state)
                 out["upsampler_kwargs"] = {**given, **{k: saved[k] for k in missing}}
         return out
