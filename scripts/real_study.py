@@ -107,9 +107,11 @@ def _train_resfu_med(out: Path, prepared: Path, method: str, seed: int, args: ar
                    "--pipeline", args.pipeline, "--upsampler", upsampler, "--seed", str(seed), "--output", str(run),
                    "--overwrite", "--no-progress"]
             if overrides:
+                from resfu_med.atomic import atomic_write_json
+
                 config = out / "configs" / f"{method}.json"
                 config.parent.mkdir(parents=True, exist_ok=True)
-                config.write_text(json.dumps(overrides))
+                atomic_write_json(config, overrides)
                 cmd += ["--config", str(config)]
             if args.iterations:
                 cmd += ["--iterations", str(args.iterations)]
