@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-train", action="store_true", help="do not run the training rows")
     ap.add_argument("--skip-networks", action="store_true", help="do not time the networks (ReSFU vs their own upsampler)")
     ap.add_argument("--net-iters", type=int, default=10, help="timed training steps per network and variant (default 10)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where a ReSFU training step spends its GPU time (torch.profiler, per network of "
+                         "the targets table) and the FNS forward / backward split")
     args = ap.parse_args(argv)
     if args.train_seconds <= 0 or args.batch < 1 or args.size < 32 or args.size % 16 or args.timing_batch < 1:
         ap.error("--train-seconds must be > 0, --batch and --timing-batch >= 1, --size a multiple of 16 >= 32")
@@ -275,6 +279,51 @@ def _network_rows(device: torch.device, args: argparse.Namespace, small: bool) -
     return rows
 
 
+def _fns_split_rows(device: torch.device, batch: int, small: bool) -> list[dict]:
+    """FNS at the last TransUNet step: forward alone, forward + deterministic backward, forward + atomic backward."""
+    from resfu_med.ops import fns_gather
+
+    channels, side = (8, 8) if small else TRANSUNET_STEPS[-1]
+    timer = _Timer(device, 3 if small else 20)
+    x = torch.randn(batch, channels, side, side, device=device, requires_grad=True)
+    attn = torch.softmax(torch.randn(batch, 9, 2 * side, 2 * side, device=device), 1).requires_grad_()
+    grad = torch.randn(batch, channels, 2 * side, 2 * side, device=device)
+    case = f"N={batch} C={channels} {side}->{2 * side} K=3"
+    rows = []
+    with torch.no_grad():
+        rows.append(row("time FNS forward", case, round(timer(lambda: fns_gather(attn, x)), 3), "", None, "ms"))
+    for det in (True, False):
+        ms = timer(lambda: torch.autograd.grad(fns_gather(attn, x, deterministic=det), (attn, x), grad))
+        rows.append(row(f"time FNS fwd+bwd ({'deterministic' if det else 'atomic'})", case, round(ms, 3), "", None, "ms"))
+    return rows
+
+
+def _profile(device: torch.device, small: bool, top: int = 15) -> None:
+    """Print, per network of the targets table, a ReSFU training step's kernel count and top operators by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmark_networks import TARGETS, target_network
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for model in TARGETS:
+        for variant in (TARGETS[model][0], "resfu"):
+            torch.manual_seed(0)
+            net, shape = target_network(model, variant, lite=small)
+            net = net.to(device).train()
+            _network_step_cost(net, shape, device, 1, 0 if small else 2)  # warm-up
+            with profile(activities=activities) as prof:
+                _network_step_cost(net, shape, device, 1 if small else 3, 0)
+            events = prof.key_averages()
+            kernels = sum(e.count for e in events if e.device_type.name == "CUDA") // (1 if small else 3)
+            print(f"\n### profile: {model} {variant} {'x'.join(map(str, shape))}, {kernels} device kernels per step")
+            print(events.table(sort_by=sort, row_limit=top, max_name_column_width=60))
+            del net
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 def _test_rows(device: torch.device) -> list[dict]:
     tests = REPO / "tests" / "ops"
     if not tests.is_dir():
@@ -284,8 +333,14 @@ def _test_rows(device: torch.device) -> list[dict]:
     except ImportError:
         return [row("pytest -m cuda tests/ops", "", "skipped: pytest not installed", "", None)]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", str(device.index or 0)))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", str(tests)], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=300)
+    # Run from outside the checkout: `python -m` puts the working directory first on sys.path, and the checkout's
+    # resfu_med/ folder (without networks/, data/, csrc/ mapped in) would shadow the installed package.
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "-c",
+                               str(REPO / "setup.cfg"), "--rootdir", str(REPO), str(tests)],
+                              capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    if proc.returncode != 0:
+        print(proc.stdout[-6000:], proc.stderr[-3000:], sep="\n")  # the failures, for the log of a one-off GPU run
     summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
     return [row("pytest -m cuda tests/ops", "", summary, "exit 0", proc.returncode == 0)]
 
@@ -326,10 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         rows += _test_rows(device)
     rows += _op_rows(device, small)
     rows += _timing_rows(device, 2 if small else args.timing_batch, small)
+    rows += _fns_split_rows(device, 2 if small else args.timing_batch, small)
     if not args.skip_train:
         rows += _train_rows(device, args, small)
     if not args.skip_networks:
         rows += _network_rows(device, args, small)
+    if args.profile:
+        _profile(device, small)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     failed = [r for r in rows if r["passed"] is False]
     report = {

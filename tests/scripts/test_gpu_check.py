@@ -49,7 +49,7 @@ def test_top_level_imports_are_torch_and_stdlib_only():
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             names.add(node.module.split(".")[0])
-    assert names <= {"__future__", "argparse", "json", "os", "subprocess", "sys", "time", "pathlib", "torch"}
+    assert names <= {"__future__", "argparse", "json", "os", "subprocess", "sys", "tempfile", "time", "pathlib", "torch"}
 
 
 @pytest.mark.slow
@@ -68,10 +68,28 @@ def test_cpu_run_writes_json_without_nibabel_medpy_simpleitk(tmp_path):
     checks = {r["check"] for r in report["rows"]}
     assert report["passed"] and report["device"] == "cpu"
     assert {"op vs reference", "deterministic vs atomic", "time FNS", "FNS / bilinear", "train it/s", "network step",
-            "time ratio"} <= checks
+            "time ratio", "time FNS forward", "time FNS fwd+bwd (deterministic)", "time FNS fwd+bwd (atomic)"} <= checks
     # the networks of benchmark_networks.py --targets, each with its own upsampler, the default ReSFU and ReSFU everywhere
     cases = {r["case"] for r in report["rows"] if r["check"] == "time ratio"}
     for model, ref in (("transunet", "bilinear"), ("unet", "deconv"), ("unet3d", "deconv"), ("dynunet", "deconv"),
                        ("swinunetr", "deconv"), ("unetr", "deconv")):
         assert any(c.startswith(model + " ") and c.endswith(f"resfu/{ref}") for c in cases), (model, cases)
     assert "| check | case |" in proc.stdout and "all checks passed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cuda_test_subset_runs_from_outside_the_checkout():
+    # On CPU every CUDA test skips; what is checked is the command line: run from a temporary folder (so the
+    # checkout's resfu_med/ cannot shadow the installed package), with the repository's markers and rootdir.
+    (result,) = gpu_check._test_rows(torch.device("cpu"))
+    assert result["passed"] is True, result
+    assert "skipped" in result["value"] and "error" not in result["value"], result
+
+
+@pytest.mark.slow
+def test_profile_prints_kernel_counts_and_top_operators(capsys):
+    gpu_check._profile(torch.device("cpu"), small=True, top=3)
+    out = capsys.readouterr().out
+    for model, ref in (("transunet", "bilinear"), ("unet", "deconv"), ("unetr", "deconv")):
+        assert f"### profile: {model} {ref} " in out and f"### profile: {model} resfu " in out
+    assert "device kernels per step" in out and "Self CPU time total" in out
