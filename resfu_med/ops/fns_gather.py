@@ -113,7 +113,15 @@ def backend(device: str | torch.device = "cpu") -> str:
     return "reference"
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its import of ``torch._dynamo``: that import costs about 0.5 s
+    of CPU in every process (each ``infer --shard`` and ``prepare -np`` worker), compiling or not. Dynamo's decorator
+    only sets this attribute; tests/ops/test_fns_backend.py checks that it still does."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _backend_for(device_type: str, index: int | None) -> str:
     # torch.compile evaluates this once while tracing and keeps the answer as a constant: no graph break.
     return backend(torch.device(device_type, index) if index is not None else torch.device(device_type))
