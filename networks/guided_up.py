@@ -31,7 +31,8 @@ from monai.utils import look_up_option
 from .upsamplers import get_upsampler, guide_source, upsampler_entry, upsampler_keyword
 
 __all__ = ["GuidedUpBlock", "UNETRDecoderMixin", "guided_up_block", "up_step", "guide_source", "with_upsample_signature",
-           "final_step_upsampler", "legacy_unet_kwargs", "UNET_RESFU_WIDTHS", "step_options", "resfu_widths_of"]
+           "configured_upsampler", "final_step_upsampler", "legacy_unet_kwargs", "UNET_RESFU_WIDTHS", "step_options",
+           "resfu_widths_of"]
 
 #: The U-Nets' default at the full-resolution (last) decoder step for ``upsampler="resfu"``: the network's own
 #: transposed convolution. There ReSFU's similarity runs at the input image's resolution and costs more than the whole
@@ -47,6 +48,12 @@ def final_step_upsampler(upsampler: str, final_upsampler: str | None) -> str:
         return upsampler_entry(final_upsampler).name
     name = upsampler_entry(upsampler).name
     return RESFU_FINAL_DEFAULT if name == "resfu" else name
+
+
+def configured_upsampler(kwargs: Mapping[str, Any]) -> str:
+    """The registry name of the upsampler a U-Net's saved kwargs name (``upsampler``, or MONAI's ``upsample``
+    spelling; ReSFU when neither is given, the U-Nets' default), aliases resolved."""
+    return upsampler_entry(str(kwargs.get("upsampler", kwargs.get("upsample", "resfu")))).name
 
 
 #: ReSFU's widths in the U-Nets (BasicUNet 2D/3D, DynUNet, SwinUNETR, UNETR) wherever ``upsampler_kwargs`` does not
@@ -111,8 +118,7 @@ def legacy_unet_kwargs(final_prefixes: tuple[str, ...]) -> Any:
         marks = [f".{p}upsample.resfu." for p in final_prefixes]
         if "final_upsampler" not in out and any(m in f".{k}" for k in state for m in marks):
             out["final_upsampler"] = "resfu"
-        name = str(out.get("upsampler", out.get("upsample", "resfu")))
-        if upsampler_entry(name).name == "resfu":
+        if configured_upsampler(out) == "resfu":
             given = dict(out.get("upsampler_kwargs") or {})
             missing = [k for k in UNET_RESFU_WIDTHS if k not in given]
             if missing and any(".resfu.proj_q.weight" in f".{k}" for k in state):  # widths only where a ReSFU is

@@ -343,12 +343,11 @@ def _recorded_unet(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The U-Nets' recorded defaults: ``final_upsampler`` (the name the network resolves it to for the config's
     upsampler) and, for ReSFU, its widths (``upsampler_kwargs``: :data:`~resfu_med.networks.guided_up.UNET_RESFU_WIDTHS`
     filling the widths the config does not set)."""
-    from resfu_med.networks.guided_up import UNET_RESFU_WIDTHS, final_step_upsampler
-    from resfu_med.networks.upsamplers import upsampler_entry
+    from resfu_med.networks.guided_up import UNET_RESFU_WIDTHS, configured_upsampler, final_step_upsampler
 
-    name = str(kwargs.get("upsampler", kwargs.get("upsample", "resfu")))
+    name = configured_upsampler(kwargs)
     out: dict[str, Any] = {"final_upsampler": final_step_upsampler(name, kwargs.get("final_upsampler"))}
-    if upsampler_entry(name).name == "resfu":
+    if name == "resfu":
         out["upsampler_kwargs"] = dict(UNET_RESFU_WIDTHS)
     return out
 

@@ -72,8 +72,7 @@ def make_msd(root: Path, n: int, shape: tuple[int, int, int], seed: int = 0) -> 
 
 def measured(cmds: list[list[str]], env: dict[str, str | None] | None = None) -> dict:
     """Run ``cmds`` at once, each under a fresh wrapper process (``env``: variables set for each, ``None`` = unset);
-    wall time, the
-    largest process's peak RSS, the CPU seconds of all of them and the load average before and after."""
+    wall time, the largest process's peak RSS, the CPU seconds of all of them and the load average before and after."""
     load_before = [round(x, 2) for x in os.getloadavg()]
     child_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     t0 = time.perf_counter()
