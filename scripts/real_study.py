@@ -37,10 +37,17 @@ from upsampler_study import _claim  # noqa: E402  one file lock per run, shared 
 
 __all__ = ["UPSAMPLERS", "METHODS", "SEEDS", "plan_runs", "summarise", "paired_difference", "report", "main"]
 
-UPSAMPLERS = ("resfu", "bilinear", "dysample", "resfu-every")  # resfu-med's quick preset with this upsampler
-#: Variants of an upsampler: ``resfu-every`` is ReSFU at every U-Net decoder step, the full-resolution one included
-#: (the default before issue 27 moved that step to MONAI's transposed convolution), given by a ``--config`` file.
-VARIANTS = {"resfu-every": ("resfu", {"model": {"kwargs": {"final_upsampler": "resfu"}}})}
+UPSAMPLERS = ("resfu", "bilinear", "dysample", "resfu-every", "resfu-constant", "bilinear-constant")  # quick preset
+#: Variants of an upsampler, given by a ``--config`` file: ``*-constant`` trains with the constant lr (after the
+#: warm-up) that the quick preset had before its constant-decay schedule; ``resfu-every`` is ReSFU at every U-Net
+#: decoder step, the full-resolution one included (the default before issue 27 moved that step to MONAI's transposed
+#: convolution), measured with that constant lr.
+_CONSTANT = {"train": {"schedule": "constant"}}
+VARIANTS = {"resfu-every": ("resfu", {"model": {"kwargs": {"final_upsampler": "resfu"}}, **_CONSTANT}),
+            "resfu-constant": ("resfu", _CONSTANT), "bilinear-constant": ("bilinear", _CONSTANT)}
+#: The ReSFU run a method is compared with in the paired differences (default ``resfu``): a constant-lr variant
+#: against constant-lr ReSFU, so the comparison is of the upsampler (or placement) alone.
+REFERENCE = {"resfu-every": "resfu-constant", "bilinear-constant": "resfu-constant"}
 PEERS = ("monai", "nnunet")  # scripts/peers/: a plain MONAI loop, nnU-Net v2 at ReSFU's CPU time
 METHODS = UPSAMPLERS + PEERS
 SEEDS = (0, 1, 2)
@@ -245,7 +252,8 @@ def _pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 
 LABELS = {"resfu": "ReSFU (quick)", "bilinear": "bilinear (quick)", "dysample": "DySample (quick)",
-          "resfu-every": "ReSFU at every step (quick, before issue 27)",
+          "resfu-every": "ReSFU at every step (quick, constant lr, before issue 27)",
+          "resfu-constant": "ReSFU (quick, constant lr)", "bilinear-constant": "bilinear (quick, constant lr)",
           "monai": "plain MONAI loop", "nnunet": "nnU-Net v2 2d"}
 
 
@@ -327,20 +335,22 @@ def report(out: Path, seeds_planned: int, command: str, methods=METHODS, figure:
             lines.append(f"| {LABELS.get(method, method)} | "
                          + " | ".join(_pm(list(hd[:, k]), 1, 2) for k in range(len(names))) + " |")
     if "resfu" in summary:
-        lines += ["", "Paired difference of the mean Dice (ReSFU − other, percentage points), paired by (seed, test "
-                      "case), 95 % Student-t interval:", "",
-                  "| comparison | pairs | mean difference | 95 % CI |", "| --- | --- | --- | --- |"]
+        lines += ["", "Paired difference of the mean Dice (ReSFU − other, percentage points; the constant-lr runs "
+                      "against ReSFU with the same schedule), paired by (seed, test case), 95 % Student-t interval:",
+                  "", "| comparison | pairs | mean difference | 95 % CI |", "| --- | --- | --- | --- |"]
         for other in methods:
-            if other == "resfu" or other not in summary:
+            ref = REFERENCE.get(other, "resfu")
+            if other == ref or other not in summary or ref not in summary:
                 continue
-            keys = sorted(set(summary["resfu"]["case_mean"]) & set(summary[other]["case_mean"]))
+            keys = sorted(set(summary[ref]["case_mean"]) & set(summary[other]["case_mean"]))
             if not keys:
                 continue
-            a = np.array([summary["resfu"]["case_mean"][k] for k in keys]) * 100
+            a = np.array([summary[ref]["case_mean"][k] for k in keys]) * 100
             b = np.array([summary[other]["case_mean"][k] for k in keys]) * 100
             mean, lo, hi, n = paired_difference(a, b)
             ci = "n/a (one pair)" if n < 2 else f"[{lo:+.1f}, {hi:+.1f}]"
-            lines.append(f"| ReSFU − {LABELS.get(other, other)} | {n} | {mean:+.1f} | {ci} |")
+            ref_label = "ReSFU" if ref == "resfu" else LABELS.get(ref, ref)
+            lines.append(f"| {ref_label} − {LABELS.get(other, other)} | {n} | {mean:+.1f} | {ci} |")
     runs = [r for r in _load(out) if r.get("command")]
     if runs:
         lines += ["", "The command behind each run (`resfu-med` runs were started with `OMP_NUM_THREADS=1`):", ""]

@@ -175,9 +175,12 @@ class Trainer:
 
     # -- setup helpers -------------------------------------------------------------------------------------------
     def _scheduler(self, t: dict[str, Any]) -> Any:
-        """The per-iteration lr schedule: ``poly`` (TransUNet), ``cosine`` or ``constant``, after a linear warm-up."""
+        """The per-iteration lr schedule: ``poly`` (TransUNet), ``cosine``, ``constant`` or ``constant-decay``, after
+        a linear warm-up."""
         schedule, warmup, total, power = t.get("schedule", "poly"), int(t.get("warmup_iters") or 0), \
             self.max_iterations, t["poly_power"]
+        # the decay tail: at least one iteration, so a decay_fraction of 0 is plain constant up to the last step
+        tail = max(1, round(float(t.get("decay_fraction", 0.2)) * total))
         if schedule == "poly" and not warmup:
             # Poly decay per iteration: lr = base · (1 − it / max_it)^power (TransUNet).
             return torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=total, power=power)
@@ -189,6 +192,11 @@ class Trainer:
                 return ramp * 0.5 * (1.0 + math.cos(math.pi * progress))
             if schedule == "poly":
                 return ramp * (1.0 - progress) ** power
+            if schedule == "constant-decay":
+                # warm-up, stable, decay: a constant lr learns fastest on a short budget, and the linear tail lets the
+                # weights settle so the run's end state does not depend on where a constant-lr trajectory happened to
+                # be at its last step (docs/real_benchmark.md, "Why ReSFU can drop a class")
+                return ramp * min(1.0, (total - it) / tail)
             return ramp  # constant
 
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)

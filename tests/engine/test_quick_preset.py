@@ -23,6 +23,8 @@ def test_quick_preset_on_every_dataset(dataset):
     assert cfg["model"]["kwargs"]["upsampler_kwargs"]["embed_dim"] == 8  # the slim ReSFU
     assert t["optimizer"] == "adamw" and t["iterations"] == 1500 and t["warmup_iters"] > 0
     assert t["fg_oversample"] == 0.5 and t["eval"] is False and cfg["data"]["img_size"] is None
+    # warm-up, constant, linear decay to 0 over the last 20 % (measured against constant on whole volumes)
+    assert t["schedule"] == "constant-decay" and t["decay_fraction"] == 0.2
     assert cfg["data"]["pipeline"] == "plan"  # native-resolution patches of the plan on every dataset
     # flags still win over the preset
     cfg = resolve_config(dataset, overrides={"train": {"fg_oversample": 0.0}, "model": {"upsampler": "bilinear"}},
@@ -47,6 +49,8 @@ def test_paper_protocol_stays_the_default():
         resolve_config("msd", overrides={"train": {"fg_oversample": 1.5}})
     with pytest.raises(InputError, match="train.schedule must be one of"):
         resolve_config("msd", overrides={"train": {"schedule": "step"}})
+    with pytest.raises(InputError, match="decay_fraction must be <= 1"):
+        resolve_config("msd", overrides={"train": {"decay_fraction": 1.5}})
 
 
 @pytest.mark.parametrize("dataset,preset", [("msd", None), ("synapse", "quick")])

@@ -127,6 +127,19 @@ def test_warmup_schedules(tmp_path, schedule):
     assert lrs[7] == pytest.approx(after[schedule])  # 3 of the 6 post-warm-up iterations done
 
 
+def test_constant_decay_schedule(tmp_path):
+    # 10 iterations, warm-up 4, decay over the last 30 % (3 iterations) linearly to 0: hand-computed lrs.
+    cfg = tiny_config(epochs=2, eval=False, schedule="constant-decay", warmup_iters=4, decay_fraction=0.3, lr=0.1)
+    trainer = make_trainer(cfg, tmp_path)
+    assert trainer.max_iterations == 10
+    lrs = []
+    for _ in range(10):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1 * 2 / 3, 0.1 / 3])
+
+
 def test_patch_crops_class_balanced():
     from resfu_med.data import get_patch_transforms
 

@@ -62,7 +62,8 @@ def test_paired_difference_and_report(tmp_path):
     assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half))
     assert study.plan_runs(("a", "b"), (0, 1)) == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
     (tmp_path / "results").mkdir()
-    for up, seed, dice in (("resfu", 0, 0.8), ("bilinear", 0, 0.7), ("resfu", 1, 0.9), ("bilinear", 1, 0.6)):
+    for up, seed, dice in (("resfu", 0, 0.8), ("bilinear", 0, 0.7), ("resfu", 1, 0.9), ("bilinear", 1, 0.6),
+                           ("resfu-constant", 0, 0.5), ("bilinear-constant", 0, 0.6)):
         classes = [{"index": 1, "name": "caudate", "dice": dice, "hd95": 2.0},
                    {"index": 2, "name": "pallidum", "dice": dice - 0.1, "hd95": 3.0}]
         cases = {c: [{"name": "caudate", "dice": dice}, {"name": "pallidum", "dice": dice - 0.1}] for c in ("x", "y")}
@@ -72,6 +73,10 @@ def test_paired_difference_and_report(tmp_path):
     text = study.report(tmp_path, 3, "python scripts/real_study.py --out X", ("resfu", "bilinear", "nnunet"))
     assert "| ReSFU (quick) | 2 of 3 | 85.0 ± 7.1 | 75.0 ± 7.1 | **80.0 ± 7.1**" in text
     assert "| nnU-Net v2 2d | 0 of 3 |" in text and "| ReSFU − bilinear (quick) | 4 | +20.0 |" in text
+    text = study.report(tmp_path, 3, "cmd", ("resfu", "bilinear", "resfu-constant", "bilinear-constant"))
+    # a constant-lr variant is compared with constant-lr ReSFU (same schedule), the schedule with today's ReSFU
+    assert "| ReSFU (quick, constant lr) − bilinear (quick, constant lr) | 2 | -10.0 |" in text
+    assert "| ReSFU − ReSFU (quick, constant lr) | 2 | +30.0 |" in text and "ReSFU − bilinear (quick, constant" not in text
     doc = tmp_path / "doc.md"
     doc.write_text(f"# T\n\nkept\n\n{study.BEGIN}\nold\n{study.END}\ntail\n")
     study._write_doc(doc, "new table")
