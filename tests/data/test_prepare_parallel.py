@@ -149,3 +149,21 @@ def test_markers_follow_a_flush_of_their_data_and_fsyncs_do_not_grow_with_cases(
         assert not any(name.startswith(case) for name in snapshots[-1][0] - flushed_data), case
     assert len(snapshots[-1][1]) == 8
     assert len(fsyncs) <= 5  # lists, dataset.json, plans: not one per slice (41 data files here)
+
+
+def test_workers_share_the_cores_out(monkeypatch, tmp_path):
+    # Each of N forked workers runs torch with cores // N threads (at least 1), not the parent's all-core count, so
+    # -np N does not oversubscribe the machine.
+    import types
+
+    import torch
+
+    from resfu_med.data import layout
+
+    monkeypatch.setattr(layout, "_prepare_case", lambda root, src, load, settings: {"threads": torch.get_num_threads()})
+    sources = [types.SimpleNamespace(image=f"case{i}", case=str(i)) for i in range(4)]
+    results = list(layout._run_cases(tmp_path, sources, [0, 1, 2, 3], None, {}, 2, lambda: False))
+    assert sorted(i for i, _, _ in results) == [0, 1, 2, 3] and all(err is None for _, _, err in results)
+    cores = len(os.sched_getaffinity(0))
+    assert {meta["threads"] for _, meta, _ in results} == {max(1, cores // 2)}
+    assert layout.worker_threads(1) == cores and layout.worker_threads(10 * cores) == 1
