@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,7 @@ def montage(out: Path, prepared: Path, path: Path, methods=METHODS, seed: int = 
         if lab is not None:
             ax.imshow(np.ma.masked_equal(lab[z], 0), cmap="tab10", vmin=0, vmax=9, alpha=0.55, interpolation="nearest",
                       origin="lower")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(textwrap.fill(title, 24), fontsize=8)  # long method names on two lines
         ax.axis("off")
     fig.suptitle(f"test case {case}, axial slice {z} (seed {seed})", fontsize=9)
     fig.tight_layout()
