@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-train", action="store_true", help="do not run the training rows")
     ap.add_argument("--skip-networks", action="store_true", help="do not time the networks (ReSFU vs their own upsampler)")
     ap.add_argument("--net-iters", type=int, default=10, help="timed training steps per network and variant (default 10)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also compile BasicUNet 2D with its own upsampler and with ReSFU (torch.compile, inductor, "
+                         "fullgraph): compiled vs eager loss and gradients, and the step times")
     ap.add_argument("--profile", action="store_true",
                     help="also print where a ReSFU training step spends its GPU time (torch.profiler, per network of "
                          "the targets table) and the FNS forward / backward split")
@@ -298,6 +301,45 @@ def _fns_split_rows(device: torch.device, batch: int, small: bool) -> list[dict]
     return rows
 
 
+def _compile_rows(device: torch.device, small: bool, backend: str = "inductor") -> list[dict]:
+    """BasicUNet 2D of the targets table, own upsampler and ReSFU, eager vs ``torch.compile(fullgraph=True)``: the
+    compiled training step's loss and gradient norm against eager (one step from the same weights), and the step
+    times, so the launch overhead that compiling removes is measured."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchmark_networks import target_network
+
+    rows, cost = [], {}
+    for variant in ("deconv", "resfu"):
+        torch.manual_seed(0)
+        net, shape = target_network("unet", variant, lite=small)
+        net = net.to(device).train()
+        x = torch.rand(shape[0], 1, *shape[1:], device=device)
+        target = torch.randint(0, 9, (shape[0], *shape[1:]), device=device)
+        compiled = torch.compile(net, fullgraph=True, backend=backend)
+        results = []
+        for model in (net, compiled):
+            net.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+            loss.backward()
+            norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in net.parameters() if p.grad is not None))
+            results.append((loss.item(), norm.item()))
+        (l0, g0), (l1, g1) = results
+        err = max(abs(l1 - l0) / max(abs(l0), 1e-12), abs(g1 - g0) / max(abs(g0), 1e-12))
+        case = f"unet {'x'.join(map(str, shape))} fp32, {variant}, {backend}"
+        rows.append(row("compiled vs eager (loss, grad norm)", case, err, 1e-2, err <= 1e-2, "rel. error"))
+        iters = 1 if small else 10
+        for name, model in (("eager", net), ("compiled", compiled)):
+            sec, _ = _network_step_cost(model, shape, device, iters, 0 if small else 3)
+            cost[(variant, name)] = sec
+            rows.append(row(f"network step ({name})", case, round(sec, 4), "", None, "s"))
+        del net, compiled
+    for name in ("eager", "compiled"):
+        ratio = cost[("resfu", name)] / cost[("deconv", name)]
+        rows.append(row(f"time ratio ({name})", f"unet resfu/deconv, {backend}", round(ratio, 3), "<= 1.5",
+                        None if small else ratio <= 1.5, "x"))
+    return rows
+
+
 def _profile(device: torch.device, small: bool, top: int = 15) -> None:
     """Print, per network of the targets table, a ReSFU training step's kernel count and top operators by device time."""
     from torch.profiler import ProfilerActivity, profile
@@ -386,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += _train_rows(device, args, small)
     if not args.skip_networks:
         rows += _network_rows(device, args, small)
+    if args.compile:
+        rows += _compile_rows(device, small, backend="inductor" if device.type == "cuda" else "aot_eager")
     if args.profile:
         _profile(device, small)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

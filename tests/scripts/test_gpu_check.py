@@ -93,3 +93,12 @@ def test_profile_prints_kernel_counts_and_top_operators(capsys):
     for model, ref in (("transunet", "bilinear"), ("unet", "deconv"), ("unetr", "deconv")):
         assert f"### profile: {model} {ref} " in out and f"### profile: {model} resfu " in out
     assert "device kernels per step" in out and "Self CPU time total" in out
+
+
+@pytest.mark.slow
+def test_compile_rows_compare_compiled_with_eager():
+    # aot_eager keeps the CPU test short; the GPU check compiles with inductor.
+    rows = gpu_check._compile_rows(torch.device("cpu"), small=True, backend="aot_eager")
+    checks = [r for r in rows if r["check"] == "compiled vs eager (loss, grad norm)"]
+    assert len(checks) == 2 and all(r["passed"] for r in checks), checks
+    assert {r["check"] for r in rows} >= {"network step (eager)", "network step (compiled)", "time ratio (compiled)"}
