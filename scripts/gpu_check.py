@@ -6,13 +6,15 @@
 On a CUDA machine it (1) runs the CUDA test subset (``pytest -m cuda tests/ops``, when pytest and the tests are
 present), (2) compares the CUDA op with the float64 reference on CPU (fp32 / fp16 / bf16; 2D and 3D; K = 3, 5; integer
 and non-integer ratios; forward and both gradients) and the deterministic backward with the atomic one, (3) times FNS
-against bilinear upsampling at the TransUNet decoder shapes (CUDA events), (4) trains TransUNet-ReSFU and bilinear
+against bilinear upsampling at the TransUNet decoder shapes (CUDA events; at the largest, also the forward alone and
+the deterministic backward), (4) trains TransUNet-ReSFU and bilinear
 TransUNet for ``--train-seconds`` each at batch 24, 224², under bf16 autocast (iterations/s, peak memory), (5) times
 the networks of ``scripts/benchmark_networks.py --targets`` (TransUNet, BasicUNet 2D/3D, DynUNet, SwinUNETR, UNETR at
 their default configurations and shapes; fp32 training steps) with their own upsampler, the default ReSFU and ReSFU at
 every step, and checks the default's time and memory ratios against the targets (TransUNet ≤ 1.10× bilinear, the
-U-Nets ≤ 1.5× their transposed convolution). It prints one table and writes the same rows as JSON. Without a GPU it
-says so in one line and exits 0.
+U-Nets ≤ 1.5× their transposed convolution). ``--compile`` adds BasicUNet 2D under ``torch.compile`` (inductor,
+fullgraph) against eager; ``--profile`` prints each targets network's kernels per step and top operators. It prints
+one table and writes the same rows as JSON. Without a GPU it says so in one line and exits 0.
 
 Imports: torch (and, for the training and network rows, resfu-med's networks, i.e. MONAI) only, so it runs on a GPU
 box without nibabel / medpy / SimpleITK. ``--device cpu`` runs the same checks, tiny, on CPU (used by the tests of this
@@ -33,6 +35,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 
 # (K, LR, HR): integer (2, 4) and non-integer ratios, 2D and 3D.
 OP_CASES = [
@@ -69,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "fullgraph): compiled vs eager loss and gradients, and the step times")
     ap.add_argument("--profile", action="store_true",
                     help="also print where a ReSFU training step spends its GPU time (torch.profiler, per network of "
-                         "the targets table) and the FNS forward / backward split")
+                         "the targets table: kernels per step, top operators)")
     args = ap.parse_args(argv)
     if args.train_seconds <= 0 or args.batch < 1 or args.size < 32 or args.size % 16 or args.timing_batch < 1:
         ap.error("--train-seconds must be > 0, --batch and --timing-batch >= 1, --size a multiple of 16 >= 32")
@@ -170,6 +173,13 @@ def _timing_rows(device: torch.device, batch: int, small: bool) -> list[dict]:
         rows.append(row("time FNS", case, round(t_fns, 3), "", None, "ms"))
         rows.append(row("time bilinear", case, round(t_bil, 3), "", None, "ms"))
         rows.append(row("FNS / bilinear", case, round(t_fns / max(t_bil, 1e-9), 2), "", None, "x"))
+    # the last (largest) step split up: forward alone and the deterministic backward beside the default atomic one
+    case = f"N={batch} C={c} {side}->{2 * side} K=3"
+    with torch.no_grad():
+        rows.append(row("time FNS forward", case, round(timer(lambda: fns_gather(attn, x)), 3), "", None, "ms"))
+    t_det = timer(lambda: torch.autograd.grad(fns_gather(attn, x, deterministic=True), (attn, x), grad))
+    rows.append(row("time FNS fwd+bwd (deterministic)", case, round(t_det, 3), "", None, "ms"))
+    rows.append(row("time FNS fwd+bwd (atomic)", case, round(t_fns, 3), "", None, "ms"))
     return rows
 
 
@@ -220,6 +230,16 @@ def _train_rows(device: torch.device, args: argparse.Namespace, small: bool) -> 
     return rows
 
 
+def _benchmark_networks():
+    """``scripts/benchmark_networks.py``, whose builder the network rows share, so the GPU and the CPU tables measure
+    the same networks."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import benchmark_networks
+
+    return benchmark_networks
+
+
 def _network_step_cost(net: torch.nn.Module, shape: tuple, device: torch.device, iters: int, warmup: int) -> tuple[float, float]:
     """Seconds per fp32 training step (forward + backward, cross-entropy) and the step's peak memory in MiB above the
     model and input (CUDA: allocator statistics; CPU: 0, the CPU table of benchmark_networks.py measures memory)."""
@@ -251,11 +271,11 @@ def _network_step_cost(net: torch.nn.Module, shape: tuple, device: torch.device,
 def _network_rows(device: torch.device, args: argparse.Namespace, small: bool) -> list[dict]:
     """Each network of benchmark_networks.py's targets table with its own upsampler, the default ReSFU and ReSFU at
     every step: seconds per training step and peak step memory, and the ratios against the targets."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchmark_networks import TARGETS, target_network
+    bench = _benchmark_networks()
+    targets, target_network = bench.TARGETS, bench.target_network
 
     rows = []
-    for model, (ref, _, _, limit) in TARGETS.items():
+    for model, (ref, _, _, limit) in targets.items():
         cost = {}
         for variant in (ref, *NETWORK_VARIANTS):
             torch.manual_seed(0)
@@ -282,31 +302,11 @@ def _network_rows(device: torch.device, args: argparse.Namespace, small: bool) -
     return rows
 
 
-def _fns_split_rows(device: torch.device, batch: int, small: bool) -> list[dict]:
-    """FNS at the last TransUNet step: forward alone, forward + deterministic backward, forward + atomic backward."""
-    from resfu_med.ops import fns_gather
-
-    channels, side = (8, 8) if small else TRANSUNET_STEPS[-1]
-    timer = _Timer(device, 3 if small else 20)
-    x = torch.randn(batch, channels, side, side, device=device, requires_grad=True)
-    attn = torch.softmax(torch.randn(batch, 9, 2 * side, 2 * side, device=device), 1).requires_grad_()
-    grad = torch.randn(batch, channels, 2 * side, 2 * side, device=device)
-    case = f"N={batch} C={channels} {side}->{2 * side} K=3"
-    rows = []
-    with torch.no_grad():
-        rows.append(row("time FNS forward", case, round(timer(lambda: fns_gather(attn, x)), 3), "", None, "ms"))
-    for det in (True, False):
-        ms = timer(lambda: torch.autograd.grad(fns_gather(attn, x, deterministic=det), (attn, x), grad))
-        rows.append(row(f"time FNS fwd+bwd ({'deterministic' if det else 'atomic'})", case, round(ms, 3), "", None, "ms"))
-    return rows
-
-
 def _compile_rows(device: torch.device, small: bool, backend: str = "inductor") -> list[dict]:
     """BasicUNet 2D of the targets table, own upsampler and ReSFU, eager vs ``torch.compile(fullgraph=True)``: the
     compiled training step's loss and gradient norm against eager (one step from the same weights), and the step
     times, so the launch overhead that compiling removes is measured."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchmark_networks import target_network
+    target_network = _benchmark_networks().target_network
 
     rows, cost = [], {}
     for variant in ("deconv", "resfu"):
@@ -344,13 +344,13 @@ def _profile(device: torch.device, small: bool, top: int = 15) -> None:
     """Print, per network of the targets table, a ReSFU training step's kernel count and top operators by device time."""
     from torch.profiler import ProfilerActivity, profile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from benchmark_networks import TARGETS, target_network
+    bench = _benchmark_networks()
+    targets, target_network = bench.TARGETS, bench.target_network
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    for model in TARGETS:
-        for variant in (TARGETS[model][0], "resfu"):
+    for model in targets:
+        for variant in (targets[model][0], "resfu"):
             torch.manual_seed(0)
             net, shape = target_network(model, variant, lite=small)
             net = net.to(device).train()
@@ -423,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
         rows += _test_rows(device)
     rows += _op_rows(device, small)
     rows += _timing_rows(device, 2 if small else args.timing_batch, small)
-    rows += _fns_split_rows(device, 2 if small else args.timing_batch, small)
     if not args.skip_train:
         rows += _train_rows(device, args, small)
     if not args.skip_networks:
