@@ -77,6 +77,23 @@ def test_cpu_run_writes_json_without_nibabel_medpy_simpleitk(tmp_path):
     assert "| check | case |" in proc.stdout and "all checks passed" in proc.stdout
 
 
+def test_cuda_test_subset_is_started_outside_the_checkout(monkeypatch):
+    # Regression (first GPU run, 2026-12-04): started with cwd = the checkout, `python -m pytest` imported the
+    # checkout's resfu_med/ (no networks/, data/, csrc/ mapped in) instead of the installed package.
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen.update(cmd=cmd, cwd=Path(kwargs["cwd"]).resolve())
+        return subprocess.CompletedProcess(cmd, 0, stdout="1 passed\n", stderr="")
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    (result,) = gpu_check._test_rows(torch.device("cpu"))
+    assert result["passed"] is True
+    repo = gpu_check.REPO.resolve()
+    assert seen["cwd"] != repo and repo not in seen["cwd"].parents
+    assert "--rootdir" in seen["cmd"] and str(repo / "setup.cfg") in seen["cmd"]
+
+
 @pytest.mark.slow
 def test_cuda_test_subset_runs_from_outside_the_checkout():
     # On CPU every CUDA test skips; what is checked is the command line: run from a temporary folder (so the
