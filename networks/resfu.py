@@ -21,7 +21,14 @@ from resfu_med.networks.blocks.guided_filter import GuidedFilter
 from resfu_med.networks.blocks.inner_product import InnerProductSimilarity
 from resfu_med.networks.blocks.lr_gather import lr_neighbour_gather
 from resfu_med.networks.blocks.norm import group_norm
-from resfu_med.networks.blocks.pcdc import PCDC, PCDCBlock, compress_sum, group_norm_with_stats_of, integer_ratios
+from resfu_med.networks.blocks.pcdc import (
+    PCDC,
+    PCDCBlock,
+    compress_sum,
+    group_norm_then_1x1,
+    group_norm_with_stats_of,
+    integer_ratios,
+)
 from resfu_med.ops import fns_gather
 
 __all__ = ["ReSFU", "border_mask", "upsampling_dilation", "pcdc_parameter_groups"]
@@ -59,6 +66,12 @@ def _prescale(t: torch.Tensor) -> torch.Tensor:
         if not bool(shift.any()):
             return t
     return t * torch.exp2(-shift).to(t.dtype).view((-1,) + (1,) * (t.dim() - 1))
+
+
+def _norm_then_project(norm: nn.GroupNorm, proj: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``proj(norm(t))`` (GroupNorm, then a 1×1 convolution) whose autograd keeps ``t`` but not the normalised map
+    (:func:`~resfu_med.networks.blocks.pcdc.group_norm_then_1x1`)."""
+    return group_norm_then_1x1(t, norm.num_groups, norm.weight, norm.bias, norm.eps, proj.weight, proj.bias)
 
 
 def border_mask(hr_size: Sequence[int], dilation: Sequence[int], kernel_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -218,8 +231,8 @@ class ReSFU(nn.Module):
         self._check(x, guide)
         hr, lr = tuple(int(s) for s in guide.shape[2:]), tuple(int(s) for s in x.shape[2:])  # ints even when tracing
         dilation = upsampling_dilation(hr, lr)
-        q = self.proj_q(self.norm_guide(_prescale(guide)))  # (N, D, *HR)
-        k = self.proj_k(self.norm_x(_prescale(x)))  # (N, D, *LR)
+        q = _norm_then_project(self.norm_guide, self.proj_q, _prescale(guide))  # (N, D, *HR)
+        k = _norm_then_project(self.norm_x, self.proj_k, _prescale(x))  # (N, D, *LR)
         k_up = F.interpolate(k, size=hr, mode=_LINEAR_MODE[self.spatial_dims], align_corners=False)
         semantic_query = self.guided_filter(q, k_up) if self.guided_filter is not None else q
         detail_key = self.gaussian(q) if self.gaussian is not None else q

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 from torch import nn
 
+from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
 from resfu_med.networks.blocks.padding import replicate_pad
 
 __all__ = ["GaussianSmoothing", "gaussian_kernel"]
@@ -85,4 +86,4 @@ class GaussianSmoothing(nn.Module):
                 f"GaussianSmoothing: x must be (N, {self.channels}, {self.spatial_dims} spatial dims), got {tuple(x.shape)}"
             )
         padded = replicate_pad(x, [self.radius] * (2 * self.spatial_dims))
-        return _CONV[self.spatial_dims](padded, self.weight.to(x.dtype), groups=self.channels)
+        return fixed_depthwise_conv(padded, self.weight)  # keeps no copy of the padded map for backward

@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
+from torch.autograd.function import once_differentiable
 
+from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
 from resfu_med.networks.blocks.padding import replicate_pad
 
 from resfu_med.networks.blocks.norm import group_norm
 
-__all__ = ["PCDC", "PCDCBlock", "as_dilation", "integer_ratios", "group_norm_with_stats_of", "compress_sum"]
+__all__ = ["PCDC", "PCDCBlock", "Compressor", "group_norm_then_1x1", "as_dilation", "integer_ratios", "group_norm_with_stats_of", "compress_sum"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def integer_ratios(hr_size: Sequence[int], lr_size: Sequence[int]) -> tuple[int, ...] | None:
@@ -48,7 +49,7 @@ def _linear_upsample_axis(x: torch.Tensor, axis: int, ratio: int) -> torch.Tenso
     shape, stride = [1] * dims, [1] * dims
     shape[axis], stride[axis] = len(taps), ratio
     weight = hat.view(1, 1, *shape).expand(channels, 1, *shape)
-    out = _CONV_T[dims](x, weight, stride=stride, groups=channels)
+    out = fixed_depthwise_conv(x, weight, stride, transposed=True)  # a fixed linear map: backward keeps no input
     size = int(x.shape[2 + axis]) * ratio
     pad = -taps[0]  # out[o - u_min] is position o; position 0 has index -u_min
     return out.narrow(2 + axis, pad, size)
@@ -80,6 +81,105 @@ def as_dilation(dilation: int | Sequence[int], spatial_dims: int) -> tuple[int, 
     if len(dil) != spatial_dims or min(dil) < 1:
         raise ValueError(f"dilation must be a positive int or {spatial_dims} positive ints, got {dilation}")
     return dil
+
+
+def _negated_centre_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``−Σ_n W_n``: the 1×1 kernel of eq. 12's central term, negated so the term is added."""
+    return weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True).neg()
+
+
+class Compressor(nn.Sequential):
+    """PCDC block's channel compressor: ReLU → Conv1×1(L→hidden, grouped) → ReLU → GroupNorm → Conv1×1(hidden→K^d).
+
+    An ``nn.Sequential`` (the weights keep their names ``compressor.1`` … ``compressor.4``) whose forward runs the
+    GroupNorm and the last convolution as :func:`group_norm_then_1x1`: the same values, but autograd keeps the hidden
+    map ``h`` (which the ReLU keeps anyway) and not ``GN(h)`` as well, one hidden-width map per block less.
+    """
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        relu_in, first, relu_mid, norm, last = self
+        h = relu_mid(first(relu_in(v)))
+        return group_norm_then_1x1(h, norm.num_groups, norm.weight, norm.bias, norm.eps, last.weight, last.bias)
+
+
+def _group_norm_layout(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` dense in the layout the GroupNorm kernels read (``like``'s suggested memory format on CPU, contiguous
+    elsewhere), as ``torch.group_norm`` and its autograd formula arrange before calling them: the kernels index
+    their input as dense."""
+    ref = t if like is None else like
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(ref.dim())
+    if ref.device.type == "cpu" and fmt is not None and not ref.is_contiguous() and ref.is_contiguous(memory_format=fmt):
+        return t.contiguous(memory_format=fmt)
+    return t.contiguous()
+
+
+class _GroupNormConv1x1(torch.autograd.Function):
+    """GroupNorm then a 1×1 convolution, keeping ``h`` and the group statistics instead of the normalised map."""
+
+    @staticmethod
+    def forward(ctx, h, gamma, beta, weight, bias, groups: int, eps: float):
+        n, c = int(h.shape[0]), int(h.shape[1])
+        h = _group_norm_layout(h)
+        y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
+        ctx.save_for_backward(h, gamma, beta, weight, mean, rstd)
+        ctx.groups, ctx.has_bias = groups, bias is not None
+        return _CONV[h.dim() - 2](y, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        h, gamma, beta, weight, mean, rstd = ctx.saved_tensors
+        n, c, dims = int(h.shape[0]), int(h.shape[1]), h.dim() - 2
+        need_h, need_g, need_b, need_w, need_bias = ctx.needs_input_grad[:5]
+        # GN(h) again from the saved statistics: one elementwise pass instead of a kept hidden-width map.
+        view = (n, c) + (1,) * dims
+        scale = rstd.repeat_interleave(c // ctx.groups, dim=1)
+        shift = -mean.repeat_interleave(c // ctx.groups, dim=1) * scale
+        if gamma is not None:
+            scale, shift = scale * gamma, shift * gamma
+        if beta is not None:
+            shift = shift + beta
+        y = torch.addcmul(shift.view(view), h, scale.view(view))
+        grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out, y, weight, [int(weight.shape[0])] if ctx.has_bias else None, [1] * dims, [0] * dims, [1] * dims,
+            False, [0] * dims, 1, [need_h or need_g or need_b, need_w, need_bias and ctx.has_bias],
+        )
+        del y
+        grad_h = grad_g = grad_b = None
+        if need_h or need_g or need_b:
+            grad_h, grad_g, grad_b = torch.ops.aten.native_group_norm_backward(
+                _group_norm_layout(grad_y, like=h), h, mean, rstd, gamma, n, c, h[0, 0].numel(), ctx.groups,
+                [need_h, need_g and gamma is not None, need_b and beta is not None],
+            )
+        return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None
+
+
+def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,
+                        weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv1×1(group_norm(h, groups, gamma, beta, eps), weight, bias)`` whose autograd keeps ``h``, not the
+    normalised map.
+
+    The forward is exactly the two layers' (the same kernels); the backward recomputes the normalised map from ``h``
+    and the saved per-group statistics (one elementwise pass) for the convolution's weight gradient. While not
+    training (no gradient needed), or in half precision under autocast, the layers run as they are.
+
+    Args:
+        h: ``(N, C, *spatial)``.
+        groups: GroupNorm groups (divides ``C``).
+        gamma, beta: GroupNorm's affine ``(C,)`` (``None``: no affine).
+        eps: GroupNorm's eps.
+        weight: 1×1 convolution weight ``(out, C, 1, …)``.
+        bias: its bias ``(out,)`` or ``None``.
+
+    Returns:
+        ``(N, out, *spatial)``.
+    """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (h, gamma, beta, weight, bias)
+    )
+    if not needs_grad or torch.is_autocast_enabled(h.device.type) or torch.jit.is_tracing():
+        return _CONV[h.dim() - 2](F.group_norm(h, groups, gamma, beta, eps), weight, bias)
+    return _GroupNormConv1x1.apply(h, gamma, beta, weight, bias, int(groups), float(eps))
 
 
 class PCDC(nn.Module):
@@ -142,9 +242,9 @@ class PCDC(nn.Module):
         for d in reversed(dil):  # F.pad lists the last axis first
             pad += [d * radius, d * radius]
         neighbours = conv(replicate_pad(key, pad), weight, self.bias, groups=self.groups, dilation=dil)
-        centre_weight = weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True)
-        centre = conv(query, centre_weight, groups=self.groups)
-        return neighbours.sub_(centre)  # in place: a convolution does not save its output, one L-channel map less
+        # − conv(q̄, ΣW) as + conv(q̄, −ΣW): bit-identical, and the backward negates the small kernel, not an
+        # L-channel map. In place: a convolution does not save its output, one L-channel map less.
+        return neighbours.add_(conv(query, _negated_centre_weight(weight), groups=self.groups))
 
     def forward_upsampled_key(self, query: torch.Tensor, key_lr: torch.Tensor, ratios: Sequence[int]) -> torch.Tensor:
         """``forward(query, U(key_lr), dilation=ratios)`` without building the key at HR: exact for integer ratios.
@@ -185,8 +285,7 @@ class PCDC(nn.Module):
         neighbours = conv(replicate_pad(key_lr, [radius + 1] * (2 * dims)), weight, self.bias, groups=self.groups)
         for axis, (s, length) in enumerate(zip(ratios, hr)):
             neighbours = _linear_upsample_axis(neighbours, axis, s).narrow(2 + axis, s, length)
-        centre_weight = weight.sum(dim=tuple(range(2, weight.dim())), keepdim=True)
-        return neighbours - conv(query, centre_weight, groups=self.groups)
+        return neighbours + conv(query, _negated_centre_weight(weight), groups=self.groups)
 
     def extra_repr(self) -> str:
         return (
@@ -237,7 +336,7 @@ class PCDCBlock(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.norm = group_norm(embed_dim, norm_groups, spatial_dims)
         self.pcdc = PCDC(embed_dim, pcdc_channels, kernel_size, groups, spatial_dims)
-        self.compressor = nn.Sequential(
+        self.compressor = Compressor(
             nn.ReLU(inplace=True),  # in place is safe: v is a fresh tensor that its producer does not save
             conv(pcdc_channels, hidden_channels, kernel_size=1, groups=compressor_groups),
             nn.ReLU(inplace=True),
@@ -281,8 +380,7 @@ def compress_sum(blocks: Sequence[PCDCBlock], values: Sequence[torch.Tensor]) ->
     last = [b.compressor[4] for b in blocks]
     v = torch.relu(torch.cat(list(values), dim=1))
     h = conv(v, torch.cat([c.weight for c in first]), torch.cat([c.bias for c in first]), groups=sum(c.groups for c in first))
-    h = F.group_norm(
-        torch.relu_(h), sum(n.num_groups for n in norms), torch.cat([n.weight for n in norms]),
-        torch.cat([n.bias for n in norms]), norms[0].eps,
-    )
-    return conv(h, torch.cat([c.weight for c in last], dim=1), sum(c.bias for c in last))
+    h = torch.relu_(h)
+    groups, gamma, beta = sum(n.num_groups for n in norms), torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
+    weight, bias = torch.cat([c.weight for c in last], dim=1), sum(c.bias for c in last)
+    return group_norm_then_1x1(h, groups, gamma, beta, norms[0].eps, weight, bias)

@@ -1,0 +1,118 @@
+"""What ReSFU's blocks keep for the backward pass (issue #27: TransUNet's step memory), each against the plain layers
+it replaces, in float64: the fixed-kernel depthwise convolution (Gaussian smoothing, the linear upsampling of the
+semantic PCDC scores), GroupNorm followed by a 1×1 convolution (the projections and the compressors), and the whole
+module against the frozen module of main before the rewrites.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resfu_med.networks import ReSFU
+from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
+from resfu_med.networks.blocks.pcdc import group_norm_then_1x1
+from tests.networks.resfu_reference_v1 import ReSFUv1
+
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+class _Saved:
+    """Storages autograd packs for backward while active (bytes, deduplicated), minus those of ``exclude``."""
+
+    def __init__(self, *exclude: torch.Tensor) -> None:
+        self.skip = {t.untyped_storage().data_ptr() for t in exclude}
+        self.storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.skip:
+            self.storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+
+@pytest.mark.parametrize("dims,stride,transposed", [(1, 1, False), (2, 1, False), (3, 1, False), (1, 3, True),
+                                                    (2, (2, 1), True), (3, 2, True)])
+def test_fixed_depthwise_conv_equals_conv_and_keeps_only_its_kernel(dims, stride, transposed):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *(7, 6, 5)[:dims], dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(3, 1, *(3, 4, 3)[:dims], dtype=torch.float64)
+    step = (stride,) * dims if isinstance(stride, int) else stride
+    want = (CONV_T if transposed else CONV)[dims](x, weight, stride=step, groups=3)
+    with _Saved(x, weight) as saved:
+        got = fixed_depthwise_conv(x, weight, stride, transposed=transposed)
+    torch.testing.assert_close(got, want, **TOL)
+    assert saved.nbytes == 0  # the input (or any activation) is not kept
+    grad = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0], **TOL)
+
+
+def test_fixed_depthwise_conv_bad_arguments():
+    x = torch.randn(1, 2, 5, 5)
+    with pytest.raises(ValueError, match="constant"):
+        fixed_depthwise_conv(x, torch.ones(2, 1, 3, 3, requires_grad=True))
+    with pytest.raises(ValueError, match="depthwise"):
+        fixed_depthwise_conv(x, torch.ones(3, 1, 3, 3))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "3d"])
+def test_group_norm_then_1x1_equals_the_two_layers_and_keeps_no_normalised_map(layout):
+    torch.manual_seed(1)
+    shape = (2, 16, 4, 5, 6) if layout == "3d" else (2, 16, 9, 7)
+    h = torch.randn(*shape, dtype=torch.float64) * 3 + 1
+    if layout == "channels_last":
+        h = h.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # a non-dense view: the GroupNorm kernels must not read it as dense
+        h = torch.randn(2, 16, 9, 14, dtype=torch.float64)[..., ::2]
+    h.requires_grad_(True)
+    dims = h.dim() - 2
+    gamma, beta = torch.randn(16, dtype=torch.float64, requires_grad=True), torch.randn(16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 16, *(1,) * dims, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    want = CONV[dims](F.group_norm(h, 4, gamma, beta, 1e-5), weight, bias)
+    with _Saved(h, gamma, beta, weight, bias) as saved:
+        got = group_norm_then_1x1(h, 4, gamma, beta, 1e-5, weight, bias)
+    torch.testing.assert_close(got, want, **TOL)
+    # kept: h (a dense copy only for the strided view) and the (N, groups) statistics, never the normalised map
+    assert saved.nbytes <= (h.numel() * 8 if layout == "strided" else 0) + 4 * 2 * 4 * 8
+    grad = torch.randn_like(want)
+    inputs = (h, gamma, beta, weight, bias)
+    for g, r in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(want, inputs, grad)):
+        torch.testing.assert_close(g, r, **TOL)
+
+
+def test_group_norm_then_1x1_without_grad_runs_the_layers():
+    h, w = torch.randn(1, 8, 5, 5), torch.randn(4, 8, 1, 1)
+    with torch.no_grad():
+        got = group_norm_then_1x1(h, 2, None, None, 1e-5, w, None)
+    assert torch.equal(got, F.conv2d(F.group_norm(h, 2, eps=1e-5), w))
+
+
+@pytest.mark.parametrize("lr,hr", [((14, 14), (28, 28)), ((7, 9), (28, 27))])
+def test_resfu_keeps_less_than_the_module_before_issue_27(lr, hr):
+    """The activations one ReSFU step keeps for backward, against main before issue #27 (2D, ReSFU's own widths:
+    PCDC and compressor 128): measured 0.77× for both ratios; the bound leaves margin."""
+    torch.manual_seed(3)
+    new, old = ReSFU(64, 32), ReSFUv1(64, 32)
+    x = torch.randn(2, 64, *lr, requires_grad=True)
+    guide = torch.randn(2, 32, *hr, requires_grad=True)
+    with _Saved(x, guide, *new.parameters()) as now:
+        new(x, guide)
+    with _Saved(x, guide, *old.parameters()) as before:
+        old(x, guide)
+    assert now.nbytes < 0.85 * before.nbytes, (now.nbytes, before.nbytes)
