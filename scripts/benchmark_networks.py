@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["UNET_WIDTHS", "MONAI_MODELS", "TARGETS", "main", "measure", "build", "unet_kwargs", "monai_kwargs", "measure_infer",
+           "kept_for_backward_mib", "MALLOC_ENV", "measure_memory",
            "target_network", "forward_flops", "measure_target", "measure_infer3d", "run_targets", "ratios"]
 
 HERE = Path(__file__).resolve().parent
@@ -213,6 +214,13 @@ TARGETS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...], float]] = {
     "unetr": ("deconv", (1, 64, 64, 64), (1, 16, 16, 16), 1.5),
 }
 
+#: glibc's allocator for the --targets children: every block of 128 KiB or more is mapped on its own and unmapped when
+#: freed (a fixed threshold; glibc's default raises it up to 32 MiB as blocks are freed, after which freed tensors stay
+#: in the heap, fragmented, and count in the peak resident memory by chance). With it the step's peak memory is that of
+#: the tensors alive at once, the same to the MiB from run to run for the same code; without it single runs of one
+#: network differed by ±5 % (docs/benchmarks.md, "What ReSFU keeps for backward").
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
 #: Variants measured beside each network's default ``resfu`` at one thread: ``resfu-full`` is ReSFU at every decoder
 #: step, the full-resolution one included (``final_upsampler="resfu"``: TransUNet's four-step variant, the U-Nets'
 #: all-ReSFU decoder; the default of earlier releases). ``--variants`` adds more (``name:key=value,...`` sets ReSFU
@@ -298,6 +306,48 @@ def forward_flops(net: Any, x: Any) -> int:
     return int(counter.get_total_flops())
 
 
+def kept_for_backward_mib(net: Any, x: Any) -> float:
+    """MiB that autograd keeps for the backward pass after one training forward of ``net(x)``: every storage its
+    saved-tensor hooks see, counted once, parameters and the input excluded. Machine- and allocator-independent: the
+    activations a network holds between its forward and backward passes."""
+    import torch
+
+    skip = {p.untyped_storage().data_ptr() for p in net.parameters()} | {x.untyped_storage().data_ptr()}
+    kept: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    del out
+    return sum(kept.values()) / 2**20
+
+
+def measure_memory(model: str, variant: str, threads: int, lite: bool) -> dict:
+    """The step's peak resident memory above the built model and input (one warm-up step, then one step) of ``model``
+    with ``variant``, in a fresh process started with :data:`MALLOC_ENV` (the --targets "mem" child); timing runs in
+    its own child with the default allocator, whose per-allocation mapping would slow every step."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net, shape = target_network(model, variant, lite)
+    net.train()
+    x = torch.rand(shape[0], 1, *shape[1:])
+    target = torch.randint(0, 9, (shape[0], *shape[1:]))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    base_rss = _rss_mib()
+    for _ in range(2):
+        net.zero_grad(set_to_none=True)
+        out = net(x)
+        loss_fn(out if out.dim() == x.dim() else out[:, 0], target).backward()
+    return {"network": model, "variant": variant, "threads": threads, "kind": "mem", "step_peak_mib": _rss_mib() - base_rss}
+
+
 def measure_target(model: str, variant: str, threads: int, iters: int, warmup: int, lite: bool) -> dict:
     """Forward+backward of ``model`` with ``variant`` in this (fresh) process: median CPU and wall seconds per step,
     the step's peak resident memory above the built model and input, forward FLOPs and parameters."""
@@ -323,9 +373,10 @@ def measure_target(model: str, variant: str, threads: int, iters: int, warmup: i
     step_mib = _rss_mib() - base_rss
     net.zero_grad(set_to_none=True)
     flops = forward_flops(net.eval(), x) if threads == 1 else None
+    kept = kept_for_backward_mib(net.train(), x) if threads == 1 else None
     return {"network": model, "variant": variant, "threads": threads, "cpu_s": statistics.median(cpu),
             "wall_s": statistics.median(wall), "step_peak_mib": step_mib, "peak_rss_mib": _rss_mib(),
-            "flops": flops, "params": sum(p.numel() for p in net.parameters())}
+            "flops": flops, "kept_mib": kept, "params": sum(p.numel() for p in net.parameters())}
 
 
 def measure_infer3d(variant: str, shape: list[int], threads: int, lite: bool) -> dict:
@@ -373,7 +424,7 @@ def run_targets(args: argparse.Namespace) -> int:
                 ref = TARGETS[model][0]
                 extra = [*(TARGET_VARIANTS if args.variants is None else args.variants)] if threads == 1 else []
                 for variant in dict.fromkeys([ref, "resfu", *extra]):
-                    jobs.append(("net", model, variant, threads))
+                    jobs += [("net", model, variant, threads), ("mem", model, variant, threads)]
             if not args.no_infer:
                 jobs += [("infer", "infer3d", v, threads) for v in ("trilinear", "resfu")]
     loads = [_load()]
@@ -381,23 +432,31 @@ def run_targets(args: argparse.Namespace) -> int:
     done: list[dict] = []
     if args.partial and Path(args.partial).is_file():  # a stopped sweep: keep its runs, measure the rest
         done = [json.loads(line) for line in Path(args.partial).read_text().splitlines() if line.strip()]
-    measured = {(r["network"], r["variant"], r["threads"]) for r in done}
-    jobs = [] if args.report_only else [j for j in jobs if j[1:] not in measured]
+    measured = {(_kind(r), r["network"], r["variant"], r["threads"]) for r in done}
+    jobs = [] if args.report_only else [j for j in jobs if j not in measured]
     for kind, model, variant, threads in tqdm(jobs, desc="runs"):
         cmd = [sys.executable, __file__, "--targets", "--_target_child", json.dumps([kind, model, variant, threads]),
                "--iters", str(args.iters), "--warmup", str(args.warmup),
                "--infer3d-shape", *map(str, args.infer3d_shape)] + (["--lite"] if args.lite else [])
-        out = subprocess.run(cmd + (["--partial", args.partial] if args.partial else []), capture_output=True, text=True)
+        out = subprocess.run(cmd + (["--partial", args.partial] if args.partial else []), capture_output=True, text=True,
+                             env={**os.environ, **(MALLOC_ENV if kind == "mem" else {})})
         if out.returncode != 0:
             print(f"{model} {variant} ({threads} thread(s)): failed\n{out.stderr[-1500:]}", file=sys.stderr)
             continue
         done.append(json.loads(out.stdout.strip().splitlines()[-1]))
         loads.append(_load())
+    memory = {(r["network"], r["variant"], r["threads"]): r["step_peak_mib"] for r in done if _kind(r) == "mem"}
     for r in done:
         model, variant, threads = r["network"], r["variant"], r["threads"]
         key = (model, variant, threads)
+        if _kind(r) == "mem":
+            continue
         if key not in best or r["cpu_s"] < best[key]["cpu_s"]:
-            best[key] = {**r, "flops": r.get("flops") or best.get(key, {}).get("flops")}
+            best[key] = {**r, "flops": r.get("flops") or best.get(key, {}).get("flops"),
+                         "kept_mib": r.get("kept_mib") or best.get(key, {}).get("kept_mib")}
+    for key, row in best.items():  # the memory of the "mem" child (fixed mmap threshold) replaces the timing child's
+        if key in memory:
+            best[key] = {**row, "step_peak_mib_default_malloc": row.get("step_peak_mib"), "step_peak_mib": memory[key]}
     results = list(best.values())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = {"date": stamp, "load_averages": loads, "cpu": platform.processor() or platform.machine(),
@@ -409,6 +468,11 @@ def run_targets(args: argparse.Namespace) -> int:
 
         atomic_write_json(args.output, {**meta, "results": results})
     return 0
+
+
+def _kind(row: dict) -> str:
+    """The --targets child a row comes from: ``net`` (time, FLOPs), ``mem`` (memory) or ``infer``."""
+    return row.get("kind") or ("infer" if row["network"] == "infer3d" else "net")
 
 
 def _read_json(path: str | None) -> list[dict]:
@@ -427,11 +491,14 @@ def ratios(results: list[dict]) -> dict[tuple, dict]:
             continue
         flops_r = by.get((model, variant, 1), {}).get("flops")
         flops_ref = by.get((model, ref_name, 1), {}).get("flops")
+        kept_r = by.get((model, variant, 1), {}).get("kept_mib")
+        kept_ref = by.get((model, ref_name, 1), {}).get("kept_mib")
         out[(model, variant, threads)] = {
             "cpu": r["cpu_s"] / ref["cpu_s"], "wall": r["wall_s"] / ref["wall_s"],
             "mem": (r["step_peak_mib"] / max(ref["step_peak_mib"], 1.0)) if "step_peak_mib" in r else None,
             "flops": (flops_r / flops_ref) if flops_r and flops_ref else None,
             "gflops": flops_r / 1e9 if flops_r else None, "ref_gflops": flops_ref / 1e9 if flops_ref else None,
+            "kept_mib": kept_r, "ref_kept_mib": kept_ref,
             "cpu_s": r["cpu_s"], "ref_cpu_s": ref["cpu_s"], "mem_mib": r.get("step_peak_mib"),
             "ref_mem_mib": ref.get("step_peak_mib")}
     return out
@@ -446,9 +513,9 @@ def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
           f"{meta['load_averages'][0]} at the start, {meta['load_averages'][-1]} at the end; median of "
           f"{meta['iters']} fwd+bwd after {meta['warmup']} warm-up, best of {meta['rounds']} round(s)\n")
     fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}×"  # noqa: E731
-    print("| network (reference) | variant | threads | time ratio, CPU (wall) | step memory ratio | forward GFLOPs "
-          "(ratio) | target | met | before: time / memory / FLOPs |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    print("| network (reference) | variant | threads | time ratio, CPU (wall) | step memory ratio | kept for backward, "
+          "MiB | forward GFLOPs (ratio) | target | met | before: time / memory / FLOPs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for key in sorted(now, key=lambda k: (list(TARGETS).index(k[0]) if k[0] in TARGETS else 99, k[2], k[1])):
         model, variant, threads = key
         r = now[key]
@@ -459,8 +526,9 @@ def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
         # earlier releases' default put ReSFU at every step: "before" of both placements is their resfu
         o = old.get((model, "resfu" if variant in ("resfu", "resfu-full") else variant, threads))
         prev = "–" if not o else f"{fmt(o['cpu'])} / {fmt(o['mem'])} / {fmt(o['flops'])}"
+        kept = "–" if threads != 1 or None in (r["kept_mib"], r["ref_kept_mib"]) else f"{r['kept_mib']:.0f} vs {r['ref_kept_mib']:.0f}"
         print(f"| {model} ({ref}) | {variant} | {threads} | {fmt(r['cpu'])} ({fmt(r['wall'])}) | {fmt(r['mem'])} | "
-              f"{flops} | ≤ {limit:.2f}× | {'yes' if met else 'NO'} | {prev} |")
+              f"{kept} | {flops} | ≤ {limit:.2f}× | {'yes' if met else 'NO'} | {prev} |")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -528,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         kind, model, variant, threads = json.loads(args._target_child)
         if kind == "infer":
             r = measure_infer3d(variant, args.infer3d_shape, threads, args.lite)
+        elif kind == "mem":
+            r = measure_memory(model, variant, threads, args.lite)
         else:
             r = measure_target(model, variant, threads, args.iters, args.warmup, args.lite)
         if args.partial:  # one line per finished run: a stopped sweep keeps what it measured

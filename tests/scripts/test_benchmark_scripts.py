@@ -214,8 +214,39 @@ def test_networks_targets_table_and_resume(tmp_path, capsys):
     assert rows["resfu-full"]["flops"] > rows["resfu"]["flops"] > 0
     table = capsys.readouterr().out
     assert "| unet (deconv) | resfu | 1 |" in table and "≤ 1.50×" in table and "load averages" in table
+    assert rows["resfu"]["kept_mib"] > 0 and "kept for backward" in table
     ratio = networks.ratios(json.loads(out.read_text())["results"])[("unet", "resfu", 1)]
     assert ratio["cpu"] == rows["resfu"]["cpu_s"] / 0.5
+
+
+def test_networks_targets_kept_for_backward_and_allocator(tmp_path, monkeypatch):
+    """What the networks keep for backward is counted once per storage (ReSFU keeps more than the deconvolution, the
+    count is the same every time); memory is measured in its own child with the fixed mmap threshold."""
+    import subprocess
+
+    import torch
+
+    networks = _load("benchmark_networks")
+    kept = {}
+    for variant in ("deconv", "resfu"):
+        net, shape = networks.target_network("unet", variant, lite=True)
+        x = torch.rand(shape[0], 1, *shape[1:])
+        kept[variant] = networks.kept_for_backward_mib(net.train(), x)
+        assert kept[variant] == networks.kept_for_backward_mib(net, x)
+    assert kept["resfu"] > kept["deconv"] > 0
+    seen = []
+
+    def run(cmd, **kwargs):
+        seen.append((json.loads(cmd[cmd.index("--_target_child") + 1])[0], kwargs.get("env") or {}))
+        return subprocess.CompletedProcess(cmd, 1, "", "stub")
+
+    monkeypatch.setattr(networks.subprocess, "run", run)
+    networks.main(["--targets", "--lite", "--networks", "unet", "--threads-list", "1", "--no-infer", "--variants"])
+    assert sorted(kind for kind, _ in seen) == ["mem", "mem", "net", "net"]
+    for kind, env in seen:  # memory with the fixed mmap threshold; timing with the default allocator
+        assert (env.get("MALLOC_MMAP_THRESHOLD_") == "131072") == (kind == "mem")
+    row = networks.measure_memory("unet", "deconv", 1, lite=True)
+    assert row["kind"] == "mem" and row["step_peak_mib"] >= 0
 
 
 def test_networks_targets_infer3d_lite():
