@@ -327,10 +327,9 @@ def kept_for_backward_mib(net: Any, x: Any) -> float:
     return sum(kept.values()) / 2**20
 
 
-def measure_memory(model: str, variant: str, threads: int, lite: bool) -> dict:
-    """The step's peak resident memory above the built model and input (one warm-up step, then one step) of ``model``
-    with ``variant``, in a fresh process started with :data:`MALLOC_ENV` (the --targets "mem" child); timing runs in
-    its own child with the default allocator, whose per-allocation mapping would slow every step."""
+def _training_step(model: str, variant: str, threads: int, lite: bool) -> tuple[Any, Any, Any]:
+    """``(network, input, step)`` of the targets table in this process: ``step()`` runs one forward + backward
+    (cross-entropy, 9 classes; DynUNet's deep supervision: head 0)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -340,33 +339,36 @@ def measure_memory(model: str, variant: str, threads: int, lite: bool) -> dict:
     x = torch.rand(shape[0], 1, *shape[1:])
     target = torch.randint(0, 9, (shape[0], *shape[1:]))
     loss_fn = torch.nn.CrossEntropyLoss()
-    base_rss = _rss_mib()
-    for _ in range(2):
+
+    def step() -> None:
         net.zero_grad(set_to_none=True)
         out = net(x)
         loss_fn(out if out.dim() == x.dim() else out[:, 0], target).backward()
+
+    return net, x, step
+
+
+def measure_memory(model: str, variant: str, threads: int, lite: bool) -> dict:
+    """The step's peak resident memory above the built model and input (one warm-up step, then one step) of ``model``
+    with ``variant``, in a fresh process started with :data:`MALLOC_ENV` (the --targets "mem" child); timing runs in
+    its own child with the default allocator, whose per-allocation mapping would slow every step."""
+    _, _, step = _training_step(model, variant, threads, lite)
+    base_rss = _rss_mib()
+    for _ in range(2):
+        step()
     return {"network": model, "variant": variant, "threads": threads, "kind": "mem", "step_peak_mib": _rss_mib() - base_rss}
 
 
 def measure_target(model: str, variant: str, threads: int, iters: int, warmup: int, lite: bool) -> dict:
     """Forward+backward of ``model`` with ``variant`` in this (fresh) process: median CPU and wall seconds per step,
-    the step's peak resident memory above the built model and input, forward FLOPs and parameters."""
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    net, shape = target_network(model, variant, lite)
-    net.train()
-    x = torch.rand(shape[0], 1, *shape[1:])
-    target = torch.randint(0, 9, (shape[0], *shape[1:]))
-    loss_fn = torch.nn.CrossEntropyLoss()
+    the step's peak resident memory above the built model and input (default allocator), forward FLOPs, what is kept
+    for backward and parameters."""
+    net, x, step = _training_step(model, variant, threads, lite)
     base_rss = _rss_mib()
     cpu, wall = [], []
     for i in range(warmup + iters):
-        net.zero_grad(set_to_none=True)
         c0, w0 = time.process_time(), time.perf_counter()
-        out = net(x)
-        loss_fn(out if out.dim() == x.dim() else out[:, 0], target).backward()  # DynUNet's deep supervision: head 0
+        step()
         if i >= warmup:
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - w0)
