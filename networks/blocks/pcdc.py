@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
 from resfu_med.networks.blocks.padding import replicate_pad
@@ -121,16 +120,17 @@ class _GroupNormConv1x1(torch.autograd.Function):
         n, c = int(h.shape[0]), int(h.shape[1])
         h = _group_norm_layout(h)
         y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
-        ctx.save_for_backward(h, gamma, beta, weight, mean, rstd)
-        ctx.groups, ctx.has_bias = groups, bias is not None
+        ctx.save_for_backward(h, gamma, beta, weight, bias, mean, rstd)
+        ctx.groups, ctx.eps, ctx.has_bias = groups, eps, bias is not None
         return _CONV[h.dim() - 2](y, weight, bias)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        h, gamma, beta, weight, mean, rstd = ctx.saved_tensors
+        h, gamma, beta, weight, bias, mean, rstd = ctx.saved_tensors
         n, c, dims = int(h.shape[0]), int(h.shape[1]), h.dim() - 2
         need_h, need_g, need_b, need_w, need_bias = ctx.needs_input_grad[:5]
+        if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the two layers themselves
+            return _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias)
         # GN(h) again from the saved statistics: one elementwise pass instead of a kept hidden-width map.
         view = (n, c) + (1,) * dims
         scale = rstd.repeat_interleave(c // ctx.groups, dim=1)
@@ -152,6 +152,17 @@ class _GroupNormConv1x1(torch.autograd.Function):
                 [need_h, need_g and gamma is not None, need_b and beta is not None],
             )
         return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None
+
+
+def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
+    """The gradients of ``conv1×1(group_norm(h))`` with a graph (``create_graph=True``): the plain layers are run
+    again and differentiated, so second derivatives are those of the layers."""
+    inputs = (h, gamma, beta, weight, bias)
+    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5]) if need and t is not None]
+    out = _CONV[h.dim() - 2](F.group_norm(h, ctx.groups, gamma, beta, ctx.eps), weight, bias)
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+    return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:5])),
+            None, None)
 
 
 def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,

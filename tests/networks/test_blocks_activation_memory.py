@@ -116,3 +116,42 @@ def test_resfu_keeps_less_than_the_module_before_issue_27(lr, hr):
     with _Saved(x, guide, *old.parameters()) as before:
         old(x, guide)
     assert now.nbytes < 0.85 * before.nbytes, (now.nbytes, before.nbytes)
+
+
+def test_group_norm_then_1x1_double_backward_equals_the_layers():
+    """``create_graph=True`` differentiates the plain layers again: second derivatives as before the rewrite."""
+    torch.manual_seed(4)
+    h = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    gamma, beta = torch.randn(8, dtype=torch.float64, requires_grad=True), torch.randn(8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    inputs = (h, gamma, beta, weight, bias)
+
+    def second(fn):
+        (g,) = torch.autograd.grad(fn().square().sum(), h, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), inputs)
+
+    got = second(lambda: group_norm_then_1x1(h, 4, gamma, beta, 1e-5, weight, bias))
+    want = second(lambda: F.conv2d(F.group_norm(h, 4, gamma, beta, 1e-5), weight, bias))
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, **TOL)
+
+
+def test_resfu_double_backward_with_the_reference_gather_matches_the_frozen_module():
+    """docs/fns_operator.md: double backward works with the reference backend; the rewrites keep it working."""
+    from resfu_med.ops import use_backend
+
+    torch.manual_seed(5)
+    small = dict(embed_dim=8, pcdc_channels=16, compressor_channels=16, gf_radius=2)
+    old = ReSFUv1(8, 8, **small).double()
+    new = ReSFU(8, 8, **small).double()
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(1, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    guide = torch.randn(1, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+    grads = []
+    with use_backend("reference"):
+        for m in (new, old):
+            (gx,) = torch.autograd.grad(m(x, guide).square().sum(), x, create_graph=True)
+            grads.append(torch.autograd.grad(gx.square().sum(), (guide, *m.parameters())))
+    for g, r in zip(*grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
