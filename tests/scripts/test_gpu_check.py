@@ -26,11 +26,25 @@ def test_without_gpu_one_line_and_exit_0(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad", [["--train-seconds", "0"], ["--batch", "0"], ["--size", "40"], ["--nope"]])
+@pytest.mark.parametrize("bad", [["--train-seconds", "0"], ["--batch", "0"], ["--size", "40"], ["--nope"],
+                                 ["--net-batch-scales", "0"], ["--net-batch-scales", "1,x"], ["--compile-mode", "fast"]])
 def test_bad_arguments_exit_2(bad):
     with pytest.raises(SystemExit) as err:
         gpu_check.parse_args(bad)
     assert err.value.code == 2
+
+
+def test_network_rows_at_several_batch_scales(monkeypatch):
+    # --net-batch-scales 1,2: every network row twice, the batch multiplied; only scale 1 would be judged (on a GPU).
+    bench = gpu_check._benchmark_networks()
+    monkeypatch.setattr(bench, "TARGETS", {"unet": bench.TARGETS["unet"]})
+    args = gpu_check.parse_args(["--device", "cpu", "--net-batch-scales", "1,2"])
+    assert args.net_batch_scales == (1, 2)
+    rows = gpu_check._network_rows(torch.device("cpu"), args, small=True)
+    cases = [r["case"] for r in rows if r["check"] == "time ratio"]
+    assert cases == ["unet 1x32x32 fp32, resfu/deconv", "unet 1x32x32 fp32, resfu-full/deconv",
+                     "unet 2x32x32 fp32, resfu/deconv", "unet 2x32x32 fp32, resfu-full/deconv"]
+    assert all(r["passed"] is None for r in rows)
 
 
 def test_table_and_error_helpers():
