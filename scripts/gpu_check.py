@@ -12,8 +12,9 @@ TransUNet for ``--train-seconds`` each at batch 24, 224², under bf16 autocast (
 the networks of ``scripts/benchmark_networks.py --targets`` (TransUNet, BasicUNet 2D/3D, DynUNet, SwinUNETR, UNETR at
 their default configurations and shapes; fp32 training steps) with their own upsampler, the default ReSFU and ReSFU at
 every step, and checks the default's time and memory ratios against the targets (TransUNet ≤ 1.10× bilinear, the
-U-Nets ≤ 1.5× their transposed convolution). ``--compile`` adds BasicUNet 2D under ``torch.compile`` (inductor,
-fullgraph) against eager; ``--profile`` prints each targets network's kernels per step and top operators. It prints
+U-Nets ≤ 1.5× their transposed convolution); ``--net-batch-scales 1,8`` repeats those rows at 8× the batch (judged
+at 1×). ``--compile`` adds BasicUNet 2D under ``torch.compile`` (inductor, fullgraph; ``--compile-mode reduce-overhead``
+replays CUDA graphs) against eager; ``--profile`` prints each targets network's kernels per step and top operators. It prints
 one table and writes the same rows as JSON. Without a GPU it says so in one line and exits 0.
 
 Imports: torch (and, for the training and network rows, resfu-med's networks, i.e. MONAI) only, so it runs on a GPU
