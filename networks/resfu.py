@@ -8,6 +8,7 @@ with shapes and the choices the paper leaves open.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -55,16 +56,21 @@ def _prescale(t: torch.Tensor) -> torch.Tensor:
     GroupNorm sums squares: in float32 it overflows (NaN output) from magnitudes ~1e19 and in bfloat16 near its maximum.
     It is scale invariant (up to its eps, negligible at such magnitudes), and a power of two only changes exponents, so
     the normalised result is the same while huge inputs stay finite. One pass finds the extremes (``aminmax``: no
-    ``abs`` copy); on CPU the common case (nothing to scale) then returns ``t`` unchanged, skipping a guide-sized copy
-    that autograd would also keep. Elsewhere (and while compiling) the multiply stays, so there is no host sync and no
-    data-dependent branch.
+    ``abs`` copy). On CPU (eager) the extremes of the whole batch decide first: when no magnitude exceeds 2**16 (the
+    common case) ``t`` comes back unchanged after that one pass, skipping the per-sample arithmetic and a guide-sized
+    copy that autograd would also keep. Elsewhere (and while compiling) the per-sample multiply always runs, so there
+    is no host sync and no data-dependent branch.
     """
+    eager_cpu = t.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+    if eager_cpu:
+        lo, hi = torch.aminmax(t.detach())
+        if max(-float(lo), float(hi)) <= 2.0**16:  # False for NaN: the per-sample path below decides, as before
+            return t
     lo, hi = t.detach().flatten(1).aminmax(dim=1)
     amax = torch.maximum(hi, -lo).float().clamp_min(1.0)
     shift = torch.clamp(torch.ceil(torch.log2(amax)) - 16, min=0)
-    if t.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
-        if not bool(shift.any()):
-            return t
+    if eager_cpu and not bool(shift.any()):
+        return t
     return t * torch.exp2(-shift).to(t.dtype).view((-1,) + (1,) * (t.dim() - 1))
 
 
@@ -90,6 +96,13 @@ def border_mask(hr_size: Sequence[int], dilation: Sequence[int], kernel_size: in
         valid = valid.view(shape)
         mask = valid if mask is None else mask & valid
     return mask.reshape(1, kernel_size**dims, *hr_size)
+
+
+@lru_cache(maxsize=64)
+def _outside_mask(hr_size: tuple[int, ...], dilation: tuple[int, ...], kernel_size: int, device: torch.device) -> torch.Tensor:
+    """``~border_mask(...)``, built once per shape and device: a constant that each forward would otherwise rebuild
+    with ~15 small operations (kernel launches on a GPU). Read-only: ``masked_fill`` only reads it."""
+    return ~border_mask(hr_size, dilation, kernel_size, device)
 
 
 class ReSFU(nn.Module):
@@ -248,9 +261,12 @@ class ReSFU(nn.Module):
             semantic_key = k_up if self.fine_grained else F.interpolate(k, size=hr, mode="nearest")
             scores = self._block(self.semantic_block, semantic_query, semantic_key, dilation)
             scores = scores + self._block(self.detail_block, q, detail_key, dilation)
-        valid = border_mask(hr, dilation, self.kernel_size, scores.device)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            outside = ~border_mask(hr, dilation, self.kernel_size, scores.device)  # traced as part of the graph
+        else:
+            outside = _outside_mask(hr, dilation, self.kernel_size, scores.device)
         # finfo.min / 2 instead of a fixed -1e7: representable in fp16/bf16 and cannot overflow to -inf when added to.
-        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min / 2)
+        scores = scores.masked_fill(outside, torch.finfo(scores.dtype).min / 2)
         with torch.autocast(device_type=scores.device.type, enabled=False):
             return torch.softmax(scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores, dim=1)
 
