@@ -9,7 +9,6 @@ from resfu_med.networks.blocks.lr_gather import lr_neighbour_gather
 from resfu_med.networks.blocks.norm import group_count, group_norm
 from resfu_med.networks.blocks.padding import replicate_pad
 from resfu_med.networks.blocks.pcdc import PCDC, PCDCBlock
-from resfu_med.networks.blocks.pointwise import pointwise_conv
 
 __all__ = [
     "GaussianSmoothing",
@@ -24,6 +23,5 @@ __all__ = [
     "group_norm",
     "guided_filter",
     "lr_neighbour_gather",
-    "pointwise_conv",
     "replicate_pad",
 ]

@@ -16,7 +16,6 @@ from torch import nn
 
 from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
 from resfu_med.networks.blocks.padding import replicate_pad
-from resfu_med.networks.blocks.pointwise import pointwise_conv, pointwise_conv_backward, use_matmul
 
 from resfu_med.networks.blocks.norm import group_norm
 
@@ -98,7 +97,7 @@ class Compressor(nn.Sequential):
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         relu_in, first, relu_mid, norm, last = self
-        h = relu_mid(pointwise_conv(relu_in(v), first.weight, first.bias, groups=first.groups))
+        h = relu_mid(first(relu_in(v)))
         return group_norm_then_1x1(h, norm.num_groups, norm.weight, norm.bias, norm.eps, last.weight, last.bias)
 
 
@@ -122,8 +121,8 @@ class _GroupNormConv1x1(torch.autograd.Function):
         h = _group_norm_layout(h)
         y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
         ctx.save_for_backward(h, gamma, beta, weight, bias, mean, rstd)
-        ctx.groups, ctx.eps, ctx.has_bias, ctx.matmul = groups, eps, bias is not None, use_matmul(y, weight)
-        return pointwise_conv(y, weight, bias) if ctx.matmul else _CONV[h.dim() - 2](y, weight, bias)
+        ctx.groups, ctx.eps, ctx.has_bias = groups, eps, bias is not None
+        return _CONV[h.dim() - 2](y, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -141,14 +140,10 @@ class _GroupNormConv1x1(torch.autograd.Function):
         if beta is not None:
             shift = shift + beta
         y = torch.addcmul(shift.view(view), h, scale.view(view))
-        needs = [need_h or need_g or need_b, need_w, need_bias and ctx.has_bias]
-        if ctx.matmul:  # the 1×1 convolution ran as a matrix product (pointwise.py): its gradients likewise
-            grad_y, grad_w, grad_bias = pointwise_conv_backward(grad_out, y, weight, needs)
-        else:
-            grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
-                grad_out, y, weight, [int(weight.shape[0])] if ctx.has_bias else None, [1] * dims, [0] * dims,
-                [1] * dims, False, [0] * dims, 1, needs,
-            )
+        grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out, y, weight, [int(weight.shape[0])] if ctx.has_bias else None, [1] * dims, [0] * dims, [1] * dims,
+            False, [0] * dims, 1, [need_h or need_g or need_b, need_w, need_bias and ctx.has_bias],
+        )
         del y
         grad_h = grad_g = grad_b = None
         if need_h or need_g or need_b:
@@ -260,7 +255,7 @@ class PCDC(nn.Module):
         neighbours = conv(replicate_pad(key, pad), weight, self.bias, groups=self.groups, dilation=dil)
         # − conv(q̄, ΣW) as + conv(q̄, −ΣW): bit-identical, and the backward negates the small kernel, not an
         # L-channel map. In place: a convolution does not save its output, one L-channel map less.
-        return neighbours.add_(pointwise_conv(query, _negated_centre_weight(weight), groups=self.groups))
+        return neighbours.add_(conv(query, _negated_centre_weight(weight), groups=self.groups))
 
     def forward_upsampled_key(self, query: torch.Tensor, key_lr: torch.Tensor, ratios: Sequence[int]) -> torch.Tensor:
         """``forward(query, U(key_lr), dilation=ratios)`` without building the key at HR: exact for integer ratios.
@@ -301,7 +296,7 @@ class PCDC(nn.Module):
         neighbours = conv(replicate_pad(key_lr, [radius + 1] * (2 * dims)), weight, self.bias, groups=self.groups)
         for axis, (s, length) in enumerate(zip(ratios, hr)):
             neighbours = _linear_upsample_axis(neighbours, axis, s).narrow(2 + axis, s, length)
-        return neighbours + pointwise_conv(query, _negated_centre_weight(weight), groups=self.groups)
+        return neighbours + conv(query, _negated_centre_weight(weight), groups=self.groups)
 
     def extra_repr(self) -> str:
         return (
@@ -390,11 +385,12 @@ def compress_sum(blocks: Sequence[PCDCBlock], values: Sequence[torch.Tensor]) ->
     """
     if len({b.pcdc.spatial_dims for b in blocks}) != 1 or len(blocks) != len(values):
         raise ValueError("compress_sum: blocks must share spatial_dims, one value per block")
+    conv = _CONV[blocks[0].pcdc.spatial_dims]
     first = [b.compressor[1] for b in blocks]
     norms = [b.compressor[3] for b in blocks]
     last = [b.compressor[4] for b in blocks]
     v = torch.relu(torch.cat(list(values), dim=1))
-    h = pointwise_conv(v, torch.cat([c.weight for c in first]), torch.cat([c.bias for c in first]), groups=sum(c.groups for c in first))
+    h = conv(v, torch.cat([c.weight for c in first]), torch.cat([c.bias for c in first]), groups=sum(c.groups for c in first))
     h = torch.relu_(h)
     groups, gamma, beta = sum(n.num_groups for n in norms), torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
     weight, bias = torch.cat([c.weight for c in last], dim=1), sum(c.bias for c in last)
