@@ -459,6 +459,9 @@ def run_targets(args: argparse.Namespace) -> int:
     for key, row in best.items():  # the memory of the "mem" child (fixed mmap threshold) replaces the timing child's
         if key in memory:
             best[key] = {**row, "step_peak_mib_default_malloc": row.get("step_peak_mib"), "step_peak_mib": memory[key]}
+    for key, per_round in round_ratios(done).items():
+        if key in best:
+            best[key] = {**best[key], "round_cpu_ratios": per_round}
     results = list(best.values())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = {"date": stamp, "load_averages": loads, "cpu": platform.processor() or platform.machine(),
@@ -475,6 +478,22 @@ def run_targets(args: argparse.Namespace) -> int:
 def _kind(row: dict) -> str:
     """The --targets child a row comes from: ``net`` (time, FLOPs), ``mem`` (memory) or ``infer``."""
     return row.get("kind") or ("infer" if row["network"] == "infer3d" else "net")
+
+
+def round_ratios(runs: list[dict]) -> dict[tuple, list[float]]:
+    """``(network, variant, threads)`` → the CPU-time ratio to the network's reference in each round: the i-th timed
+    run of the variant over the i-th of its reference (rounds are interleaved, so the two ran minutes apart at most).
+    Their spread is the machine's noise, which the best-of-rounds ratio hides."""
+    times: dict[tuple, list[float]] = {}
+    for r in runs:
+        if _kind(r) != "mem" and r.get("cpu_s"):
+            times.setdefault((r["network"], r["variant"], r["threads"]), []).append(r["cpu_s"])
+    out = {}
+    for (model, variant, threads), seq in times.items():
+        ref = times.get((model, "trilinear" if model == "infer3d" else TARGETS[model][0], threads))
+        if ref is not None and seq is not ref:
+            out[(model, variant, threads)] = [t / r for t, r in zip(seq, ref)]
+    return out
 
 
 def _read_json(path: str | None) -> list[dict]:
@@ -502,7 +521,7 @@ def ratios(results: list[dict]) -> dict[tuple, dict]:
             "gflops": flops_r / 1e9 if flops_r else None, "ref_gflops": flops_ref / 1e9 if flops_ref else None,
             "kept_mib": kept_r, "ref_kept_mib": kept_ref,
             "cpu_s": r["cpu_s"], "ref_cpu_s": ref["cpu_s"], "mem_mib": r.get("step_peak_mib"),
-            "ref_mem_mib": ref.get("step_peak_mib")}
+            "ref_mem_mib": ref.get("step_peak_mib"), "rounds": r.get("round_cpu_ratios")}
     return out
 
 
@@ -513,11 +532,13 @@ def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
     now, old = ratios(results), ratios(before)
     print(f"\n{meta['date']}, CPU {meta['cpu']} ({meta['cores']} cores, shared), load averages (1/5/15 min) "
           f"{meta['load_averages'][0]} at the start, {meta['load_averages'][-1]} at the end; median of "
-          f"{meta['iters']} fwd+bwd after {meta['warmup']} warm-up, best of {meta['rounds']} round(s)\n")
+          f"{meta['iters']} fwd+bwd after {meta['warmup']} warm-up, best of {meta['rounds']} round(s)"
+          + (" (each round's paired ratio beside it)" if meta["rounds"] > 1 else "") + "\n")
     fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}×"  # noqa: E731
-    print("| network (reference) | variant | threads | time ratio, CPU (wall) | step memory ratio | kept for backward, "
-          "MiB | forward GFLOPs (ratio) | target | met | before: time / memory / FLOPs |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    per_round = any(len(r.get("rounds") or []) > 1 for r in now.values())
+    print("| network (reference) | variant | threads | time ratio, CPU (wall) | " + ("per round, CPU | " if per_round else "")
+          + "step memory ratio | kept for backward, MiB | forward GFLOPs (ratio) | target | met | before: time / memory / FLOPs |")
+    print("| --- | --- | ---: | ---: | " + ("---: | " if per_round else "") + "---: | ---: | ---: | ---: | --- | ---: |")
     for key in sorted(now, key=lambda k: (list(TARGETS).index(k[0]) if k[0] in TARGETS else 99, k[2], k[1])):
         model, variant, threads = key
         r = now[key]
@@ -529,8 +550,10 @@ def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
         o = old.get((model, "resfu" if variant in ("resfu", "resfu-full") else variant, threads))
         prev = "–" if not o else f"{fmt(o['cpu'])} / {fmt(o['mem'])} / {fmt(o['flops'])}"
         kept = "–" if threads != 1 or None in (r["kept_mib"], r["ref_kept_mib"]) else f"{r['kept_mib']:.0f} vs {r['ref_kept_mib']:.0f}"
-        print(f"| {model} ({ref}) | {variant} | {threads} | {fmt(r['cpu'])} ({fmt(r['wall'])}) | {fmt(r['mem'])} | "
-              f"{kept} | {flops} | ≤ {limit:.2f}× | {'yes' if met else 'NO'} | {prev} |")
+        rounds = " / ".join(f"{v:.2f}" for v in r.get("rounds") or []) or "–"
+        print(f"| {model} ({ref}) | {variant} | {threads} | {fmt(r['cpu'])} ({fmt(r['wall'])}) | "
+              + (f"{rounds} | " if per_round else "")
+              + f"{fmt(r['mem'])} | {kept} | {flops} | ≤ {limit:.2f}× | {'yes' if met else 'NO'} | {prev} |")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

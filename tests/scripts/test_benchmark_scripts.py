@@ -219,6 +219,27 @@ def test_networks_targets_table_and_resume(tmp_path, capsys):
     assert ratio["cpu"] == rows["resfu"]["cpu_s"] / 0.5
 
 
+def test_networks_targets_report_each_rounds_paired_ratio(tmp_path, capsys):
+    # Two interleaved rounds: the table keeps the best-of-rounds ratio and shows each round's own pair beside it
+    # (the i-th run of ReSFU over the i-th of the reference); memory children carry no time and are not paired.
+    networks = _load("benchmark_networks")
+    runs = [("deconv", 1.0), ("resfu", 1.2), ("deconv", 0.8), ("resfu", 1.2)]
+    rows = [{"network": "unet", "variant": v, "threads": 1, "cpu_s": t, "wall_s": t, "step_peak_mib": 10.0, "flops": 1e6}
+            for v, t in runs]
+    rows += [{"network": "unet", "variant": v, "threads": 1, "kind": "mem", "cpu_s": None, "step_peak_mib": 12.0}
+             for v in ("deconv", "resfu")]
+    assert networks.round_ratios(rows) == {("unet", "resfu", 1): pytest.approx([1.2, 1.5])}
+    partial = tmp_path / "runs.jsonl"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "t.json"
+    assert networks.main(["--targets", "--report-only", "--partial", str(partial), "--rounds", "2", "--networks", "unet",
+                          "--threads-list", "1", "--no-infer", "--variants", "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "per round, CPU" in table and "| 1.50× (1.50×) | 1.20 / 1.50 |" in table
+    (resfu,) = [r for r in json.loads(out.read_text())["results"] if r["variant"] == "resfu"]
+    assert resfu["round_cpu_ratios"] == pytest.approx([1.2, 1.5])
+
+
 def test_networks_targets_kept_for_backward_and_allocator(tmp_path, monkeypatch):
     """What the networks keep for backward is counted once per storage (ReSFU keeps more than the deconvolution, the
     count is the same every time); memory is measured in its own child with the fixed mmap threshold."""
