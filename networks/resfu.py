@@ -103,7 +103,7 @@ def _outside_mask(hr_size: tuple[int, ...], dilation: tuple[int, ...], kernel_si
     """``~border_mask(...)``, built once per shape and device: a constant that each forward would otherwise rebuild
     with ~15 small operations (kernel launches on a GPU). Read-only: ``masked_fill`` only reads it. The 16 most recent
     shapes are kept (a network's decoder levels at a few input sizes; one bool per neighbour and HR voxel each,
-    e.g. 56 MiB for a 3D step at 128³), so inference over many slice sizes cannot grow it without bound."""
+    e.g. 54 MiB for a 3D step at 128³), so inference over many slice sizes cannot grow it without bound."""
     return ~border_mask(hr_size, dilation, kernel_size, device)
 
 
