@@ -21,26 +21,27 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...], transposed: bool) -> torch.Tensor:
+    """The plain op: ``conv`` (or ``conv_transpose``) of ``x`` with ``weight``, no padding, ``groups = channels``."""
+    op = (_CONV_T if transposed else _CONV)[x.dim() - 2]
+    return op(x, weight.to(x.dtype), stride=stride, groups=int(x.shape[1]))
+
+
 class _FixedDepthwiseConv(torch.autograd.Function):
-    """``conv(x, weight)`` (or ``conv_transpose``), no padding, ``groups = channels``; backward is the adjoint map."""
+    """:func:`_depthwise` whose backward is the adjoint map."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...], transposed: bool) -> torch.Tensor:
-        dims = x.dim() - 2
         ctx.save_for_backward(weight)  # the (tiny) kernel only
         ctx.stride, ctx.transposed, ctx.dtype = stride, transposed, x.dtype
-        op = _CONV_T[dims] if transposed else _CONV[dims]
-        return op(x, weight.to(x.dtype), stride=stride, groups=int(x.shape[1]))
+        return _depthwise(x, weight, stride, transposed)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (weight,) = ctx.saved_tensors
-        dims = grad.dim() - 2
         # conv_transpose is by definition the adjoint of conv (same kernel, stride, groups) and conversely; with no
         # padding the sizes match exactly: (L - 1)·s + k on the way in, ⌊(L' - k) / s⌋ + 1 = L on the way back.
-        op = _CONV[dims] if ctx.transposed else _CONV_T[dims]
-        grad_x = op(grad, weight.to(grad.dtype), stride=ctx.stride, groups=int(grad.shape[1]))
-        return grad_x.to(ctx.dtype), None, None, None
+        return _depthwise(grad, weight, ctx.stride, not ctx.transposed).to(ctx.dtype), None, None, None
 
 
 def fixed_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int | Sequence[int] = 1, transposed: bool = False) -> torch.Tensor:
@@ -58,6 +59,5 @@ def fixed_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int | Se
         raise ValueError(f"fixed_depthwise_conv: weight {tuple(weight.shape)} is not a depthwise kernel for x {tuple(x.shape)}")
     step = (int(stride),) * dims if isinstance(stride, int) else tuple(int(s) for s in stride)
     if not (x.requires_grad and torch.is_grad_enabled()):
-        op = _CONV_T[dims] if transposed else _CONV[dims]
-        return op(x, weight.to(x.dtype), stride=step, groups=int(x.shape[1]))
+        return _depthwise(x, weight, step, bool(transposed))
     return _FixedDepthwiseConv.apply(x, weight, step, bool(transposed))

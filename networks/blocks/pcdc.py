@@ -154,12 +154,17 @@ class _GroupNormConv1x1(torch.autograd.Function):
         return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None
 
 
+def _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias) -> torch.Tensor:
+    """The two layers as they are (autograd keeps the normalised map)."""
+    return _CONV[h.dim() - 2](F.group_norm(h, groups, gamma, beta, eps), weight, bias)
+
+
 def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
     """The gradients of ``conv1×1(group_norm(h))`` with a graph (``create_graph=True``): the plain layers are run
     again and differentiated, so second derivatives are those of the layers."""
     inputs = (h, gamma, beta, weight, bias)
     wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5]) if need and t is not None]
-    out = _CONV[h.dim() - 2](F.group_norm(h, ctx.groups, gamma, beta, ctx.eps), weight, bias)
+    out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, weight, bias)
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
     return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:5])),
             None, None)
@@ -189,7 +194,7 @@ def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None
         t is not None and t.requires_grad for t in (h, gamma, beta, weight, bias)
     )
     if not needs_grad or torch.is_autocast_enabled(h.device.type) or torch.jit.is_tracing():
-        return _CONV[h.dim() - 2](F.group_norm(h, groups, gamma, beta, eps), weight, bias)
+        return _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias)
     return _GroupNormConv1x1.apply(h, gamma, beta, weight, bias, int(groups), float(eps))
 
 
