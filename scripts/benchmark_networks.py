@@ -475,6 +475,11 @@ def run_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(model: str) -> str:
+    """The upsampler a targets row is compared with: the network's own (``TARGETS``), trilinear for the 3D inference."""
+    return "trilinear" if model == "infer3d" else TARGETS[model][0]
+
+
 def _kind(row: dict) -> str:
     """The --targets child a row comes from: ``net`` (time, FLOPs), ``mem`` (memory) or ``infer``."""
     return row.get("kind") or ("infer" if row["network"] == "infer3d" else "net")
@@ -490,7 +495,7 @@ def round_ratios(runs: list[dict]) -> dict[tuple, list[float]]:
             times.setdefault((r["network"], r["variant"], r["threads"]), []).append(r["cpu_s"])
     out = {}
     for (model, variant, threads), seq in times.items():
-        ref = times.get((model, "trilinear" if model == "infer3d" else TARGETS[model][0], threads))
+        ref = times.get((model, _reference(model), threads))
         if ref is not None and seq is not ref:
             out[(model, variant, threads)] = [t / r for t, r in zip(seq, ref)]
     return out
@@ -506,7 +511,7 @@ def ratios(results: list[dict]) -> dict[tuple, dict]:
     by = {(r["network"], r["variant"], r["threads"]): r for r in results}
     out: dict[tuple, dict] = {}
     for (model, variant, threads), r in by.items():
-        ref_name = "trilinear" if model == "infer3d" else TARGETS[model][0]
+        ref_name = _reference(model)
         ref = by.get((model, ref_name, threads))
         if ref is None or variant == ref_name:
             continue
@@ -542,7 +547,7 @@ def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
     for key in sorted(now, key=lambda k: (list(TARGETS).index(k[0]) if k[0] in TARGETS else 99, k[2], k[1])):
         model, variant, threads = key
         r = now[key]
-        ref = "trilinear" if model == "infer3d" else TARGETS[model][0]
+        ref = _reference(model)
         limit = 1.5 if model == "infer3d" else TARGETS[model][3]
         met = r["cpu"] <= limit and (r["mem"] is None or r["mem"] <= limit)
         flops = "–" if r["gflops"] is None else f"{r['gflops']:.2f} vs {r['ref_gflops']:.2f} ({100 * (r['flops'] - 1):+.1f} %)"
