@@ -229,10 +229,10 @@ class ReSFU(nn.Module):
         sem, det = self.semantic_block, self.detail_block
         if ratios is not None:
             key_n = group_norm_with_stats_of(sem.norm, k, k_up)
-            v_sem = sem.pcdc.forward_upsampled_key(sem.norm(semantic_query), key_n, ratios)
+            v_sem = sem.pcdc.forward_upsampled_key(semantic_query, key_n, ratios, query_norm=sem.norm)
         else:
-            v_sem = sem.pcdc(sem.norm(semantic_query), sem.norm(k_up), dilation)
-        v_det = det.pcdc(det.norm(q), det.norm(detail_key), dilation)
+            v_sem = sem.pcdc(semantic_query, sem.norm(k_up), dilation, query_norm=sem.norm)
+        v_det = det.pcdc(q, det.norm(detail_key), dilation, query_norm=det.norm)
         return compress_sum((sem, det), (v_sem, v_det))
 
     def attention(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GuidedFilter", "box_filter", "guided_filter", "fast_guided_filter", "nearest_half"]
+__all__ = ["GuidedFilter", "box_filter", "box_filter_adjoint", "guided_filter", "fast_guided_filter", "nearest_half"]
 
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_LINEAR_ADJOINT = {
+    1: torch.ops.aten.upsample_linear1d_backward,
+    2: torch.ops.aten.upsample_bilinear2d_backward,
+    3: torch.ops.aten.upsample_trilinear3d_backward,
+}
 
 
 def _box_axis(x: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
@@ -90,6 +95,60 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return out
 
 
+def _inverse_count(size: int, r: int, axis: int, dims: int, like: torch.Tensor) -> torch.Tensor:
+    """``1 / count`` of a clipped window per position of one axis, shaped to broadcast over ``(N, C, *spatial)``."""
+    pos = torch.arange(size, device=like.device)
+    count = (pos + r).clamp(max=size - 1) - (pos - r).clamp(min=0) + 1
+    return (1.0 / count.to(like.dtype)).view([size if a == axis else 1 for a in range(dims)])
+
+
+def _box_sum_adjoint_axis(y: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
+    """Adjoint of the clipped box mean along spatial ``axis`` of ``y`` ``(N, C, *spatial)`` (2 or 3 spatial dims).
+
+    The clipped mean is ``D⁻¹ S`` (``S``: window sums over the zero-padded axis, symmetric; ``D``: the counts), so its
+    adjoint is ``S D⁻¹``: divide by the counts, then sum the windows."""
+    dims = y.dim() - 2
+    size = int(y.shape[2 + axis])
+    r = min(radius, size - 1)
+    if r == 0:
+        return y
+    pool = _AVG_POOL[dims]
+    kernel, padding = [1] * dims, [0] * dims
+    kernel[axis] = 2 * r + 1
+    z = y * _inverse_count(size, r, axis, dims, y)
+    if size >= 2 * r + 1:
+        padding[axis] = r
+        return pool(z, kernel, stride=1, padding=padding, count_include_pad=True, divisor_override=1)
+    pad = [0] * (2 * dims)
+    pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = r  # F.pad lists the last axis first
+    return pool(F.pad(z, pad), kernel, stride=1, divisor_override=1)
+
+
+def box_filter_adjoint(y: torch.Tensor, radius: int) -> torch.Tensor:
+    """The adjoint (transpose) of :func:`box_filter`: ``<box_filter(x), y> = <x, box_filter_adjoint(y)>``.
+
+    The box mean is a fixed linear map, so its gradient is this map applied to the output gradient and its backward
+    needs nothing of the forward pass. Per axis in reverse order: divide by the window counts, then sum the windows.
+
+    Args:
+        y: ``(N, C, *spatial)`` with 1–3 spatial dims.
+        radius: the forward's window radius.
+
+    Returns:
+        Tensor of the same shape and dtype (channels-last in 2D, as :func:`box_filter`'s results).
+    """
+    dims = y.dim() - 2
+    if dims not in _AVG_POOL or radius < 0:
+        raise ValueError(f"box_filter_adjoint: need 1-3 spatial dims and radius >= 0, got shape {tuple(y.shape)}, radius {radius}")
+    if dims == 1:
+        return box_filter_adjoint(y.unsqueeze(2), radius).squeeze(2)
+    if dims == 2:
+        y = y.contiguous(memory_format=torch.channels_last)
+    for axis in reversed(range(dims)):
+        y = _box_sum_adjoint_axis(y, axis, radius)
+    return y
+
+
 def nearest_half(x: torch.Tensor) -> torch.Tensor:
     """Nearest downsampling to ``⌊S/2⌋`` per spatial axis (keeps pixel ``2i``; an axis of length 1 stays 1).
 
@@ -104,8 +163,9 @@ def nearest_half(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window means of the linear coefficients, ``(mean(a), mean(b))`` (eq. 5, then the averaging of eq. 6).
+def _coefficient_parts(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float):
+    """``(mean_g, mean_s, a, den, means_ab)`` of eq. 5 and the averaging of eq. 6: ``a = num / den``,
+    ``means_ab = box([a, b])`` (``mean(a)``, ``mean(b)`` concatenated over channels).
 
     Batched: the four window means of eq. 5 (``g``, ``s``, ``g·s``, ``g²``) are one box filter over the channel-wise
     concatenation, and so are the two of eq. 6 (the box filter treats every channel alike, so the values are those of
@@ -114,10 +174,98 @@ def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     c = int(guide.shape[1])
     means = box_filter(torch.cat([guide, src, guide * src, guide * guide], dim=1), radius)
     mean_g, mean_s, mean_gs, mean_gg = means.split(c, dim=1)
-    a = (mean_gs - mean_g * mean_s) / (mean_gg - mean_g * mean_g + eps)
+    den = mean_gg - mean_g * mean_g + eps
+    a = (mean_gs - mean_g * mean_s) / den
     b = mean_s - a * mean_g
-    mean_a, mean_b = box_filter(torch.cat([a, b], dim=1), radius).split(c, dim=1)
-    return mean_a, mean_b
+    return mean_g, mean_s, a, den, box_filter(torch.cat([a, b], dim=1), radius)
+
+
+def _apply(g: torch.Tensor, means_ab: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``mean(a) · g + mean(b)``; the fast filter first upsamples both coefficient maps (one interpolation) to ``g``'s
+    size. Both follow ``g``'s memory format."""
+    c = int(g.shape[1])
+    coeffs = means_ab.contiguous(memory_format=_memory_format(g))
+    if fast:
+        size = [int(n) for n in g.shape[2:]]
+        coeffs = F.interpolate(coeffs, size=size, mode=_LINEAR_MODE[g.dim() - 2], align_corners=False)
+    mean_a, mean_b = coeffs.split(c, dim=1)
+    return mean_a * g + mean_b
+
+
+def _filter_plain(g: torch.Tensor, s: torch.Tensor, radius: int, eps: float, fast: bool) -> torch.Tensor:
+    """The filter as plain differentiable operations (autograd keeps every intermediate); ``radius`` is the one used
+    at the coefficients' resolution."""
+    down = nearest_half if fast else (lambda t: t)
+    return _apply(g, _coefficient_parts(down(g), down(s), radius, eps)[-1], fast)
+
+
+class _GuidedFilterFn(torch.autograd.Function):
+    """The guided filter with a hand-written backward that keeps four coefficient-resolution maps (the window means of
+    ``g`` and ``s``, ``a`` and its denominator) and ``mean(a), mean(b)``, instead of autograd's ~15 intermediates
+    (the box filters' inputs, the ``4C``-channel window means, the full-resolution upsampled coefficients). The box
+    mean and the linear upsampling are fixed linear maps, so their gradients are their adjoints
+    (:func:`box_filter_adjoint`, ATen's upsampling backward) and need no kept input."""
+
+    @staticmethod
+    def forward(ctx, g, s, radius: int, eps: float, fast: bool):
+        down = nearest_half if fast else (lambda t: t)
+        mean_g, mean_s, a, den, means_ab = _coefficient_parts(down(g), down(s), radius, eps)
+        ctx.save_for_backward(g, s, torch.cat([mean_g, mean_s], dim=1), a, den, means_ab)
+        ctx.radius, ctx.eps, ctx.fast = radius, eps, fast
+        return _apply(g, means_ab, fast)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g, s, mean_gs_pair, a, den, means_ab = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain operations instead
+            return _double_differentiable(ctx, grad, g, s)
+        c, dims, r, fast = int(g.shape[1]), g.dim() - 2, ctx.radius, ctx.fast
+        mean_g, mean_s = mean_gs_pair.split(c, dim=1)
+        coeffs = means_ab.contiguous(memory_format=_memory_format(g))
+        lr_size, hr_size = [int(n) for n in coeffs.shape[2:]], [int(n) for n in g.shape[2:]]
+        mean_a = coeffs[:, :c]
+        if fast:  # mean(a) at full resolution again: one interpolation of C channels instead of a kept map
+            mean_a = F.interpolate(mean_a, size=hr_size, mode=_LINEAR_MODE[dims], align_corners=False)
+        grad_g = grad * mean_a
+        grad_coeffs = torch.cat([grad * g, grad], dim=1)  # d/d mean(a), d/d mean(b) at full resolution
+        if fast:
+            grad_coeffs = _LINEAR_ADJOINT[dims](grad_coeffs, hr_size, [int(n) for n in coeffs.shape], False)
+        grad_a, grad_b = box_filter_adjoint(grad_coeffs, r).split(c, dim=1)
+        # b = mean_s − a·mean_g, a = num / den, num = mean_gs − mean_g·mean_s, den = mean_gg − mean_g² + ε
+        grad_a = grad_a - grad_b * mean_g
+        grad_num = grad_a / den
+        grad_den = -grad_num * a
+        grad_mean_g = -grad_b * a - grad_num * mean_s - 2 * grad_den * mean_g
+        grad_mean_s = grad_b - grad_num * mean_g
+        grads = box_filter_adjoint(torch.cat([grad_mean_g, grad_mean_s, grad_num, grad_den], dim=1), r)
+        d_g, d_s, d_gs, d_gg = grads.split(c, dim=1)
+        down = nearest_half if fast else (lambda t: t)
+        g_lr, s_lr = down(g), down(s)
+        grad_g_lr = d_g + d_gs * s_lr + 2 * d_gg * g_lr
+        grad_s_lr = d_s + d_gs * g_lr
+        if not fast:
+            return grad_g + grad_g_lr, grad_s_lr, None, None, None
+        grad_s = torch.zeros_like(s)
+        down(grad_g).add_(grad_g_lr)  # nearest_half is a strided view: its adjoint adds into the kept pixels
+        down(grad_s).copy_(grad_s_lr)
+        return grad_g, grad_s, None, None, None
+
+
+def _double_differentiable(ctx, grad, g, s):
+    """Gradients with a graph (``create_graph=True``): the plain operations run again and are differentiated."""
+    wanted = [t for t, need in zip((g, s), ctx.needs_input_grad[:2]) if need]
+    out = _filter_plain(g, s, ctx.radius, ctx.eps, ctx.fast)
+    grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
+    return (*(next(grads) if need else None for need in ctx.needs_input_grad[:2]), None, None, None)
+
+
+def _filter(g: torch.Tensor, s: torch.Tensor, radius: int, eps: float, fast: bool) -> torch.Tensor:
+    """The guided filter through :class:`_GuidedFilterFn` when a gradient is needed (plain operations while tracing
+    or without gradients)."""
+    needs_grad = torch.is_grad_enabled() and (g.requires_grad or s.requires_grad)
+    if not needs_grad or torch.jit.is_tracing():
+        return _filter_plain(g, s, radius, eps, fast)
+    return _GuidedFilterFn.apply(g, s, int(radius), float(eps), bool(fast))
 
 
 def _check(guide: torch.Tensor, src: torch.Tensor) -> None:
@@ -156,9 +304,7 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     _check(guide, src)
     dtype = _compute_dtype(guide)
     with torch.autocast(device_type=guide.device.type, enabled=False):
-        g, s = guide.to(dtype), src.to(dtype)
-        mean_a, mean_b = (t.contiguous(memory_format=_memory_format(g)) for t in _coefficients(g, s, radius, eps))
-        return (mean_a * g + mean_b).to(guide.dtype)
+        return _filter(guide.to(dtype), src.to(dtype), radius, eps, fast=False).to(guide.dtype)
 
 
 def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
@@ -180,14 +326,7 @@ def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps:
     _check(guide, src)
     dtype = _compute_dtype(guide)
     with torch.autocast(device_type=guide.device.type, enabled=False):
-        g, s = guide.to(dtype), src.to(dtype)
-        mean_a, mean_b = _coefficients(nearest_half(g), nearest_half(s), max(1, radius // 2), eps)
-        size = [int(s) for s in g.shape[2:]]
-        c = int(g.shape[1])
-        # one interpolation for both coefficient maps, back in the guide's memory format
-        coeffs = torch.cat([mean_a, mean_b], dim=1).contiguous(memory_format=_memory_format(g))
-        mean_a, mean_b = F.interpolate(coeffs, size=size, mode=_LINEAR_MODE[g.dim() - 2], align_corners=False).split(c, dim=1)
-        return (mean_a * g + mean_b).to(guide.dtype)
+        return _filter(guide.to(dtype), src.to(dtype), max(1, radius // 2), eps, fast=True).to(guide.dtype)
 
 
 class GuidedFilter(nn.Module):

@@ -116,13 +116,13 @@ class _GroupNormConv1x1(torch.autograd.Function):
     """GroupNorm then a 1×1 convolution, keeping ``h`` and the group statistics instead of the normalised map."""
 
     @staticmethod
-    def forward(ctx, h, gamma, beta, weight, bias, groups: int, eps: float):
+    def forward(ctx, h, gamma, beta, weight, bias, groups: int, eps: float, conv_groups: int):
         n, c = int(h.shape[0]), int(h.shape[1])
         h = _group_norm_layout(h)
         y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
         ctx.save_for_backward(h, gamma, beta, weight, bias, mean, rstd)
-        ctx.groups, ctx.eps, ctx.has_bias = groups, eps, bias is not None
-        return _CONV[h.dim() - 2](y, weight, bias)
+        ctx.groups, ctx.eps, ctx.has_bias, ctx.conv_groups = groups, eps, bias is not None, conv_groups
+        return _CONV[h.dim() - 2](y, weight, bias, groups=conv_groups)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -142,7 +142,7 @@ class _GroupNormConv1x1(torch.autograd.Function):
         y = torch.addcmul(shift.view(view), h, scale.view(view))
         grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
             grad_out, y, weight, [int(weight.shape[0])] if ctx.has_bias else None, [1] * dims, [0] * dims, [1] * dims,
-            False, [0] * dims, 1, [need_h or need_g or need_b, need_w, need_bias and ctx.has_bias],
+            False, [0] * dims, ctx.conv_groups, [need_h or need_g or need_b, need_w, need_bias and ctx.has_bias],
         )
         del y
         grad_h = grad_g = grad_b = None
@@ -151,12 +151,12 @@ class _GroupNormConv1x1(torch.autograd.Function):
                 _group_norm_layout(grad_y, like=h), h, mean, rstd, gamma, n, c, h[0, 0].numel(), ctx.groups,
                 [need_h, need_g and gamma is not None, need_b and beta is not None],
             )
-        return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None
+        return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None, None
 
 
-def _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias) -> torch.Tensor:
+def _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups: int = 1) -> torch.Tensor:
     """The two layers as they are (autograd keeps the normalised map)."""
-    return _CONV[h.dim() - 2](F.group_norm(h, groups, gamma, beta, eps), weight, bias)
+    return _CONV[h.dim() - 2](F.group_norm(h, groups, gamma, beta, eps), weight, bias, groups=conv_groups)
 
 
 def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
@@ -164,14 +164,14 @@ def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
     again and differentiated, so second derivatives are those of the layers."""
     inputs = (h, gamma, beta, weight, bias)
     wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5]) if need and t is not None]
-    out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, weight, bias)
+    out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, weight, bias, ctx.conv_groups)
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
     return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:5])),
-            None, None)
+            None, None, None)
 
 
 def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,
-                        weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+                        weight: torch.Tensor, bias: torch.Tensor | None, conv_groups: int = 1) -> torch.Tensor:
     """``conv1×1(group_norm(h, groups, gamma, beta, eps), weight, bias)`` whose autograd keeps ``h``, not the
     normalised map.
 
@@ -184,8 +184,9 @@ def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None
         groups: GroupNorm groups (divides ``C``).
         gamma, beta: GroupNorm's affine ``(C,)`` (``None``: no affine).
         eps: GroupNorm's eps.
-        weight: 1×1 convolution weight ``(out, C, 1, …)``.
+        weight: 1×1 convolution weight ``(out, C / conv_groups, 1, …)``.
         bias: its bias ``(out,)`` or ``None``.
+        conv_groups: groups of the 1×1 convolution.
 
     Returns:
         ``(N, out, *spatial)``.
@@ -194,8 +195,8 @@ def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None
         t is not None and t.requires_grad for t in (h, gamma, beta, weight, bias)
     )
     if not needs_grad or torch.is_autocast_enabled(h.device.type) or torch.jit.is_tracing():
-        return _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias)
-    return _GroupNormConv1x1.apply(h, gamma, beta, weight, bias, int(groups), float(eps))
+        return _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups)
+    return _GroupNormConv1x1.apply(h, gamma, beta, weight, bias, int(groups), float(eps), int(conv_groups))
 
 
 class PCDC(nn.Module):
@@ -234,13 +235,25 @@ class PCDC(nn.Module):
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.bias)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, dilation: int | Sequence[int] = 1) -> torch.Tensor:
+    def _centre(self, query: torch.Tensor, query_norm: nn.GroupNorm | None) -> torch.Tensor:
+        """``conv1×1(q̄, −ΣW)`` (grouped), with ``q̄ = query_norm(query)`` when a GroupNorm is given: then as
+        :func:`group_norm_then_1x1`, whose autograd keeps ``query`` (which its producer keeps anyway) instead of the
+        normalised map."""
+        weight = _negated_centre_weight(self.weight)
+        if query_norm is None:
+            return _CONV[self.spatial_dims](query, weight, groups=self.groups)
+        n = query_norm
+        return group_norm_then_1x1(query, n.num_groups, n.weight, n.bias, n.eps, weight, None, self.groups)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, dilation: int | Sequence[int] = 1,
+                query_norm: nn.GroupNorm | None = None) -> torch.Tensor:
         """``v = conv(k̄, W, dilation) − conv1×1(q̄, ΣW) + b``.
 
         Args:
-            query: ``(N, D, *spatial)`` centre features ``q̄``.
+            query: ``(N, D, *spatial)`` centre features ``q̄`` (or, with ``query_norm``, the features it normalises).
             key: same shape, neighbour features ``k̄``.
             dilation: neighbour spacing ``s`` (int or one per axis).
+            query_norm: GroupNorm giving ``q̄ = query_norm(query)``; ``None``: ``query`` is ``q̄``.
 
         Returns:
             ``(N, L, *spatial)``.
@@ -260,9 +273,10 @@ class PCDC(nn.Module):
         neighbours = conv(replicate_pad(key, pad), weight, self.bias, groups=self.groups, dilation=dil)
         # − conv(q̄, ΣW) as + conv(q̄, −ΣW): bit-identical, and the backward negates the small kernel, not an
         # L-channel map. In place: a convolution does not save its output, one L-channel map less.
-        return neighbours.add_(conv(query, _negated_centre_weight(weight), groups=self.groups))
+        return neighbours.add_(self._centre(query, query_norm))
 
-    def forward_upsampled_key(self, query: torch.Tensor, key_lr: torch.Tensor, ratios: Sequence[int]) -> torch.Tensor:
+    def forward_upsampled_key(self, query: torch.Tensor, key_lr: torch.Tensor, ratios: Sequence[int],
+                              query_norm: nn.GroupNorm | None = None) -> torch.Tensor:
         """``forward(query, U(key_lr), dilation=ratios)`` without building the key at HR: exact for integer ratios.
 
         ``U`` is linear upsampling with ``align_corners=False`` by the integer ``ratios`` (``H = s·h`` per axis). Why it
@@ -283,6 +297,7 @@ class PCDC(nn.Module):
             query: ``(N, D, *HR)`` centre features ``q̄``.
             key_lr: ``(N, D, *LR)`` neighbour features before upsampling.
             ratios: integer ``H / h`` per axis (also the dilation).
+            query_norm: as in :meth:`forward`.
 
         Returns:
             ``(N, L, *HR)``.
@@ -301,7 +316,7 @@ class PCDC(nn.Module):
         neighbours = conv(replicate_pad(key_lr, [radius + 1] * (2 * dims)), weight, self.bias, groups=self.groups)
         for axis, (s, length) in enumerate(zip(ratios, hr)):
             neighbours = _linear_upsample_axis(neighbours, axis, s).narrow(2 + axis, s, length)
-        return neighbours + conv(query, _negated_centre_weight(weight), groups=self.groups)
+        return neighbours + self._centre(query, query_norm)
 
     def extra_repr(self) -> str:
         return (
@@ -366,7 +381,7 @@ class PCDCBlock(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, dilation: int | Sequence[int] = 1) -> torch.Tensor:
         """Scores ``(N, K^d, *spatial)`` of every centre ``query`` against its ``K^d`` dilated ``key`` neighbours."""
-        return self.compressor(self.pcdc(self.norm(query), self.norm(key), dilation))
+        return self.compressor(self.pcdc(query, self.norm(key), dilation, query_norm=self.norm))
 
     def forward_upsampled_key(
         self, query: torch.Tensor, key_lr: torch.Tensor, key_hr: torch.Tensor, ratios: Sequence[int]
@@ -376,7 +391,7 @@ class PCDCBlock(nn.Module):
         and ``key_hr`` only provides the GroupNorm statistics (the normalisation is a per-channel affine map, which
         commutes with the upsampling). Equal to :meth:`forward` up to rounding."""
         key_n = group_norm_with_stats_of(self.norm, key_lr, key_hr)
-        return self.compressor(self.pcdc.forward_upsampled_key(self.norm(query), key_n, ratios))
+        return self.compressor(self.pcdc.forward_upsampled_key(query, key_n, ratios, query_norm=self.norm))
 
 
 def compress_sum(blocks: Sequence[PCDCBlock], values: Sequence[torch.Tensor]) -> torch.Tensor:
