@@ -134,6 +134,8 @@ class ReSFU(nn.Module):
         compressor_channels: hidden width of the PCDC compressor (128).
         use_checkpoint: recompute each similarity block in the backward pass (saves the ``L``-channel HR activations;
             useful for 3D training).
+        recompute_hidden: keep only the first ReLU's output of each PCDC compressor for backward and compute its
+            hidden map again there (one grouped 1×1 convolution per block): one hidden-width HR map per block less.
         deterministic: forwarded to ``fns_gather`` (CUDA backward without atomics).
 
     Example:
@@ -166,6 +168,7 @@ class ReSFU(nn.Module):
         compressor_channels: int = 128,
         use_checkpoint: bool = False,
         deterministic: bool = False,
+        recompute_hidden: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -194,6 +197,8 @@ class ReSFU(nn.Module):
             block_args = (embed_dim, pcdc_channels, kernel_size, groups, spatial_dims, compressor_channels)
             self.semantic_block: nn.Module = PCDCBlock(*block_args)
             self.detail_block: nn.Module = PCDCBlock(*block_args)
+            for block in (self.semantic_block, self.detail_block):
+                block.compressor.recompute_hidden = bool(recompute_hidden)
         else:
             self.semantic_block = InnerProductSimilarity(embed_dim, kernel_size, spatial_dims)
             self.detail_block = InnerProductSimilarity(embed_dim, kernel_size, spatial_dims)
@@ -231,8 +236,8 @@ class ReSFU(nn.Module):
             key_n = group_norm_with_stats_of(sem.norm, k, k_up)
             v_sem = sem.pcdc.forward_upsampled_key(semantic_query, key_n, ratios, query_norm=sem.norm)
         else:
-            v_sem = sem.pcdc(semantic_query, sem.norm(k_up), dilation, query_norm=sem.norm)
-        v_det = det.pcdc(q, det.norm(detail_key), dilation, query_norm=det.norm)
+            v_sem = sem.pcdc(semantic_query, k_up, dilation, query_norm=sem.norm, key_norm=sem.norm)
+        v_det = det.pcdc(q, detail_key, dilation, query_norm=det.norm, key_norm=det.norm)
         return compress_sum((sem, det), (v_sem, v_det))
 
     def attention(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:

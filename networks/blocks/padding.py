@@ -12,7 +12,7 @@ from typing import List
 
 import torch
 
-__all__ = ["replicate_pad"]
+__all__ = ["replicate_pad", "replicate_pad_adjoint"]
 
 
 def replicate_pad(x: torch.Tensor, pad: List[int]) -> torch.Tensor:
@@ -36,3 +36,21 @@ def replicate_pad(x: torch.Tensor, pad: List[int]) -> torch.Tensor:
         index = torch.arange(-before, size + after, device=x.device).clamp_(0, size - 1)
         x = x.index_select(axis, index)
     return x
+
+
+def replicate_pad_adjoint(grad: torch.Tensor, pad: List[int]) -> torch.Tensor:
+    """The adjoint of :func:`replicate_pad` (its input gradient): every padded position's gradient is added to the
+    border value it copies. ``grad`` is shaped like the padded tensor; the result like the unpadded one."""
+    if len(pad) % 2 != 0 or min(pad) < 0:
+        raise ValueError(f"replicate_pad_adjoint: pad must be pairs of non-negative amounts, got {pad}")
+    for i in reversed(range(len(pad) // 2)):  # undo the axes in the reverse order of replicate_pad
+        before, after = pad[2 * i], pad[2 * i + 1]
+        if before == 0 and after == 0:
+            continue
+        axis = grad.dim() - 1 - i
+        size = grad.shape[axis] - before - after
+        index = torch.arange(-before, size + after, device=grad.device).clamp_(0, size - 1)
+        shape = list(grad.shape)
+        shape[axis] = size
+        grad = grad.new_zeros(shape).index_add_(axis, index, grad)
+    return grad

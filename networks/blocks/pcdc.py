@@ -15,7 +15,7 @@ from monai.networks.layers import Conv
 from torch import nn
 
 from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
-from resfu_med.networks.blocks.padding import replicate_pad
+from resfu_med.networks.blocks.padding import replicate_pad, replicate_pad_adjoint
 
 from resfu_med.networks.blocks.norm import group_norm
 
@@ -95,9 +95,17 @@ class Compressor(nn.Sequential):
     map ``h`` (which the ReLU keeps anyway) and not ``GN(h)`` as well, one hidden-width map per block less.
     """
 
+    #: Keep only the first ReLU's output for backward and compute the hidden map again there (one grouped 1×1
+    #: convolution per block): one hidden-width map per block less kept, a few percent more time (docs/benchmarks.md).
+    recompute_hidden = False
+
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         relu_in, first, relu_mid, norm, last = self
-        h = relu_mid(first(relu_in(v)))
+        a = relu_in(v)
+        if self.recompute_hidden and torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.is_autocast_enabled(a.device.type):
+            return _CompressorKeepingInput.apply(a, first.weight, first.bias, norm.weight, norm.bias, last.weight,
+                                                 last.bias, first.groups, norm.num_groups, norm.eps)
+        h = relu_mid(first(a))
         return group_norm_then_1x1(h, norm.num_groups, norm.weight, norm.bias, norm.eps, last.weight, last.bias)
 
 
@@ -116,13 +124,14 @@ class _GroupNormConv1x1(torch.autograd.Function):
     """GroupNorm then a 1×1 convolution, keeping ``h`` and the group statistics instead of the normalised map."""
 
     @staticmethod
-    def forward(ctx, h, gamma, beta, weight, bias, groups: int, eps: float, conv_groups: int):
+    def forward(ctx, h, gamma, beta, weight, bias, groups: int, eps: float, conv_groups: int, dilation, pad):
         n, c = int(h.shape[0]), int(h.shape[1])
         h = _group_norm_layout(h)
         y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
         ctx.save_for_backward(h, gamma, beta, weight, bias, mean, rstd)
         ctx.groups, ctx.eps, ctx.has_bias, ctx.conv_groups = groups, eps, bias is not None, conv_groups
-        return _CONV[h.dim() - 2](y, weight, bias, groups=conv_groups)
+        ctx.dilation, ctx.pad = dilation, pad
+        return _CONV[h.dim() - 2](replicate_pad(y, pad) if pad else y, weight, bias, groups=conv_groups, dilation=dilation or 1)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -131,32 +140,94 @@ class _GroupNormConv1x1(torch.autograd.Function):
         need_h, need_g, need_b, need_w, need_bias = ctx.needs_input_grad[:5]
         if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the two layers themselves
             return _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias)
-        # GN(h) again from the saved statistics: one elementwise pass instead of a kept hidden-width map.
-        view = (n, c) + (1,) * dims
-        scale = rstd.repeat_interleave(c // ctx.groups, dim=1)
-        shift = -mean.repeat_interleave(c // ctx.groups, dim=1) * scale
-        if gamma is not None:
-            scale, shift = scale * gamma, shift * gamma
-        if beta is not None:
-            shift = shift + beta
-        y = torch.addcmul(shift.view(view), h, scale.view(view))
-        grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
-            grad_out, y, weight, [int(weight.shape[0])] if ctx.has_bias else None, [1] * dims, [0] * dims, [1] * dims,
-            False, [0] * dims, ctx.conv_groups, [need_h or need_g or need_b, need_w, need_bias and ctx.has_bias],
+        needs = (need_h, need_g, need_b, need_w, need_bias)
+        grad_h, grad_g, grad_b, grad_w, grad_bias = _group_norm_conv_grads(
+            grad_out, h, gamma, beta, weight, mean, rstd, ctx.groups, ctx.conv_groups, ctx.has_bias, needs,
+            ctx.dilation, ctx.pad)
+        return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None, None, None, None
+
+
+def _group_norm_conv_grads(grad_out, h, gamma, beta, weight, mean, rstd, groups: int, conv_groups: int,
+                           has_bias: bool, needs, dilation=None, pad=None):
+    """Gradients ``(h, gamma, beta, weight, bias)`` of ``conv(replicate_pad(group_norm(h), pad), dilation)`` from
+    ``h`` and the saved group statistics (``needs``: which of the five are wanted)."""
+    need_h, need_g, need_b, need_w, need_bias = needs
+    n, c, dims = int(h.shape[0]), int(h.shape[1]), h.dim() - 2
+    # GN(h) again from the saved statistics: one elementwise pass instead of a kept hidden-width map.
+    view = (n, c) + (1,) * dims
+    scale = rstd.repeat_interleave(c // groups, dim=1)
+    shift = -mean.repeat_interleave(c // groups, dim=1) * scale
+    if gamma is not None:
+        scale, shift = scale * gamma, shift * gamma
+    if beta is not None:
+        shift = shift + beta
+    y = torch.addcmul(shift.view(view), h, scale.view(view))
+    grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+        grad_out, replicate_pad(y, pad) if pad else y, weight, [int(weight.shape[0])] if has_bias else None,
+        [1] * dims, [0] * dims, list(dilation) if dilation else [1] * dims, False, [0] * dims, conv_groups,
+        [need_h or need_g or need_b, need_w, need_bias and has_bias],
+    )
+    del y
+    if pad and grad_y is not None:
+        grad_y = replicate_pad_adjoint(grad_y, pad)
+    grad_h = grad_g = grad_b = None
+    if need_h or need_g or need_b:
+        grad_h, grad_g, grad_b = torch.ops.aten.native_group_norm_backward(
+            _group_norm_layout(grad_y, like=h), h, mean, rstd, gamma, n, c, h[0, 0].numel(), groups,
+            [need_h, need_g and gamma is not None, need_b and beta is not None],
         )
-        del y
-        grad_h = grad_g = grad_b = None
-        if need_h or need_g or need_b:
-            grad_h, grad_g, grad_b = torch.ops.aten.native_group_norm_backward(
-                _group_norm_layout(grad_y, like=h), h, mean, rstd, gamma, n, c, h[0, 0].numel(), ctx.groups,
-                [need_h, need_g and gamma is not None, need_b and beta is not None],
+    return grad_h, grad_g, grad_b, grad_w, grad_bias
+
+
+class _CompressorKeepingInput(torch.autograd.Function):
+    """Compressor after its first ReLU: ``conv1×1(GN(relu(conv1×1(a, W1, b1))), W2, b2)``, keeping only its input
+    ``a`` (which the first ReLU keeps anyway) and the group statistics; the backward computes the hidden map ``h``
+    again (one grouped 1×1 convolution) instead of keeping it. Opt-in (:class:`Compressor` ``recompute_hidden``)."""
+
+    @staticmethod
+    def forward(ctx, a, w1, b1, gamma, beta, w2, b2, first_groups: int, groups: int, eps: float):
+        h = _group_norm_layout(torch.relu_(_CONV[a.dim() - 2](a, w1, b1, groups=first_groups)))
+        n, c = int(h.shape[0]), int(h.shape[1])
+        y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
+        del h
+        ctx.save_for_backward(a, w1, b1, gamma, beta, w2, b2, mean, rstd)
+        ctx.first_groups, ctx.groups, ctx.eps = first_groups, groups, eps
+        return _CONV[a.dim() - 2](y, w2, b2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, w1, b1, gamma, beta, w2, b2, mean, rstd = ctx.saved_tensors
+        dims = a.dim() - 2
+        if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the plain layers
+            inputs = (a, w1, b1, gamma, beta, w2, b2)
+            wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:7]) if need and t is not None]
+            h = torch.relu(_CONV[dims](a, w1, b1, groups=ctx.first_groups))
+            out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, w2, b2)
+            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+            return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:7])),
+                    None, None, None)
+        need_a, need_w1, need_b1, need_g, need_b, need_w2, need_b2 = ctx.needs_input_grad[:7]
+        h = _group_norm_layout(torch.relu_(_CONV[dims](a, w1, b1, groups=ctx.first_groups)))  # the same kernels: the same h
+        need_h = need_a or need_w1 or need_b1
+        grad_h, grad_g, grad_b, grad_w2, grad_b2 = _group_norm_conv_grads(
+            grad_out, h, gamma, beta, w2, mean, rstd, ctx.groups, 1, True, (need_h, need_g, need_b, need_w2, need_b2))
+        grad_a = grad_w1 = grad_b1 = None
+        if need_h:
+            grad_pre = torch.ops.aten.threshold_backward(grad_h, h, 0)
+            del h, grad_h
+            grad_a, grad_w1, grad_b1 = torch.ops.aten.convolution_backward(
+                grad_pre, a, w1, [int(w1.shape[0])], [1] * dims, [0] * dims, [1] * dims, False, [0] * dims,
+                ctx.first_groups, [need_a, need_w1, need_b1],
             )
-        return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None, None
+        return grad_a, grad_w1, grad_b1, grad_g, grad_b, grad_w2, grad_b2, None, None, None
 
 
-def _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups: int = 1) -> torch.Tensor:
-    """The two layers as they are (autograd keeps the normalised map)."""
-    return _CONV[h.dim() - 2](F.group_norm(h, groups, gamma, beta, eps), weight, bias, groups=conv_groups)
+def _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups: int = 1, dilation=None,
+                               pad=None) -> torch.Tensor:
+    """The layers as they are (autograd keeps the normalised map)."""
+    y = F.group_norm(h, groups, gamma, beta, eps)
+    return _CONV[h.dim() - 2](replicate_pad(y, pad) if pad else y, weight, bias, groups=conv_groups,
+                              dilation=dilation or 1)
 
 
 def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
@@ -164,14 +235,16 @@ def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
     again and differentiated, so second derivatives are those of the layers."""
     inputs = (h, gamma, beta, weight, bias)
     wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5]) if need and t is not None]
-    out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, weight, bias, ctx.conv_groups)
+    out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, weight, bias, ctx.conv_groups, ctx.dilation,
+                                     ctx.pad)
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
     return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:5])),
-            None, None, None)
+            None, None, None, None, None)
 
 
 def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,
-                        weight: torch.Tensor, bias: torch.Tensor | None, conv_groups: int = 1) -> torch.Tensor:
+                        weight: torch.Tensor, bias: torch.Tensor | None, conv_groups: int = 1,
+                        dilation: Sequence[int] | None = None, pad: list[int] | None = None) -> torch.Tensor:
     """``conv1×1(group_norm(h, groups, gamma, beta, eps), weight, bias)`` whose autograd keeps ``h``, not the
     normalised map.
 
@@ -187,6 +260,8 @@ def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None
         weight: 1×1 convolution weight ``(out, C / conv_groups, 1, …)``.
         bias: its bias ``(out,)`` or ``None``.
         conv_groups: groups of the 1×1 convolution.
+        dilation, pad: for a larger kernel: the convolution's dilation, and replicate padding of the normalised map
+            before it (``F.pad`` order); the backward pads the recomputed map again.
 
     Returns:
         ``(N, out, *spatial)``.
@@ -195,8 +270,10 @@ def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None
         t is not None and t.requires_grad for t in (h, gamma, beta, weight, bias)
     )
     if not needs_grad or torch.is_autocast_enabled(h.device.type) or torch.jit.is_tracing():
-        return _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups)
-    return _GroupNormConv1x1.apply(h, gamma, beta, weight, bias, int(groups), float(eps), int(conv_groups))
+        return _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups, dilation, pad)
+    dil = tuple(int(d) for d in dilation) if dilation is not None else None
+    return _GroupNormConv1x1.apply(h, gamma, beta, weight, bias, int(groups), float(eps), int(conv_groups), dil,
+                                   list(pad) if pad else None)
 
 
 class PCDC(nn.Module):
@@ -246,7 +323,7 @@ class PCDC(nn.Module):
         return group_norm_then_1x1(query, n.num_groups, n.weight, n.bias, n.eps, weight, None, self.groups)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, dilation: int | Sequence[int] = 1,
-                query_norm: nn.GroupNorm | None = None) -> torch.Tensor:
+                query_norm: nn.GroupNorm | None = None, key_norm: nn.GroupNorm | None = None) -> torch.Tensor:
         """``v = conv(k̄, W, dilation) − conv1×1(q̄, ΣW) + b``.
 
         Args:
@@ -254,6 +331,8 @@ class PCDC(nn.Module):
             key: same shape, neighbour features ``k̄``.
             dilation: neighbour spacing ``s`` (int or one per axis).
             query_norm: GroupNorm giving ``q̄ = query_norm(query)``; ``None``: ``query`` is ``q̄``.
+            key_norm: GroupNorm giving ``k̄ = key_norm(key)`` (then normalised, padded and convolved as one function
+                that keeps ``key``, not the padded normalised map); ``None``: ``key`` is ``k̄``.
 
         Returns:
             ``(N, L, *spatial)``.
@@ -270,7 +349,12 @@ class PCDC(nn.Module):
         pad: list[int] = []
         for d in reversed(dil):  # F.pad lists the last axis first
             pad += [d * radius, d * radius]
-        neighbours = conv(replicate_pad(key, pad), weight, self.bias, groups=self.groups, dilation=dil)
+        if key_norm is None:
+            neighbours = conv(replicate_pad(key, pad), weight, self.bias, groups=self.groups, dilation=dil)
+        else:
+            n = key_norm
+            neighbours = group_norm_then_1x1(key, n.num_groups, n.weight, n.bias, n.eps, weight, self.bias, self.groups,
+                                             dil, pad)
         # − conv(q̄, ΣW) as + conv(q̄, −ΣW): bit-identical, and the backward negates the small kernel, not an
         # L-channel map. In place: a convolution does not save its output, one L-channel map less.
         return neighbours.add_(self._centre(query, query_norm))
@@ -381,7 +465,7 @@ class PCDCBlock(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, dilation: int | Sequence[int] = 1) -> torch.Tensor:
         """Scores ``(N, K^d, *spatial)`` of every centre ``query`` against its ``K^d`` dilated ``key`` neighbours."""
-        return self.compressor(self.pcdc(query, self.norm(key), dilation, query_norm=self.norm))
+        return self.compressor(self.pcdc(query, key, dilation, query_norm=self.norm, key_norm=self.norm))
 
     def forward_upsampled_key(
         self, query: torch.Tensor, key_lr: torch.Tensor, key_hr: torch.Tensor, ratios: Sequence[int]

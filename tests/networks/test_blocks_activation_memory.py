@@ -159,9 +159,10 @@ def test_resfu_double_backward_with_the_reference_gather_matches_the_frozen_modu
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_pcdc_centre_term_with_its_group_norm_equals_the_layers_and_keeps_no_normalised_query(dims):
-    """``PCDC(query, key, query_norm=norm)`` equals ``PCDC(norm(query), key)`` (values and every gradient, float64)
-    and keeps ``query``, not ``norm(query)``, for backward."""
+@pytest.mark.parametrize("fuse_key", [False, True])
+def test_pcdc_with_its_group_norms_equals_the_layers_and_keeps_no_normalised_map(dims, fuse_key):
+    """``PCDC(query, key, query_norm=norm[, key_norm=norm])`` equals ``PCDC(norm(query), norm(key))`` (values and every
+    gradient, float64) and keeps ``query`` and ``key``, not their normalised (and, for the key, padded) maps."""
     from resfu_med.networks.blocks.pcdc import PCDC
     from resfu_med.networks.blocks.norm import group_norm
 
@@ -176,11 +177,51 @@ def test_pcdc_centre_term_with_its_group_norm_equals_the_layers_and_keeps_no_nor
     k = torch.randn(2, 8, *size, dtype=torch.float64, requires_grad=True)
     params = (*pcdc.parameters(), *norm.parameters())
     with _Saved(q, k, *params) as fused:
-        got = pcdc(q, k, 2, query_norm=norm)
+        got = pcdc(q, k if fuse_key else norm(k), 2, query_norm=norm, key_norm=norm if fuse_key else None)
     with _Saved(q, k, *params) as plain:
-        want = pcdc(norm(q), k, 2)
+        want = pcdc(norm(q), norm(k), 2)
     torch.testing.assert_close(got, want, **TOL)
     w = torch.randn_like(got)
     for g, r in zip(torch.autograd.grad((got * w).sum(), (q, k, *params)), torch.autograd.grad((want * w).sum(), (q, k, *params))):
         torch.testing.assert_close(g, r, **TOL)
-    assert plain.nbytes - fused.nbytes == q.numel() * 8  # one query-sized map less
+    padded_key = 2 * 8 * int(torch.tensor([s + 4 for s in size]).prod()) * 8  # dilation 2, radius 1: 2 per side
+    maps = q.numel() * 8 + (padded_key if fuse_key else 0)
+    assert 0 <= plain.nbytes - fused.nbytes - maps < 1024  # the maps, and the padding's index vectors (bytes)
+
+
+@pytest.mark.parametrize("shape,pad", [((2, 3, 5), [2, 1]), ((1, 2, 4, 3), [1, 2, 0, 3]), ((1, 2, 3, 2, 4), [2, 2, 1, 1, 3, 0])])
+def test_replicate_pad_adjoint_is_the_transpose(shape, pad):
+    from resfu_med.networks.blocks.padding import replicate_pad, replicate_pad_adjoint
+
+    torch.manual_seed(7)
+    x = torch.randn(shape, dtype=torch.float64)
+    padded = replicate_pad(x, pad)
+    y = torch.randn_like(padded)
+    torch.testing.assert_close((padded * y).sum(), (x * replicate_pad_adjoint(y, pad)).sum(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_recompute_hidden_equals_the_default_and_keeps_one_hidden_map_less_per_block(dims):
+    """``ReSFU(recompute_hidden=True)``: the same values and gradients (float64), and each PCDC block keeps one
+    compressor-width HR map less (two per module)."""
+    torch.manual_seed(8)
+    small = dict(embed_dim=8, pcdc_channels=16, compressor_channels=16, gf_radius=2, spatial_dims=dims)
+    ref, new = ReSFU(8, 8, **small).double(), ReSFU(8, 8, recompute_hidden=True, **small).double()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    new.load_state_dict(ref.state_dict())
+    lr, hr = (3, 4, 3)[:dims], (6, 8, 6)[:dims]
+    x = torch.randn(2, 8, *lr, dtype=torch.float64, requires_grad=True)
+    guide = torch.randn(2, 8, *hr, dtype=torch.float64, requires_grad=True)
+    with _Saved(x, guide, *ref.parameters()) as kept_ref:
+        want = ref(x, guide)
+    with _Saved(x, guide, *new.parameters()) as kept_new:
+        got = new(x, guide)
+    assert torch.equal(got, want)
+    w = torch.randn_like(got)
+    grads = [torch.autograd.grad((o * w).sum(), (x, guide, *m.parameters())) for o, m in ((got, new), (want, ref))]
+    for g, r in zip(*grads):
+        torch.testing.assert_close(g, r, **TOL)
+    hidden_map = 2 * 16 * int(torch.tensor(hr).prod()) * 8
+    assert kept_ref.nbytes - kept_new.nbytes == 2 * hidden_map

@@ -122,15 +122,18 @@ class _CountConvolutions(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("use_checkpoint", [False, True])
-def test_backward_recomputes_the_similarity_only_with_checkpointing(use_checkpoint):
-    """Issue #27: no forward convolution runs again in backward unless ``use_checkpoint=True`` asks for it."""
+@pytest.mark.parametrize("option", [None, "use_checkpoint", "recompute_hidden"])
+def test_backward_recomputes_the_similarity_only_when_asked(option):
+    """Issue #27: no forward convolution runs again in backward unless ``use_checkpoint=True`` (whole blocks) or
+    ``recompute_hidden=True`` (the compressors' first convolution) asks for it."""
     torch.manual_seed(5)
-    m = ReSFU(16, 8, use_checkpoint=use_checkpoint, **SMALL)
+    m = ReSFU(16, 8, **({option: True} if option else {}), **SMALL)
     out = m(torch.randn(1, 16, 4, 4, requires_grad=True), torch.randn(1, 8, 8, 8, requires_grad=True))
     with _CountConvolutions(p for p in m.parameters() if p.dim() > 2) as counter:
         out.square().sum().backward()
-    assert (counter.count > 0) == use_checkpoint
+    assert (counter.count > 0) == (option is not None)
+    if option == "recompute_hidden":
+        assert counter.count == 2  # one per PCDC block
 
 
 @pytest.mark.parametrize("lr,hr,dims", [((5, 6), (10, 12), 2), ((5, 3), (17, 11), 2), ((2, 3, 3), (4, 6, 6), 3)])
