@@ -7,6 +7,7 @@ the run is a single process and every helper here is a no-op. The backend is NCC
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +59,22 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
+#: Seconds without the GIL before a gloo group is destroyed (see :func:`destroy_distributed`).
+GLOO_DRAIN_SECONDS = 0.5
+
+
 def destroy_distributed() -> None:
-    """Tear down the process group if one was initialised."""
+    """Tear down the process group if one was initialised.
+
+    Gloo first gets a short pause without the GIL: its worker threads release the tensors of finished collectives
+    after the caller's wait has returned, and when the last reference is a Python one that release takes the GIL. The
+    group's destructor joins those threads while holding the GIL, so a worker still waiting for it deadlocks the
+    process (pytorch/pytorch#56297; seen once in about ten CI runs of the two-rank kill/resume test, diagnosed with
+    gdb). ``time.sleep`` releases the GIL and lets them finish first.
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            time.sleep(GLOO_DRAIN_SECONDS)
         dist.destroy_process_group()
 
 
