@@ -216,3 +216,22 @@ def test_new_configs_record_the_placement():
     assert saved_model_config(cfg, net.state_dict().keys()) == cfg  # recorded: never reinterpreted
     four = model_kwargs("transunet", 9, 64, "resfu", {"final_upsampler": "resfu"})
     assert four["final_upsampler"] == "resfu"
+
+
+def test_resfu_steps_recompute_the_compressor_hidden_map_by_default():
+    """Issue #27 (TransUNet's step memory ≤ 1.10× bilinear): every ReSFU step computes its compressors' hidden maps
+    again in backward unless the user's ``upsampler_kwargs`` says otherwise; the state dict is the same either way."""
+    from resfu_med.networks import ReSFU
+
+    def flags(net):
+        return {b.compressor.recompute_hidden for m in net.modules() if isinstance(m, ReSFU)
+                for b in (m.semantic_block, m.detail_block)}
+
+    torch.manual_seed(0)
+    default = TransUNet(9, upsampler="resfu", final_upsampler="resfu", **LITE)
+    plain = TransUNet(9, upsampler="resfu", final_upsampler="resfu", upsampler_kwargs={"recompute_hidden": False}, **LITE)
+    assert flags(default) == {True} and flags(plain) == {False}
+    plain.load_state_dict(default.state_dict())
+    default.eval(), plain.eval()  # no dropout; gradients still enabled, so the recomputing path runs
+    x = torch.rand(1, 1, 64, 64)
+    torch.testing.assert_close(default(x), plain(x), rtol=0, atol=0)
