@@ -5,7 +5,9 @@
 
 On a CUDA machine it (1) runs the CUDA test subset (``pytest -m cuda tests/ops``, when pytest and the tests are
 present), (2) compares the CUDA op with the float64 reference on CPU (fp32 / fp16 / bf16; 2D and 3D; K = 3, 5; integer
-and non-integer ratios; forward and both gradients) and the deterministic backward with the atomic one, (3) times FNS
+and non-integer ratios; forward and both gradients) and the deterministic backward with the atomic one, and the whole
+ReSFU module's output and gradients (fp32, with and without ``recompute_hidden``) with the module in float64 on CPU,
+(3) times FNS
 against bilinear upsampling at the TransUNet decoder shapes (CUDA events; at the largest, also the forward alone and
 the deterministic backward), (4) trains TransUNet-ReSFU and bilinear
 TransUNet for ``--train-seconds`` each at batch 24, 224², under bf16 autocast (iterations/s, peak memory), (5) times
@@ -134,6 +136,41 @@ def _op_rows(device: torch.device, small: bool) -> list[dict]:
         name = f"K={k} {'x'.join(map(str, lr))}->{'x'.join(map(str, hr))}"
         rows.append(row("deterministic == deterministic", name, "bit-identical" if same else "differs", "", same))
         rows.append(row("deterministic vs atomic", name, err, 1e-4, err <= 1e-4, "rel. error"))
+    return rows
+
+
+def _module_rows(device: torch.device, small: bool) -> list[dict]:
+    """ReSFU's output and every gradient (inputs and parameters) on ``device`` in float32 against the same module in
+    float64 on the CPU, with and without ``recompute_hidden``: the hand-written backward passes (guided filter,
+    GroupNorm → convolution, the compressor's recomputation) on the device's kernels."""
+    import copy
+
+    from resfu_med.networks import ReSFU
+
+    cases = [("2D 8x6->16x12", 2, (2, 16, 8, 6), (2, 8, 16, 12)), ("3D 3x4x3->6x8x6", 3, (1, 8, 3, 4, 3), (1, 8, 6, 8, 6))]
+    if not small:
+        cases.append(("2D 28x28->56x56", 2, (2, 64, 28, 28), (2, 32, 56, 56)))
+    rows = []
+    for name, dims, x_shape, g_shape in cases:
+        for opts in ({}, {"recompute_hidden": True}):
+            gen = torch.Generator().manual_seed(7)
+            ref = ReSFU(x_shape[1], g_shape[1], spatial_dims=dims, **opts).double()
+            with torch.no_grad():  # away from the initial zeros and ones, so every term counts
+                for p in ref.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            x64 = torch.randn(x_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+            g64 = torch.randn(g_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+            w64 = torch.randn(x_shape[:2] + g_shape[2:], generator=gen, dtype=torch.float64)
+            out64 = ref(x64, g64)
+            want = (out64, *torch.autograd.grad(out64, (x64, g64, *ref.parameters()), w64))
+            mod = copy.deepcopy(ref).float().to(device)
+            x = x64.detach().float().to(device).requires_grad_()
+            g = g64.detach().float().to(device).requires_grad_()
+            out = mod(x, g)
+            got = (out, *torch.autograd.grad(out, (x, g, *mod.parameters()), w64.float().to(device)))
+            err = max(max_error(u, v) for u, v in zip(got, want))
+            case = f"{name}{' recompute_hidden' if opts else ''}"
+            rows.append(row("ReSFU module vs float64 CPU (output, all grads)", case, err, 1e-3, err <= 1e-3, "rel. error"))
     return rows
 
 
@@ -439,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tests and device.type == "cuda":
         rows += _test_rows(device)
     rows += _op_rows(device, small)
+    rows += _module_rows(device, small)
     rows += _timing_rows(device, 2 if small else args.timing_batch, small)
     if not args.skip_train:
         rows += _train_rows(device, args, small)

@@ -82,7 +82,8 @@ def test_cpu_run_writes_json_without_nibabel_medpy_simpleitk(tmp_path):
     checks = {r["check"] for r in report["rows"]}
     assert report["passed"] and report["device"] == "cpu"
     assert {"op vs reference", "deterministic vs atomic", "time FNS", "FNS / bilinear", "train it/s", "network step",
-            "time ratio", "time FNS forward", "time FNS fwd+bwd (deterministic)", "time FNS fwd+bwd (atomic)"} <= checks
+            "time ratio", "time FNS forward", "time FNS fwd+bwd (deterministic)", "time FNS fwd+bwd (atomic)",
+            "ReSFU module vs float64 CPU (output, all grads)"} <= checks
     # the networks of benchmark_networks.py --targets, each with its own upsampler, the default ReSFU and ReSFU everywhere
     cases = {r["case"] for r in report["rows"] if r["check"] == "time ratio"}
     for model, ref in (("transunet", "bilinear"), ("unet", "deconv"), ("unet3d", "deconv"), ("dynunet", "deconv"),
@@ -133,3 +134,10 @@ def test_compile_rows_compare_compiled_with_eager():
     checks = [r for r in rows if r["check"] == "compiled vs eager (loss, grad norm)"]
     assert len(checks) == 2 and all(r["passed"] for r in checks), checks
     assert {r["check"] for r in rows} >= {"network step (eager)", "network step (compiled)", "time ratio (compiled)"}
+
+
+def test_module_rows_compare_float32_with_float64_with_and_without_recompute_hidden():
+    rows = gpu_check._module_rows(torch.device("cpu"), small=True)
+    assert len(rows) == 4 and all(r["passed"] for r in rows), rows
+    assert sum("recompute_hidden" in r["case"] for r in rows) == 2
+    assert max(r["value"] for r in rows) < 1e-4  # float32 rounding on CPU
