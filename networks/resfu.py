@@ -26,7 +26,7 @@ from resfu_med.networks.blocks.pcdc import (
     PCDC,
     PCDCBlock,
     compress_sum,
-    group_norm_then_1x1,
+    group_norm_then_conv,
     group_norm_with_stats_of,
     integer_ratios,
 )
@@ -74,8 +74,8 @@ def _prescale(t: torch.Tensor) -> torch.Tensor:
 
 def _norm_then_project(norm: nn.GroupNorm, proj: nn.Module, t: torch.Tensor) -> torch.Tensor:
     """``proj(norm(t))`` (GroupNorm, then a 1×1 convolution) whose autograd keeps ``t`` but not the normalised map
-    (:func:`~resfu_med.networks.blocks.pcdc.group_norm_then_1x1`)."""
-    return group_norm_then_1x1(t, norm.num_groups, norm.weight, norm.bias, norm.eps, proj.weight, proj.bias)
+    (:func:`~resfu_med.networks.blocks.pcdc.group_norm_then_conv`)."""
+    return group_norm_then_conv(t, norm.num_groups, norm.weight, norm.bias, norm.eps, proj.weight, proj.bias)
 
 
 def border_mask(hr_size: Sequence[int], dilation: Sequence[int], kernel_size: int, device: torch.device | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from resfu_med.networks.blocks.padding import replicate_pad, replicate_pad_adjoi
 
 from resfu_med.networks.blocks.norm import group_norm
 
-__all__ = ["PCDC", "PCDCBlock", "Compressor", "group_norm_then_1x1", "as_dilation", "integer_ratios", "group_norm_with_stats_of", "compress_sum"]
+__all__ = ["PCDC", "PCDCBlock", "Compressor", "group_norm_then_conv", "as_dilation", "integer_ratios", "group_norm_with_stats_of", "compress_sum"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -91,7 +91,7 @@ class Compressor(nn.Sequential):
     """PCDC block's channel compressor: ReLU → Conv1×1(L→hidden, grouped) → ReLU → GroupNorm → Conv1×1(hidden→K^d).
 
     An ``nn.Sequential`` (the weights keep their names ``compressor.1`` … ``compressor.4``) whose forward runs the
-    GroupNorm and the last convolution as :func:`group_norm_then_1x1`: the same values, but autograd keeps the hidden
+    GroupNorm and the last convolution as :func:`group_norm_then_conv`: the same values, but autograd keeps the hidden
     map ``h`` (which the ReLU keeps anyway) and not ``GN(h)`` as well, one hidden-width map per block less.
     """
 
@@ -106,7 +106,7 @@ class Compressor(nn.Sequential):
             return _CompressorKeepingInput.apply(a, first.weight, first.bias, norm.weight, norm.bias, last.weight,
                                                  last.bias, first.groups, norm.num_groups, norm.eps)
         h = relu_mid(first(a))
-        return group_norm_then_1x1(h, norm.num_groups, norm.weight, norm.bias, norm.eps, last.weight, last.bias)
+        return group_norm_then_conv(h, norm.num_groups, norm.weight, norm.bias, norm.eps, last.weight, last.bias)
 
 
 def _group_norm_layout(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,8 +120,9 @@ def _group_norm_layout(t: torch.Tensor, like: torch.Tensor | None = None) -> tor
     return t.contiguous()
 
 
-class _GroupNormConv1x1(torch.autograd.Function):
-    """GroupNorm then a 1×1 convolution, keeping ``h`` and the group statistics instead of the normalised map."""
+class _GroupNormConv(torch.autograd.Function):
+    """GroupNorm (then optional replicate padding) then a convolution, keeping ``h`` and the group statistics instead
+    of the normalised map."""
 
     @staticmethod
     def forward(ctx, h, gamma, beta, weight, bias, groups: int, eps: float, conv_groups: int, dilation, pad):
@@ -202,7 +203,7 @@ class _CompressorKeepingInput(torch.autograd.Function):
             inputs = (a, w1, b1, gamma, beta, w2, b2)
             wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:7]) if need and t is not None]
             h = torch.relu(_CONV[dims](a, w1, b1, groups=ctx.first_groups))
-            out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, w2, b2)
+            out = _plain_group_norm_then_conv(h, ctx.groups, gamma, beta, ctx.eps, w2, b2)
             grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
             return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:7])),
                     None, None, None)
@@ -222,7 +223,7 @@ class _CompressorKeepingInput(torch.autograd.Function):
         return grad_a, grad_w1, grad_b1, grad_g, grad_b, grad_w2, grad_b2, None, None, None
 
 
-def _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups: int = 1, dilation=None,
+def _plain_group_norm_then_conv(h, groups, gamma, beta, eps, weight, bias, conv_groups: int = 1, dilation=None,
                                pad=None) -> torch.Tensor:
     """The layers as they are (autograd keeps the normalised map)."""
     y = F.group_norm(h, groups, gamma, beta, eps)
@@ -235,18 +236,18 @@ def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
     again and differentiated, so second derivatives are those of the layers."""
     inputs = (h, gamma, beta, weight, bias)
     wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5]) if need and t is not None]
-    out = _plain_group_norm_then_1x1(h, ctx.groups, gamma, beta, ctx.eps, weight, bias, ctx.conv_groups, ctx.dilation,
+    out = _plain_group_norm_then_conv(h, ctx.groups, gamma, beta, ctx.eps, weight, bias, ctx.conv_groups, ctx.dilation,
                                      ctx.pad)
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
     return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:5])),
             None, None, None, None, None)
 
 
-def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,
-                        weight: torch.Tensor, bias: torch.Tensor | None, conv_groups: int = 1,
-                        dilation: Sequence[int] | None = None, pad: list[int] | None = None) -> torch.Tensor:
-    """``conv1×1(group_norm(h, groups, gamma, beta, eps), weight, bias)`` whose autograd keeps ``h``, not the
-    normalised map.
+def group_norm_then_conv(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,
+                         weight: torch.Tensor, bias: torch.Tensor | None, conv_groups: int = 1,
+                         dilation: Sequence[int] | None = None, pad: list[int] | None = None) -> torch.Tensor:
+    """``conv(replicate_pad(group_norm(h, groups, gamma, beta, eps), pad), weight, bias)`` (a 1×1 convolution when
+    ``pad`` and ``dilation`` are not given) whose autograd keeps ``h``, not the normalised map.
 
     The forward is exactly the two layers' (the same kernels); the backward recomputes the normalised map from ``h``
     and the saved per-group statistics (one elementwise pass) for the convolution's weight gradient. While not
@@ -257,22 +258,23 @@ def group_norm_then_1x1(h: torch.Tensor, groups: int, gamma: torch.Tensor | None
         groups: GroupNorm groups (divides ``C``).
         gamma, beta: GroupNorm's affine ``(C,)`` (``None``: no affine).
         eps: GroupNorm's eps.
-        weight: 1×1 convolution weight ``(out, C / conv_groups, 1, …)``.
+        weight: convolution weight ``(out, C / conv_groups, *kernel)`` (1×1 unless ``pad`` makes room for more).
         bias: its bias ``(out,)`` or ``None``.
-        conv_groups: groups of the 1×1 convolution.
-        dilation, pad: for a larger kernel: the convolution's dilation, and replicate padding of the normalised map
-            before it (``F.pad`` order); the backward pads the recomputed map again.
+        conv_groups: groups of the convolution.
+        dilation: the convolution's dilation per axis (``None``: 1).
+        pad: replicate padding of the normalised map before the convolution (``F.pad`` order; ``None``: none); the
+            backward pads the rebuilt map again.
 
     Returns:
-        ``(N, out, *spatial)``.
+        ``(N, out, *spatial')`` (the spatial size the padding and kernel give; ``spatial`` for a 1×1 kernel).
     """
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (h, gamma, beta, weight, bias)
     )
     if not needs_grad or torch.is_autocast_enabled(h.device.type) or torch.jit.is_tracing():
-        return _plain_group_norm_then_1x1(h, groups, gamma, beta, eps, weight, bias, conv_groups, dilation, pad)
+        return _plain_group_norm_then_conv(h, groups, gamma, beta, eps, weight, bias, conv_groups, dilation, pad)
     dil = tuple(int(d) for d in dilation) if dilation is not None else None
-    return _GroupNormConv1x1.apply(h, gamma, beta, weight, bias, int(groups), float(eps), int(conv_groups), dil,
+    return _GroupNormConv.apply(h, gamma, beta, weight, bias, int(groups), float(eps), int(conv_groups), dil,
                                    list(pad) if pad else None)
 
 
@@ -314,13 +316,13 @@ class PCDC(nn.Module):
 
     def _centre(self, query: torch.Tensor, query_norm: nn.GroupNorm | None) -> torch.Tensor:
         """``conv1×1(q̄, −ΣW)`` (grouped), with ``q̄ = query_norm(query)`` when a GroupNorm is given: then as
-        :func:`group_norm_then_1x1`, whose autograd keeps ``query`` (which its producer keeps anyway) instead of the
+        :func:`group_norm_then_conv`, whose autograd keeps ``query`` (which its producer keeps anyway) instead of the
         normalised map."""
         weight = _negated_centre_weight(self.weight)
         if query_norm is None:
             return _CONV[self.spatial_dims](query, weight, groups=self.groups)
         n = query_norm
-        return group_norm_then_1x1(query, n.num_groups, n.weight, n.bias, n.eps, weight, None, self.groups)
+        return group_norm_then_conv(query, n.num_groups, n.weight, n.bias, n.eps, weight, None, self.groups)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, dilation: int | Sequence[int] = 1,
                 query_norm: nn.GroupNorm | None = None, key_norm: nn.GroupNorm | None = None) -> torch.Tensor:
@@ -353,7 +355,7 @@ class PCDC(nn.Module):
             neighbours = conv(replicate_pad(key, pad), weight, self.bias, groups=self.groups, dilation=dil)
         else:
             n = key_norm
-            neighbours = group_norm_then_1x1(key, n.num_groups, n.weight, n.bias, n.eps, weight, self.bias, self.groups,
+            neighbours = group_norm_then_conv(key, n.num_groups, n.weight, n.bias, n.eps, weight, self.bias, self.groups,
                                              dil, pad)
         # − conv(q̄, ΣW) as + conv(q̄, −ΣW): bit-identical, and the backward negates the small kernel, not an
         # L-channel map. In place: a convolution does not save its output, one L-channel map less.
@@ -498,4 +500,4 @@ def compress_sum(blocks: Sequence[PCDCBlock], values: Sequence[torch.Tensor]) ->
     h = torch.relu_(h)
     groups, gamma, beta = sum(n.num_groups for n in norms), torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
     weight, bias = torch.cat([c.weight for c in last], dim=1), sum(c.bias for c in last)
-    return group_norm_then_1x1(h, groups, gamma, beta, norms[0].eps, weight, bias)
+    return group_norm_then_conv(h, groups, gamma, beta, norms[0].eps, weight, bias)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from resfu_med.networks import ReSFU
 from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
-from resfu_med.networks.blocks.pcdc import group_norm_then_1x1
+from resfu_med.networks.blocks.pcdc import group_norm_then_conv
 from tests.networks.resfu_reference_v1 import ReSFUv1
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -71,7 +71,7 @@ def test_fixed_depthwise_conv_bad_arguments():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "3d"])
-def test_group_norm_then_1x1_equals_the_two_layers_and_keeps_no_normalised_map(layout):
+def test_group_norm_then_conv_equals_the_two_layers_and_keeps_no_normalised_map(layout):
     torch.manual_seed(1)
     shape = (2, 16, 4, 5, 6) if layout == "3d" else (2, 16, 9, 7)
     h = torch.randn(*shape, dtype=torch.float64) * 3 + 1
@@ -86,7 +86,7 @@ def test_group_norm_then_1x1_equals_the_two_layers_and_keeps_no_normalised_map(l
     bias = torch.randn(9, dtype=torch.float64, requires_grad=True)
     want = CONV[dims](F.group_norm(h, 4, gamma, beta, 1e-5), weight, bias)
     with _Saved(h, gamma, beta, weight, bias) as saved:
-        got = group_norm_then_1x1(h, 4, gamma, beta, 1e-5, weight, bias)
+        got = group_norm_then_conv(h, 4, gamma, beta, 1e-5, weight, bias)
     torch.testing.assert_close(got, want, **TOL)
     # kept: h (a dense copy only for the strided view) and the (N, groups) statistics, never the normalised map
     assert saved.nbytes <= (h.numel() * 8 if layout == "strided" else 0) + 4 * 2 * 4 * 8
@@ -96,10 +96,10 @@ def test_group_norm_then_1x1_equals_the_two_layers_and_keeps_no_normalised_map(l
         torch.testing.assert_close(g, r, **TOL)
 
 
-def test_group_norm_then_1x1_without_grad_runs_the_layers():
+def test_group_norm_then_conv_without_grad_runs_the_layers():
     h, w = torch.randn(1, 8, 5, 5), torch.randn(4, 8, 1, 1)
     with torch.no_grad():
-        got = group_norm_then_1x1(h, 2, None, None, 1e-5, w, None)
+        got = group_norm_then_conv(h, 2, None, None, 1e-5, w, None)
     assert torch.equal(got, F.conv2d(F.group_norm(h, 2, eps=1e-5), w))
 
 
@@ -119,7 +119,7 @@ def test_resfu_keeps_less_than_the_module_before_issue_27(lr, hr):
     assert now.nbytes < 0.65 * before.nbytes, (now.nbytes, before.nbytes)
 
 
-def test_group_norm_then_1x1_double_backward_equals_the_layers():
+def test_group_norm_then_conv_double_backward_equals_the_layers():
     """``create_graph=True`` differentiates the plain layers again: second derivatives as before the rewrite."""
     torch.manual_seed(4)
     h = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
@@ -132,7 +132,7 @@ def test_group_norm_then_1x1_double_backward_equals_the_layers():
         (g,) = torch.autograd.grad(fn().square().sum(), h, create_graph=True)
         return torch.autograd.grad(g.square().sum(), inputs)
 
-    got = second(lambda: group_norm_then_1x1(h, 4, gamma, beta, 1e-5, weight, bias))
+    got = second(lambda: group_norm_then_conv(h, 4, gamma, beta, 1e-5, weight, bias))
     want = second(lambda: F.conv2d(F.group_norm(h, 4, gamma, beta, 1e-5), weight, bias))
     for g, r in zip(got, want):
         torch.testing.assert_close(g, r, **TOL)
