@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resfu_med.networks.blocks.graph_grads import grads_with_graph
+
 __all__ = ["GuidedFilter", "box_filter", "box_filter_adjoint", "guided_filter", "fast_guided_filter", "nearest_half"]
 
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -24,23 +26,37 @@ _LINEAR_ADJOINT = {
 }
 
 
-def _box_axis(x: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
-    """Clipped box mean of a 2-D-pooling tensor ``(N, C, A, B)`` along spatial ``axis`` (0 or 1)."""
-    size = int(x.shape[2 + axis])
-    r = min(radius, size - 1)  # a window reaching past both ends covers the whole axis either way
-    if r == 0:
-        return x
-    kernel, padding = [1, 1], [0, 0]
-    kernel[axis] = 2 * r + 1
-    if size >= 2 * r + 1:  # pooling divides by the count of non-padded pixels itself
-        padding[axis] = r
-        return F.avg_pool2d(x, kernel, stride=1, padding=padding, count_include_pad=False)
-    # Pooling refuses an axis shorter than its window even with padding: zero-pad by hand, rescale by the valid count.
-    pad = [0, 0, r, r] if axis == 0 else [r, r, 0, 0]  # F.pad lists the last axis first
-    pos = torch.arange(size, device=x.device)
+def _window_counts(size: int, r: int, axis: int, like: torch.Tensor) -> torch.Tensor:
+    """Pixels inside the image of each clipped window along spatial ``axis``, ``min(i + r, S − 1) − max(i − r, 0) + 1``,
+    in ``like``'s dtype, shaped to broadcast over ``like`` ``(N, C, *spatial)``."""
+    pos = torch.arange(size, device=like.device)
     count = (pos + r).clamp(max=size - 1) - (pos - r).clamp(min=0) + 1
-    scale = ((2 * r + 1) / count.to(x.dtype)).view([size if a == axis else 1 for a in range(2)])
-    return F.avg_pool2d(F.pad(x, pad), kernel, stride=1) * scale
+    return count.to(like.dtype).view([size if a == axis else 1 for a in range(like.dim() - 2)])
+
+
+def _pool_axis(x: torch.Tensor, axis: int, r: int, mean: bool) -> torch.Tensor:
+    """Window mean (``mean``: divided by the pixels inside the image) or zero-padded window sum of radius ``r`` along
+    spatial ``axis`` of ``x`` ``(N, C, *spatial)`` (2 or 3 spatial dims), by one 1-D average pooling."""
+    dims = x.dim() - 2
+    pool = _AVG_POOL[dims]
+    kernel, padding = [1] * dims, [0] * dims
+    kernel[axis] = 2 * r + 1
+    divisor = {} if mean else {"divisor_override": 1}
+    if int(x.shape[2 + axis]) >= 2 * r + 1:  # pooling divides by the count of non-padded pixels itself
+        padding[axis] = r
+        return pool(x, kernel, stride=1, padding=padding, count_include_pad=not mean, **divisor)
+    # Pooling refuses an axis shorter than its window even with padding: zero-pad by hand (then, for the mean, rescale
+    # the window means of 2r + 1 pixels by the valid count).
+    pad = [0] * (2 * dims)
+    pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = r  # F.pad lists the last axis first
+    out = pool(F.pad(x, pad), kernel, stride=1, **divisor)
+    return out * ((2 * r + 1) / _window_counts(int(x.shape[2 + axis]), r, axis, x)) if mean else out
+
+
+def _box_axis(x: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
+    """Clipped box mean along spatial ``axis`` of ``x`` ``(N, C, *spatial)`` (2 or 3 spatial dims)."""
+    r = min(radius, int(x.shape[2 + axis]) - 1)  # a window reaching past both ends covers the whole axis either way
+    return x if r == 0 else _pool_axis(x, axis, r, mean=True)
 
 
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -76,30 +92,8 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
         return _box_axis(_box_axis(y, 0, radius), 1, radius)
     out = x  # 3D: channels-first 1-D pooling per axis (the layout copies of a channels-last 3D pooling cost more)
     for axis in range(3):
-        size = int(x.shape[2 + axis])
-        r = min(radius, size - 1)
-        if r == 0:
-            continue
-        kernel, padding = [1, 1, 1], [0, 0, 0]
-        kernel[axis] = 2 * r + 1
-        if size >= 2 * r + 1:
-            padding[axis] = r
-            out = F.avg_pool3d(out, kernel, stride=1, padding=padding, count_include_pad=False)
-            continue
-        pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r  # F.pad lists the last axis first
-        pos = torch.arange(size, device=x.device)
-        count = (pos + r).clamp(max=size - 1) - (pos - r).clamp(min=0) + 1
-        scale = ((2 * r + 1) / count.to(x.dtype)).view([size if a == axis else 1 for a in range(3)])
-        out = F.avg_pool3d(F.pad(out, pad), kernel, stride=1) * scale
+        out = _box_axis(out, axis, radius)
     return out
-
-
-def _inverse_count(size: int, r: int, axis: int, dims: int, like: torch.Tensor) -> torch.Tensor:
-    """``1 / count`` of a clipped window per position of one axis, shaped to broadcast over ``(N, C, *spatial)``."""
-    pos = torch.arange(size, device=like.device)
-    count = (pos + r).clamp(max=size - 1) - (pos - r).clamp(min=0) + 1
-    return (1.0 / count.to(like.dtype)).view([size if a == axis else 1 for a in range(dims)])
 
 
 def _box_sum_adjoint_axis(y: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
@@ -107,21 +101,9 @@ def _box_sum_adjoint_axis(y: torch.Tensor, axis: int, radius: int) -> torch.Tens
 
     The clipped mean is ``D⁻¹ S`` (``S``: window sums over the zero-padded axis, symmetric; ``D``: the counts), so its
     adjoint is ``S D⁻¹``: divide by the counts, then sum the windows."""
-    dims = y.dim() - 2
     size = int(y.shape[2 + axis])
     r = min(radius, size - 1)
-    if r == 0:
-        return y
-    pool = _AVG_POOL[dims]
-    kernel, padding = [1] * dims, [0] * dims
-    kernel[axis] = 2 * r + 1
-    z = y * _inverse_count(size, r, axis, dims, y)
-    if size >= 2 * r + 1:
-        padding[axis] = r
-        return pool(z, kernel, stride=1, padding=padding, count_include_pad=True, divisor_override=1)
-    pad = [0] * (2 * dims)
-    pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = r  # F.pad lists the last axis first
-    return pool(F.pad(z, pad), kernel, stride=1, divisor_override=1)
+    return y if r == 0 else _pool_axis(y / _window_counts(size, r, axis, y), axis, r, mean=False)
 
 
 def box_filter_adjoint(y: torch.Tensor, radius: int) -> torch.Tensor:
@@ -192,11 +174,15 @@ def _apply(g: torch.Tensor, means_ab: torch.Tensor, fast: bool) -> torch.Tensor:
     return mean_a * g + mean_b
 
 
+def _down(t: torch.Tensor, fast: bool) -> torch.Tensor:
+    """The coefficients' grid: :func:`nearest_half` (a strided view) for the fast filter, ``t`` itself otherwise."""
+    return nearest_half(t) if fast else t
+
+
 def _filter_plain(g: torch.Tensor, s: torch.Tensor, radius: int, eps: float, fast: bool) -> torch.Tensor:
     """The filter as plain differentiable operations (autograd keeps every intermediate); ``radius`` is the one used
     at the coefficients' resolution."""
-    down = nearest_half if fast else (lambda t: t)
-    return _apply(g, _coefficient_parts(down(g), down(s), radius, eps)[-1], fast)
+    return _apply(g, _coefficient_parts(_down(g, fast), _down(s, fast), radius, eps)[-1], fast)
 
 
 class _GuidedFilterFn(torch.autograd.Function):
@@ -208,8 +194,7 @@ class _GuidedFilterFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, s, radius: int, eps: float, fast: bool):
-        down = nearest_half if fast else (lambda t: t)
-        mean_g, mean_s, a, den, means_ab = _coefficient_parts(down(g), down(s), radius, eps)
+        mean_g, mean_s, a, den, means_ab = _coefficient_parts(_down(g, fast), _down(s, fast), radius, eps)
         ctx.save_for_backward(g, s, torch.cat([mean_g, mean_s], dim=1), a, den, means_ab)
         ctx.radius, ctx.eps, ctx.fast = radius, eps, fast
         return _apply(g, means_ab, fast)
@@ -218,11 +203,12 @@ class _GuidedFilterFn(torch.autograd.Function):
     def backward(ctx, grad):
         g, s, mean_gs_pair, a, den, means_ab = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain operations instead
-            return _double_differentiable(ctx, grad, g, s)
+            out = _filter_plain(g, s, ctx.radius, ctx.eps, ctx.fast)
+            return (*grads_with_graph(out, (g, s), ctx.needs_input_grad[:2], grad), None, None, None)
         c, dims, r, fast = int(g.shape[1]), g.dim() - 2, ctx.radius, ctx.fast
         mean_g, mean_s = mean_gs_pair.split(c, dim=1)
         coeffs = means_ab.contiguous(memory_format=_memory_format(g))
-        lr_size, hr_size = [int(n) for n in coeffs.shape[2:]], [int(n) for n in g.shape[2:]]
+        hr_size = [int(n) for n in g.shape[2:]]
         mean_a = coeffs[:, :c]
         if fast:  # mean(a) at full resolution again: one interpolation of C channels instead of a kept map
             mean_a = F.interpolate(mean_a, size=hr_size, mode=_LINEAR_MODE[dims], align_corners=False)
@@ -239,24 +225,15 @@ class _GuidedFilterFn(torch.autograd.Function):
         grad_mean_s = grad_b - grad_num * mean_g
         grads = box_filter_adjoint(torch.cat([grad_mean_g, grad_mean_s, grad_num, grad_den], dim=1), r)
         d_g, d_s, d_gs, d_gg = grads.split(c, dim=1)
-        down = nearest_half if fast else (lambda t: t)
-        g_lr, s_lr = down(g), down(s)
+        g_lr, s_lr = _down(g, fast), _down(s, fast)
         grad_g_lr = d_g + d_gs * s_lr + 2 * d_gg * g_lr
         grad_s_lr = d_s + d_gs * g_lr
         if not fast:
             return grad_g + grad_g_lr, grad_s_lr, None, None, None
         grad_s = torch.zeros_like(s)
-        down(grad_g).add_(grad_g_lr)  # nearest_half is a strided view: its adjoint adds into the kept pixels
-        down(grad_s).copy_(grad_s_lr)
+        _down(grad_g, fast).add_(grad_g_lr)  # nearest_half is a strided view: its adjoint adds into the kept pixels
+        _down(grad_s, fast).copy_(grad_s_lr)
         return grad_g, grad_s, None, None, None
-
-
-def _double_differentiable(ctx, grad, g, s):
-    """Gradients with a graph (``create_graph=True``): the plain operations run again and are differentiated."""
-    wanted = [t for t, need in zip((g, s), ctx.needs_input_grad[:2]) if need]
-    out = _filter_plain(g, s, ctx.radius, ctx.eps, ctx.fast)
-    grads = iter(torch.autograd.grad(out, wanted, grad, create_graph=True))
-    return (*(next(grads) if need else None for need in ctx.needs_input_grad[:2]), None, None, None)
 
 
 def _filter(g: torch.Tensor, s: torch.Tensor, radius: int, eps: float, fast: bool) -> torch.Tensor:
