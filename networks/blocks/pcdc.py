@@ -15,6 +15,7 @@ from monai.networks.layers import Conv
 from torch import nn
 
 from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
+from resfu_med.networks.blocks.graph_grads import grads_with_graph
 from resfu_med.networks.blocks.padding import replicate_pad, replicate_pad_adjoint
 
 from resfu_med.networks.blocks.norm import group_norm
@@ -120,15 +121,22 @@ def _group_norm_layout(t: torch.Tensor, like: torch.Tensor | None = None) -> tor
     return t.contiguous()
 
 
+def _native_group_norm(h: torch.Tensor, gamma, beta, groups: int, eps: float):
+    """``(h, GN(h), mean, rstd)``: ``h`` dense in the GroupNorm kernels' layout, the normalised map and the per-group
+    statistics its backward needs."""
+    h = _group_norm_layout(h)
+    y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, int(h.shape[0]), int(h.shape[1]), h[0, 0].numel(),
+                                                     groups, eps)
+    return h, y, mean, rstd
+
+
 class _GroupNormConv(torch.autograd.Function):
     """GroupNorm (then optional replicate padding) then a convolution, keeping ``h`` and the group statistics instead
     of the normalised map."""
 
     @staticmethod
     def forward(ctx, h, gamma, beta, weight, bias, groups: int, eps: float, conv_groups: int, dilation, pad):
-        n, c = int(h.shape[0]), int(h.shape[1])
-        h = _group_norm_layout(h)
-        y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
+        h, y, mean, rstd = _native_group_norm(h, gamma, beta, groups, eps)
         ctx.save_for_backward(h, gamma, beta, weight, bias, mean, rstd)
         ctx.groups, ctx.eps, ctx.has_bias, ctx.conv_groups = groups, eps, bias is not None, conv_groups
         ctx.dilation, ctx.pad = dilation, pad
@@ -137,15 +145,15 @@ class _GroupNormConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         h, gamma, beta, weight, bias, mean, rstd = ctx.saved_tensors
-        n, c, dims = int(h.shape[0]), int(h.shape[1]), h.dim() - 2
-        need_h, need_g, need_b, need_w, need_bias = ctx.needs_input_grad[:5]
-        if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the two layers themselves
-            return _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias)
-        needs = (need_h, need_g, need_b, need_w, need_bias)
-        grad_h, grad_g, grad_b, grad_w, grad_bias = _group_norm_conv_grads(
-            grad_out, h, gamma, beta, weight, mean, rstd, ctx.groups, ctx.conv_groups, ctx.has_bias, needs,
-            ctx.dilation, ctx.pad)
-        return grad_h, grad_g, grad_b, grad_w, grad_bias, None, None, None, None, None
+        needs = ctx.needs_input_grad[:5]
+        if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the layers themselves
+            out = _plain_group_norm_then_conv(h, ctx.groups, gamma, beta, ctx.eps, weight, bias, ctx.conv_groups,
+                                              ctx.dilation, ctx.pad)
+            grads = grads_with_graph(out, (h, gamma, beta, weight, bias), needs, grad_out)
+        else:
+            grads = _group_norm_conv_grads(grad_out, h, gamma, beta, weight, mean, rstd, ctx.groups, ctx.conv_groups,
+                                           ctx.has_bias, needs, ctx.dilation, ctx.pad)
+        return (*grads, None, None, None, None, None)
 
 
 def _group_norm_conv_grads(grad_out, h, gamma, beta, weight, mean, rstd, groups: int, conv_groups: int,
@@ -187,10 +195,9 @@ class _CompressorKeepingInput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, w1, b1, gamma, beta, w2, b2, first_groups: int, groups: int, eps: float):
-        h = _group_norm_layout(torch.relu_(_CONV[a.dim() - 2](a, w1, b1, groups=first_groups)))
-        n, c = int(h.shape[0]), int(h.shape[1])
-        y, mean, rstd = torch.ops.aten.native_group_norm(h, gamma, beta, n, c, h[0, 0].numel(), groups, eps)
-        del h
+        h = torch.relu_(_CONV[a.dim() - 2](a, w1, b1, groups=first_groups))
+        h, y, mean, rstd = _native_group_norm(h, gamma, beta, groups, eps)
+        del h  # not kept: the backward computes it again
         ctx.save_for_backward(a, w1, b1, gamma, beta, w2, b2, mean, rstd)
         ctx.first_groups, ctx.groups, ctx.eps = first_groups, groups, eps
         return _CONV[a.dim() - 2](y, w2, b2)
@@ -200,13 +207,10 @@ class _CompressorKeepingInput(torch.autograd.Function):
         a, w1, b1, gamma, beta, w2, b2, mean, rstd = ctx.saved_tensors
         dims = a.dim() - 2
         if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the plain layers
-            inputs = (a, w1, b1, gamma, beta, w2, b2)
-            wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:7]) if need and t is not None]
             h = torch.relu(_CONV[dims](a, w1, b1, groups=ctx.first_groups))
             out = _plain_group_norm_then_conv(h, ctx.groups, gamma, beta, ctx.eps, w2, b2)
-            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
-            return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:7])),
-                    None, None, None)
+            grads = grads_with_graph(out, (a, w1, b1, gamma, beta, w2, b2), ctx.needs_input_grad[:7], grad_out)
+            return (*grads, None, None, None)
         need_a, need_w1, need_b1, need_g, need_b, need_w2, need_b2 = ctx.needs_input_grad[:7]
         h = _group_norm_layout(torch.relu_(_CONV[dims](a, w1, b1, groups=ctx.first_groups)))  # the same kernels: the same h
         need_h = need_a or need_w1 or need_b1
@@ -224,23 +228,11 @@ class _CompressorKeepingInput(torch.autograd.Function):
 
 
 def _plain_group_norm_then_conv(h, groups, gamma, beta, eps, weight, bias, conv_groups: int = 1, dilation=None,
-                               pad=None) -> torch.Tensor:
+                                pad=None) -> torch.Tensor:
     """The layers as they are (autograd keeps the normalised map)."""
     y = F.group_norm(h, groups, gamma, beta, eps)
     return _CONV[h.dim() - 2](replicate_pad(y, pad) if pad else y, weight, bias, groups=conv_groups,
                               dilation=dilation or 1)
-
-
-def _double_differentiable_grads(ctx, grad_out, h, gamma, beta, weight, bias):
-    """The gradients of ``conv1×1(group_norm(h))`` with a graph (``create_graph=True``): the plain layers are run
-    again and differentiated, so second derivatives are those of the layers."""
-    inputs = (h, gamma, beta, weight, bias)
-    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:5]) if need and t is not None]
-    out = _plain_group_norm_then_conv(h, ctx.groups, gamma, beta, ctx.eps, weight, bias, ctx.conv_groups, ctx.dilation,
-                                     ctx.pad)
-    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
-    return (*(next(grads) if need and t is not None else None for t, need in zip(inputs, ctx.needs_input_grad[:5])),
-            None, None, None, None, None)
 
 
 def group_norm_then_conv(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,
@@ -275,7 +267,7 @@ def group_norm_then_conv(h: torch.Tensor, groups: int, gamma: torch.Tensor | Non
         return _plain_group_norm_then_conv(h, groups, gamma, beta, eps, weight, bias, conv_groups, dilation, pad)
     dil = tuple(int(d) for d in dilation) if dilation is not None else None
     return _GroupNormConv.apply(h, gamma, beta, weight, bias, int(groups), float(eps), int(conv_groups), dil,
-                                   list(pad) if pad else None)
+                                list(pad) if pad else None)
 
 
 class PCDC(nn.Module):
@@ -356,7 +348,7 @@ class PCDC(nn.Module):
         else:
             n = key_norm
             neighbours = group_norm_then_conv(key, n.num_groups, n.weight, n.bias, n.eps, weight, self.bias, self.groups,
-                                             dil, pad)
+                                              dil, pad)
         # − conv(q̄, ΣW) as + conv(q̄, −ΣW): bit-identical, and the backward negates the small kernel, not an
         # L-channel map. In place: a convolution does not save its output, one L-channel map less.
         return neighbours.add_(self._centre(query, query_norm))
