@@ -103,7 +103,7 @@ def _box_sum_adjoint_axis(y: torch.Tensor, axis: int, radius: int) -> torch.Tens
     adjoint is ``S D⁻¹``: divide by the counts, then sum the windows."""
     size = int(y.shape[2 + axis])
     r = min(radius, size - 1)
-    return y if r == 0 else _pool_axis(y / _window_counts(size, r, axis, y), axis, r, mean=False)
+    return y if r == 0 else _pool_axis(y * (1.0 / _window_counts(size, r, axis, y)), axis, r, mean=False)
 
 
 def box_filter_adjoint(y: torch.Tensor, radius: int) -> torch.Tensor:
