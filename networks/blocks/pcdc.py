@@ -17,6 +17,7 @@ from torch import nn
 from resfu_med.networks.blocks.fixed_conv import fixed_depthwise_conv
 from resfu_med.networks.blocks.graph_grads import grads_with_graph
 from resfu_med.networks.blocks.padding import replicate_pad, replicate_pad_adjoint
+from resfu_med.networks.blocks.pointwise import is_pointwise, pointwise_conv, pointwise_conv_backward
 
 from resfu_med.networks.blocks.norm import group_norm
 
@@ -106,8 +107,17 @@ class Compressor(nn.Sequential):
         if self.recompute_hidden and torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.is_autocast_enabled(a.device.type):
             return _CompressorKeepingInput.apply(a, first.weight, first.bias, norm.weight, norm.bias, last.weight,
                                                  last.bias, first.groups, norm.num_groups, norm.eps)
-        h = relu_mid(first(a))
+        h = relu_mid(pointwise_conv(a, first.weight, first.bias, first.groups))
         return group_norm_then_conv(h, norm.num_groups, norm.weight, norm.bias, norm.eps, last.weight, last.bias)
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1, dilation=None,
+          pad: list[int] | None = None) -> torch.Tensor:
+    """``conv(replicate_pad(x, pad), weight, bias, groups, dilation)``; a 1×1 kernel runs as a matrix product
+    (:mod:`~resfu_med.networks.blocks.pointwise`)."""
+    if is_pointwise(weight, pad):
+        return pointwise_conv(x, weight, bias, groups)
+    return _CONV[x.dim() - 2](replicate_pad(x, pad) if pad else x, weight, bias, groups=groups, dilation=dilation or 1)
 
 
 def _group_norm_layout(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,7 +150,7 @@ class _GroupNormConv(torch.autograd.Function):
         ctx.save_for_backward(h, gamma, beta, weight, bias, mean, rstd)
         ctx.groups, ctx.eps, ctx.has_bias, ctx.conv_groups = groups, eps, bias is not None, conv_groups
         ctx.dilation, ctx.pad = dilation, pad
-        return _CONV[h.dim() - 2](replicate_pad(y, pad) if pad else y, weight, bias, groups=conv_groups, dilation=dilation or 1)
+        return _conv(y, weight, bias, conv_groups, dilation, pad)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -171,11 +181,14 @@ def _group_norm_conv_grads(grad_out, h, gamma, beta, weight, mean, rstd, groups:
     if beta is not None:
         shift = shift + beta
     y = torch.addcmul(shift.view(view), h, scale.view(view))
-    grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
-        grad_out, replicate_pad(y, pad) if pad else y, weight, [int(weight.shape[0])] if has_bias else None,
-        [1] * dims, [0] * dims, list(dilation) if dilation else [1] * dims, False, [0] * dims, conv_groups,
-        [need_h or need_g or need_b, need_w, need_bias and has_bias],
-    )
+    wanted = [need_h or need_g or need_b, need_w, need_bias and has_bias]
+    if is_pointwise(weight, pad):
+        grad_y, grad_w, grad_bias = pointwise_conv_backward(grad_out, y, weight, conv_groups, wanted)
+    else:
+        grad_y, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out, replicate_pad(y, pad) if pad else y, weight, [int(weight.shape[0])] if has_bias else None,
+            [1] * dims, [0] * dims, list(dilation) if dilation else [1] * dims, False, [0] * dims, conv_groups, wanted,
+        )
     del y
     if pad and grad_y is not None:
         grad_y = replicate_pad_adjoint(grad_y, pad)
@@ -195,24 +208,23 @@ class _CompressorKeepingInput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, w1, b1, gamma, beta, w2, b2, first_groups: int, groups: int, eps: float):
-        h = torch.relu_(_CONV[a.dim() - 2](a, w1, b1, groups=first_groups))
+        h = torch.relu_(pointwise_conv(a, w1, b1, first_groups))
         h, y, mean, rstd = _native_group_norm(h, gamma, beta, groups, eps)
         del h  # not kept: the backward computes it again
         ctx.save_for_backward(a, w1, b1, gamma, beta, w2, b2, mean, rstd)
         ctx.first_groups, ctx.groups, ctx.eps = first_groups, groups, eps
-        return _CONV[a.dim() - 2](y, w2, b2)
+        return pointwise_conv(y, w2, b2)
 
     @staticmethod
     def backward(ctx, grad_out):
         a, w1, b1, gamma, beta, w2, b2, mean, rstd = ctx.saved_tensors
-        dims = a.dim() - 2
         if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the plain layers
-            h = torch.relu(_CONV[dims](a, w1, b1, groups=ctx.first_groups))
+            h = torch.relu(pointwise_conv(a, w1, b1, ctx.first_groups))
             out = _plain_group_norm_then_conv(h, ctx.groups, gamma, beta, ctx.eps, w2, b2)
             grads = grads_with_graph(out, (a, w1, b1, gamma, beta, w2, b2), ctx.needs_input_grad[:7], grad_out)
             return (*grads, None, None, None)
         need_a, need_w1, need_b1, need_g, need_b, need_w2, need_b2 = ctx.needs_input_grad[:7]
-        h = _group_norm_layout(torch.relu_(_CONV[dims](a, w1, b1, groups=ctx.first_groups)))  # the same kernels: the same h
+        h = _group_norm_layout(torch.relu_(pointwise_conv(a, w1, b1, ctx.first_groups)))  # the same kernels: the same h
         need_h = need_a or need_w1 or need_b1
         grad_h, grad_g, grad_b, grad_w2, grad_b2 = _group_norm_conv_grads(
             grad_out, h, gamma, beta, w2, mean, rstd, ctx.groups, 1, True, (need_h, need_g, need_b, need_w2, need_b2))
@@ -220,19 +232,14 @@ class _CompressorKeepingInput(torch.autograd.Function):
         if need_h:
             grad_pre = torch.ops.aten.threshold_backward(grad_h, h, 0)
             del h, grad_h
-            grad_a, grad_w1, grad_b1 = torch.ops.aten.convolution_backward(
-                grad_pre, a, w1, [int(w1.shape[0])], [1] * dims, [0] * dims, [1] * dims, False, [0] * dims,
-                ctx.first_groups, [need_a, need_w1, need_b1],
-            )
+            grad_a, grad_w1, grad_b1 = pointwise_conv_backward(grad_pre, a, w1, ctx.first_groups, (need_a, need_w1, need_b1))
         return grad_a, grad_w1, grad_b1, grad_g, grad_b, grad_w2, grad_b2, None, None, None
 
 
 def _plain_group_norm_then_conv(h, groups, gamma, beta, eps, weight, bias, conv_groups: int = 1, dilation=None,
                                 pad=None) -> torch.Tensor:
     """The layers as they are (autograd keeps the normalised map)."""
-    y = F.group_norm(h, groups, gamma, beta, eps)
-    return _CONV[h.dim() - 2](replicate_pad(y, pad) if pad else y, weight, bias, groups=conv_groups,
-                              dilation=dilation or 1)
+    return _conv(F.group_norm(h, groups, gamma, beta, eps), weight, bias, conv_groups, dilation, pad)
 
 
 def group_norm_then_conv(h: torch.Tensor, groups: int, gamma: torch.Tensor | None, beta: torch.Tensor | None, eps: float,
@@ -312,7 +319,7 @@ class PCDC(nn.Module):
         normalised map."""
         weight = _negated_centre_weight(self.weight)
         if query_norm is None:
-            return _CONV[self.spatial_dims](query, weight, groups=self.groups)
+            return pointwise_conv(query, weight, None, self.groups)
         n = query_norm
         return group_norm_then_conv(query, n.num_groups, n.weight, n.bias, n.eps, weight, None, self.groups)
 
@@ -483,12 +490,11 @@ def compress_sum(blocks: Sequence[PCDCBlock], values: Sequence[torch.Tensor]) ->
     """
     if len({b.pcdc.spatial_dims for b in blocks}) != 1 or len(blocks) != len(values):
         raise ValueError("compress_sum: blocks must share spatial_dims, one value per block")
-    conv = _CONV[blocks[0].pcdc.spatial_dims]
     first = [b.compressor[1] for b in blocks]
     norms = [b.compressor[3] for b in blocks]
     last = [b.compressor[4] for b in blocks]
     v = torch.relu(torch.cat(list(values), dim=1))
-    h = conv(v, torch.cat([c.weight for c in first]), torch.cat([c.bias for c in first]), groups=sum(c.groups for c in first))
+    h = pointwise_conv(v, torch.cat([c.weight for c in first]), torch.cat([c.bias for c in first]), sum(c.groups for c in first))
     h = torch.relu_(h)
     groups, gamma, beta = sum(n.num_groups for n in norms), torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
     weight, bias = torch.cat([c.weight for c in last], dim=1), sum(c.bias for c in last)

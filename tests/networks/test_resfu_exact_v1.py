@@ -123,17 +123,26 @@ class _CountConvolutions(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize("option", [None, "use_checkpoint", "recompute_hidden"])
-def test_backward_recomputes_the_similarity_only_when_asked(option):
+def test_backward_recomputes_the_similarity_only_when_asked(option, monkeypatch):
     """Issue #27: no forward convolution runs again in backward unless ``use_checkpoint=True`` (whole blocks) or
-    ``recompute_hidden=True`` (the compressors' first convolution) asks for it."""
+    ``recompute_hidden=True`` (the compressors' first convolution) asks for it. The 1×1 convolutions run as matrix
+    products (networks/blocks/pointwise.py): their forward calls count as convolutions too."""
+    from resfu_med.networks.blocks import pointwise
+
+    pointwise_calls = []
+    product = pointwise._product
+    monkeypatch.setattr(pointwise, "_product", lambda *a: pointwise_calls.append(1) or product(*a))
     torch.manual_seed(5)
     m = ReSFU(16, 8, **({option: True} if option else {}), **SMALL)
     out = m(torch.randn(1, 16, 4, 4, requires_grad=True), torch.randn(1, 8, 8, 8, requires_grad=True))
+    assert pointwise_calls  # the forward pass does run its 1x1 convolutions through it
+    pointwise_calls.clear()
     with _CountConvolutions(p for p in m.parameters() if p.dim() > 2) as counter:
         out.square().sum().backward()
-    assert (counter.count > 0) == (option is not None)
+    count = counter.count + len(pointwise_calls)
+    assert (count > 0) == (option is not None)
     if option == "recompute_hidden":
-        assert counter.count == 2  # one per PCDC block
+        assert count == 2 and len(pointwise_calls) == 2  # one per PCDC block, the compressors' first convolution
 
 
 @pytest.mark.parametrize("lr,hr,dims", [((5, 6), (10, 12), 2), ((5, 3), (17, 11), 2), ((2, 3, 3), (4, 6, 6), 3)])
