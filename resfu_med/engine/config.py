@@ -58,6 +58,7 @@ __all__ = [
     "CHOICES",
     "registry_choices",
     "default_config",
+    "merge_kwargs",
     "load_config_file",
     "merge_config",
     "resolve_config",
@@ -521,6 +522,15 @@ def _validate(update: Any, source: str) -> dict[str, Any]:
     return out
 
 
+def merge_kwargs(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update`` key by key, a mapping value in both (``upsampler_kwargs``) merged key by key too."""
+    out = dict(base)
+    for key, value in update.items():
+        old = out.get(key)
+        out[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
 def merge_config(base: dict[str, Any], update: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Return ``base`` updated by the nested ``update``, validating every key and type against the schema.
 
@@ -530,8 +540,9 @@ def merge_config(base: dict[str, Any], update: dict[str, Any], source: str = "co
         source: where ``update`` came from, for error messages (a file name, ``"flags"``).
 
     Returns:
-        A new config dict. ``model.kwargs`` merges key by key; setting one of ``train.epochs``/``train.iterations``
-        clears the other (they are two ways to give one budget).
+        A new config dict. ``model.kwargs`` merges key by key, and so does a mapping inside it (``upsampler_kwargs``:
+        one option given adds to the preset's, it does not drop the preset's widths); setting one of
+        ``train.epochs``/``train.iterations`` clears the other (they are two ways to give one budget).
 
     Raises:
         InputError: unknown keys, wrong types or values out of range, one line each naming the key and the source.
@@ -539,7 +550,7 @@ def merge_config(base: dict[str, Any], update: dict[str, Any], source: str = "co
     flat = flatten(copy.deepcopy(base))
     for key, value in _validate(update, source).items():
         if key == "model.kwargs":
-            value = {**(flat.get(key) or {}), **value}
+            value = merge_kwargs(flat.get(key) or {}, value)
         flat[key] = value
         excluded = OPTIONS[key].excludes
         if excluded and value is not None:
@@ -672,14 +683,17 @@ def resolve_layers(
             sources[key] = source
             if OPTIONS[key].excludes:
                 sources.pop(OPTIONS[key].excludes, None)
-    user_kwargs = {**file_cfg.get("model", {}).get("kwargs", {}), **overrides.get("model", {}).get("kwargs", {})}
+    user_kwargs = merge_kwargs(file_cfg.get("model", {}).get("kwargs", {}), overrides.get("model", {}).get("kwargs", {}))
     if _family(cfg["model"]["name"]) != _family(preset_model):
         # The preset's network arguments belong to its own model (unet and unet3d share BasicUNet's); keep only those
         # the user gave.
         cfg["model"]["kwargs"] = user_kwargs
-    elif cfg["model"]["upsampler"] != preset_upsampler and "upsampler_kwargs" not in user_kwargs:
-        # Likewise the preset's upsampler options (the demo's slim ReSFU widths) mean nothing to another upsampler.
+    elif cfg["model"]["upsampler"] != preset_upsampler:
+        # Likewise the preset's upsampler options (the demo's slim ReSFU widths) mean nothing to another upsampler:
+        # it gets the user's own options only.
         cfg["model"]["kwargs"].pop("upsampler_kwargs", None)
+        if "upsampler_kwargs" in user_kwargs:
+            cfg["model"]["kwargs"]["upsampler_kwargs"] = user_kwargs["upsampler_kwargs"]
     cfg["data"]["dataset"] = name
     sources.setdefault("data.dataset", "flags")
     _check_img_size_applies(cfg, sources, file_src)

@@ -76,6 +76,23 @@ def test_upsampler_options_the_user_gives_survive_a_switch():
     assert cfg["model"]["kwargs"]["upsampler_kwargs"] == mine
 
 
+def test_upsampler_options_add_to_the_presets_widths(tmp_path):
+    """A config file giving one ReSFU option on top of a preset keeps the preset's other options (the slim widths):
+    before, its ``upsampler_kwargs`` replaced the preset's whole mapping, and the quick run silently trained ReSFU at
+    the U-Nets' full widths."""
+    path = tmp_path / "opts.json"
+    path.write_text('{"model": {"kwargs": {"upsampler_kwargs": {"use_checkpoint": true}}}}')
+    slim = {"embed_dim": 8, "pcdc_channels": 16, "compressor_channels": 16}
+    for cfg in (resolve_config("msd", path, {"data": {"root": "x"}}, preset="quick"), resolve_config("demo", path)):
+        assert cfg["model"]["kwargs"]["upsampler_kwargs"] == {**slim, "use_checkpoint": True}
+    # a flag's mapping adds to the file's, and an explicit width still wins
+    cfg = resolve_config("demo", path, {"model": {"kwargs": {"upsampler_kwargs": {"embed_dim": 16}}}})
+    assert cfg["model"]["kwargs"]["upsampler_kwargs"] == {**slim, "embed_dim": 16, "use_checkpoint": True}
+    # switching the upsampler still hands it the user's options alone (the file's and the flags' merged)
+    cfg = resolve_config("demo", path, {"model": {"upsampler": "bilinear", "kwargs": {"upsampler_kwargs": {"x": 1}}}})
+    assert cfg["model"]["kwargs"]["upsampler_kwargs"] == {"use_checkpoint": True, "x": 1}
+
+
 def test_int_is_accepted_for_float_and_converted():
     cfg = merge_config(resolve_config("synapse"), {"train": {"lr": 1}})
     assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
