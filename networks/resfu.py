@@ -7,6 +7,7 @@ with shapes and the choices the paper leaves open.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -137,6 +138,10 @@ class ReSFU(nn.Module):
         recompute_hidden: keep only the first ReLU's output of each PCDC compressor for backward and compute its
             hidden map again there (one grouped 1×1 convolution per block): one hidden-width HR map per block less.
         deterministic: forwarded to ``fns_gather`` (CUDA backward without atomics).
+        init_centre_weight: initial softmax weight of the centre neighbour, set through the bias of the semantic
+            block's last compressor convolution (``None``: zero bias, near-uniform kernels at initialisation, as the
+            release initialises them). The centre neighbour alone is linear upsampling (FNS samples the bilinearly
+            upsampled ``x``), so e.g. 0.5 starts ReSFU halfway between bilinear and a 3×3 average of it. PCDC only.
 
     Example:
         >>> up = ReSFU(in_channels=256, guide_channels=64)
@@ -169,6 +174,7 @@ class ReSFU(nn.Module):
         use_checkpoint: bool = False,
         deterministic: bool = False,
         recompute_hidden: bool = False,
+        init_centre_weight: float | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -199,9 +205,24 @@ class ReSFU(nn.Module):
             self.detail_block: nn.Module = PCDCBlock(*block_args)
             for block in (self.semantic_block, self.detail_block):
                 block.compressor.recompute_hidden = bool(recompute_hidden)
+            if init_centre_weight is not None:
+                self._init_centre(float(init_centre_weight))
         else:
+            if init_centre_weight is not None:
+                raise ValueError(f"init_centre_weight needs similarity='pcdc' (a bias to set), got similarity={similarity!r}")
             self.semantic_block = InnerProductSimilarity(embed_dim, kernel_size, spatial_dims)
             self.detail_block = InnerProductSimilarity(embed_dim, kernel_size, spatial_dims)
+
+    def _init_centre(self, weight: float) -> None:
+        """Bias of the centre score so that, with every other score ~0, the softmax gives the centre ``weight``:
+        ``e^b / (e^b + T − 1) = weight`` with ``T = K^d`` neighbours."""
+        if not 0.0 < weight < 1.0:
+            raise ValueError(f"init_centre_weight must lie in (0, 1), got {weight}")
+        count = self.kernel_size**self.spatial_dims
+        if count == 1:
+            return  # a single neighbour has weight 1 whatever its score
+        with torch.no_grad():
+            self.semantic_block.compressor[4].bias[count // 2] = math.log(weight * (count - 1) / (1.0 - weight))
 
     def _check(self, x: torch.Tensor, guide: torch.Tensor) -> None:
         rank = self.spatial_dims + 2

@@ -212,3 +212,44 @@ def test_cuda_autocast_matches_cpu(dtype):
             low = cuda_model(x.cuda(), guide.cuda())
     assert torch.isfinite(low).all()
     torch.testing.assert_close(low.float().cpu(), ref, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("dims,weight", [(2, 0.5), (2, 0.9), (3, 0.5)])
+def test_init_centre_weight_starts_the_kernels_on_the_centre(dims, weight):
+    """``init_centre_weight=p``: at initialisation the softmax gives the centre neighbour ≈ p (the other scores are
+    ~0 there), through one bias of the semantic block; the weights keep their names and shapes (checkpoints load
+    either way)."""
+    torch.manual_seed(11)
+    m = ReSFU(16, 8, spatial_dims=dims, init_centre_weight=weight)
+    count = 3**dims
+    bias = m.semantic_block.compressor[4].bias
+    torch.testing.assert_close(bias[count // 2].item(), float(torch.log(torch.tensor(weight * (count - 1) / (1 - weight)))))
+    assert torch.count_nonzero(bias) == 1
+    lr, hr = (6,) * dims, (12,) * dims
+    attn = m.attention(torch.randn(2, 16, *lr), torch.randn(2, 8, *hr))
+    inner = (slice(None), count // 2) + (slice(2, -2),) * dims  # away from the image border (masked neighbours)
+    assert abs(attn[inner].mean().item() - weight) < 0.06
+    plain = ReSFU(16, 8, spatial_dims=dims)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in m.state_dict().items()}
+    plain_attn = plain.attention(torch.randn(2, 16, *lr), torch.randn(2, 8, *hr))
+    assert abs(plain_attn[inner].mean().item() - 1 / count) < 0.03  # the default: near uniform
+
+
+def test_init_centre_weight_rejects_what_it_cannot_set():
+    for bad in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="init_centre_weight"):
+            ReSFU(8, 8, init_centre_weight=bad)
+    with pytest.raises(ValueError, match="similarity='pcdc'"):
+        ReSFU(8, 8, similarity="inner_product", init_centre_weight=0.5)
+    m = ReSFU(8, 8, kernel_size=1, init_centre_weight=0.5)  # one neighbour: weight 1 whatever its score
+    assert torch.count_nonzero(m.semantic_block.compressor[4].bias) == 0
+
+
+def test_init_centre_weight_reaches_the_unet_steps():
+    from resfu_med.networks.basic_unet import BasicUNet
+
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=3, features=(8, 8, 16, 32, 64, 8),
+                    upsampler_kwargs={"init_centre_weight": 0.5, "embed_dim": 8, "pcdc_channels": 16,
+                                      "compressor_channels": 16})
+    steps = [m for m in net.modules() if isinstance(m, ReSFU)]
+    assert steps and all(torch.count_nonzero(m.semantic_block.compressor[4].bias) == 1 for m in steps)
