@@ -381,6 +381,27 @@ def measure_target(model: str, variant: str, threads: int, iters: int, warmup: i
             "flops": flops, "kept_mib": kept, "params": sum(p.numel() for p in net.parameters())}
 
 
+def measure_pair(model: str, variant: str, threads: int, pairs: int, warmup: int, lite: bool) -> dict:
+    """``model`` with its reference upsampler and with ``variant`` built in this (fresh) process, their training
+    steps alternating (reference first in even pairs, ``variant`` first in odd ones) ``pairs`` times after
+    ``warmup`` steps each: the ratio of CPU seconds of each pair. Both see the same minutes of the machine, so a
+    load change hits both sides of a pair, which fresh processes minutes apart cannot ensure."""
+    steps = {v: _training_step(model, v, threads, lite)[2] for v in (_reference(model), variant)}
+    cpu: dict[str, list[float]] = {v: [] for v in steps}
+    for v, step in steps.items():
+        for _ in range(warmup):
+            step()
+    for i in range(pairs):
+        for v in (list(steps) if i % 2 == 0 else list(steps)[::-1]):
+            c0 = time.process_time()
+            steps[v]()
+            cpu[v].append(time.process_time() - c0)
+    ref_cpu, var_cpu = cpu[_reference(model)], cpu[variant]
+    return {"network": model, "variant": variant, "threads": threads, "kind": "pair",
+            "pair_ratios": [a / b for a, b in zip(var_cpu, ref_cpu)], "cpu_s": statistics.median(var_cpu),
+            "ref_cpu_s": statistics.median(ref_cpu)}
+
+
 def measure_infer3d(variant: str, shape: list[int], threads: int, lite: bool) -> dict:
     """CPU and wall seconds of the package's 3D sliding-window inference (``predict_volume_3d``: MONAI Gaussian
     windows, streamed in slabs) of a random ``(Z, Y, X)`` volume with the demo preset's 3D U-Net (``unet3d`` with the
@@ -427,6 +448,8 @@ def run_targets(args: argparse.Namespace) -> int:
                 extra = [*(TARGET_VARIANTS if args.variants is None else args.variants)] if threads == 1 else []
                 for variant in dict.fromkeys([ref, "resfu", *extra]):
                     jobs += [("net", model, variant, threads), ("mem", model, variant, threads)]
+                if args.paired:
+                    jobs.append(("pair", model, "resfu", threads))
             if not args.no_infer:
                 jobs += [("infer", "infer3d", v, threads) for v in ("trilinear", "resfu")]
     loads = [_load()]
@@ -438,7 +461,7 @@ def run_targets(args: argparse.Namespace) -> int:
     jobs = [] if args.report_only else [j for j in jobs if j not in measured]
     for kind, model, variant, threads in tqdm(jobs, desc="runs"):
         cmd = [sys.executable, __file__, "--targets", "--_target_child", json.dumps([kind, model, variant, threads]),
-               "--iters", str(args.iters), "--warmup", str(args.warmup),
+               "--iters", str(args.iters), "--warmup", str(args.warmup), "--paired", str(args.paired),
                "--infer3d-shape", *map(str, args.infer3d_shape)] + (["--lite"] if args.lite else [])
         out = subprocess.run(cmd + (["--partial", args.partial] if args.partial else []), capture_output=True, text=True,
                              env={**os.environ, **(MALLOC_ENV if kind == "mem" else {})})
@@ -448,10 +471,11 @@ def run_targets(args: argparse.Namespace) -> int:
         done.append(json.loads(out.stdout.strip().splitlines()[-1]))
         loads.append(_load())
     memory = {(r["network"], r["variant"], r["threads"]): r["step_peak_mib"] for r in done if _kind(r) == "mem"}
+    paired = {(r["network"], r["variant"], r["threads"]): r["pair_ratios"] for r in done if _kind(r) == "pair"}
     for r in done:
         model, variant, threads = r["network"], r["variant"], r["threads"]
         key = (model, variant, threads)
-        if _kind(r) == "mem":
+        if _kind(r) in ("mem", "pair"):
             continue
         if key not in best or r["cpu_s"] < best[key]["cpu_s"]:
             best[key] = {**r, "flops": r.get("flops") or best.get(key, {}).get("flops"),
@@ -462,6 +486,9 @@ def run_targets(args: argparse.Namespace) -> int:
     for key, per_round in round_ratios(done).items():
         if key in best:
             best[key] = {**best[key], "round_cpu_ratios": per_round}
+    for key, pair_ratios in paired.items():
+        if key in best:
+            best[key] = {**best[key], "pair_cpu_ratios": pair_ratios}
     results = list(best.values())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = {"date": stamp, "load_averages": loads, "cpu": platform.processor() or platform.machine(),
@@ -481,7 +508,8 @@ def _reference(model: str) -> str:
 
 
 def _kind(row: dict) -> str:
-    """The --targets child a row comes from: ``net`` (time, FLOPs), ``mem`` (memory) or ``infer``."""
+    """The --targets child a row comes from: ``net`` (time, FLOPs), ``mem`` (memory), ``pair`` (alternating steps
+    in one process) or ``infer``."""
     return row.get("kind") or ("infer" if row["network"] == "infer3d" else "net")
 
 
@@ -491,7 +519,7 @@ def round_ratios(runs: list[dict]) -> dict[tuple, list[float]]:
     Their spread is the machine's noise, which the best-of-rounds ratio hides."""
     times: dict[tuple, list[float]] = {}
     for r in runs:
-        if _kind(r) != "mem" and r.get("cpu_s"):
+        if _kind(r) in ("net", "infer") and r.get("cpu_s"):
             times.setdefault((r["network"], r["variant"], r["threads"]), []).append(r["cpu_s"])
     out = {}
     for (model, variant, threads), seq in times.items():
@@ -526,7 +554,8 @@ def ratios(results: list[dict]) -> dict[tuple, dict]:
             "gflops": flops_r / 1e9 if flops_r else None, "ref_gflops": flops_ref / 1e9 if flops_ref else None,
             "kept_mib": kept_r, "ref_kept_mib": kept_ref,
             "cpu_s": r["cpu_s"], "ref_cpu_s": ref["cpu_s"], "mem_mib": r.get("step_peak_mib"),
-            "ref_mem_mib": ref.get("step_peak_mib"), "rounds": r.get("round_cpu_ratios")}
+            "ref_mem_mib": ref.get("step_peak_mib"), "rounds": r.get("round_cpu_ratios"),
+            "pairs": r.get("pair_cpu_ratios")}
     return out
 
 
@@ -541,9 +570,12 @@ def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
           + (" (each round's paired ratio beside it)" if meta["rounds"] > 1 else "") + "\n")
     fmt = lambda v, d=2: "–" if v is None else f"{v:.{d}f}×"  # noqa: E731
     per_round = any(len(r.get("rounds") or []) > 1 for r in now.values())
+    pairs = any(r.get("pairs") for r in now.values())
     print("| network (reference) | variant | threads | time ratio, CPU (wall) | " + ("per round, CPU | " if per_round else "")
+          + ("same process, alternating: median (range) of the pairs | " if pairs else "")
           + "step memory ratio | kept for backward, MiB | forward GFLOPs (ratio) | target | met | before: time / memory / FLOPs |")
-    print("| --- | --- | ---: | ---: | " + ("---: | " if per_round else "") + "---: | ---: | ---: | ---: | --- | ---: |")
+    print("| --- | --- | ---: | ---: | " + ("---: | " if per_round else "") + ("---: | " if pairs else "")
+          + "---: | ---: | ---: | ---: | --- | ---: |")
     for key in sorted(now, key=lambda k: (list(TARGETS).index(k[0]) if k[0] in TARGETS else 99, k[2], k[1])):
         model, variant, threads = key
         r = now[key]
@@ -556,8 +588,10 @@ def print_targets(results: list[dict], meta: dict, before: list[dict]) -> None:
         prev = "–" if not o else f"{fmt(o['cpu'])} / {fmt(o['mem'])} / {fmt(o['flops'])}"
         kept = "–" if threads != 1 or None in (r["kept_mib"], r["ref_kept_mib"]) else f"{r['kept_mib']:.0f} vs {r['ref_kept_mib']:.0f}"
         rounds = " / ".join(f"{v:.2f}" for v in r.get("rounds") or []) or "–"
+        p = r.get("pairs")
+        pair = f"{fmt(statistics.median(p))} ({min(p):.2f}–{max(p):.2f}, {len(p)} pairs)" if p else "–"
         print(f"| {model} ({ref}) | {variant} | {threads} | {fmt(r['cpu'])} ({fmt(r['wall'])}) | "
-              + (f"{rounds} | " if per_round else "")
+              + (f"{rounds} | " if per_round else "") + (f"{pair} | " if pairs else "")
               + f"{fmt(r['mem'])} | {kept} | {flops} | ≤ {limit:.2f}× | {'yes' if met else 'NO'} | {prev} |")
 
 
@@ -598,6 +632,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "resfu:pcdc_channels=32 (default: resfu-full; give none to measure only the default)")
     p.add_argument("--report-only", action="store_true",
                    help="--targets: print the table of the --partial file without measuring anything")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="--targets: also time each network's reference and default ReSFU in one process, their "
+                        "steps alternating N times (the table adds the median and range of the N paired ratios)")
     p.add_argument("--threads-list", type=int, nargs="+", default=[1, 2], help="--targets: thread counts (1 2)")
     p.add_argument("--infer3d-shape", type=int, nargs=3, default=[64, 256, 256], metavar=("Z", "Y", "X"),
                    help="--targets: volume of the 3D sliding-window inference pair (default: 64 256 256)")
@@ -628,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
             r = measure_infer3d(variant, args.infer3d_shape, threads, args.lite)
         elif kind == "mem":
             r = measure_memory(model, variant, threads, args.lite)
+        elif kind == "pair":
+            r = measure_pair(model, variant, threads, args.paired, args.warmup, args.lite)
         else:
             r = measure_target(model, variant, threads, args.iters, args.warmup, args.lite)
         if args.partial:  # one line per finished run: a stopped sweep keeps what it measured

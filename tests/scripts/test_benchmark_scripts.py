@@ -240,6 +240,25 @@ def test_networks_targets_report_each_rounds_paired_ratio(tmp_path, capsys):
     assert resfu["round_cpu_ratios"] == pytest.approx([1.2, 1.5])
 
 
+def test_networks_targets_paired_in_one_process(tmp_path, capsys):
+    """--paired N: the reference and ReSFU are also timed in one process, steps alternating, N paired ratios."""
+    networks = _load("benchmark_networks")
+    r = networks.measure_pair("unet", "resfu", 1, 3, 0, True)
+    assert r["kind"] == "pair" and len(r["pair_ratios"]) == 3 and all(v > 0 for v in r["pair_ratios"])
+    partial = tmp_path / "runs.jsonl"
+    rows = [{"network": "unet", "variant": v, "threads": 1, "cpu_s": t, "wall_s": t, "step_peak_mib": 10.0, "flops": 1e6}
+            for v, t in (("deconv", 1.0), ("resfu", 1.2))]
+    rows.append({**r, "pair_ratios": [1.1, 1.3, 1.2]})
+    partial.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    out = tmp_path / "t.json"
+    assert networks.main(["--targets", "--report-only", "--partial", str(partial), "--paired", "3", "--networks",
+                          "unet", "--threads-list", "1", "--no-infer", "--variants", "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "same process, alternating" in table and "| 1.20× (1.10–1.30, 3 pairs) |" in table
+    (resfu,) = [x for x in json.loads(out.read_text())["results"] if x["variant"] == "resfu"]
+    assert resfu["pair_cpu_ratios"] == [1.1, 1.3, 1.2] and resfu["cpu_s"] == 1.2  # the paired child is not a timing row
+
+
 def test_networks_targets_kept_for_backward_and_allocator(tmp_path, monkeypatch):
     """What the networks keep for backward is counted once per storage (ReSFU keeps more than the deconvolution, the
     count is the same every time); memory is measured in its own child with the fixed mmap threshold."""
