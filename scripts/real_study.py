@@ -36,19 +36,30 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from upsampler_study import _claim  # noqa: E402  one file lock per run, shared by the study processes
 
+from resfu_med.networks.guided_up import UNET_RESFU_WIDTHS  # noqa: E402
+
 __all__ = ["UPSAMPLERS", "METHODS", "SEEDS", "plan_runs", "summarise", "paired_difference", "report", "main"]
 
-UPSAMPLERS = ("resfu", "bilinear", "dysample", "resfu-every", "resfu-constant", "bilinear-constant")  # quick preset
+UPSAMPLERS = ("resfu", "bilinear", "dysample", "resfu-every", "resfu-constant", "bilinear-constant",
+              "resfu-centre", "resfu-wide")  # quick preset
 #: Variants of an upsampler, given by a ``--config`` file: ``*-constant`` trains with the constant lr (after the
 #: warm-up) that the quick preset had before its constant-decay schedule; ``resfu-every`` is ReSFU at every U-Net
 #: decoder step, the full-resolution one included (the default before issue 27 moved that step to MONAI's transposed
 #: convolution), measured with that constant lr.
 _CONSTANT = {"train": {"schedule": "constant"}}
+#: ``resfu-centre``: ReSFU whose kernels start with half their weight on the centre neighbour (closer to bilinear,
+#: ``ReSFU(init_centre_weight=0.5)``) instead of near uniform. ``resfu-wide``: ReSFU at the U-Nets' default widths
+#: (``UNET_RESFU_WIDTHS``, what ``train --model unet`` builds outside the demo and quick presets)
+#: instead of the quick preset's slim ones.
 VARIANTS = {"resfu-every": ("resfu", {"model": {"kwargs": {"final_upsampler": "resfu"}}, **_CONSTANT}),
-            "resfu-constant": ("resfu", _CONSTANT), "bilinear-constant": ("bilinear", _CONSTANT)}
+            "resfu-constant": ("resfu", _CONSTANT), "bilinear-constant": ("bilinear", _CONSTANT),
+            "resfu-centre": ("resfu", {"model": {"kwargs": {"upsampler_kwargs": {"init_centre_weight": 0.5}}}}),
+            "resfu-wide": ("resfu", {"model": {"kwargs": {"upsampler_kwargs": dict(UNET_RESFU_WIDTHS)}}})}
 #: The ReSFU run a method is compared with in the paired differences (default ``resfu``): a constant-lr variant
 #: against constant-lr ReSFU, so the comparison is of the upsampler (or placement) alone.
 REFERENCE = {"resfu-every": "resfu-constant", "bilinear-constant": "resfu-constant"}
+#: Further (method, other) pairs reported as "method − other".
+EXTRA_PAIRS = (("resfu-centre", "bilinear"), ("resfu-wide", "bilinear"))
 PEERS = ("monai", "nnunet")  # scripts/peers/: a plain MONAI loop, nnU-Net v2 at ReSFU's CPU time
 METHODS = UPSAMPLERS + PEERS
 SEEDS = (0, 1, 2)
@@ -255,7 +266,8 @@ def _pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 LABELS = {"resfu": "ReSFU (quick)", "bilinear": "bilinear (quick)", "dysample": "DySample (quick)",
           "resfu-every": "ReSFU at every step (quick, constant lr, before issue 27)",
           "resfu-constant": "ReSFU (quick, constant lr)", "bilinear-constant": "bilinear (quick, constant lr)",
-          "monai": "plain MONAI loop", "nnunet": "nnU-Net v2 2d"}
+          "resfu-centre": "ReSFU, centre-weighted start (quick)",
+          "resfu-wide": "ReSFU at the U-Nets' default widths (quick)", "monai": "plain MONAI loop", "nnunet": "nnU-Net v2 2d"}
 
 
 def _prediction(out: Path, method: str, seed: int, case: str) -> Path:
@@ -339,8 +351,8 @@ def report(out: Path, seeds_planned: int, command: str, methods=METHODS, figure:
         lines += ["", "Paired difference of the mean Dice (ReSFU − other, percentage points; the constant-lr runs "
                       "against ReSFU with the same schedule), paired by (seed, test case), 95 % Student-t interval:",
                   "", "| comparison | pairs | mean difference | 95 % CI |", "| --- | --- | --- | --- |"]
-        for other in methods:
-            ref = REFERENCE.get(other, "resfu")
+        pairs = [(REFERENCE.get(other, "resfu"), other) for other in methods]
+        for ref, other in pairs + [p for p in EXTRA_PAIRS if p[0] in methods and p[1] in methods]:
             if other == ref or other not in summary or ref not in summary:
                 continue
             keys = sorted(set(summary[ref]["case_mean"]) & set(summary[other]["case_mean"]))
