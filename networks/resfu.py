@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from resfu_med.networks.blocks.gaussian import GaussianSmoothing
 from resfu_med.networks.blocks.guided_filter import GuidedFilter
 from resfu_med.networks.blocks.inner_product import InnerProductSimilarity
+from resfu_med.networks.blocks.linear_upsample import upsample_linear
 from resfu_med.networks.blocks.lr_gather import lr_neighbour_gather
 from resfu_med.networks.blocks.norm import group_norm
 from resfu_med.networks.blocks.pcdc import (
@@ -36,7 +37,6 @@ from resfu_med.ops import fns_gather
 __all__ = ["ReSFU", "border_mask", "upsampling_dilation", "pcdc_parameter_groups"]
 
 SIMILARITIES = ("pcdc", "inner_product")
-_LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def upsampling_dilation(hr_size: Sequence[int], lr_size: Sequence[int]) -> tuple[int, ...]:
@@ -272,7 +272,7 @@ class ReSFU(nn.Module):
         dilation = upsampling_dilation(hr, lr)
         q = _norm_then_project(self.norm_guide, self.proj_q, _prescale(guide))  # (N, D, *HR)
         k = _norm_then_project(self.norm_x, self.proj_k, _prescale(x))  # (N, D, *LR)
-        k_up = F.interpolate(k, size=hr, mode=_LINEAR_MODE[self.spatial_dims], align_corners=False)
+        k_up = upsample_linear(k, hr)  # its backward: the ×2 stencil adjoint (blocks/linear_upsample.py)
         semantic_query = self.guided_filter(q, k_up) if self.guided_filter is not None else q
         detail_key = self.gaussian(q) if self.gaussian is not None else q
         # Without FNS, the semantic key's neighbours are the LR pixels around each HR pixel's nearest LR parent: the

@@ -14,16 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from resfu_med.networks.blocks.graph_grads import grads_with_graph
+from resfu_med.networks.blocks.linear_upsample import linear_mode, linear_upsample_adjoint
 
 __all__ = ["GuidedFilter", "box_filter", "box_filter_adjoint", "guided_filter", "fast_guided_filter", "nearest_half"]
 
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-_LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
-_LINEAR_ADJOINT = {
-    1: torch.ops.aten.upsample_linear1d_backward,
-    2: torch.ops.aten.upsample_bilinear2d_backward,
-    3: torch.ops.aten.upsample_trilinear3d_backward,
-}
 
 
 def _window_counts(size: int, r: int, axis: int, like: torch.Tensor) -> torch.Tensor:
@@ -169,7 +164,7 @@ def _apply(g: torch.Tensor, means_ab: torch.Tensor, fast: bool) -> torch.Tensor:
     coeffs = means_ab.contiguous(memory_format=_memory_format(g))
     if fast:
         size = [int(n) for n in g.shape[2:]]
-        coeffs = F.interpolate(coeffs, size=size, mode=_LINEAR_MODE[g.dim() - 2], align_corners=False)
+        coeffs = F.interpolate(coeffs, size=size, mode=linear_mode(g.dim() - 2), align_corners=False)
     mean_a, mean_b = coeffs.split(c, dim=1)
     return mean_a * g + mean_b
 
@@ -190,7 +185,7 @@ class _GuidedFilterFn(torch.autograd.Function):
     ``g`` and ``s``, ``a`` and its denominator) and ``mean(a), mean(b)``, instead of autograd's ~15 intermediates
     (the box filters' inputs, the ``4C``-channel window means, the full-resolution upsampled coefficients). The box
     mean and the linear upsampling are fixed linear maps, so their gradients are their adjoints
-    (:func:`box_filter_adjoint`, ATen's upsampling backward) and need no kept input."""
+    (:func:`box_filter_adjoint`, :func:`~resfu_med.networks.blocks.linear_upsample.linear_upsample_adjoint`) and need no kept input."""
 
     @staticmethod
     def forward(ctx, g, s, radius: int, eps: float, fast: bool):
@@ -211,11 +206,11 @@ class _GuidedFilterFn(torch.autograd.Function):
         hr_size = [int(n) for n in g.shape[2:]]
         mean_a = coeffs[:, :c]
         if fast:  # mean(a) at full resolution again: one interpolation of C channels instead of a kept map
-            mean_a = F.interpolate(mean_a, size=hr_size, mode=_LINEAR_MODE[dims], align_corners=False)
+            mean_a = F.interpolate(mean_a, size=hr_size, mode=linear_mode(dims), align_corners=False)
         grad_g = grad * mean_a
         grad_coeffs = torch.cat([grad * g, grad], dim=1)  # d/d mean(a), d/d mean(b) at full resolution
         if fast:
-            grad_coeffs = _LINEAR_ADJOINT[dims](grad_coeffs, hr_size, [int(n) for n in coeffs.shape], False)
+            grad_coeffs = linear_upsample_adjoint(grad_coeffs, coeffs.shape[2:])
         grad_a, grad_b = box_filter_adjoint(grad_coeffs, r).split(c, dim=1)
         # b = mean_s − a·mean_g, a = num / den, num = mean_gs − mean_g·mean_s, den = mean_gg − mean_g² + ε
         grad_a = grad_a - grad_b * mean_g
