@@ -32,7 +32,7 @@ def replicate_pad(x: torch.Tensor, pad: List[int]) -> torch.Tensor:
     """
     if len(pad) % 2 != 0 or min(pad) < 0:
         raise ValueError(f"replicate_pad: pad must be pairs of non-negative amounts, got {pad}")
-    if len(pad) == 2 * (x.dim() - 2) and x.dim() in (3, 4, 5) and not torch.compiler.is_compiling():
+    if len(pad) == 2 * (x.dim() - 2) and x.dim() in (3, 4, 5) and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         return _ReplicatePad.apply(x, list(pad))
     for i in range(len(pad) // 2):
         before, after = pad[2 * i], pad[2 * i + 1]
