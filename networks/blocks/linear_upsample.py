@@ -29,7 +29,9 @@ STENCIL_DEVICES = ("cpu",)
 
 
 def linear_mode(spatial_dims: int) -> str:
-    """``F.interpolate``'s linear mode for 1-3 spatial dims."""
+    """``"linear" | "bilinear" | "trilinear"`` (``F.interpolate``'s linear mode) for 1, 2, 3 spatial dimensions."""
+    if spatial_dims not in _MODE:
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
     return _MODE[spatial_dims]
 
 
@@ -69,7 +71,7 @@ class _UpsampleLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size):
         ctx.in_size = [int(n) for n in x.shape[2:]]
-        return F.interpolate(x, size=size, mode=_MODE[x.dim() - 2], align_corners=False)
+        return F.interpolate(x, size=size, mode=linear_mode(x.dim() - 2), align_corners=False)
 
     @staticmethod
     def backward(ctx, grad):
@@ -89,5 +91,5 @@ def upsample_linear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"upsample_linear: x must have 1-3 spatial dims, got shape {tuple(x.shape)}")
     size = [int(n) for n in size]
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or not (torch.is_grad_enabled() and x.requires_grad):
-        return F.interpolate(x, size=size, mode=_MODE[x.dim() - 2], align_corners=False)
+        return F.interpolate(x, size=size, mode=linear_mode(x.dim() - 2), align_corners=False)
     return _UpsampleLinear.apply(x, size)

@@ -13,6 +13,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
+from resfu_med.networks.blocks.linear_upsample import linear_mode
 from resfu_med.networks.blocks.padding import replicate_pad
 
 __all__ = ["target_size", "match_size", "linear_mode"]
@@ -69,9 +70,3 @@ def match_size(y: torch.Tensor, size: List[int]) -> torch.Tensor:
     return y
 
 
-def linear_mode(spatial_dims: int) -> str:
-    """``"linear" | "bilinear" | "trilinear"`` for 1, 2, 3 spatial dimensions."""
-    modes = {1: "linear", 2: "bilinear", 3: "trilinear"}
-    if spatial_dims not in modes:
-        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
-    return modes[spatial_dims]
